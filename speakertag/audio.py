@@ -1,0 +1,214 @@
+"""Open any audio or video file and yield mono blocks at the model rate.
+
+soundfile reads plain audio files (wav, flac, ogg, mp3, ...); PyAV (FFmpeg) reads every
+container and codec FFmpeg knows (mkv, mp4, ts, webm; AAC, AC-3, DTS, Opus, ...). Channels
+are averaged (PyAV's own mono downmix sums at -3 dB), then one streaming resampler brings
+the audio to the model rate. Nothing here holds a whole file at its source rate.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import av.error
+import numpy as np
+import soundfile as sf
+
+from .errors import SpeakertagError
+
+SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf"}
+CONTAINER_SUFFIXES = {
+    ".mkv", ".mka", ".mp4", ".m4a", ".m4v", ".mov", ".ts", ".m2ts", ".mts", ".webm", ".avi",
+    ".opus", ".aac", ".ac3", ".eac3", ".dts", ".mp2", ".mpg", ".mpeg", ".wma", ".wmv", ".flv",
+}
+MEDIA_SUFFIXES = SOUNDFILE_SUFFIXES | CONTAINER_SUFFIXES
+
+BLOCK_S = 20.0  # seconds of source audio gathered before one downmix + resample call
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: str
+    duration_s: float | None  # None when the container does not say
+    source_rate_hz: int
+    channels: int
+    codec: str
+    stream_index: int | None  # audio stream number among the file's audio streams (PyAV only)
+
+
+def find_media_files(paths: list[str | Path]) -> list[Path]:
+    """Files named directly, plus media files found recursively in named folders, sorted."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES)
+            if not inside:
+                raise SpeakertagError(f"no audio or video files in folder: {p}")
+            found.extend(inside)
+        elif p.exists():
+            found.append(p)
+        else:
+            raise SpeakertagError(f"no such file or folder: {p}")
+    return found
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise SpeakertagError(f"no such file: {path}")
+    if path.is_dir():
+        raise SpeakertagError(f"expected a file, got a folder: {path}")
+    if not os.access(path, os.R_OK):
+        raise SpeakertagError(f"cannot read (permission denied): {path}")
+    if path.stat().st_size == 0:
+        raise SpeakertagError(f"empty file: {path}")
+
+
+def _use_soundfile(path: Path) -> bool:
+    if path.suffix.lower() not in SOUNDFILE_SUFFIXES:
+        return False
+    try:
+        sf.info(str(path))
+        return True
+    except Exception:  # soundfile cannot read it: let FFmpeg try
+        return False
+
+
+def _pick_stream(container, path: Path, stream: int | None):
+    audio = list(container.streams.audio)
+    if not audio:
+        raise SpeakertagError(f"no audio stream in {path}")
+    if stream is None:
+        defaults = [s for s in audio if s.disposition & av.stream.Disposition.default]
+        return (defaults or audio)[0], None
+    if not 0 <= stream < len(audio):
+        raise SpeakertagError(f"--stream {stream} does not exist in {path}: it has {len(audio)} audio stream(s), 0-{len(audio) - 1}")
+    return audio[stream], stream
+
+
+def probe(path: str | Path, stream: int | None = None) -> AudioInfo:
+    """Describe the audio that `decode_blocks` would read, without decoding it."""
+    path = Path(path)
+    _check_readable(path)
+    if _use_soundfile(path):
+        info = sf.info(str(path))
+        return AudioInfo(str(path), info.duration, info.samplerate, info.channels, info.format, None)
+    container = _open_container(path)
+    with container:
+        s, index = _pick_stream(container, path, stream)
+        duration_s = float(s.duration * s.time_base) if s.duration else (
+            container.duration / 1e6 if container.duration else None)
+        return AudioInfo(str(path), duration_s, s.rate, s.channels, s.codec_context.name, index)
+
+
+def _open_container(path: Path):
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as e:
+        raise SpeakertagError(f"cannot read {path}: not an audio or video file FFmpeg understands ({e.strerror or e})") from None
+
+
+class _Resampler:
+    """Streaming mono resampler to the model rate (FFmpeg's swresample)."""
+
+    def __init__(self, source_rate_hz: int, target_rate_hz: int):
+        self.source_rate_hz = source_rate_hz
+        self.same_rate = source_rate_hz == target_rate_hz
+        self.resampler = None if self.same_rate else av.AudioResampler(format="flt", layout="mono", rate=target_rate_hz)
+
+    def __call__(self, mono: np.ndarray | None) -> np.ndarray:
+        """Resample the next block; `None` flushes what the filter still holds."""
+        if self.same_rate:
+            return np.zeros(0, np.float32) if mono is None else mono
+        if mono is None:
+            frames = self.resampler.resample(None)
+        else:
+            frame = av.AudioFrame.from_ndarray(mono[None, :], format="flt", layout="mono")
+            frame.sample_rate = self.source_rate_hz
+            frames = self.resampler.resample(frame)
+        if not frames:
+            return np.zeros(0, np.float32)
+        return np.concatenate([f.to_ndarray()[0] for f in frames])
+
+
+def _clean(block: np.ndarray) -> np.ndarray:
+    """Channel-average a (channels, n) block to float32 mono with finite samples."""
+    mono = block.astype(np.float32, copy=False).mean(axis=0)
+    return np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
+
+
+def _soundfile_blocks(path: Path, block_s: float) -> Iterator[tuple[np.ndarray, int]]:
+    with sf.SoundFile(str(path)) as f:
+        n = max(1, int(block_s * f.samplerate))
+        while True:
+            try:
+                data = f.read(n, dtype="float32", always_2d=True)
+            except Exception as e:
+                raise SpeakertagError(f"cannot decode {path}: {e}") from None
+            if len(data) == 0:
+                return
+            yield data.T, f.samplerate
+
+
+def _pyav_blocks(path: Path, stream: int | None, block_s: float) -> Iterator[tuple[np.ndarray, int]]:
+    container = _open_container(path)
+    with container:
+        s, _ = _pick_stream(container, path, stream)
+        s.thread_type = "AUTO"
+        pending: list[np.ndarray] = []
+        pending_n, rate = 0, s.rate or 0
+        try:
+            for frame in container.decode(s):
+                x = frame.to_ndarray()
+                if not frame.format.is_planar:  # packed: (1, n * channels)
+                    x = x.reshape(-1, len(frame.layout.channels)).T
+                rate = frame.sample_rate
+                pending.append(x)
+                pending_n += x.shape[1]
+                if pending_n >= block_s * rate:
+                    yield np.concatenate(pending, axis=1), rate
+                    pending, pending_n = [], 0
+        except av.error.FFmpegError as e:
+            raise SpeakertagError(f"cannot decode {path}: {e.strerror or e}") from None
+        if pending:
+            yield np.concatenate(pending, axis=1), rate
+
+
+def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = None,
+                  block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
+    """Yield consecutive mono float32 blocks of `path` resampled to `sample_rate_hz`.
+
+    Each block is 1-D, about `block_s` seconds; their concatenation is the whole track.
+    Raises SpeakertagError for unreadable files, missing streams and decode failures.
+    """
+    path = Path(path)
+    _check_readable(path)
+    if _use_soundfile(path):
+        if stream not in (None, 0):
+            raise SpeakertagError(f"--stream {stream} does not exist in {path}: it has 1 audio stream")
+        source = _soundfile_blocks(path, block_s)
+    else:
+        source = _pyav_blocks(path, stream, block_s)
+    resample = None
+    for block, rate in source:
+        if resample is None or rate != resample.source_rate_hz:
+            if resample is not None:  # the source changed rate mid-stream: flush the old filter
+                yield resample(None)
+            resample = _Resampler(rate, sample_rate_hz)
+        out = resample(_clean(block))
+        if len(out):
+            yield out
+    if resample is None:
+        raise SpeakertagError(f"no audio could be decoded from {path}")
+    tail = resample(None)
+    if len(tail):
+        yield tail
+
+
+def load_audio(path: str | Path, sample_rate_hz: int, stream: int | None = None) -> np.ndarray:
+    """A whole (short) file as one mono float32 array at `sample_rate_hz`, shape (n_samples,)."""
+    blocks = list(decode_blocks(path, sample_rate_hz, stream))
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)

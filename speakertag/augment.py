@@ -1,0 +1,80 @@
+"""Make clean clips sound like film audio: noise, music and voices at 0-20 dB SNR, level
+changes, reverberation, band limiting. Pure functions of (audio, rng) on numpy arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .features import tile_to
+
+
+def coloured_noise(n_samples: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Noise with power spectrum ~ 1/f**exponent (0 white, 1 pink, 2 brown), unit RMS."""
+    spec = np.fft.rfft(rng.standard_normal(n_samples))
+    f = np.arange(len(spec), dtype=np.float64)
+    f[0] = 1.0
+    x = np.fft.irfft(spec / f ** (exponent / 2), n_samples)
+    return (x / (np.sqrt(np.mean(x ** 2)) + 1e-12)).astype(np.float32)
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-12))
+
+
+def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """signal + noise scaled so that 20 log10(rms(signal) / rms(noise)) = snr_db."""
+    gain = rms(signal) / (rms(noise) * 10 ** (snr_db / 20))
+    return signal + gain * noise
+
+
+def reverberate(x: np.ndarray, sample_rate_hz: int, rt60_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Convolve with a synthetic room response: exponentially decaying noise (RT60 in s)."""
+    n = int(rt60_s * sample_rate_hz)
+    t = np.arange(n) / sample_rate_hz
+    rir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60_s)
+    rir[0] = 1.0 + abs(rir[0])
+    rir /= np.sqrt(np.sum(rir ** 2))
+    wet = np.fft.irfft(np.fft.rfft(x, len(x) + n) * np.fft.rfft(rir, len(x) + n), len(x) + n)[: len(x)]
+    return (wet * rms(x) / rms(wet)).astype(np.float32)
+
+
+def low_pass(x: np.ndarray, sample_rate_hz: int, cutoff_hz: float) -> np.ndarray:
+    """Brick-wall low-pass in the frequency domain (telephone / broadcast band limits)."""
+    spec = np.fft.rfft(x)
+    spec[int(cutoff_hz / sample_rate_hz * len(x)):] = 0
+    return np.fft.irfft(spec, len(x)).astype(np.float32)
+
+
+def random_crop(clip: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """A random n_samples stretch of `clip` (tiled first when the clip is shorter)."""
+    clip = tile_to(clip, n_samples)
+    start = int(rng.integers(0, len(clip) - n_samples + 1))
+    return clip[start:start + n_samples]
+
+
+def film_like(x: np.ndarray, noise_pool: list[np.ndarray], sample_rate_hz: int, rng: np.random.Generator,
+              snr_db_range: tuple[float, float] = (0.0, 20.0)) -> np.ndarray:
+    """One random film-like degradation of a clip crop x (1-D float32, any length).
+
+    Background: a crop of the noise pool (music, noise, other voices), several pool crops
+    summed (babble), or coloured noise; then maybe reverberation, maybe band limiting,
+    always a random level. The noise pool holds the user's negative clips.
+    """
+    n = len(x)
+    y = x
+    if rng.random() < 0.3:
+        y = reverberate(y, sample_rate_hz, float(rng.uniform(0.2, 0.8)), rng)
+    kind = rng.random()
+    if kind < 0.45 and noise_pool:
+        noise = random_crop(noise_pool[int(rng.integers(len(noise_pool)))], n, rng)
+    elif kind < 0.7 and noise_pool:
+        noise = sum(random_crop(noise_pool[int(i)], n, rng) / rms(noise_pool[int(i)])
+                    for i in rng.integers(len(noise_pool), size=int(rng.integers(3, 7))))
+    else:
+        noise = coloured_noise(n, float(rng.choice([0.0, 1.0, 2.0])), rng)
+    y = mix_at_snr(y, noise, float(rng.uniform(*snr_db_range)))
+    if rng.random() < 0.25:
+        y = low_pass(y, sample_rate_hz, float(rng.uniform(3000, 7000)))
+    y = y * 10 ** (rng.uniform(-20, 6) / 20) * 0.1 / rms(y)
+    return np.clip(y, -1.0, 1.0).astype(np.float32)

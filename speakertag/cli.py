@@ -1,0 +1,272 @@
+"""Command line: parse options, call the library, write results. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import click
+
+from . import writers
+from .errors import SpeakertagError
+from .io_utils import atomic_write_text
+
+GREEDY_OPTIONS = ("--positive", "--negative")
+
+
+def _expand_greedy(argv: list[str]) -> list[str]:
+    """Let `--positive a b c` mean `--positive a --positive b --positive c` (shell globs)."""
+    out, current = [], None
+    for tok in argv:
+        if tok in GREEDY_OPTIONS:
+            current = tok
+        elif tok.startswith("-"):
+            current = None
+        elif current is not None and out and out[-1] != current:
+            out.append(current)
+        out.append(tok)
+    return out
+
+
+def _progress_enabled(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+def default_base_model() -> Path | None:
+    """The base encoder shipped in the repository's models/ folder, if present."""
+    path = Path(__file__).resolve().parent.parent / "models" / "base"
+    return path if (path / "model.pt").exists() else None
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place; an older folder is kept until the new one is there."""
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="speakertag")
+def cli():
+    """Learn one voice from a few clips, then find where it speaks in long recordings."""
+
+
+@cli.command()
+@click.option("--positive", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Clips of the target voice: files or folders (searched recursively).")
+@click.option("--negative", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Clips of other voices, music, noise: files or folders.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Model folder to write (model.pt + memory.npz).")
+@click.option("--name", default="target", show_default=True, help="The voice's name, used as segment label.")
+@click.option("--base", type=click.Path(path_type=Path),
+              help="Model to fine-tune; default: the shipped base encoder. 'none' trains from scratch.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=click.IntRange(1), help="Maximum training steps.")
+@click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True),
+              help="Choose the lowest threshold reaching this validation precision instead of best F1.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def train(positive, negative, out_dir, name, base, seed, steps, target_precision, quiet):
+    """Learn a voice from positive and negative clips."""
+    from dataclasses import replace
+
+    from .memory import save_memory
+    from .model import load_model, save_model
+    from .params import Params
+    from .train import train as train_voice
+
+    base_path = None if str(base).lower() == "none" else (base or default_base_model())
+    base_model = load_model(base_path) if base_path else None
+    p = base_model.params if base_model else Params()
+    changes = {"seed": seed}
+    if steps:
+        changes["max_steps"] = steps
+    if target_precision:
+        changes.update(threshold_rule="precision", target_precision=target_precision)
+    p = replace(p, train=replace(p.train, **changes))
+    if not out_dir.parent.exists():
+        raise SpeakertagError(f"output folder does not exist: {out_dir.parent}")
+
+    bar_on = _progress_enabled(quiet)
+    with click.progressbar(length=p.train.max_steps, label="training", file=sys.stderr,
+                           hidden=not bar_on, item_show_func=lambda s: s) as bar:
+        def progress(info):
+            val = "-" if info.val_f1 is None else f"{info.val_f1:.3f}"
+            bar.update(1, f"loss {info.loss:.3f} val F1 {val}")
+        model, memory, report = train_voice(positive, negative, p, base_model, name, progress)
+
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        save_model(model, tmp)
+        save_memory(memory, tmp)
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    c = report.calibration
+    for s in report.skipped:
+        click.echo(f"skipped {s}", err=True)
+    click.echo(f"trained on {report.n_positive_clips} positive clips ({report.positive_s:.0f} s) and "
+               f"{report.n_negative_clips} negative clips ({report.negative_s:.0f} s) in {report.seconds:.1f} s "
+               f"({report.steps} steps, best at {report.best_step})")
+    click.echo(f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} + {c.n_negative} held-back film-like "
+               f"windows): expected precision {c.precision:.2f}, recall {c.recall:.2f}")
+    click.echo(f"model written to {out_dir}")
+
+
+@cli.command()
+@click.argument("film", type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Model folder written by `speakertag train`.")
+@click.option("--memory", "memory_file", type=click.Path(path_type=Path),
+              help="Use this memory file instead of the model folder's.")
+@click.option("--threshold", type=float, help="Score threshold; default: the memory's calibrated one.")
+@click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first); default: the default track.")
+@click.option("--format", "fmt", type=click.Choice(writers.FORMATS), default="text", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write here instead of stdout.")
+@click.option("--min-gap", type=click.FloatRange(0), help="Merge segments closer than this (s).")
+@click.option("--min-duration", type=click.FloatRange(0), help="Drop segments shorter than this (s).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def tag(film, model_dir, memory_file, threshold, stream, fmt, out, min_gap, min_duration, quiet):
+    """Find where the model's voice speaks in FILM (any audio or video file)."""
+    from dataclasses import replace
+
+    from .audio import probe
+    from .memory import load_memory
+    from .tagging import Voice, check_pair, load_voice, tag as tag_film
+
+    voice = load_voice(model_dir)
+    if memory_file:
+        voice = Voice(voice.model, load_memory(memory_file))
+        check_pair(voice.model, voice.memory)
+    tp = voice.model.params.tag
+    tp = replace(tp, min_gap_s=tp.min_gap_s if min_gap is None else min_gap,
+                 min_duration_s=tp.min_duration_s if min_duration is None else min_duration)
+    if out is not None and not out.parent.exists():
+        raise SpeakertagError(f"output folder does not exist: {out.parent}")
+    info = probe(film, stream)
+    with click.progressbar(length=int(info.duration_s or 0) or 1, label=film.name, file=sys.stderr,
+                           hidden=not _progress_enabled(quiet)) as bar:
+        def progress(seconds):
+            bar.update(int(seconds) - bar.pos)
+        result = tag_film(film, voice, threshold, stream, tp, progress)
+    text = writers.render(fmt, result.segments, input_path=str(film), model=str(model_dir),
+                          threshold=result.threshold)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write_text(out, text)
+        click.echo(f"{len(result.segments)} segments written to {out}", err=True)
+
+
+@cli.group()
+def memory():
+    """Inspect, export and merge positive memories."""
+
+
+@memory.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
+def memory_inspect(path, as_json):
+    """Show what a memory file (or a model folder's memory) holds."""
+    from .memory import load_memory
+
+    m = load_memory(path)
+    header = m.header()
+    if as_json:
+        click.echo(json.dumps(header, indent=1))
+        return
+    calib = m.info.get("calibration", {})
+    click.echo(f"memory       {path}")
+    click.echo(f"voice        {m.name}")
+    click.echo(f"entries      {len(m.embeddings)} x {m.embeddings.shape[1]} dims")
+    click.echo(f"model        {m.model_fingerprint}")
+    click.echo(f"threshold    {m.threshold:.4f}" + (
+        f" ({calib['rule']}: expected precision {calib['precision']:.2f}, recall {calib['recall']:.2f})" if calib else ""))
+    a = m.params.audio
+    click.echo(f"front end    {a.sample_rate_hz} Hz, {a.n_mels} mels, windows {a.window_s:.2f} s every {a.hop_s:.2f} s")
+    clips = m.info.get("positive_clips", [])
+    if clips:
+        click.echo(f"clips        {len(clips)}: " + ", ".join(Path(c).name for c in clips[:5]) + (" ..." if len(clips) > 5 else ""))
+
+
+@memory.command("export")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False))
+def memory_export(model_dir, out):
+    """Write the memory of MODEL_DIR to a standalone file."""
+    from .memory import load_memory, save_memory
+
+    save_memory(load_memory(model_dir), out)
+    click.echo(f"memory written to {out}", err=True)
+
+
+@memory.command("merge")
+@click.argument("first", type=click.Path(path_type=Path))
+@click.argument("second", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False))
+def memory_merge(first, second, out):
+    """Join two memories made by the same model into one."""
+    from .memory import load_memory, merge_memories, save_memory
+
+    merged = merge_memories(load_memory(first), load_memory(second))
+    save_memory(merged, out)
+    click.echo(f"{len(merged.embeddings)} entries written to {out}", err=True)
+
+
+@cli.command()
+@click.option("--reference", required=True, type=click.Path(path_type=Path),
+              help="Ground truth: RTTM, or CSV start,end[,speaker].")
+@click.option("--hypothesis", required=True, type=click.Path(path_type=Path),
+              help="speakertag output (JSON, CSV or RTTM).")
+@click.option("--speaker", help="Speaker to score in a reference with several.")
+@click.option("--collar", type=click.FloatRange(0), default=0.25, show_default=True,
+              help="Seconds around each reference boundary left out of scoring.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def evaluate(reference, hypothesis, speaker, collar, as_json):
+    """Time-based precision, recall, F1 and detection error of a hypothesis."""
+    from dataclasses import asdict
+
+    from .evaluate import format_metrics, read_hypothesis, read_reference, score
+
+    for path in (reference, hypothesis):
+        if not path.is_file():
+            raise SpeakertagError(f"no such file: {path}")
+    try:
+        m = score(read_reference(reference, speaker), read_hypothesis(hypothesis), collar)
+    except ValueError as e:
+        raise SpeakertagError(str(e)) from None
+    click.echo(json.dumps(asdict(m)) if as_json else format_metrics(m))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line on stderr and a non-zero exit for every user error."""
+    argv = _expand_greedy(sys.argv[1:] if argv is None else argv)
+    try:
+        cli.main(argv, prog_name="speakertag", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("speakertag: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except SpeakertagError as e:
+        click.echo(f"speakertag: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("speakertag: interrupted", err=True)
+        sys.exit(130)
+    except OSError as e:
+        click.echo(f"speakertag: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", err=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, never a traceback
+        if os.environ.get("SPEAKERTAG_DEBUG"):
+            raise
+        click.echo(f"speakertag: internal error: {type(e).__name__}: {e} (set SPEAKERTAG_DEBUG=1 for details)", err=True)
+        sys.exit(2)

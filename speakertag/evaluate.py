@@ -1,0 +1,227 @@
+"""Time-based scoring of target-speaker detection.
+
+Makes the same decisions as the project's reference scorer (score.py of the dev data; a copy
+is tests/fixtures/reference_score.py), vectorised with numpy: segment ends are rounded to a
+`step_s` grid (round half to even, as Python's round), frames within +-collar_s of every
+reference boundary are not scored, and on the scored frames
+  TP = hyp & ref, FA = hyp & ~ref, MISS = ref & ~hyp,
+  precision = TP/(TP+FA), recall = TP/(TP+MISS) (0 when the denominator is 0),
+  F1 (0 when P+R is 0), detection_error = (MISS+FA)/(TP+MISS) (None when there is no target time).
+Metrics keep full precision; `Metrics.rounded()` gives the 4-decimal numbers score.py prints.
+"""
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+Span = tuple[float, float]  # (start_s, end_s)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    precision: float
+    recall: float
+    f1: float
+    detection_error: float | None   # (miss_s + false_alarm_s) / target_scored_s; None without target time
+    miss_s: float                   # scored target time not detected
+    false_alarm_s: float            # scored non-target time detected
+    tp_s: float                     # scored target time detected
+    target_s: float                 # all reference target time, collars included
+    target_scored_s: float          # reference target time outside the collars
+    hyp_s: float                    # all detected time, collars included
+    collar_s: float                 # half-width of the unscored zone around each reference boundary
+
+    def rounded(self, ndigits: int = 4) -> "Metrics":
+        """The same metrics with every number rounded, as score.py reports them."""
+        return replace(self, **{k: round(v, ndigits) for k, v in asdict(self).items() if isinstance(v, float)})
+
+
+def _metrics(tp_s: float, fa_s: float, miss_s: float, target_s: float, hyp_s: float, collar_s: float) -> Metrics:
+    # same expressions, in the same order, as score.py's finish()
+    p = tp_s / (tp_s + fa_s) if tp_s + fa_s > 0 else 0.0
+    r = tp_s / (tp_s + miss_s) if tp_s + miss_s > 0 else 0.0
+    f1 = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    der = (miss_s + fa_s) / (tp_s + miss_s) if tp_s + miss_s > 0 else None
+    return Metrics(precision=p, recall=r, f1=f1, detection_error=der, miss_s=miss_s, false_alarm_s=fa_s,
+                   tp_s=tp_s, target_s=target_s, target_scored_s=tp_s + miss_s, hyp_s=hyp_s, collar_s=collar_s)
+
+
+def _grid(times_s: np.ndarray, step_s: float) -> np.ndarray:
+    """Nearest grid index of each time, ties to even (as int(round(t / step)) in score.py); int64."""
+    return np.rint(times_s / step_s).astype(np.int64)
+
+
+def _cover(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Boolean mask, shape (n,), true on the union of index ranges [a, b) (ranges with b <= a are empty)."""
+    keep = b > a
+    a, b = np.clip(a[keep], 0, n), np.clip(b[keep], 0, n)
+    edges = np.bincount(a, minlength=n + 1) - np.bincount(b, minlength=n + 1)
+    return np.cumsum(edges[:n]) > 0
+
+
+def score(reference: Sequence[Span], hypothesis: Sequence[Span], collar_s: float = 0.25,
+          step_s: float = 0.01) -> Metrics:
+    """Score hypothesis against reference spans (seconds) on a `step_s` grid, ignoring +-collar_s
+    around every reference boundary (collar_s <= 0: score everything)."""
+    if not step_s > 0:
+        raise ValueError(f"step_s must be positive, got {step_s}")
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1, 2)
+    hyp = np.asarray(hypothesis, dtype=np.float64).reshape(-1, 2)
+    end_s = max(ref[:, 1].max(initial=0.0), hyp[:, 1].max(initial=0.0))
+    n = math.ceil(end_s / step_s) + 1
+    r = _cover(_grid(ref[:, 0], step_s), _grid(ref[:, 1], step_s), n)
+    h = _cover(_grid(hyp[:, 0], step_s), _grid(hyp[:, 1], step_s), n)
+    scored = np.ones(n, dtype=bool)
+    if collar_s > 0:
+        c = round(collar_s / step_s)
+        i = _grid(ref.ravel(), step_s)
+        scored &= ~_cover(i - c, i + c, n)
+    tp = int(np.count_nonzero(scored & r & h))
+    fa = int(np.count_nonzero(scored & ~r & h))
+    miss = int(np.count_nonzero(scored & r & ~h))
+    return _metrics(tp * step_s, fa * step_s, miss * step_s, int(np.count_nonzero(r)) * step_s,
+                    int(np.count_nonzero(h)) * step_s, float(collar_s))
+
+
+def pool(metrics: Sequence[Metrics]) -> Metrics:
+    """Metrics over several files: seconds summed, ratios recomputed (score.py --pairs)."""
+    if not metrics:
+        raise ValueError("no metrics to pool")
+    collars = {m.collar_s for m in metrics}
+    if len(collars) > 1:
+        raise ValueError(f"cannot pool metrics scored with different collars: {sorted(collars)}")
+
+    def total(name: str) -> float:
+        return sum(getattr(m, name) for m in metrics)
+
+    return _metrics(total("tp_s"), total("false_alarm_s"), total("miss_s"), total("target_s"), total("hyp_s"),
+                    metrics[0].collar_s)
+
+
+def format_metrics(m: Metrics) -> str:
+    """A few lines for people."""
+    der = "n/a (no target time)" if m.detection_error is None else f"{m.detection_error:.3f}"
+    return (f"precision        {m.precision:.3f}\n"
+            f"recall           {m.recall:.3f}\n"
+            f"F1               {m.f1:.3f}\n"
+            f"detection error  {der}  (miss {m.miss_s:.1f} s + false alarm {m.false_alarm_s:.1f} s"
+            f" / scored target {m.target_scored_s:.1f} s)\n"
+            f"target time      {m.target_s:.1f} s ({m.target_scored_s:.1f} s scored, collar {m.collar_s:g} s)\n"
+            f"detected time    {m.hyp_s:.1f} s")
+
+
+# ---- reading reference and hypothesis files ----
+
+def _read(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _span(path: str | Path, where: str, start_s: float, end_s: float) -> Span:
+    if not (math.isfinite(start_s) and math.isfinite(end_s) and end_s >= start_s):
+        raise ValueError(f"{path}: {where}: bad segment start={start_s} end={end_s}")
+    return start_s, end_s
+
+
+def _is_rttm(path: str | Path, text: str) -> bool:
+    return text.split(None, 1)[:1] == ["SPEAKER"] or Path(path).suffix.lower() == ".rttm"
+
+
+def _rttm_rows(path: str | Path, text: str) -> list[tuple[float, float, str]]:
+    """(start_s, end_s, speaker) of each SPEAKER line; other RTTM line types are ignored."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        p = line.split()
+        if not p or p[0] != "SPEAKER":
+            continue
+        if len(p) < 8 or not (_is_float(p[3]) and _is_float(p[4])):
+            raise ValueError(f"{path}: line {n}: expected 'SPEAKER <file> <chan> <start> <dur> <NA> <NA> <name>'")
+        start_s = float(p[3])
+        rows.append((*_span(path, f"line {n}", start_s, start_s + float(p[4])), p[7]))
+    return rows
+
+
+def _csv_rows(path: str | Path, text: str) -> list[tuple[float, float, list[str]]]:
+    """(start_s, end_s, other fields) of each start,end,... row; blank and '#' lines are skipped
+    and the first remaining row may be a header."""
+    rows = []
+    reader = csv.reader(text.splitlines())
+    first = True
+    for rec in reader:
+        if not rec or rec[0].strip().startswith("#"):
+            continue
+        if len(rec) > 1 and _is_float(rec[0]) and _is_float(rec[1]):
+            rows.append((*_span(path, f"line {reader.line_num}", float(rec[0]), float(rec[1])), rec[2:]))
+        elif not first:
+            raise ValueError(f"{path}: line {reader.line_num}: expected start,end numbers, "
+                             f"got {','.join(rec)!r}")
+        first = False
+    return rows
+
+
+def read_reference(path: str | Path, speaker: str | None = None) -> list[Span]:
+    """Target spans (seconds) from an RTTM file (SPEAKER lines) or a CSV start,end[,speaker].
+
+    `speaker` selects one speaker; it is required when the file names several.
+    """
+    text = _read(path)
+    if _is_rttm(path, text):
+        rows = _rttm_rows(path, text)
+    else:
+        # as score.py: a numeric or empty third column is no speaker name
+        rows = [(s, e, rest[0].strip() if rest and rest[0].strip() and not _is_float(rest[0]) else None)
+                for s, e, rest in _csv_rows(path, text)]
+    speakers = sorted({k for _, _, k in rows if k is not None})
+    if speaker is None:
+        if len(speakers) > 1:
+            raise ValueError(f"reference {path} has several speakers ({', '.join(speakers)}); choose one")
+        return [(s, e) for s, e, _ in rows]
+    if speaker not in speakers:
+        raise ValueError(f"speaker {speaker!r} not in reference {path} (speakers: {', '.join(speakers) or 'none'})")
+    return [(s, e) for s, e, k in rows if k == speaker]
+
+
+def _json_spans(path: str | Path, text: str) -> list[Span]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON: {e}") from None
+    items = doc.get("segments") if isinstance(doc, dict) else doc
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON list of segments or an object with a \"segments\" list")
+    spans = []
+    for n, it in enumerate(items):
+        try:
+            start, end = (it["start"], it["end"]) if isinstance(it, dict) else (it[0], it[1])
+            start_s, end_s = float(start), float(end)
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ValueError(f"{path}: segment {n}: expected {{\"start\": s, \"end\": s}} or [start, end], "
+                             f"got {it!r}") from None
+        spans.append(_span(path, f"segment {n}", start_s, end_s))
+    return spans
+
+
+def read_hypothesis(path: str | Path) -> list[Span]:
+    """Detected spans (seconds) from speakertag JSON ({"segments": [...]}), a JSON list of
+    {"start", "end"} objects or [start, end] pairs, a CSV start,end[,score[,label]], or RTTM
+    (every SPEAKER line, whatever its label)."""
+    text = _read(path)
+    if text.lstrip().startswith(("[", "{")):
+        return _json_spans(path, text)
+    if _is_rttm(path, text):
+        return [(s, e) for s, e, _ in _rttm_rows(path, text)]
+    return [(s, e) for s, e, _ in _csv_rows(path, text)]

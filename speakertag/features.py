@@ -1,0 +1,96 @@
+"""Log-mel frames and window slicing: the one front end of training and tagging.
+
+Frames are computed without centre padding: frame i covers samples
+[i * hop_length, i * hop_length + n_fft). That makes a long stream cut into blocks give
+exactly the frames of the whole, provided each block carries the samples its last frame
+still needs (`LogMelStream`). Window j covers frames [j * hop_frames, j * hop_frames +
+window_frames).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Iterable, Iterator
+
+import librosa
+import numpy as np
+import torch
+
+from .params import AudioParams
+
+
+@lru_cache(maxsize=8)
+def _mel_basis(p: AudioParams) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) Slaney mel filterbank."""
+    fb = librosa.filters.mel(sr=p.sample_rate_hz, n_fft=p.n_fft, n_mels=p.n_mels, fmin=p.f_min_hz, fmax=p.f_max_hz)
+    return torch.from_numpy(fb)
+
+
+@lru_cache(maxsize=8)
+def _hann(n_fft: int) -> torch.Tensor:
+    return torch.hann_window(n_fft)
+
+
+def log_mel(samples: torch.Tensor, p: AudioParams) -> torch.Tensor:
+    """Log-mel power of mono audio.
+
+    samples: (..., n_samples) float at p.sample_rate_hz.
+    Returns (..., n_mels, n_frames) with n_frames = 1 + (n_samples - n_fft) // hop_length
+    (0 frames when shorter than n_fft).
+    """
+    lead = samples.shape[:-1]
+    if samples.shape[-1] < p.n_fft:
+        return samples.new_zeros(*lead, p.n_mels, 0)
+    flat = samples.reshape(-1, samples.shape[-1])
+    spec = torch.stft(flat, p.n_fft, p.hop_length, window=_hann(p.n_fft).to(samples.device),
+                      center=False, return_complex=True)
+    power = spec.real.square() + spec.imag.square()  # (batch, n_fft // 2 + 1, n_frames)
+    mel = torch.matmul(_mel_basis(p).to(samples.device), power)
+    return torch.log(mel + p.log_floor).reshape(*lead, p.n_mels, -1)
+
+
+def n_windows(n_frames: int, p: AudioParams) -> int:
+    """Number of whole windows in `n_frames` frames."""
+    return 0 if n_frames < p.window_frames else 1 + (n_frames - p.window_frames) // p.hop_frames
+
+
+def slice_windows(frames: torch.Tensor, p: AudioParams) -> torch.Tensor:
+    """(n_mels, n_frames) -> (n_windows, n_mels, window_frames), a view without copy."""
+    if frames.shape[-1] < p.window_frames:
+        return frames.new_zeros(0, frames.shape[0], p.window_frames)
+    return frames.unfold(-1, p.window_frames, p.hop_frames).permute(1, 0, 2)
+
+
+def tile_to(samples: np.ndarray, n_samples: int) -> np.ndarray:
+    """Repeat a short clip until it is `n_samples` long (short enrolment clips fill a window)."""
+    if len(samples) >= n_samples:
+        return samples
+    return np.tile(samples, -(-n_samples // len(samples)))[:n_samples]
+
+
+def stream_windows(blocks: Iterable[np.ndarray], p: AudioParams, batch_windows: int
+                   ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Turn a stream of mono sample blocks into batches of windows.
+
+    Yields (first_window_index, windows) with windows of shape
+    (<= batch_windows, n_mels, window_frames); the concatenation of all batches equals
+    slice_windows(log_mel(whole_stream)). Memory stays bounded by one block plus one batch.
+    """
+    carry_samples = np.zeros(0, np.float32)
+    frames = torch.zeros(p.n_mels, 0)
+    next_window = 0
+    frame_offset = 0  # index of frames[:, 0] in the whole stream
+    for block in blocks:
+        samples = np.concatenate([carry_samples, block])
+        n_new = 0 if len(samples) < p.n_fft else 1 + (len(samples) - p.n_fft) // p.hop_length
+        new = log_mel(torch.from_numpy(samples), p)
+        carry_samples = samples[n_new * p.hop_length:]
+        frames = torch.cat([frames, new], dim=1)
+        windows = slice_windows(frames, p)
+        for i in range(0, len(windows), batch_windows):
+            yield next_window + i, windows[i:i + batch_windows]
+        next_window += len(windows)
+        # Keep the frames that the next window still needs.
+        keep_from = next_window * p.hop_frames - frame_offset
+        frames = frames[:, keep_from:]
+        frame_offset += keep_from

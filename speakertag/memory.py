@@ -1,0 +1,125 @@
+"""The positive memory: embeddings of the target's windows, searched with faiss.
+
+A memory file is a NumPy .npz (loaded with allow_pickle=False) holding the embeddings as
+float32 and one JSON header: format version, the params, the fingerprint of the model
+that made the embeddings, the tagging threshold and how it was chosen, the voice name, and
+a SHA-256 checksum over embeddings and header that is verified on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .errors import SpeakertagError
+from .io_utils import atomic_write_bytes
+from .params import FORMAT_VERSION, Params
+
+MEMORY_FILE = "memory.npz"
+HNSW_MIN_ENTRIES = 50_000  # from this size on, search an approximate HNSW index
+MAX_ENTRIES = 5_000_000  # refuse larger memories: 2.5 GB of float32 at 128 dimensions
+
+
+@dataclass(frozen=True)
+class Memory:
+    embeddings: np.ndarray  # (n_entries, embedding_dim) float32, unit rows
+    params: Params
+    model_fingerprint: str
+    threshold: float
+    name: str = "target"
+    info: dict = field(default_factory=dict)  # calibration figures, sources: JSON-able
+
+    def header(self) -> dict:
+        return {
+            "format": "speakertag-memory",
+            "format_version": FORMAT_VERSION,
+            "params": self.params.to_dict(),
+            "model_fingerprint": self.model_fingerprint,
+            "threshold": self.threshold,
+            "name": self.name,
+            "info": self.info,
+            "n_entries": int(len(self.embeddings)),
+        }
+
+
+def _checksum(embeddings: np.ndarray, header: dict) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
+    h.update(json.dumps(header, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def save_memory(memory: Memory, path: str | Path) -> Path:
+    """Write the memory atomically to `path` (a file, or a folder to hold memory.npz)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MEMORY_FILE
+    header = memory.header()
+    header["checksum"] = _checksum(memory.embeddings, header)
+    buf = io.BytesIO()
+    np.savez(buf, embeddings=memory.embeddings.astype(np.float32),
+             header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_memory(path: str | Path) -> Memory:
+    """Read a memory file (or a model folder's memory.npz); verifies version and checksum."""
+    path = Path(path)
+    file = path / MEMORY_FILE if path.is_dir() else path
+    if not file.exists():
+        raise SpeakertagError(f"no memory at {path}: {file.name} is missing")
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            embeddings = z["embeddings"]
+            header = json.loads(z["header"].tobytes().decode())
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise SpeakertagError(f"not a valid speakertag memory file: {file} ({str(e).splitlines()[0][:100]})") from None
+    if not isinstance(header, dict) or header.get("format") != "speakertag-memory":
+        raise SpeakertagError(f"not a speakertag memory file: {file}")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise SpeakertagError(f"memory {file} has format version {header.get('format_version')}; "
+                              f"this speakertag reads version {FORMAT_VERSION}")
+    stored = header.pop("checksum", None)
+    if stored != _checksum(embeddings, header):
+        raise SpeakertagError(f"memory {file} failed its checksum: its contents were changed or damaged")
+    try:
+        params = Params.from_dict(header["params"])
+        memory = Memory(embeddings.astype(np.float32), params, header["model_fingerprint"],
+                        float(header["threshold"]), header.get("name", "target"), header.get("info", {}))
+    except (KeyError, ValueError, TypeError) as e:
+        raise SpeakertagError(f"memory {file} is damaged: {e}") from None
+    if embeddings.ndim != 2 or embeddings.shape[1] != params.encoder.embedding_dim:
+        raise SpeakertagError(f"memory {file} is damaged: embeddings of shape {embeddings.shape}")
+    return memory
+
+
+def merge_memories(a: Memory, b: Memory) -> Memory:
+    """Join two memories of the same model; keeps a's threshold and name."""
+    if a.model_fingerprint != b.model_fingerprint or a.params != b.params:
+        raise SpeakertagError("cannot merge memories of different models "
+                              f"(fingerprints {a.model_fingerprint} and {b.model_fingerprint})")
+    n = len(a.embeddings) + len(b.embeddings)
+    if n > MAX_ENTRIES:
+        raise SpeakertagError(f"merged memory would hold {n} entries; the limit is {MAX_ENTRIES}")
+    info = {**a.info, "merged_from": [a.info.get("source", a.name), b.info.get("source", b.name)]}
+    return replace(a, embeddings=np.concatenate([a.embeddings, b.embeddings]), info=info)
+
+
+def build_index(embeddings: np.ndarray) -> faiss.Index:
+    """Inner-product index (cosine on unit vectors); HNSW from HNSW_MIN_ENTRIES entries on."""
+    dim = embeddings.shape[1]
+    if len(embeddings) >= HNSW_MIN_ENTRIES:
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 128
+    else:
+        index = faiss.IndexFlatIP(dim)
+    index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    return index
+

@@ -1,0 +1,137 @@
+"""The conv1d speaker encoder and its model file.
+
+A model file is `torch.save` of plain tensors, strings and numbers only, loaded with
+`weights_only=True`: it can hold no code. It carries the format version, the full params,
+a fingerprint (SHA-256 of the weights) that is checked on load and recorded by every
+memory made with the model, and free-form metadata (voice name, provenance, history).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .errors import SpeakertagError
+from .io_utils import atomic_write_bytes
+from .params import FORMAT_VERSION, AudioParams, EncoderParams, Params
+
+MODEL_FILE = "model.pt"
+
+
+class Encoder(nn.Module):
+    """Log-mel windows -> unit-length speaker embeddings.
+
+    Per-window mean normalisation of every mel bin (removes level and channel colour),
+    blocks of conv1d/batch-norm/ReLU/max-pool over time with mel bins as channels,
+    mean + standard-deviation pooling over time, a linear layer, L2 normalisation.
+    """
+
+    def __init__(self, audio: AudioParams, enc: EncoderParams):
+        super().__init__()
+        layers: list[nn.Module] = [nn.BatchNorm1d(audio.n_mels)]
+        in_ch = audio.n_mels
+        for ch, k, pool in zip(enc.channels, enc.kernel_sizes, enc.pool_sizes):
+            layers += [nn.Conv1d(in_ch, ch, k, padding=k // 2, bias=False), nn.BatchNorm1d(ch), nn.ReLU()]
+            if pool > 1:
+                layers.append(nn.MaxPool1d(pool))
+            in_ch = ch
+        self.blocks = nn.Sequential(*layers)
+        self.head = nn.Linear(2 * in_ch, enc.embedding_dim)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        """windows: (batch, n_mels, n_frames) log-mel -> (batch, embedding_dim), unit L2 norm."""
+        x = windows - windows.mean(dim=-1, keepdim=True)
+        h = self.blocks(x)  # (batch, channels, n_frames / total pool)
+        stats = torch.cat([h.mean(dim=-1), h.std(dim=-1)], dim=1)
+        return F.normalize(self.head(stats), dim=-1)
+
+
+@dataclass
+class Model:
+    params: Params
+    encoder: Encoder
+    meta: dict = field(default_factory=dict)  # name, provenance, history: JSON-able values
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.encoder)
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", "target")
+
+
+def new_model(params: Params, meta: dict | None = None) -> Model:
+    return Model(params, Encoder(params.audio, params.encoder), dict(meta or {}))
+
+
+def fingerprint(encoder: nn.Module) -> str:
+    """SHA-256 over the names and bytes of all weights and buffers, first 16 hex digits."""
+    h = hashlib.sha256()
+    for name, t in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_model(model: Model, directory: str | Path) -> Path:
+    """Write DIR/model.pt atomically; returns its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
+    payload = {
+        "format": "speakertag-model",
+        "format_version": FORMAT_VERSION,
+        "params": model.params.to_dict(),
+        "fingerprint": model.fingerprint,
+        "meta": model.meta,
+        "state_dict": state,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path = directory / MODEL_FILE
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
+    """Load a model folder (or its model.pt) without running code; checks version and fingerprint."""
+    path = Path(path)
+    file = path / MODEL_FILE if path.is_dir() else path
+    if not file.exists():
+        raise SpeakertagError(f"no model at {path}: {file.name} is missing")
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpeakertagError(f"not a valid speakertag model file: {file} ({first[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != "speakertag-model":
+        raise SpeakertagError(f"not a speakertag model file: {file}")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise SpeakertagError(f"model {file} has format version {payload.get('format_version')}; "
+                              f"this speakertag reads version {FORMAT_VERSION}")
+    try:
+        params = Params.from_dict(payload["params"])
+        encoder = Encoder(params.audio, params.encoder)
+        encoder.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise SpeakertagError(f"model {file} is damaged: {str(e).splitlines()[0][:120]}") from None
+    model = Model(params, encoder.eval().to(device), dict(payload.get("meta", {})))
+    if model.fingerprint != payload.get("fingerprint"):
+        raise SpeakertagError(f"model {file} failed its checksum: the weights were changed or damaged")
+    return model
+
+
+@torch.inference_mode()
+def embed(model: Model, windows: torch.Tensor) -> torch.Tensor:
+    """(batch, n_mels, window_frames) log-mel -> (batch, embedding_dim) float32 on the CPU."""
+    model.encoder.eval()
+    device = next(model.encoder.parameters()).device
+    return model.encoder(windows.to(device)).float().cpu()

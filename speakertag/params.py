@@ -1,0 +1,108 @@
+"""Every number that defines speakertag's front end, encoder, training and tagging.
+
+One frozen `Params` object is saved inside every model and memory file, so that a file
+always carries the numbers that built it. Derived values (frame counts, seconds) are
+computed from the stored ones, never stored twice. This module imports no torch or faiss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+FORMAT_VERSION = 1  # version of model and memory files; bump on incompatible change
+
+
+@dataclass(frozen=True)
+class AudioParams:
+    sample_rate_hz: int = 22050  # every input is resampled to this rate
+    n_fft: int = 1024  # STFT size (46 ms at 22050 Hz)
+    hop_length: int = 256  # STFT hop in samples (11.6 ms)
+    n_mels: int = 128  # log-mel bins
+    f_min_hz: float = 20.0
+    f_max_hz: float = 11025.0
+    log_floor: float = 1e-5  # added to mel power before the log
+    window_frames: int = 172  # one embedding window (about 2.0 s)
+    hop_frames: int = 43  # hop between windows (about 0.5 s)
+
+    @property
+    def frame_s(self) -> float:
+        """Seconds between two STFT frames."""
+        return self.hop_length / self.sample_rate_hz
+
+    @property
+    def window_s(self) -> float:
+        return self.window_frames * self.frame_s
+
+    @property
+    def hop_s(self) -> float:
+        return self.hop_frames * self.frame_s
+
+    @property
+    def window_samples(self) -> int:
+        """Samples that one window's frames cover."""
+        return self.n_fft + (self.window_frames - 1) * self.hop_length
+
+
+@dataclass(frozen=True)
+class EncoderParams:
+    channels: tuple[int, ...] = (256, 256, 256)  # conv1d channels of each block
+    kernel_sizes: tuple[int, ...] = (5, 3, 3)
+    pool_sizes: tuple[int, ...] = (2, 2, 1)  # max-pool over time after each block
+    embedding_dim: int = 128
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    margin: float = 0.3  # cosine triplet margin
+    batch_size: int = 64  # anchors per step
+    max_steps: int = 300
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    mining_every_steps: int = 25  # re-embed the whole negative pool this often
+    eval_every_steps: int = 25
+    patience_evals: int = 4  # early stopping: evaluations without improvement
+    val_fraction: float = 0.2  # clips held back for validation and calibration
+    min_clip_s: float = 1.0  # shorter clips are skipped; shorter than a window are tiled
+    snr_db_range: tuple[float, float] = (0.0, 20.0)  # augmentation mixing range
+    augment_probability: float = 0.8
+    augmented_memory_copies: int = 1  # noisy copies of each positive window in the memory
+    threshold_rule: str = "f1"  # "f1" or "precision"
+    target_precision: float = 0.95  # used by the "precision" rule
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TagParams:
+    top_k: int = 5  # score = mean of the top-k cosine similarities in the memory
+    threshold: float = 0.7  # used until a calibrated one exists
+    min_gap_s: float = 0.5  # merge segments separated by less than this
+    min_duration_s: float = 0.5  # drop segments shorter than this
+    batch_windows: int = 256  # windows embedded per encoder call
+
+
+@dataclass(frozen=True)
+class Params:
+    audio: AudioParams = field(default_factory=AudioParams)
+    encoder: EncoderParams = field(default_factory=EncoderParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    tag: TagParams = field(default_factory=TagParams)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Params":
+        """Rebuild from `to_dict` output; unknown or missing keys raise ValueError."""
+        groups = {"audio": AudioParams, "encoder": EncoderParams, "train": TrainParams, "tag": TagParams}
+        if set(d) != set(groups):
+            raise ValueError(f"params groups {sorted(d)} do not match {sorted(groups)}")
+        built = {}
+        for name, klass in groups.items():
+            known = {f.name: f for f in dataclasses.fields(klass)}
+            unknown = set(d[name]) - set(known)
+            if unknown:
+                raise ValueError(f"unknown {name} params: {', '.join(sorted(unknown))}")
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in d[name].items()}
+            built[name] = klass(**values)
+        return cls(**built)

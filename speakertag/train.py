@@ -1,0 +1,228 @@
+"""Clips -> a trained encoder, a positive memory and a calibrated threshold.
+
+Reads top to bottom as one function, `train`: load clips, hold some back, sample film-like
+triplets, mine hard negatives from the whole negative pool, evaluate, stop early, build
+the memory, calibrate the threshold on the held-back windows.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .audio import find_media_files, load_audio
+from .augment import film_like, random_crop
+from .errors import SpeakertagError
+from .features import log_mel, tile_to
+from .losses import mine_hard_negatives, triplet_loss
+from .memory import Memory, build_index
+from .model import Model, embed, new_model
+from .params import AudioParams, Params
+from .scoring import Calibration, calibrate_threshold, top_k_mean
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str
+    samples: np.ndarray  # (n_samples,) float32 mono at the model rate
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    step: int
+    max_steps: int
+    loss: float
+    val_f1: float | None  # best-threshold F1 on validation windows at the last evaluation
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    n_positive_clips: int
+    n_negative_clips: int
+    positive_s: float
+    negative_s: float
+    steps: int
+    best_step: int
+    seconds: float
+    calibration: Calibration
+    skipped: tuple[str, ...]  # clips not used, with the reason
+
+
+def load_clips(paths: list[str | Path], role: str, p: Params) -> tuple[list[Clip], list[str]]:
+    """Decode every media file under `paths`; returns usable clips and skip messages."""
+    files = find_media_files(paths)
+    clips, skipped = [], []
+    for f in files:
+        x = load_audio(f, p.audio.sample_rate_hz)
+        if len(x) < p.train.min_clip_s * p.audio.sample_rate_hz:
+            skipped.append(f"{f}: shorter than {p.train.min_clip_s:g} s")
+        elif not np.any(np.abs(x) > 1e-4):
+            skipped.append(f"{f}: silent")
+        else:
+            clips.append(Clip(str(f), x))
+    if not clips:
+        why = f" ({skipped[0].split(': ', 1)[1]}{' ...' if len(skipped) > 1 else ''})" if skipped else ""
+        raise SpeakertagError(f"no usable {role} clips{why}: each needs at least {p.train.min_clip_s:g} s of sound")
+    return clips, skipped
+
+
+def split_clips(clips: list[Clip], fraction: float, rng: np.random.Generator) -> tuple[list[Clip], list[Clip]]:
+    """Hold back whole clips for validation; with fewer than 3 clips, the last part of each."""
+    if len(clips) >= 3:
+        order = rng.permutation(len(clips))
+        n_val = max(1, round(fraction * len(clips)))
+        return [clips[i] for i in order[n_val:]], [clips[i] for i in order[:n_val]]
+    train, val = [], []
+    for c in clips:
+        cut = int(len(c.samples) * (1 - fraction))
+        train.append(Clip(c.name, c.samples[:cut]))
+        val.append(Clip(c.name, c.samples[cut:]))
+    return train, val
+
+
+def clip_windows(clips: list[Clip], a: AudioParams) -> np.ndarray:
+    """Every window of every clip at the tagging hop: (n_windows, window_samples) float32.
+    Clips shorter than a window are tiled to fill one."""
+    hop = a.hop_frames * a.hop_length
+    out = []
+    for c in clips:
+        x = tile_to(c.samples, a.window_samples)
+        starts = range(0, len(x) - a.window_samples + 1, hop)
+        out.extend(x[s:s + a.window_samples] for s in starts)
+    return np.stack(out).astype(np.float32)
+
+
+def degrade(windows: np.ndarray, noise_pool: list[np.ndarray], p: Params, rng: np.random.Generator,
+            probability: float | None = None) -> np.ndarray:
+    """Film-like copies of (n, window_samples) windows, each degraded with `probability`."""
+    prob = p.train.augment_probability if probability is None else probability
+    return np.stack([film_like(w, noise_pool, p.audio.sample_rate_hz, rng, p.train.snr_db_range)
+                     if rng.random() < prob else w for w in windows])
+
+
+def embed_audio(model: Model, windows: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """(n, window_samples) audio -> (n, dim) embeddings, in eval mode without gradients."""
+    out = [embed(model, log_mel(torch.from_numpy(windows[i:i + batch]), model.params.audio))
+           for i in range(0, len(windows), batch)]
+    return torch.cat(out) if out else torch.zeros(0, model.params.encoder.embedding_dim)
+
+
+def memory_windows(clips: list[Clip], noise_pool: list[np.ndarray], p: Params, rng: np.random.Generator) -> np.ndarray:
+    """Windows stored in a memory: every clean window plus film-like copies of each."""
+    clean = clip_windows(clips, p.audio)
+    copies = [degrade(clean, noise_pool, p, rng, probability=1.0) for _ in range(p.train.augmented_memory_copies)]
+    return np.concatenate([clean, *copies])
+
+
+def validation_scores(model: Model, memory_audio: np.ndarray, val_pos: np.ndarray, val_neg: np.ndarray,
+                      k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k-mean scores of validation windows against a memory built from memory_audio."""
+    index = build_index(embed_audio(model, memory_audio).numpy())
+    return (top_k_mean(index, embed_audio(model, val_pos).numpy(), k),
+            top_k_mean(index, embed_audio(model, val_neg).numpy(), k))
+
+
+def train(positive: list[str | Path], negative: list[str | Path], params: Params | None = None,
+          base: Model | None = None, name: str = "target",
+          progress: Callable[[StepInfo], None] | None = None) -> tuple[Model, Memory, TrainReport]:
+    """Train (or fine-tune `base`) on positive and negative clips.
+
+    Returns the model, its positive memory (every positive window, threshold calibrated on
+    held-back film-like windows) and a report.
+    """
+    t0 = time.monotonic()
+    p = base.params if params is None and base is not None else (params or Params())
+    if base is not None and (base.params.audio != p.audio or base.params.encoder != p.encoder):
+        raise SpeakertagError("the base model was built with other audio or encoder params")
+    tp, a = p.train, p.audio
+    rng = np.random.default_rng(tp.seed)
+    torch.manual_seed(tp.seed)
+    gen = torch.Generator().manual_seed(tp.seed)
+
+    pos_clips, skipped_pos = load_clips(positive, "positive", p)
+    neg_clips, skipped_neg = load_clips(negative, "negative", p)
+    pos_train, pos_val = split_clips(pos_clips, tp.val_fraction, rng)
+    neg_train, neg_val = split_clips(neg_clips, tp.val_fraction, rng)
+    noise_pool = [c.samples for c in neg_train]
+
+    # Validation windows look like film audio: every window degraded, with held-back noise.
+    val_noise = [c.samples for c in neg_val] + noise_pool
+    val_pos = degrade(np.concatenate([clip_windows(pos_val, a)] * 2), val_noise, p, rng, 1.0)
+    val_neg = degrade(clip_windows(neg_val, a), val_noise, p, rng, 0.7)
+    val_memory_audio = memory_windows(pos_train, noise_pool, p, rng)
+
+    model = copy.deepcopy(base) if base is not None else new_model(p)
+    model.params = p
+    model.meta = {**model.meta, "name": name}
+    enc = model.encoder.train()
+    opt = torch.optim.AdamW(enc.parameters(), lr=tp.learning_rate, weight_decay=tp.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, tp.learning_rate, total_steps=tp.max_steps, pct_start=0.1)
+    pos_pool_audio = clip_windows(pos_train, a)
+    neg_pool_clean = clip_windows(neg_train, a)
+
+    def crops(clips: list[Clip], n: int) -> np.ndarray:
+        picks = rng.integers(len(clips), size=n)
+        return degrade(np.stack([random_crop(clips[i].samples, a.window_samples, rng) for i in picks]), noise_pool, p, rng)
+
+    best = (-1.0, 0, copy.deepcopy(enc.state_dict()))
+    evals_without_gain, step, val_f1, loss_value = 0, 0, None, float("nan")
+    for step in range(1, tp.max_steps + 1):
+        if (step - 1) % tp.mining_every_steps == 0:
+            # Refresh the mining pools with the current model: fresh degradations of every window.
+            anchor_audio = degrade(pos_pool_audio, noise_pool, p, rng)
+            neg_audio = degrade(neg_pool_clean, noise_pool, p, rng)
+            anchor_emb = embed_audio(model, anchor_audio)
+            neg_emb = embed_audio(model, neg_audio)
+            enc.train()
+        b = tp.batch_size
+        ai = torch.from_numpy(rng.integers(len(anchor_audio), size=b))
+        positive_audio = crops(pos_train, b)
+        # Mine with the pool's embeddings; cos(a, p) estimated against the positive pool mean.
+        centroid = torch.nn.functional.normalize(anchor_emb.mean(0, keepdim=True), dim=-1)
+        ap_sim = (anchor_emb[ai] @ centroid.T).squeeze(1)
+        hard = mine_hard_negatives(anchor_emb[ai], ap_sim, neg_emb, tp.margin, 16, gen).numpy()
+        batch = np.concatenate([anchor_audio[ai.numpy()], positive_audio, neg_audio[hard], crops(neg_train, b)])
+        emb = enc(log_mel(torch.from_numpy(batch), a))
+        e_a, e_p, e_hard, e_rand = emb.split(b)
+        loss = triplet_loss(e_a, e_p, e_hard, tp.margin) + triplet_loss(e_a, e_p, e_rand, tp.margin)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_value = float(loss)
+        if step % tp.eval_every_steps == 0 or step == tp.max_steps:
+            ps, ns = validation_scores(model, val_memory_audio, val_pos, val_neg, p.tag.top_k)
+            val_f1 = calibrate_threshold(ps, ns).f1
+            enc.train()
+            if val_f1 > best[0] + 1e-4:
+                best, evals_without_gain = (val_f1, step, copy.deepcopy(enc.state_dict())), 0
+            else:
+                evals_without_gain += 1
+        if progress:
+            progress(StepInfo(step, tp.max_steps, loss_value, val_f1))
+        if evals_without_gain >= tp.patience_evals:
+            break
+
+    enc.load_state_dict(best[2])
+    enc.eval()
+    ps, ns = validation_scores(model, val_memory_audio, val_pos, val_neg, p.tag.top_k)
+    calib = calibrate_threshold(ps, ns, tp.threshold_rule, tp.target_precision)
+    all_memory = embed_audio(model, memory_windows(pos_clips, noise_pool + [c.samples for c in neg_val], p, rng))
+    model.meta = {**model.meta, "history": [*model.meta.get("history", []), {
+        "action": "fine-tune" if base is not None else "train",
+        "positive": [c.name for c in pos_clips], "negative": [c.name for c in neg_clips],
+        "steps": step, "best_step": best[1]}]}
+    memory = Memory(all_memory.numpy(), p, model.fingerprint, calib.threshold, name, {
+        "calibration": calib.__dict__, "source": name,
+        "positive_clips": [c.name for c in pos_clips]})
+    report = TrainReport(len(pos_clips), len(neg_clips),
+                         sum(len(c.samples) for c in pos_clips) / a.sample_rate_hz,
+                         sum(len(c.samples) for c in neg_clips) / a.sample_rate_hz,
+                         step, best[1], time.monotonic() - t0, calib, tuple(skipped_pos + skipped_neg))
+    return model, memory, report

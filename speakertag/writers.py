@@ -1,0 +1,123 @@
+"""Render segments as text in one of several formats, chosen by name (whisper utils.get_writer).
+
+`render` returns the whole file content; writing it (atomically) happens elsewhere.
+"""
+import csv
+import html
+import io
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+from speakertag.segments import Segment
+
+SUFFIX: dict[str, str] = {
+    "text": ".txt",
+    "json": ".json",
+    "csv": ".csv",
+    "rttm": ".rttm",
+    "srt": ".srt",
+    "vtt": ".vtt",
+    "audacity": ".labels.txt",
+}
+FORMATS: tuple[str, ...] = tuple(SUFFIX)
+
+
+def _clock(seconds: float, digits: int, sep: str) -> str:
+    """Clock time HH:MM:SS<sep>F with `digits` fraction digits; rounds once, so 59.96 s never shows as 60."""
+    if seconds < 0:
+        raise ValueError(f"negative time: {seconds} s")
+    units = 10**digits
+    h, rest = divmod(round(seconds * units), 3600 * units)
+    m, rest = divmod(rest, 60 * units)
+    s, frac = divmod(rest, units)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{frac:0{digits}d}"
+
+
+def format_timestamp(seconds: float) -> str:
+    """Time for people, to 0.1 s: 186.5 -> "00:03:06.5"."""
+    return _clock(seconds, 1, ".")
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _several_labels(segments: Sequence[Segment]) -> bool:
+    return len({s.label for s in segments}) > 1
+
+
+def _text(segments: Sequence[Segment]) -> str:
+    with_label = _several_labels(segments)
+    return "".join(
+        f"{format_timestamp(s.start_s)} - {format_timestamp(s.end_s)}  score {s.score:.2f}"
+        + (f"  {s.label}" if with_label else "") + "\n"
+        for s in segments)
+
+
+def _json(segments: Sequence[Segment], input_path: str, model: str, threshold: float) -> str:
+    doc = {
+        "input": input_path,
+        "model": model,
+        "threshold": threshold,
+        "segments": [{"start": round(s.start_s, 3), "end": round(s.end_s, 3), "score": round(s.score, 4),
+                      "label": s.label} for s in segments],
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def _csv(segments: Sequence[Segment]) -> str:
+    with_label = _several_labels(segments)
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["start", "end", "score"] + (["label"] if with_label else []))
+    for s in segments:
+        w.writerow([f"{s.start_s:.3f}", f"{s.end_s:.3f}", f"{s.score:.4f}"] + ([s.label] if with_label else []))
+    return out.getvalue()
+
+
+def _rttm(segments: Sequence[Segment], input_path: str) -> str:
+    # RTTM fields are whitespace-separated, so whitespace in names becomes "_"
+    file_id = re.sub(r"\s", "_", Path(input_path).stem)
+    lines = []
+    for s in segments:
+        start_ms, end_ms = _ms(s.start_s), _ms(s.end_s)
+        label = re.sub(r"\s", "_", s.label)
+        lines.append(f"SPEAKER {file_id} 1 {start_ms / 1000:.3f} {(end_ms - start_ms) / 1000:.3f} "
+                     f"<NA> <NA> {label} <NA> <NA>\n")
+    return "".join(lines)
+
+
+def _srt(segments: Sequence[Segment]) -> str:
+    return "".join(
+        f"{i}\n{_clock(s.start_s, 3, ',')} --> {_clock(s.end_s, 3, ',')}\n{s.label} ({s.score:.2f})\n\n"
+        for i, s in enumerate(segments, 1))
+
+
+def _vtt(segments: Sequence[Segment]) -> str:
+    # cue text is HTML-like: "&" and "<" in a label must be escaped
+    return "WEBVTT\n\n" + "".join(
+        f"{_clock(s.start_s, 3, '.')} --> {_clock(s.end_s, 3, '.')}\n"
+        f"{html.escape(s.label, quote=False)} ({s.score:.2f})\n\n"
+        for s in segments)
+
+
+def _audacity(segments: Sequence[Segment]) -> str:
+    return "".join(f"{s.start_s:.6f}\t{s.end_s:.6f}\t{s.label}\n" for s in segments)
+
+
+def render(fmt: str, segments: Sequence[Segment], *, input_path: str, model: str, threshold: float) -> str:
+    """The whole output file for `segments` (times in seconds) in format `fmt`, one of FORMATS."""
+    writers = {
+        "text": lambda: _text(segments),
+        "json": lambda: _json(segments, input_path, model, threshold),
+        "csv": lambda: _csv(segments),
+        "rttm": lambda: _rttm(segments, input_path),
+        "srt": lambda: _srt(segments),
+        "vtt": lambda: _vtt(segments),
+        "audacity": lambda: _audacity(segments),
+    }
+    if fmt not in writers:
+        raise ValueError(f"unknown output format {fmt!r}; choose from: {', '.join(FORMATS)}")
+    return writers[fmt]()

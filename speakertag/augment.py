@@ -5,6 +5,7 @@ changes, reverberation, band limiting. Pure functions of (audio, rng) on numpy a
 from __future__ import annotations
 
 import numpy as np
+from scipy.signal import fftconvolve
 
 from .features import tile_to
 
@@ -15,6 +16,21 @@ def coloured_noise(n_samples: int, exponent: float, rng: np.random.Generator) ->
     f = np.arange(len(spec), dtype=np.float64)
     f[0] = 1.0
     x = np.fft.irfft(spec / f ** (exponent / 2), n_samples)
+    return (x / (np.sqrt(np.mean(x ** 2)) + 1e-12)).astype(np.float32)
+
+
+def synthetic_music(n_samples: int, sample_rate_hz: int, rng: np.random.Generator) -> np.ndarray:
+    """Notes of a random scale with harmonics and decaying envelopes, unit RMS: a stand-in
+    for film scores, so that the encoder learns that pitched sound is not a voice."""
+    t = np.arange(n_samples) / sample_rate_hz
+    x = np.zeros(n_samples)
+    for _ in range(int(rng.integers(3, 9))):
+        f0 = 110.0 * 2 ** (rng.integers(0, 36) / 12)
+        start = int(rng.integers(0, n_samples))
+        env = np.exp(-(t - t[start]) * rng.uniform(0.5, 4.0)) * (t >= t[start])
+        for h in range(1, int(rng.integers(2, 7))):
+            if f0 * h < sample_rate_hz / 2:
+                x += env * np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) / h ** rng.uniform(0.7, 1.5)
     return (x / (np.sqrt(np.mean(x ** 2)) + 1e-12)).astype(np.float32)
 
 
@@ -35,7 +51,7 @@ def reverberate(x: np.ndarray, sample_rate_hz: int, rt60_s: float, rng: np.rando
     rir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60_s)
     rir[0] = 1.0 + abs(rir[0])
     rir /= np.sqrt(np.sum(rir ** 2))
-    wet = np.fft.irfft(np.fft.rfft(x, len(x) + n) * np.fft.rfft(rir, len(x) + n), len(x) + n)[: len(x)]
+    wet = fftconvolve(x, rir)[: len(x)]
     return (wet * rms(x) / rms(wet)).astype(np.float32)
 
 
@@ -58,7 +74,7 @@ def film_like(x: np.ndarray, noise_pool: list[np.ndarray], sample_rate_hz: int, 
     """One random film-like degradation of a clip crop x (1-D float32, any length).
 
     Background: a crop of the noise pool (music, noise, other voices), several pool crops
-    summed (babble), or coloured noise; then maybe reverberation, maybe band limiting,
+    summed (babble), coloured noise or synthetic music; then maybe reverberation, maybe band limiting,
     always a random level. The noise pool holds the user's negative clips.
     """
     n = len(x)
@@ -71,8 +87,10 @@ def film_like(x: np.ndarray, noise_pool: list[np.ndarray], sample_rate_hz: int, 
     elif kind < 0.7 and noise_pool:
         noise = sum(random_crop(noise_pool[int(i)], n, rng) / rms(noise_pool[int(i)])
                     for i in rng.integers(len(noise_pool), size=int(rng.integers(3, 7))))
-    else:
+    elif kind < 0.85:
         noise = coloured_noise(n, float(rng.choice([0.0, 1.0, 2.0])), rng)
+    else:
+        noise = synthetic_music(n, sample_rate_hz, rng)
     y = mix_at_snr(y, noise, float(rng.uniform(*snr_db_range)))
     if rng.random() < 0.25:
         y = low_pass(y, sample_rate_hz, float(rng.uniform(3000, 7000)))

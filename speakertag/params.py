@@ -46,7 +46,7 @@ class AudioParams:
 
 @dataclass(frozen=True)
 class EncoderParams:
-    channels: tuple[int, ...] = (256, 256, 256)  # conv1d channels of each block
+    channels: tuple[int, ...] = (128, 128, 128)  # conv1d channels of each block
     kernel_sizes: tuple[int, ...] = (5, 3, 3)
     pool_sizes: tuple[int, ...] = (2, 2, 1)  # max-pool over time after each block
     embedding_dim: int = 128
@@ -55,7 +55,7 @@ class EncoderParams:
 @dataclass(frozen=True)
 class TrainParams:
     margin: float = 0.3  # cosine triplet margin
-    batch_size: int = 64  # anchors per step
+    batch_size: int = 32  # anchors per step
     max_steps: int = 300
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4

@@ -162,7 +162,7 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
     model.meta = {**model.meta, "name": name}
     enc = model.encoder.train()
     opt = torch.optim.AdamW(enc.parameters(), lr=tp.learning_rate, weight_decay=tp.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, tp.learning_rate, total_steps=tp.max_steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tp.max_steps)
     pos_pool_audio = clip_windows(pos_train, a)
     neg_pool_clean = clip_windows(neg_train, a)
 
@@ -195,7 +195,7 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
         loss.backward()
         opt.step()
         sched.step()
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         if step % tp.eval_every_steps == 0 or step == tp.max_steps:
             ps, ns = validation_scores(model, val_memory_audio, val_pos, val_neg, p.tag.top_k)
             val_f1 = calibrate_threshold(ps, ns).f1

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from speakertag.audio import find_media_files, load_audio
-from speakertag.augment import film_like, random_crop
+from speakertag.augment import film_like, generated_backgrounds, random_crop
 from speakertag.features import log_mel
 from speakertag.losses import batch_all_triplet_loss
 from speakertag.model import embed, new_model, save_model
@@ -56,7 +56,7 @@ def provenance(root: Path, corpus: dict[str, list[np.ndarray]], sample_rate_hz: 
 
 
 def sample_batch(corpus: dict[str, list[np.ndarray]], names: list[str], n_speakers: int, per_speaker: int,
-                 p: Params, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                 generated: list[np.ndarray], p: Params, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(n_speakers * per_speaker, window_samples) degraded windows and their speaker labels."""
     picks = rng.choice(len(names), size=n_speakers, replace=False)
     windows, labels = [], []
@@ -66,15 +66,15 @@ def sample_batch(corpus: dict[str, list[np.ndarray]], names: list[str], n_speake
         for _ in range(per_speaker):
             w = random_crop(clips[int(rng.integers(len(clips)))], p.audio.window_samples, rng)
             if rng.random() < p.train.augment_probability:
-                w = film_like(w, others, p.audio.sample_rate_hz, rng, p.train.snr_db_range)
+                w = film_like(w, others, generated, p.audio.sample_rate_hz, rng, p.train.snr_db_range)
             windows.append(w)
             labels.append(label)
     return np.stack(windows), np.array(labels)
 
 
-def nn_accuracy(model, corpus, names, p: Params, rng: np.random.Generator) -> float:
+def nn_accuracy(model, corpus, names, generated, p: Params, rng: np.random.Generator) -> float:
     """Held-out speakers: share of degraded windows whose nearest other window is the same speaker."""
-    windows, labels = sample_batch(corpus, names, len(names), 4, p, rng)
+    windows, labels = sample_batch(corpus, names, len(names), 4, generated, p, rng)
     emb = torch.cat([embed(model, log_mel(torch.from_numpy(windows[i:i + 128]), p.audio))
                      for i in range(0, len(windows), 128)])
     sim = emb @ emb.T
@@ -107,6 +107,7 @@ def main() -> None:
     model = new_model(p, {"name": "base", "pretraining": {
         **provenance(args.corpus, corpus, p.audio.sample_rate_hz), "script": "scripts/pretrain.py",
         "seed": args.seed, "held_out_speakers": val_names}})
+    generated = generated_backgrounds(p.audio.sample_rate_hz, rng, seconds=30.0)
     enc = model.encoder
     opt = torch.optim.AdamW(enc.parameters(), lr=2e-3, weight_decay=1e-4)
     t0, best, step = time.monotonic(), (-1.0, 0, None), 0
@@ -117,14 +118,15 @@ def main() -> None:
         for g in opt.param_groups:
             g["lr"] = 2e-3 * max(lr_scale, 0.02)
         enc.train()
-        windows, labels = sample_batch(corpus, train_names, args.speakers_per_batch, args.windows_per_speaker, p, rng)
+        windows, labels = sample_batch(corpus, train_names, args.speakers_per_batch, args.windows_per_speaker,
+                                       generated, p, rng)
         emb = enc(log_mel(torch.from_numpy(windows), p.audio))
         loss = batch_all_triplet_loss(emb, torch.from_numpy(labels), p.train.margin)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 50 == 0:
-            acc = nn_accuracy(model, corpus, val_names, p, np.random.default_rng(1))
+            acc = nn_accuracy(model, corpus, val_names, generated, p, np.random.default_rng(1))
             spread = float(emb.detach().std(0).mean())
             print(f"step {step} {time.monotonic() - t0:.0f}s loss {float(loss.detach()):.4f} "
                   f"held-out NN accuracy {acc:.3f} embedding spread {spread:.3f}", file=sys.stderr, flush=True)

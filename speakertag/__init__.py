@@ -6,10 +6,40 @@
         print(seg.start_s, seg.end_s, seg.score)
 """
 
-from .errors import SpeakertagError
-from .params import Params
-from .segments import Segment
-from .tagging import TagResult, Voice, load_voice, tag
-from .train import train
+import sys
+import types
+from importlib import import_module
+
+# Names are imported on first use, so that `import speakertag.params` (or the CLI's
+# --help) does not pull in torch, faiss and FFmpeg.
+_WHERE = {
+    "SpeakertagError": ".errors", "Params": ".params", "Segment": ".segments",
+    "TagResult": ".tagging", "Voice": ".tagging", "load_voice": ".tagging", "tag": ".tagging",
+    "train": ".train",
+}
 
 __all__ = ["Params", "Segment", "SpeakertagError", "TagResult", "Voice", "load_voice", "tag", "train"]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'speakertag' has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name, value):
+        # Importing the submodule speakertag.train binds it as attribute "train" of the
+        # package; keep `speakertag.train` the function, as an eager import would.
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

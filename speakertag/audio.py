@@ -77,16 +77,23 @@ def _use_soundfile(path: Path) -> bool:
         return False
 
 
+def _decodable(s, path: Path):
+    """The stream, if FFmpeg set up a decoder for it (a damaged header can leave none)."""
+    if s.codec_context is None:
+        raise SpeakertagError(f"cannot decode {path}: no decoder for its audio stream (unknown codec or damaged file)")
+    return s
+
+
 def _pick_stream(container, path: Path, stream: int | None):
     audio = list(container.streams.audio)
     if not audio:
         raise SpeakertagError(f"no audio stream in {path}")
     if stream is None:
         defaults = [s for s in audio if s.disposition & av.stream.Disposition.default]
-        return (defaults or audio)[0], None
+        return _decodable((defaults or audio)[0], path), None
     if not 0 <= stream < len(audio):
         raise SpeakertagError(f"--stream {stream} does not exist in {path}: it has {len(audio)} audio stream(s), 0-{len(audio) - 1}")
-    return audio[stream], stream
+    return _decodable(audio[stream], path), stream
 
 
 def probe(path: str | Path, stream: int | None = None) -> AudioInfo:
@@ -134,6 +141,17 @@ class _Resampler:
         return np.concatenate([f.to_ndarray()[0] for f in frames])
 
 
+def _to_float(x: np.ndarray) -> np.ndarray:
+    """Samples of any FFmpeg sample format as float32 in [-1, 1]: integer PCM (u8, s16,
+    s32, s64) is scaled by its full range, as FFmpeg itself does when converting to float."""
+    if x.dtype.kind == "f":
+        return x.astype(np.float32, copy=False)
+    full = float(2 ** (8 * x.dtype.itemsize - 1))
+    if x.dtype.kind == "u":  # unsigned PCM is centred on 2 ** (bits - 1)
+        return ((x.astype(np.float64) - full) / full).astype(np.float32)
+    return (x.astype(np.float64) / full).astype(np.float32)
+
+
 def _clean(block: np.ndarray) -> np.ndarray:
     """Channel-average a (channels, n) block to float32 mono with finite samples."""
     mono = block.astype(np.float32, copy=False).mean(axis=0)
@@ -162,7 +180,7 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float) -> Iterator[tup
         pending_n, rate = 0, s.rate or 0
         try:
             for frame in container.decode(s):
-                x = frame.to_ndarray()
+                x = _to_float(frame.to_ndarray())  # decoders output s16/s32 as well as float
                 if not frame.format.is_planar:  # packed: (1, n * channels)
                     x = x.reshape(-1, len(frame.layout.channels)).T
                 rate = frame.sample_rate

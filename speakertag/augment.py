@@ -69,13 +69,22 @@ def random_crop(clip: np.ndarray, n_samples: int, rng: np.random.Generator) -> n
     return clip[start:start + n_samples]
 
 
-def film_like(x: np.ndarray, noise_pool: list[np.ndarray], sample_rate_hz: int, rng: np.random.Generator,
-              snr_db_range: tuple[float, float] = (0.0, 20.0)) -> np.ndarray:
+def generated_backgrounds(sample_rate_hz: int, rng: np.random.Generator, seconds: float = 8.0) -> list[np.ndarray]:
+    """A bank of generated backgrounds to crop from: white, pink and brown noise and
+    synthetic music, `seconds` long each (made once: generating per window is slow)."""
+    n = int(seconds * sample_rate_hz)
+    noise = [coloured_noise(n, e, rng) for e in (0.0, 1.0, 1.0, 2.0, 2.0)]
+    return noise + [synthetic_music(n, sample_rate_hz, rng) for _ in range(5)]
+
+
+def film_like(x: np.ndarray, noise_pool: list[np.ndarray], generated: list[np.ndarray], sample_rate_hz: int,
+              rng: np.random.Generator, snr_db_range: tuple[float, float] = (0.0, 20.0)) -> np.ndarray:
     """One random film-like degradation of a clip crop x (1-D float32, any length).
 
-    Background: a crop of the noise pool (music, noise, other voices), several pool crops
-    summed (babble), coloured noise or synthetic music; then maybe reverberation, maybe band limiting,
-    always a random level. The noise pool holds the user's negative clips.
+    Background: a crop of the noise pool (the user's negative clips: music, noise, other
+    voices), several pool crops summed (babble), or a crop of a generated background
+    (coloured noise, synthetic music); then maybe reverberation, maybe band limiting,
+    always a random level.
     """
     n = len(x)
     y = x
@@ -87,10 +96,8 @@ def film_like(x: np.ndarray, noise_pool: list[np.ndarray], sample_rate_hz: int, 
     elif kind < 0.7 and noise_pool:
         noise = sum(random_crop(noise_pool[int(i)], n, rng) / rms(noise_pool[int(i)])
                     for i in rng.integers(len(noise_pool), size=int(rng.integers(3, 7))))
-    elif kind < 0.85:
-        noise = coloured_noise(n, float(rng.choice([0.0, 1.0, 2.0])), rng)
     else:
-        noise = synthetic_music(n, sample_rate_hz, rng)
+        noise = random_crop(generated[int(rng.integers(len(generated)))], n, rng)
     y = mix_at_snr(y, noise, float(rng.uniform(*snr_db_range)))
     if rng.random() < 0.25:
         y = low_pass(y, sample_rate_hz, float(rng.uniform(3000, 7000)))

@@ -71,8 +71,10 @@ def cli():
 @click.option("--steps", type=click.IntRange(1), help="Maximum training steps.")
 @click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True),
               help="Choose the lowest threshold reaching this validation precision instead of best F1.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available, else the CPU.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train(positive, negative, out_dir, name, base, seed, steps, target_precision, quiet):
+def train(positive, negative, out_dir, name, base, seed, steps, target_precision, device, quiet):
     """Learn a voice from positive and negative clips."""
     from dataclasses import replace
 
@@ -99,7 +101,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
         def progress(info):
             val = "-" if info.val_f1 is None else f"{info.val_f1:.3f}"
             bar.update(1, f"loss {info.loss:.3f} val F1 {val}")
-        model, memory, report = train_voice(positive, negative, p, base_model, name, progress)
+        model, memory, report = train_voice(positive, negative, p, base_model, name, progress, device)
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
@@ -132,8 +134,10 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write here instead of stdout.")
 @click.option("--min-gap", type=click.FloatRange(0), help="Merge segments closer than this (s).")
 @click.option("--min-duration", type=click.FloatRange(0), help="Drop segments shorter than this (s).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available, else the CPU.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def tag(film, model_dir, memory_file, threshold, stream, fmt, out, min_gap, min_duration, quiet):
+def tag(film, model_dir, memory_file, threshold, stream, fmt, out, min_gap, min_duration, device, quiet):
     """Find where the model's voice speaks in FILM (any audio or video file)."""
     from dataclasses import replace
 
@@ -141,7 +145,7 @@ def tag(film, model_dir, memory_file, threshold, stream, fmt, out, min_gap, min_
     from .memory import load_memory
     from .tagging import Voice, check_pair, load_voice, tag as tag_film
 
-    voice = load_voice(model_dir)
+    voice = load_voice(model_dir, device)
     if memory_file:
         voice = Voice(voice.model, load_memory(memory_file))
         check_pair(voice.model, voice.memory)

@@ -12,18 +12,19 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Iterable, Iterator
 
-import librosa
 import numpy as np
 import torch
+import torchaudio.functional
 
 from .params import AudioParams
 
 
 @lru_cache(maxsize=8)
 def _mel_basis(p: AudioParams) -> torch.Tensor:
-    """(n_mels, n_fft // 2 + 1) Slaney mel filterbank."""
-    fb = librosa.filters.mel(sr=p.sample_rate_hz, n_fft=p.n_fft, n_mels=p.n_mels, fmin=p.f_min_hz, fmax=p.f_max_hz)
-    return torch.from_numpy(fb)
+    """(n_mels, n_fft // 2 + 1) Slaney-scale, Slaney-normalised mel filterbank (librosa's default)."""
+    fb = torchaudio.functional.melscale_fbanks(p.n_fft // 2 + 1, p.f_min_hz, p.f_max_hz, p.n_mels,
+                                               p.sample_rate_hz, norm="slaney", mel_scale="slaney")
+    return fb.T.contiguous()
 
 
 @lru_cache(maxsize=8)

@@ -1,7 +1,7 @@
 """The positive memory: embeddings of the target's windows, searched with faiss.
 
-A memory file is a NumPy .npz (loaded with allow_pickle=False) holding the embeddings as
-float32 and one JSON header: format version, the params, the fingerprint of the model
+A memory file is a NumPy .npz (loaded with allow_pickle=False) holding the embeddings of
+the target's windows and of the negative windows as float32, and one JSON header: format version, the params, the fingerprint of the model
 that made the embeddings, the tagging threshold and how it was chosen, the voice name, and
 a SHA-256 checksum over embeddings and header that is verified on load.
 """
@@ -29,7 +29,8 @@ MAX_ENTRIES = 5_000_000  # refuse larger memories: 2.5 GB of float32 at 128 dime
 
 @dataclass(frozen=True)
 class Memory:
-    embeddings: np.ndarray  # (n_entries, embedding_dim) float32, unit rows
+    embeddings: np.ndarray  # (n_entries, embedding_dim) float32, unit rows: the target
+    negatives: np.ndarray  # (n_negatives, embedding_dim) float32, unit rows: other sounds
     params: Params
     model_fingerprint: str
     threshold: float
@@ -46,11 +47,14 @@ class Memory:
             "name": self.name,
             "info": self.info,
             "n_entries": int(len(self.embeddings)),
+            "n_negatives": int(len(self.negatives)),
         }
 
 
-def _checksum(embeddings: np.ndarray, header: dict) -> str:
-    h = hashlib.sha256(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
+def _checksum(embeddings: np.ndarray, negatives: np.ndarray, header: dict) -> str:
+    h = hashlib.sha256()
+    for a in (embeddings, negatives):
+        h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
     h.update(json.dumps(header, sort_keys=True).encode())
     return h.hexdigest()
 
@@ -61,9 +65,9 @@ def save_memory(memory: Memory, path: str | Path) -> Path:
     if path.is_dir():
         path = path / MEMORY_FILE
     header = memory.header()
-    header["checksum"] = _checksum(memory.embeddings, header)
+    header["checksum"] = _checksum(memory.embeddings, memory.negatives, header)
     buf = io.BytesIO()
-    np.savez(buf, embeddings=memory.embeddings.astype(np.float32),
+    np.savez(buf, embeddings=memory.embeddings.astype(np.float32), negatives=memory.negatives.astype(np.float32),
              header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -77,9 +81,9 @@ def load_memory(path: str | Path) -> Memory:
         raise SpeakertagError(f"no memory at {path}: {file.name} is missing")
     try:
         with np.load(file, allow_pickle=False) as z:
-            embeddings = z["embeddings"]
+            embeddings, negatives = z["embeddings"], z["negatives"]
             header = json.loads(z["header"].tobytes().decode())
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         raise SpeakertagError(f"not a valid speakertag memory file: {file} ({str(e).splitlines()[0][:100]})") from None
     if not isinstance(header, dict) or header.get("format") != "speakertag-memory":
         raise SpeakertagError(f"not a speakertag memory file: {file}")
@@ -87,16 +91,17 @@ def load_memory(path: str | Path) -> Memory:
         raise SpeakertagError(f"memory {file} has format version {header.get('format_version')}; "
                               f"this speakertag reads version {FORMAT_VERSION}")
     stored = header.pop("checksum", None)
-    if stored != _checksum(embeddings, header):
+    if stored != _checksum(embeddings, negatives, header):
         raise SpeakertagError(f"memory {file} failed its checksum: its contents were changed or damaged")
     try:
         params = Params.from_dict(header["params"])
-        memory = Memory(embeddings.astype(np.float32), params, header["model_fingerprint"],
+        memory = Memory(embeddings.astype(np.float32), negatives.astype(np.float32), params, header["model_fingerprint"],
                         float(header["threshold"]), header.get("name", "target"), header.get("info", {}))
     except (KeyError, ValueError, TypeError) as e:
         raise SpeakertagError(f"memory {file} is damaged: {e}") from None
-    if embeddings.ndim != 2 or embeddings.shape[1] != params.encoder.embedding_dim:
-        raise SpeakertagError(f"memory {file} is damaged: embeddings of shape {embeddings.shape}")
+    for a in (embeddings, negatives):
+        if a.ndim != 2 or a.shape[1] != params.encoder.embedding_dim:
+            raise SpeakertagError(f"memory {file} is damaged: embeddings of shape {a.shape}")
     return memory
 
 
@@ -109,7 +114,8 @@ def merge_memories(a: Memory, b: Memory) -> Memory:
     if n > MAX_ENTRIES:
         raise SpeakertagError(f"merged memory would hold {n} entries; the limit is {MAX_ENTRIES}")
     info = {**a.info, "merged_from": [a.info.get("source", a.name), b.info.get("source", b.name)]}
-    return replace(a, embeddings=np.concatenate([a.embeddings, b.embeddings]), info=info)
+    return replace(a, embeddings=np.concatenate([a.embeddings, b.embeddings]),
+                   negatives=np.concatenate([a.negatives, b.negatives]), info=info)
 
 
 def build_index(embeddings: np.ndarray) -> faiss.Index:

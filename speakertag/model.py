@@ -101,7 +101,18 @@ def save_model(model: Model, directory: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """None or "auto": CUDA when available, else the CPU; "cuda" without a GPU is an error."""
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpeakertagError("--device cuda asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None) -> Model:
     """Load a model folder (or its model.pt) without running code; checks version and fingerprint."""
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
@@ -123,7 +134,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
         encoder.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise SpeakertagError(f"model {file} is damaged: {str(e).splitlines()[0][:120]}") from None
-    model = Model(params, encoder.eval().to(device), dict(payload.get("meta", {})))
+    model = Model(params, encoder.eval().to(resolve_device(device)), dict(payload.get("meta", {})))
     if model.fingerprint != payload.get("fingerprint"):
         raise SpeakertagError(f"model {file} failed its checksum: the weights were changed or damaged")
     return model

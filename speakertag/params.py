@@ -75,6 +75,7 @@ class TrainParams:
 @dataclass(frozen=True)
 class TagParams:
     top_k: int = 5  # score = mean of the top-k cosine similarities in the memory
+    negative_weight: float = 0.0  # minus this times the top-k mean in the negative memory
     threshold: float = 0.7  # used until a calibrated one exists
     min_gap_s: float = 0.5  # merge segments separated by less than this
     min_duration_s: float = 0.5  # drop segments shorter than this
@@ -93,7 +94,8 @@ class Params:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Params":
-        """Rebuild from `to_dict` output; unknown or missing keys raise ValueError."""
+        """Rebuild from `to_dict` output; unknown keys or groups raise ValueError, missing
+        keys take their defaults (files written before a param existed)."""
         groups = {"audio": AudioParams, "encoder": EncoderParams, "train": TrainParams, "tag": TagParams}
         if set(d) != set(groups):
             raise ValueError(f"params groups {sorted(d)} do not match {sorted(groups)}")

@@ -7,12 +7,33 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from .memory import build_index
+
 
 def top_k_mean(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndarray:
     """(n, dim) unit queries -> (n,) mean of each query's k best cosine similarities."""
     k = min(k, index.ntotal)
     sims, _ = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return sims.mean(axis=1)
+
+
+class Scorer:
+    """score(window) = top-k mean cosine to the positive memory, minus `negative_weight`
+    times the top-k mean cosine to the negative memory (when there is one): a window is
+    credited for being closer to the target than to the known other sounds."""
+
+    def __init__(self, positives: np.ndarray, negatives: np.ndarray, top_k: int, negative_weight: float):
+        self.top_k, self.negative_weight = top_k, negative_weight
+        self.pos_index = build_index(positives)
+        use_negatives = negative_weight > 0 and len(negatives) > 0
+        self.neg_index = build_index(negatives) if use_negatives else None
+
+    def __call__(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, dim) unit embeddings -> (n,) scores."""
+        s = top_k_mean(self.pos_index, embeddings, self.top_k)
+        if self.neg_index is not None:
+            s = s - self.negative_weight * top_k_mean(self.neg_index, embeddings, self.top_k)
+        return s
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from .audio import decode_blocks, probe
 from .errors import SpeakertagError
 from .features import stream_windows
-from .memory import Memory, build_index, load_memory
+from .memory import Memory, load_memory
 from .model import Model, embed, load_model
 from .params import TagParams
-from .scoring import top_k_mean
+from .scoring import Scorer
 from .segments import Segment, to_segments
 
 
@@ -29,8 +30,9 @@ class Voice:
         return self.memory.name
 
 
-def load_voice(directory: str | Path, device: str = "cpu") -> Voice:
-    """Load DIR/model.pt and DIR/memory.npz; refuses a memory made by another model."""
+def load_voice(directory: str | Path, device: str | None = None) -> Voice:
+    """Load DIR/model.pt and DIR/memory.npz; refuses a memory made by another model.
+    device: "cpu", "cuda" or None / "auto" (CUDA when available)."""
     model = load_model(directory, device)
     memory = load_memory(directory)
     check_pair(model, memory)
@@ -43,6 +45,18 @@ def check_pair(model: Model, memory: Memory) -> None:
                               f"model {model.fingerprint})")
 
 
+def _timed(items: Iterator, stage_s: dict[str, float], key: str) -> Iterator:
+    """Yield from items, adding the wall time spent producing each to stage_s[key]."""
+    it = iter(items)
+    while True:
+        t = time.perf_counter()
+        item = next(it, None)
+        stage_s[key] += time.perf_counter() - t
+        if item is None:
+            return
+        yield item
+
+
 @dataclass(frozen=True)
 class TagResult:
     input: str
@@ -50,6 +64,7 @@ class TagResult:
     threshold: float
     window_scores: np.ndarray  # (n_windows,) top-k mean cosine; window j starts at j * hop_s
     segments: list[Segment]
+    stage_s: dict[str, float]  # wall seconds spent in decode, features, encoder, search
 
 
 def tag(path: str | Path, voice: Voice, threshold: float | None = None, stream: int | None = None,
@@ -64,22 +79,29 @@ def tag(path: str | Path, voice: Voice, threshold: float | None = None, stream: 
     tp = tag_params or model.params.tag
     threshold = memory.threshold if threshold is None else threshold
     probe(path, stream)  # fail early on a missing stream or unreadable file
-    index = build_index(memory.embeddings)
-    peak = 0.0
-    n_samples = 0
+    scorer = Scorer(memory.embeddings, memory.negatives, tp.top_k, tp.negative_weight)
+    stage_s = {"decode": 0.0, "features": 0.0, "encoder": 0.0, "search": 0.0}
+    peak, n_samples = 0.0, 0
 
-    def blocks():
+    def measured(blocks):
         nonlocal peak, n_samples
-        for block in decode_blocks(path, a.sample_rate_hz, stream):
+        for block in blocks:
             peak = max(peak, float(np.abs(block).max(initial=0.0)))
             n_samples += len(block)
             yield block
 
+    blocks = measured(_timed(decode_blocks(path, a.sample_rate_hz, stream), stage_s, "decode"))
     scores = []
-    for first, windows in stream_windows(blocks(), a, tp.batch_windows):
-        scores.append(top_k_mean(index, embed(model, windows).numpy(), tp.top_k))
+    for first, windows in _timed(stream_windows(blocks, a, tp.batch_windows), stage_s, "features"):
+        t = time.perf_counter()
+        emb = embed(model, windows).numpy()
+        stage_s["encoder"] += time.perf_counter() - t
+        t = time.perf_counter()
+        scores.append(scorer(emb))
+        stage_s["search"] += time.perf_counter() - t
         if progress:
             progress((first + len(windows)) * a.hop_s)
+    stage_s["features"] -= stage_s["decode"]  # the features' timer also ran while decoding
     duration_s = n_samples / a.sample_rate_hz
     if peak == 0.0:
         raise SpeakertagError(f"{path} is silent: its audio track holds only digital silence")
@@ -87,4 +109,4 @@ def tag(path: str | Path, voice: Voice, threshold: float | None = None, stream: 
         raise SpeakertagError(f"{path} is too short: {duration_s:.2f} s, one window is {a.window_s:.2f} s")
     window_scores = np.concatenate(scores)
     segments = to_segments(window_scores, threshold, a, tp, voice.name, duration_s)
-    return TagResult(str(path), duration_s, threshold, window_scores, segments)
+    return TagResult(str(path), duration_s, threshold, window_scores, segments, stage_s)

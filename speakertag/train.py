@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,14 +17,14 @@ import numpy as np
 import torch
 
 from .audio import find_media_files, load_audio
-from .augment import film_like, random_crop
+from .augment import film_like, generated_backgrounds, random_crop
 from .errors import SpeakertagError
 from .features import log_mel, tile_to
 from .losses import mine_hard_negatives, triplet_loss
-from .memory import Memory, build_index
-from .model import Model, embed, new_model
+from .memory import Memory
+from .model import Model, embed, new_model, resolve_device
 from .params import AudioParams, Params
-from .scoring import Calibration, calibrate_threshold, top_k_mean
+from .scoring import Calibration, Scorer, calibrate_threshold
 
 
 @dataclass(frozen=True)
@@ -98,39 +98,47 @@ def clip_windows(clips: list[Clip], a: AudioParams) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def degrade(windows: np.ndarray, noise_pool: list[np.ndarray], p: Params, rng: np.random.Generator,
+@dataclass(frozen=True)
+class Backgrounds:
+    """What film-like degradation mixes in: the user's negative clips and generated sound."""
+    clips: list[np.ndarray]
+    generated: list[np.ndarray]
+
+
+def degrade(windows: np.ndarray, bg: Backgrounds, p: Params, rng: np.random.Generator,
             probability: float | None = None) -> np.ndarray:
     """Film-like copies of (n, window_samples) windows, each degraded with `probability`."""
     prob = p.train.augment_probability if probability is None else probability
-    return np.stack([film_like(w, noise_pool, p.audio.sample_rate_hz, rng, p.train.snr_db_range)
+    return np.stack([film_like(w, bg.clips, bg.generated, p.audio.sample_rate_hz, rng, p.train.snr_db_range)
                      if rng.random() < prob else w for w in windows])
 
 
-def embed_audio(model: Model, windows: np.ndarray, batch: int = 256) -> torch.Tensor:
-    """(n, window_samples) audio -> (n, dim) embeddings, in eval mode without gradients."""
-    out = [embed(model, log_mel(torch.from_numpy(windows[i:i + batch]), model.params.audio))
+def embed_audio(model: Model, windows: np.ndarray, batch: int = 256) -> np.ndarray:
+    """(n, window_samples) audio -> (n, dim) float32 embeddings, eval mode, no gradients."""
+    device = next(model.encoder.parameters()).device
+    out = [embed(model, log_mel(torch.from_numpy(windows[i:i + batch]).to(device), model.params.audio))
            for i in range(0, len(windows), batch)]
-    return torch.cat(out) if out else torch.zeros(0, model.params.encoder.embedding_dim)
+    return torch.cat(out).numpy() if out else np.zeros((0, model.params.encoder.embedding_dim), np.float32)
 
 
-def memory_windows(clips: list[Clip], noise_pool: list[np.ndarray], p: Params, rng: np.random.Generator) -> np.ndarray:
+def memory_windows(clips: list[Clip], bg: Backgrounds, p: Params, rng: np.random.Generator) -> np.ndarray:
     """Windows stored in a memory: every clean window plus film-like copies of each."""
     clean = clip_windows(clips, p.audio)
-    copies = [degrade(clean, noise_pool, p, rng, probability=1.0) for _ in range(p.train.augmented_memory_copies)]
+    copies = [degrade(clean, bg, p, rng, probability=1.0) for _ in range(p.train.augmented_memory_copies)]
     return np.concatenate([clean, *copies])
 
 
-def validation_scores(model: Model, memory_audio: np.ndarray, val_pos: np.ndarray, val_neg: np.ndarray,
-                      k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k-mean scores of validation windows against a memory built from memory_audio."""
-    index = build_index(embed_audio(model, memory_audio).numpy())
-    return (top_k_mean(index, embed_audio(model, val_pos).numpy(), k),
-            top_k_mean(index, embed_audio(model, val_neg).numpy(), k))
+def validation_scores(model: Model, pos_memory: np.ndarray, neg_memory: np.ndarray, val_pos: np.ndarray,
+                      val_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of validation windows against memories built from the given window audio."""
+    tp = model.params.tag
+    scorer = Scorer(embed_audio(model, pos_memory), embed_audio(model, neg_memory), tp.top_k, tp.negative_weight)
+    return scorer(embed_audio(model, val_pos)), scorer(embed_audio(model, val_neg))
 
 
 def train(positive: list[str | Path], negative: list[str | Path], params: Params | None = None,
-          base: Model | None = None, name: str = "target",
-          progress: Callable[[StepInfo], None] | None = None) -> tuple[Model, Memory, TrainReport]:
+          base: Model | None = None, name: str = "target", progress: Callable[[StepInfo], None] | None = None,
+          device: str | None = None) -> tuple[Model, Memory, TrainReport]:
     """Train (or fine-tune `base`) on positive and negative clips.
 
     Returns the model, its positive memory (every positive window, threshold calibrated on
@@ -149,18 +157,21 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
     neg_clips, skipped_neg = load_clips(negative, "negative", p)
     pos_train, pos_val = split_clips(pos_clips, tp.val_fraction, rng)
     neg_train, neg_val = split_clips(neg_clips, tp.val_fraction, rng)
-    noise_pool = [c.samples for c in neg_train]
+    generated = generated_backgrounds(a.sample_rate_hz, rng)
+    bg = Backgrounds([c.samples for c in neg_train], generated)
+    all_bg = Backgrounds([c.samples for c in neg_clips], generated)
 
-    # Validation windows look like film audio: every window degraded, with held-back noise.
-    val_noise = [c.samples for c in neg_val] + noise_pool
-    val_pos = degrade(np.concatenate([clip_windows(pos_val, a)] * 2), val_noise, p, rng, 1.0)
-    val_neg = degrade(clip_windows(neg_val, a), val_noise, p, rng, 0.7)
-    val_memory_audio = memory_windows(pos_train, noise_pool, p, rng)
+    # Validation windows look like film audio: every window degraded, held-back noise too.
+    val_pos = degrade(np.concatenate([clip_windows(pos_val, a)] * 2), all_bg, p, rng, 1.0)
+    val_neg = degrade(clip_windows(neg_val, a), all_bg, p, rng, 0.7)
+    val_pos_memory = memory_windows(pos_train, bg, p, rng)
+    val_neg_memory = memory_windows(neg_train, bg, p, rng)
 
     model = copy.deepcopy(base) if base is not None else new_model(p)
     model.params = p
     model.meta = {**model.meta, "name": name}
-    enc = model.encoder.train()
+    dev = resolve_device(device)
+    enc = model.encoder.to(dev).train()
     opt = torch.optim.AdamW(enc.parameters(), lr=tp.learning_rate, weight_decay=tp.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tp.max_steps)
     pos_pool_audio = clip_windows(pos_train, a)
@@ -168,17 +179,17 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
 
     def crops(clips: list[Clip], n: int) -> np.ndarray:
         picks = rng.integers(len(clips), size=n)
-        return degrade(np.stack([random_crop(clips[i].samples, a.window_samples, rng) for i in picks]), noise_pool, p, rng)
+        return degrade(np.stack([random_crop(clips[i].samples, a.window_samples, rng) for i in picks]), bg, p, rng)
 
     best = (-1.0, 0, copy.deepcopy(enc.state_dict()))
     evals_without_gain, step, val_f1, loss_value = 0, 0, None, float("nan")
     for step in range(1, tp.max_steps + 1):
         if (step - 1) % tp.mining_every_steps == 0:
             # Refresh the mining pools with the current model: fresh degradations of every window.
-            anchor_audio = degrade(pos_pool_audio, noise_pool, p, rng)
-            neg_audio = degrade(neg_pool_clean, noise_pool, p, rng)
-            anchor_emb = embed_audio(model, anchor_audio)
-            neg_emb = embed_audio(model, neg_audio)
+            anchor_audio = degrade(pos_pool_audio, bg, p, rng)
+            neg_audio = degrade(neg_pool_clean, bg, p, rng)
+            anchor_emb = torch.from_numpy(embed_audio(model, anchor_audio))
+            neg_emb = torch.from_numpy(embed_audio(model, neg_audio))
             enc.train()
         b = tp.batch_size
         ai = torch.from_numpy(rng.integers(len(anchor_audio), size=b))
@@ -188,7 +199,7 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
         ap_sim = (anchor_emb[ai] @ centroid.T).squeeze(1)
         hard = mine_hard_negatives(anchor_emb[ai], ap_sim, neg_emb, tp.margin, 16, gen).numpy()
         batch = np.concatenate([anchor_audio[ai.numpy()], positive_audio, neg_audio[hard], crops(neg_train, b)])
-        emb = enc(log_mel(torch.from_numpy(batch), a))
+        emb = enc(log_mel(torch.from_numpy(batch).to(dev), a))
         e_a, e_p, e_hard, e_rand = emb.split(b)
         loss = triplet_loss(e_a, e_p, e_hard, tp.margin) + triplet_loss(e_a, e_p, e_rand, tp.margin)
         opt.zero_grad()
@@ -197,7 +208,7 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
         sched.step()
         loss_value = float(loss.detach())
         if step % tp.eval_every_steps == 0 or step == tp.max_steps:
-            ps, ns = validation_scores(model, val_memory_audio, val_pos, val_neg, p.tag.top_k)
+            ps, ns = validation_scores(model, val_pos_memory, val_neg_memory, val_pos, val_neg)
             val_f1 = calibrate_threshold(ps, ns).f1
             enc.train()
             if val_f1 > best[0] + 1e-4:
@@ -211,14 +222,16 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
 
     enc.load_state_dict(best[2])
     enc.eval()
-    ps, ns = validation_scores(model, val_memory_audio, val_pos, val_neg, p.tag.top_k)
+    ps, ns = validation_scores(model, val_pos_memory, val_neg_memory, val_pos, val_neg)
     calib = calibrate_threshold(ps, ns, tp.threshold_rule, tp.target_precision)
-    all_memory = embed_audio(model, memory_windows(pos_clips, noise_pool + [c.samples for c in neg_val], p, rng))
+    positives = embed_audio(model, memory_windows(pos_clips, all_bg, p, rng))
+    negatives = embed_audio(model, memory_windows(neg_clips, all_bg, p, rng))
+    model.encoder.cpu()
     model.meta = {**model.meta, "history": [*model.meta.get("history", []), {
         "action": "fine-tune" if base is not None else "train",
         "positive": [c.name for c in pos_clips], "negative": [c.name for c in neg_clips],
         "steps": step, "best_step": best[1]}]}
-    memory = Memory(all_memory.numpy(), p, model.fingerprint, calib.threshold, name, {
+    memory = Memory(positives, negatives, p, model.fingerprint, calib.threshold, name, {
         "calibration": calib.__dict__, "source": name,
         "positive_clips": [c.name for c in pos_clips]})
     report = TrainReport(len(pos_clips), len(neg_clips),

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Train, tag and score every task of a data set; print one table.
+
+    python scripts/benchmark_quality.py DATASET_DIR [--seeds 0 1 2] [--base models/base|none]
+
+DATASET_DIR holds task folders laid out as train/positive, train/negative,
+test/movie01.mp4, ref/movie01.target.csv. For each task and seed: `train` on the clips
+(threshold chosen from the training clips only), `tag` the film, and only then read the
+reference and score it (collar 0.25 s). Nothing is tuned on the test film: the "best thr"
+columns are a diagnostic computed after the fact, showing how far the calibrated threshold
+is from the best one for that film.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from speakertag.evaluate import Metrics, pool, read_reference, score
+from speakertag.model import load_model
+from speakertag.params import Params
+from speakertag.segments import to_segments
+from speakertag.tagging import Voice, tag
+from speakertag.train import train
+from speakertag.writers import render
+from speakertag.io_utils import atomic_write_text
+
+DEFAULT_BASE = Path(__file__).resolve().parent.parent / "models" / "base"
+
+
+def best_threshold(result, voice: Voice, reference) -> tuple[float, float]:
+    """(threshold, F1) of the best threshold for this film: a diagnostic, never used to tag."""
+    a, tp = voice.model.params.audio, voice.model.params.tag
+    best = (0.0, -1.0)
+    for thr in np.unique(np.round(result.window_scores, 3)):
+        segs = to_segments(result.window_scores, float(thr), a, tp, duration_s=result.duration_s)
+        f1 = score(reference, [(s.start_s, s.end_s) for s in segs]).f1
+        if f1 > best[1]:
+            best = (float(thr), f1)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", type=Path)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--base", default=str(DEFAULT_BASE), help="base model folder, or 'none'")
+    ap.add_argument("--steps", type=int, help="override max training steps")
+    ap.add_argument("--out", type=Path, help="folder for the hypotheses (CSV)")
+    args = ap.parse_args()
+
+    tasks = sorted(d for d in args.dataset.iterdir() if (d / "train" / "positive").is_dir())
+    if not tasks:
+        sys.exit(f"no task folders in {args.dataset}")
+    base = None if args.base == "none" else load_model(args.base)
+    params = base.params if base else Params()
+    if args.steps:
+        params = replace(params, train=replace(params.train, max_steps=args.steps))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+
+    header = f"{'task':<22}{'seed':>5}{'P':>7}{'R':>7}{'F1':>7}{'DetErr':>8}{'thr':>7}{'best thr':>9}{'best F1':>8}{'train s':>9}{'tag s':>7}"
+    print(header)
+    print("-" * len(header))
+    per_seed: dict[int, list[Metrics]] = {s: [] for s in args.seeds}
+    for task in tasks:
+        for seed in args.seeds:
+            p = replace(params, train=replace(params.train, seed=seed))
+            t0 = time.monotonic()
+            model, memory, _ = train([task / "train" / "positive"], [task / "train" / "negative"], p, base)
+            train_s = time.monotonic() - t0
+            voice = Voice(model, memory)
+            film = task / "test" / "movie01.mp4"
+            t0 = time.monotonic()
+            result = tag(film, voice)
+            tag_s = time.monotonic() - t0
+            if args.out:
+                atomic_write_text(args.out / f"{task.name}.seed{seed}.csv",
+                                  render("csv", result.segments, input_path=str(film), model="", threshold=result.threshold))
+            # Tagging is done: only now is the reference read.
+            reference = read_reference(task / "ref" / "movie01.target.csv")
+            m = score(reference, [(s.start_s, s.end_s) for s in result.segments])
+            per_seed[seed].append(m)
+            bt, bf1 = best_threshold(result, voice, reference)
+            print(f"{task.name:<22}{seed:>5}{m.precision:>7.3f}{m.recall:>7.3f}{m.f1:>7.3f}{m.detection_error:>8.3f}"
+                  f"{result.threshold:>7.3f}{bt:>9.3f}{bf1:>8.3f}{train_s:>9.1f}{tag_s:>7.1f}", flush=True)
+    print("-" * len(header))
+    pooled_f1 = []
+    for seed, ms in per_seed.items():
+        m = pool(ms)
+        pooled_f1.append(m.f1)
+        print(f"{'POOLED':<22}{seed:>5}{m.precision:>7.3f}{m.recall:>7.3f}{m.f1:>7.3f}{m.detection_error:>8.3f}")
+    if len(pooled_f1) > 1:
+        print(f"pooled F1 over seeds: mean {np.mean(pooled_f1):.3f}, min {np.min(pooled_f1):.3f}, max {np.max(pooled_f1):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Shared fixtures: the committed example task, synthetic audio writers, one tiny trained model.
+
+Generated audio goes to tmp_path (never into the source tree). The tiny model is trained
+once per session on a few example clips in a few seconds: good enough to exercise every
+stage and file format, not to recognise anyone.
+"""
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "data" / "example"
+
+# A few example clips, chosen for speed: 3 positive (15 s) and 6 negative (voices, music, noise).
+TINY_POSITIVE = ["ls_2609__2609-156975-0001.flac", "ls_2609__2609-156975-0003.flac",
+                 "ls_2609__2609-156975-0009.flac"]
+TINY_NEGATIVE = ["nonspeech__music_lounge_2.flac", "nonspeech__roomtone_pink.flac",
+                 "speech__ast_fr_armelle__fr_vm-nonumber.flac", "speech__fsdd_george__george_digits005.flac",
+                 "speech__ls_3005__3005-163389-0001.flac", "speech__lstc_8088__8088-284756-0000.flac"]
+
+
+@pytest.fixture(scope="session")
+def example() -> Path:
+    """data/example of this checkout: positive/, negative/, movie01.mp4, ref/."""
+    assert EXAMPLE.is_dir(), f"example data missing: {EXAMPLE}"
+    return EXAMPLE
+
+
+def sine(duration_s: float, rate_hz: int, freq_hz: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
+    """(n,) float32 sine."""
+    t = np.arange(int(round(duration_s * rate_hz))) / rate_hz
+    return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
+
+
+def noise(duration_s: float, rate_hz: int, amplitude: float = 0.1, seed: int = 0) -> np.ndarray:
+    """(n,) float32 white noise."""
+    rng = np.random.default_rng(seed)
+    return (amplitude * rng.standard_normal(int(round(duration_s * rate_hz)))).astype(np.float32)
+
+
+def speech_like(duration_s: float, rate_hz: int, seed: int = 0) -> np.ndarray:
+    """(n,) float32 voiced-sounding signal: a gliding harmonic pitch with syllable-rate
+    amplitude modulation and pauses, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    n = int(round(duration_s * rate_hz))
+    t = np.arange(n) / rate_hz
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6))
+    phase = 2 * np.pi * np.cumsum(f0) / rate_hz
+    x = sum(np.sin(h * phase) / h for h in range(1, 12) if 120 * h < rate_hz / 2)
+    envelope = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) * (np.sin(2 * np.pi * 0.3 * t) > -0.5)
+    x = 0.3 * x * envelope + 0.01 * rng.standard_normal(n)
+    return (x / max(1.0, np.abs(x).max() / 0.9)).astype(np.float32)
+
+
+def write_audio(path: Path, samples: np.ndarray, rate_hz: int, **kwargs) -> Path:
+    """Write (n,) or (n, channels) samples with soundfile; returns path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), samples, rate_hz, **kwargs)
+    return path
+
+
+@pytest.fixture
+def write_wav(tmp_path):
+    """write_wav(name, samples, rate_hz=22050) -> Path of a file under tmp_path."""
+    def write(name: str, samples: np.ndarray, rate_hz: int = 22050, **kwargs) -> Path:
+        return write_audio(tmp_path / name, samples, rate_hz, **kwargs)
+    return write
+
+
+def train_tiny(out_dir: Path, clip_dir: Path, seed: int = 0, name: str = "tiny") -> Path:
+    """Train a real model for 4 steps on a subset of the example clips; writes out_dir/model.pt
+    and out_dir/memory.npz and returns out_dir."""
+    from speakertag.memory import save_memory
+    from speakertag.model import save_model
+    from speakertag.params import Params
+    from speakertag.train import train
+
+    for role, names, sub in (("positive", TINY_POSITIVE, "pos"), ("negative", TINY_NEGATIVE, "neg")):
+        (clip_dir / sub).mkdir(parents=True, exist_ok=True)
+        for n in names:
+            shutil.copy(EXAMPLE / role / n, clip_dir / sub / n)
+    p = Params()
+    p = replace(p, train=replace(p.train, max_steps=4, eval_every_steps=2, batch_size=16, seed=seed))
+    model, memory, _ = train([clip_dir / "pos"], [clip_dir / "neg"], p, base=None, name=name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_model(model, out_dir)
+    save_memory(memory, out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A folder with model.pt + memory.npz of a 4-step model (voice name "tiny")."""
+    root = tmp_path_factory.mktemp("tiny")
+    return train_tiny(root / "model", root / "clips")
+
+
+def write_container(path: Path, tracks: list[tuple[str, np.ndarray, int]], video: bool = False) -> Path:
+    """Write a media container with PyAV (format from the suffix).
+
+    tracks: (codec, samples (channels, n) float in [-1, 1], rate_hz) per audio stream, in
+    stream order; 1 or 2 channels (mono/stereo) or 6 (5.1). video: add a tiny black
+    MPEG-4 video stream; with no tracks, a video-only file.
+    """
+    import av
+
+    layouts = {1: "mono", 2: "stereo", 6: "5.1"}
+    container = av.open(str(path), "w")
+    streams = []
+    for codec, samples, rate_hz in tracks:
+        samples = np.atleast_2d(samples)
+        s = container.add_stream(codec, rate=rate_hz, layout=layouts[len(samples)])
+        streams.append((s, samples, layouts[len(samples)]))
+    v = None
+    if video:
+        v = container.add_stream("mpeg4", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+    for s, samples, layout in streams:
+        fmt = s.codec_context.format
+        n = 960 if "opus" in s.codec_context.name else 1024  # the frame size each encoder wants
+        pts = 0
+        for i in range(0, samples.shape[1], n):
+            chunk = samples[:, i:i + n]
+            chunk = np.pad(chunk, ((0, 0), (0, n - chunk.shape[1])))
+            if fmt.name.startswith("s16"):
+                chunk = np.round(np.clip(chunk, -1, 1) * 32767).astype(np.int16)
+            elif fmt.name.startswith("s32"):
+                chunk = np.round(np.clip(chunk, -1, 1) * (2 ** 31 - 1)).astype(np.int32)
+            else:
+                chunk = chunk.astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(chunk if fmt.is_planar else chunk.T.reshape(1, -1),
+                                               format=fmt.name, layout=layout)
+            frame.sample_rate, frame.pts = s.rate, pts
+            pts += n
+            for packet in s.encode(frame):
+                container.mux(packet)
+        for packet in s.encode(None):
+            container.mux(packet)
+    if v is not None:
+        for _ in range(10):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            for packet in v.encode(frame):
+                container.mux(packet)
+        for packet in v.encode(None):
+            container.mux(packet)
+    container.close()
+    return path

@@ -1,0 +1,239 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import sine, speech_like, write_audio, write_container
+from speakertag.audio import decode_blocks, find_media_files, load_audio, probe
+from speakertag.errors import SpeakertagError
+
+RATE = 22050
+FLAC = "positive/ls_2609__2609-156975-0001.flac"
+
+
+def dominant_hz(x: np.ndarray, rate_hz: int = RATE) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spec) * rate_hz / len(x))
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+# --- real files -------------------------------------------------------------------------------
+
+def test_example_flac(example):
+    info = probe(example / FLAC)
+    assert (info.source_rate_hz, info.channels, info.stream_index) == (16000, 1, None)
+    x = load_audio(example / FLAC, RATE)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert abs(len(x) - sf.info(str(example / FLAC)).frames * RATE / 16000) <= 1
+    assert 0.01 < np.abs(x).max() <= 1.0
+
+
+def test_example_mp4(example):
+    info = probe(example / "movie01.mp4")
+    assert info.duration_s == pytest.approx(336.2, abs=0.5)
+    assert (info.source_rate_hz, info.channels, info.codec) == (48000, 2, "aac")
+    x = load_audio(example / "movie01.mp4", RATE)
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert len(x) / RATE == pytest.approx(336.2, abs=0.1)
+    assert np.isfinite(x).all() and 0.05 < np.abs(x).max() <= 1.0
+
+
+# --- channels ---------------------------------------------------------------------------------
+
+def test_stereo_opposite_channels_cancel(tmp_path):
+    s = sine(1.0, RATE)
+    x = load_audio(write_audio(tmp_path / "st.wav", np.stack([s, -s], axis=1), RATE, subtype="FLOAT"), RATE)
+    assert len(x) == len(s)
+    assert np.abs(x).max() < 1e-6
+
+
+def test_six_channels_are_averaged(tmp_path):
+    s = sine(1.0, RATE)
+    gains = np.arange(1, 7) / 6
+    path = write_audio(tmp_path / "six.wav", s[:, None] * gains[None, :], RATE, subtype="FLOAT")
+    assert probe(path).channels == 6
+    np.testing.assert_allclose(load_audio(path, RATE), s * gains.mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("codec", ["pcm_s16le", "pcm_s32le", "flac", "ac3", "aac"])
+def test_container_stereo_is_averaged_at_full_scale(tmp_path, codec):
+    # Left only: the mono mix is half the left channel, whatever sample format the decoder
+    # outputs (integer formats must be scaled to [-1, 1], packed ones de-interleaved).
+    s = sine(1.0, 48000, 440.0, 0.5)
+    path = write_container(tmp_path / f"left.{codec}.mkv", [(codec, np.stack([s, 0 * s]), 48000)])
+    x = load_audio(path, RATE)
+    middle = x[2000:-2000]
+    assert rms(middle) == pytest.approx(rms(s) / 2, rel=0.02)
+    assert dominant_hz(middle) == pytest.approx(440, abs=3)
+    path = write_container(tmp_path / f"anti.{codec}.mkv", [(codec, np.stack([s, -s]), 48000)])
+    assert rms(load_audio(path, RATE)) < 0.01 * rms(s)
+
+
+def test_nan_samples_become_finite(tmp_path):
+    s = sine(0.5, RATE)
+    s[100:200] = np.nan
+    x = load_audio(write_audio(tmp_path / "nan.wav", s, RATE, subtype="FLOAT"), RATE)
+    assert np.isfinite(x).all()
+
+
+# --- resampling and blocks --------------------------------------------------------------------
+
+@pytest.mark.parametrize("rate_hz", [8000, 22050, 44100, 96000])
+def test_resampled_length_and_pitch(tmp_path, rate_hz):
+    s = sine(3.3, rate_hz, 1000.0)
+    x = load_audio(write_audio(tmp_path / f"r{rate_hz}.wav", s, rate_hz, subtype="FLOAT"), RATE)
+    assert abs(len(x) - len(s) * RATE / rate_hz) <= 1
+    assert dominant_hz(x) == pytest.approx(1000, abs=2)
+    assert rms(x[1000:-1000]) == pytest.approx(rms(s), rel=0.02)
+    if rate_hz == RATE:
+        np.testing.assert_array_equal(x, s)
+
+
+def test_container_resampled_length(tmp_path):
+    s = speech_like(3.0, 48000)
+    path = write_container(tmp_path / "a.mkv", [("pcm_s16le", s, 48000)])
+    x = load_audio(path, RATE)
+    # the writer pads the last 1024-sample frame with zeros
+    assert abs(len(x) - 1024 * -(-len(s) // 1024) * RATE / 48000) <= 1
+
+
+@pytest.mark.parametrize("name", ["wav", "mkv"])
+def test_blocks_concatenate_to_load_audio(tmp_path, name):
+    s = speech_like(5.0, 44100)
+    path = (write_audio(tmp_path / "b.wav", s, 44100) if name == "wav"
+            else write_container(tmp_path / "b.mkv", [("pcm_s16le", s, 44100)]))
+    whole = load_audio(path, RATE)
+    for block_s in (0.37, 1.0, 2.9):
+        blocks = list(decode_blocks(path, RATE, block_s=block_s))
+        assert len(blocks) > 1
+        assert all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+        joined = np.concatenate(blocks)
+        assert len(joined) == len(whole)
+        np.testing.assert_allclose(joined, whole, atol=1e-6)
+
+
+# --- streams ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def two_streams(tmp_path):
+    """An .mkv with audio stream 0 = 440 Hz (AAC) and stream 1 = 1000 Hz (Opus), plus video."""
+    a, b = sine(2.0, 48000, 440.0), sine(2.0, 48000, 1000.0)
+    return write_container(tmp_path / "two.mkv", [("aac", a, 48000), ("libopus", b, 48000)], video=True)
+
+
+def test_second_stream_is_picked(two_streams):
+    assert dominant_hz(load_audio(two_streams, RATE)) == pytest.approx(440, abs=3)
+    assert dominant_hz(load_audio(two_streams, RATE, stream=0)) == pytest.approx(440, abs=3)
+    assert dominant_hz(load_audio(two_streams, RATE, stream=1)) == pytest.approx(1000, abs=3)
+    assert probe(two_streams, 1).codec == "opus"
+    assert probe(two_streams, 1).stream_index == 1
+
+
+def test_missing_stream_names_the_count(two_streams, tmp_path):
+    for call in (lambda: probe(two_streams, 5), lambda: load_audio(two_streams, RATE, stream=5)):
+        with pytest.raises(SpeakertagError, match=r"--stream 5 does not exist.*2 audio stream"):
+            call()
+    wav = write_audio(tmp_path / "one.wav", sine(0.5, RATE), RATE)
+    with pytest.raises(SpeakertagError, match="1 audio stream"):
+        load_audio(wav, RATE, stream=1)
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_video_without_audio(tmp_path, suffix):
+    path = write_container(tmp_path / f"video{suffix}", [], video=True)
+    for call in (lambda: probe(path), lambda: load_audio(path, RATE)):
+        with pytest.raises(SpeakertagError, match="no audio stream"):
+            call()
+
+
+# --- bad files: always SpeakertagError, never another exception -------------------------------
+
+def bad_files(tmp_path, example):
+    rng = np.random.default_rng(0)
+    files = {
+        "empty.wav": b"",
+        "random.wav": rng.bytes(4000),
+        "random.mkv": rng.bytes(4000),
+        "random.mp4": rng.bytes(4000),
+        "text.mkv": b"this is not a film\n" * 50,
+    }
+    flac = (example / FLAC).read_bytes()
+    for frac in (0.001, 0.05, 0.5, 0.95):
+        files[f"cut{frac}.flac"] = flac[:int(len(flac) * frac)]
+    movie = (example / "movie01.mp4").read_bytes()
+    for cut in (100, 40_000, 1_000_000, len(movie) - 500):
+        files[f"cut{cut}.mp4"] = movie[:cut]
+    paths = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(tmp_path / name)
+    return paths
+
+
+def test_bad_files_raise_speakertag_error(tmp_path, example):
+    for path in bad_files(tmp_path, example):
+        with pytest.raises(SpeakertagError):
+            load_audio(path, RATE)
+        try:  # probe may accept a file with a sound header and cut data; it must not crash
+            probe(path)
+        except SpeakertagError:
+            pass
+
+
+def decodes_or_refuses(path, max_s: float) -> bool:
+    """True when load_audio returned sane audio, False when it raised SpeakertagError."""
+    try:
+        x = load_audio(path, RATE)
+    except SpeakertagError:
+        return False
+    assert len(x) <= max_s * RATE and np.isfinite(x).all()
+    return True
+
+
+def test_truncated_mkv_decodes_what_is_there_or_refuses(tmp_path):
+    data = write_container(tmp_path / "s.mkv", [("aac", speech_like(3.0, 48000), 48000)], video=True).read_bytes()
+    outcomes = []
+    for frac in (0.02, 0.3, 0.6, 0.9):
+        path = tmp_path / f"cut{frac}.mkv"
+        path.write_bytes(data[:int(len(data) * frac)])
+        outcomes.append(decodes_or_refuses(path, 3.1))
+    assert outcomes[-1]  # Matroska keeps its index up front: most of a cut file still plays
+
+
+def test_mp4_cut_inside_its_index(tmp_path):
+    # The mp4 index (moov) sits at the end; cuts inside it leave no audio stream, a stream
+    # without a decoder (once an AttributeError), or a complete audio track.
+    data = write_container(tmp_path / "s.mp4", [("aac", speech_like(2.0, 48000), 48000)], video=True).read_bytes()
+    moov = data.find(b"moov")
+    assert moov > 0
+    path = tmp_path / "cut.mp4"
+    for cut in range(moov, len(data), 8):
+        path.write_bytes(data[:cut])
+        decodes_or_refuses(path, 2.1)
+
+
+def test_folder_or_missing_path_as_file(tmp_path):
+    with pytest.raises(SpeakertagError, match="folder"):
+        probe(tmp_path)
+    with pytest.raises(SpeakertagError, match="folder"):
+        load_audio(tmp_path, RATE)
+    with pytest.raises(SpeakertagError, match="no such file"):
+        load_audio(tmp_path / "missing.wav", RATE)
+
+
+# --- finding files ----------------------------------------------------------------------------
+
+def test_find_media_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("no audio here")
+    with pytest.raises(SpeakertagError, match="no audio or video files"):
+        find_media_files([tmp_path])
+    write_audio(tmp_path / "b" / "two.WAV", sine(0.1, RATE), RATE)
+    write_audio(tmp_path / "a.flac", sine(0.1, RATE), RATE)
+    extra = tmp_path / "named.bin"
+    extra.write_bytes(b"x")
+    found = find_media_files([tmp_path, extra])
+    assert found == [tmp_path / "a.flac", tmp_path / "b" / "two.WAV", extra]
+    with pytest.raises(SpeakertagError, match="no such file or folder"):
+        find_media_files([tmp_path / "nope"])

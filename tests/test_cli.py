@@ -1,0 +1,237 @@
+"""The command line, run as users run it: a subprocess, judged by exit code, stdout and stderr."""
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import speech_like, write_audio, write_container
+
+RATE = 22050
+
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "speakertag", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def assert_fails(r: subprocess.CompletedProcess, phrase: str, exit_code: int = 1):
+    """A user error: the exit code, one clear line on stderr holding `phrase`, no traceback."""
+    assert r.returncode == exit_code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    lines = r.stderr.strip().splitlines()
+    if exit_code == 2:  # click usage error: "Usage: ...", "Try ...", "Error: <what>"
+        errors = [line for line in lines if line.startswith("Error:")]
+        assert len(errors) == 1, r.stderr
+        assert phrase.lower() in errors[0].lower(), r.stderr
+    else:
+        assert len(lines) == 1, r.stderr
+        assert lines[0].startswith("speakertag: error: ")
+        assert phrase.lower() in lines[0].lower(), r.stderr
+    assert r.stdout == ""
+
+
+def listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, example):
+    """Films, good and bad, in one folder."""
+    d = tmp_path_factory.mktemp("inputs")
+    movie = example / "movie01.mp4"
+    from speakertag.audio import load_audio
+
+    # 30 s of the example film around a target segment (50.96-69.09 s)
+    write_audio(d / "excerpt.wav", load_audio(movie, RATE)[45 * RATE:75 * RATE], RATE)
+    (d / "truncated.mp4").write_bytes(movie.read_bytes()[:200_000])
+    write_container(d / "video_only.mp4", [], video=True)
+    write_container(d / "two_tracks.mkv", [("aac", speech_like(3.0, 48000), 48000),
+                                           ("aac", speech_like(3.0, 48000, seed=1), 48000)], video=True)
+    write_audio(d / "silent.wav", np.zeros(10 * RATE, np.float32), RATE)
+    write_audio(d / "one_second.wav", speech_like(1.0, RATE), RATE)
+    (d / "no_audio").mkdir()
+    (d / "no_audio" / "notes.txt").write_text("not audio")
+    for i in range(3):
+        write_audio(d / "short_clips" / f"clip{i}.wav", speech_like(0.6, 16000, seed=i), 16000)
+    return d
+
+
+@pytest.fixture(scope="module")
+def other_memory(tmp_path_factory):
+    """A memory file made by another (untrained) model with the same params."""
+    import torch
+
+    from speakertag.memory import Memory, save_memory
+    from speakertag.model import new_model
+    from speakertag.params import Params
+
+    torch.manual_seed(1)
+    model = new_model(Params())
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((10, 128)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    memory = Memory(embeddings=emb, negatives=emb[:2], params=model.params, model_fingerprint=model.fingerprint,
+                    threshold=0.5, name="other")
+    return save_memory(memory, tmp_path_factory.mktemp("other") / "other.npz")
+
+
+# --- user errors ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("film, extra, phrase", [
+    ("missing.mkv", [], "no such file"),
+    ("truncated.mp4", [], "cannot read"),
+    ("video_only.mp4", [], "no audio stream"),
+    ("two_tracks.mkv", ["--stream", "3"], "--stream 3 does not exist"),
+    ("silent.wav", [], "silent"),
+    ("one_second.wav", [], "too short"),
+    ("no_audio", [], "folder"),
+])
+def test_tag_bad_film(tiny_model_dir, inputs, tmp_path, film, extra, phrase):
+    r = run_cli("tag", inputs / film, "--model", tiny_model_dir, "--out", tmp_path / "out.json", "-q", *extra)
+    assert_fails(r, phrase)
+    assert listing(tmp_path) == set()
+
+
+def test_tag_memory_of_another_model(tiny_model_dir, inputs, other_memory, tmp_path):
+    r = run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--memory", other_memory,
+                "--out", tmp_path / "out.json")
+    assert_fails(r, "another model")
+    assert listing(tmp_path) == set()
+
+
+def test_tag_out_in_missing_folder(tiny_model_dir, inputs, tmp_path):
+    r = run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--out", tmp_path / "nope" / "out.json")
+    assert_fails(r, "output folder does not exist")
+    assert listing(tmp_path) == set()
+
+
+def test_tag_unknown_format(tiny_model_dir, inputs):
+    assert_fails(run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--format", "xml"),
+                 "'--format'", exit_code=2)
+
+
+def test_tag_without_a_model(inputs, tmp_path):
+    assert_fails(run_cli("tag", inputs / "excerpt.wav", "--model", tmp_path), "model.pt is missing")
+
+
+def test_train_positive_folder_without_audio(inputs, example, tmp_path):
+    r = run_cli("train", "--positive", inputs / "no_audio", "--negative", example / "negative",
+                "--out", tmp_path / "voice", "--base", "none", "-q")
+    assert_fails(r, "no audio or video files in folder")
+    assert listing(tmp_path) == set()
+
+
+def test_train_positive_clips_too_short(inputs, example, tmp_path):
+    r = run_cli("train", "--positive", inputs / "short_clips", "--negative", example / "negative",
+                "--out", tmp_path / "voice", "--base", "none", "-q")
+    assert_fails(r, "no usable positive clips")
+    assert listing(tmp_path) == set()
+
+
+def test_train_without_negative(inputs, tmp_path):
+    r = run_cli("train", "--positive", inputs / "excerpt.wav", "--out", tmp_path / "voice")
+    assert_fails(r, "missing option '--negative'", exit_code=2)
+    assert listing(tmp_path) == set()
+
+
+# --- tagging ----------------------------------------------------------------------------------
+
+def test_tag_json(tiny_model_dir, inputs, tmp_path):
+    out = tmp_path / "film.json"
+    r = run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--format", "json", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    doc = json.loads(out.read_text())
+    assert doc["input"].endswith("excerpt.wav") and isinstance(doc["threshold"], float)
+    for s in doc["segments"]:
+        assert 0 <= s["start"] < s["end"] <= 30.0 and s["label"] == "tiny"
+    assert listing(tmp_path) == {"film.json"}
+
+
+def test_tag_csv_with_every_window_on(tiny_model_dir, inputs, tmp_path):
+    out = tmp_path / "film.csv"
+    r = run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--format", "csv", "--out", out,
+                "--threshold", "-1")
+    assert r.returncode == 0, r.stderr
+    assert "1 segments written" in r.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 1  # every window above the threshold: one segment, the whole input
+    assert float(rows[0]["start"]) == 0.0
+    assert 30.0 - 0.5 < float(rows[0]["end"]) <= 30.0  # up to the end of the last whole window
+
+
+def test_tag_text_to_stdout_from_a_track(tiny_model_dir, inputs):
+    r = run_cli("tag", inputs / "two_tracks.mkv", "--stream", "1", "--model", tiny_model_dir,
+                "--threshold", "-1", "--min-duration", "0")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1
+    assert re.fullmatch(r"00:00:00\.0 - 00:00:0\d\.\d  score -?\d\.\d\d", lines[0])
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+def test_memory_inspect(tiny_model_dir):
+    r = run_cli("memory", "inspect", tiny_model_dir)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"voice\s+tiny", r.stdout) and re.search(r"entries\s+\d+ x 128 dims", r.stdout)
+    r = run_cli("memory", "inspect", tiny_model_dir, "--json")
+    assert r.returncode == 0, r.stderr
+    header = json.loads(r.stdout)
+    assert header["name"] == "tiny" and header["format"] == "speakertag-memory" and header["n_entries"] > 0
+
+
+def test_memory_export_and_merge(tiny_model_dir, other_memory, tmp_path):
+    from speakertag.memory import load_memory
+
+    exported = tmp_path / "tiny.npz"
+    r = run_cli("memory", "export", tiny_model_dir, "--out", exported)
+    assert r.returncode == 0, r.stderr
+    original = load_memory(tiny_model_dir)
+    np.testing.assert_array_equal(load_memory(exported).embeddings, original.embeddings)
+
+    merged = tmp_path / "merged.npz"
+    r = run_cli("memory", "merge", tiny_model_dir, exported, "--out", merged)
+    assert r.returncode == 0, r.stderr
+    m = load_memory(merged)
+    assert len(m.embeddings) == 2 * len(original.embeddings)
+    assert m.model_fingerprint == original.model_fingerprint
+
+    r = run_cli("memory", "merge", tiny_model_dir, other_memory, "--out", tmp_path / "bad.npz")
+    assert_fails(r, "different models")
+    assert not (tmp_path / "bad.npz").exists()
+
+
+def test_memory_tampered(tiny_model_dir, tmp_path):
+    bad = tmp_path / "memory.npz"
+    data = bytearray((tiny_model_dir / "memory.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    r = run_cli("memory", "inspect", bad)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert re.search(r"checksum|not a valid speakertag memory", r.stderr)
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+def test_evaluate_reference_against_itself(example):
+    ref = example / "ref" / "movie01.target.csv"
+    r = run_cli("evaluate", "--reference", ref, "--hypothesis", ref)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"F1\D+1\.0", r.stdout, re.IGNORECASE), r.stdout
+    r = run_cli("evaluate", "--reference", ref, "--hypothesis", ref, "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["f1"] == 1.0 and m["precision"] == 1.0 and m["recall"] == 1.0
+
+
+def test_evaluate_missing_file(example, tmp_path):
+    r = run_cli("evaluate", "--reference", example / "ref" / "movie01.target.csv", "--hypothesis", tmp_path / "x.json")
+    assert_fails(r, "no such file")

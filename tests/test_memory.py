@@ -1,0 +1,169 @@
+import json
+from dataclasses import replace
+
+import faiss
+import numpy as np
+import pytest
+
+from speakertag.errors import SpeakertagError
+from speakertag.memory import (HNSW_MIN_ENTRIES, MEMORY_FILE, Memory, build_index, load_memory, merge_memories,
+                               save_memory)
+from speakertag.params import Params
+from speakertag.scoring import top_k_mean
+
+P = Params()
+DIM = P.encoder.embedding_dim
+
+
+def unit_rows(n, seed=0, dim=DIM):
+    x = np.random.default_rng(seed).standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_memory(n=20, seed=0, fingerprint="0123456789abcdef", **changes):
+    m = Memory(embeddings=unit_rows(n, seed), negatives=unit_rows(7, seed + 100), params=P,
+               model_fingerprint=fingerprint, threshold=0.61, name="alice",
+               info={"source": f"alice-{seed}", "calibration": {"rule": "f1", "precision": 0.9, "recall": 0.8}})
+    return replace(m, **changes)
+
+
+def assert_same(a: Memory, b: Memory):
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    np.testing.assert_array_equal(a.negatives, b.negatives)
+    assert (a.params, a.model_fingerprint, a.threshold, a.name, a.info) == \
+        (b.params, b.model_fingerprint, b.threshold, b.name, b.info)
+
+
+def test_round_trip(tmp_path):
+    m = make_memory()
+    path = save_memory(m, tmp_path / "mem.npz")
+    assert path == tmp_path / "mem.npz"
+    back = load_memory(path)
+    assert_same(back, m)
+    assert back.embeddings.dtype == np.float32
+
+
+def test_folder_path_uses_memory_npz(tmp_path):
+    m = make_memory()
+    assert save_memory(m, tmp_path) == tmp_path / MEMORY_FILE
+    assert_same(load_memory(tmp_path), m)
+    with pytest.raises(SpeakertagError, match="missing"):
+        load_memory(tmp_path / "sub")
+
+
+def rewrite(path, change):
+    """Load the npz arrays, let change(arrays, header) edit them, save without re-checksumming."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["header"].tobytes().decode())
+    change(arrays, header)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("change", [
+    lambda a, h: h.update(threshold=0.1),
+    lambda a, h: h.update(model_fingerprint="ffffffffffffffff"),
+    lambda a, h: h["params"]["tag"].update(top_k=1),
+    lambda a, h: a.update(embeddings=a["embeddings"] * np.float32(1.0001)),
+    lambda a, h: a.update(embeddings=a["embeddings"][:-1]),
+    lambda a, h: a.update(negatives=a["negatives"][::-1].copy()),
+])
+def test_tampering_fails_the_checksum(tmp_path, change):
+    path = save_memory(make_memory(), tmp_path / "mem.npz")
+    rewrite(path, change)
+    with pytest.raises(SpeakertagError, match="checksum"):
+        load_memory(path)
+
+
+def test_unknown_version_refused(tmp_path):
+    path = save_memory(make_memory(), tmp_path / "mem.npz")
+    rewrite(path, lambda a, h: h.update(format_version=99))
+    with pytest.raises(SpeakertagError, match="format version 99"):
+        load_memory(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", bytes(range(256)) * 4])
+def test_not_a_memory_file(tmp_path, content):
+    path = tmp_path / "mem.npz"
+    path.write_bytes(content)
+    with pytest.raises(SpeakertagError, match="memory"):
+        load_memory(path)
+
+
+def test_pickled_arrays_refused(tmp_path):
+    path = tmp_path / "mem.npz"
+    np.savez(path, embeddings=np.array([{"a": 1}], dtype=object), negatives=unit_rows(1),
+             header=np.frombuffer(b"{}", dtype=np.uint8))
+    with pytest.raises(SpeakertagError, match="not a valid speakertag memory"):
+        load_memory(path)
+
+
+def test_other_npz_refused(tmp_path):
+    path = tmp_path / "mem.npz"
+    np.savez(path, embeddings=unit_rows(3), negatives=unit_rows(1),
+             header=np.frombuffer(json.dumps({"format": "other"}).encode(), dtype=np.uint8))
+    with pytest.raises(SpeakertagError, match="not a speakertag memory"):
+        load_memory(path)
+
+
+def test_merge_same_model():
+    a, b = make_memory(20, seed=0), make_memory(30, seed=1, threshold=0.9, name="bob")
+    m = merge_memories(a, b)
+    np.testing.assert_array_equal(m.embeddings, np.concatenate([a.embeddings, b.embeddings]))
+    assert len(m.negatives) == len(a.negatives) + len(b.negatives)
+    assert (m.threshold, m.name, m.model_fingerprint) == (a.threshold, a.name, a.model_fingerprint)
+    assert m.info["merged_from"] == ["alice-0", "alice-1"]
+
+
+def test_merge_refuses_other_models():
+    with pytest.raises(SpeakertagError, match="different models"):
+        merge_memories(make_memory(), make_memory(fingerprint="fedcba9876543210"))
+    other = replace(P, audio=replace(P.audio, n_mels=64))
+    with pytest.raises(SpeakertagError, match="different models"):
+        merge_memories(make_memory(), make_memory(params=other))
+
+
+def test_small_index_is_exact():
+    emb = unit_rows(100)
+    index = build_index(emb)
+    assert isinstance(index, faiss.IndexFlatIP) and index.ntotal == 100
+    sims, ids = index.search(emb[:3], 1)
+    assert ids[:, 0].tolist() == [0, 1, 2]
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
+
+
+def clustered_rows(n, n_clusters, spread, rng):
+    """Unit vectors around n_clusters random centres (per-dimension noise `spread`)."""
+    centres = unit_rows(n_clusters, seed=1)
+    x = centres[rng.integers(n_clusters, size=n)] + spread * rng.standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_hnsw_is_used_from_the_threshold_on(monkeypatch):
+    import speakertag.memory
+
+    monkeypatch.setattr(speakertag.memory, "HNSW_MIN_ENTRIES", 2000)
+    assert isinstance(build_index(unit_rows(1999)), faiss.IndexFlatIP)
+    index = build_index(unit_rows(2000))
+    assert isinstance(index, faiss.IndexHNSWFlat) and index.ntotal == 2000
+
+
+@pytest.mark.xfail(strict=True, reason="HNSW (M=32, efConstruction=40, efSearch=128) misses whole clusters: "
+                   "6% of queries off by more than 1e-3, up to 0.33; see the test report")
+def test_hnsw_matches_exact_search():
+    # 60k embeddings in 20 clusters, e.g. a memory merged from a few voices and recording
+    # conditions; queries drawn like the entries.
+    rng = np.random.default_rng(0)
+    emb = clustered_rows(HNSW_MIN_ENTRIES + 10_000, 20, 0.08, rng)
+    queries = clustered_rows(200, 20, 0.08, rng)
+    index = build_index(emb)
+    assert isinstance(index, faiss.IndexHNSWFlat)
+    exact = faiss.IndexFlatIP(DIM)
+    exact.add(emb)
+    approx_scores, exact_scores = top_k_mean(index, queries, 5), top_k_mean(exact, queries, 5)
+    assert np.mean(np.abs(approx_scores - exact_scores) < 1e-3) >= 0.99
+    threshold = float(np.median(exact_scores))
+    agree = (approx_scores >= threshold) == (exact_scores >= threshold)
+    assert agree[np.abs(exact_scores - threshold) > 1e-3].all()

@@ -1,0 +1,148 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from speakertag.errors import SpeakertagError
+from speakertag.model import MODEL_FILE, embed, load_model, new_model, save_model
+from speakertag.params import Params
+
+P = Params()
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = new_model(P, {"name": "alice", "history": [{"action": "train"}]})
+    # Leave the batch-norm running statistics away from their defaults, as training would.
+    m.encoder.train()
+    with torch.no_grad():
+        m.encoder(torch.randn(8, P.audio.n_mels, P.audio.window_frames))
+    m.encoder.eval()
+    return m
+
+
+def windows(n=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, P.audio.n_mels, P.audio.window_frames, generator=g)
+
+
+def test_embedding_shape_and_unit_norm(model):
+    e = embed(model, windows(5))
+    assert e.shape == (5, P.encoder.embedding_dim) and e.dtype == torch.float32
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(5))
+    # window length is not fixed by the encoder: shorter and longer windows embed too
+    assert embed(model, torch.randn(2, P.audio.n_mels, 50)).shape == (2, P.encoder.embedding_dim)
+
+
+def test_embedding_ignores_a_constant_level(model):
+    # per-window mean normalisation: a gain (a constant in log-mel) changes nothing
+    w = windows(3)
+    torch.testing.assert_close(embed(model, w), embed(model, w + 4.0), atol=1e-5, rtol=0)
+
+
+def test_save_load_round_trip(model, tmp_path):
+    path = save_model(model, tmp_path / "m")
+    assert path == tmp_path / "m" / MODEL_FILE
+    assert os.listdir(tmp_path / "m") == [MODEL_FILE]  # no temporary file left behind
+    back = load_model(tmp_path / "m", "cpu")
+    assert back.params == model.params
+    assert back.meta == model.meta and back.name == "alice"
+    assert back.fingerprint == model.fingerprint
+    w = windows()
+    torch.testing.assert_close(embed(back, w), embed(model, w), atol=0, rtol=0)
+    assert load_model(path, "cpu").fingerprint == model.fingerprint  # the file itself works too
+
+
+def test_fingerprint_follows_weights(model):
+    before = model.fingerprint
+    assert len(before) == 16
+    with torch.no_grad():
+        model.encoder.head.bias[0] += 1e-6
+    assert model.fingerprint != before
+
+
+def payload_of(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_unknown_format_version(model, tmp_path):
+    path = save_model(model, tmp_path)
+    payload = payload_of(path)
+    payload["format_version"] = 999
+    torch.save(payload, path)
+    with pytest.raises(SpeakertagError, match="format version 999"):
+        load_model(tmp_path, "cpu")
+
+
+def test_tampered_weights_fail_the_checksum(model, tmp_path):
+    path = save_model(model, tmp_path)
+    payload = payload_of(path)
+    name = next(k for k, v in payload["state_dict"].items() if v.dtype.is_floating_point)
+    payload["state_dict"][name].view(-1)[0] += 0.01
+    torch.save(payload, path)
+    with pytest.raises(SpeakertagError, match="checksum"):
+        load_model(tmp_path, "cpu")
+
+
+@pytest.mark.parametrize("change, phrase", [
+    (lambda p: p.pop("state_dict"), "damaged"),
+    (lambda p: p["state_dict"].pop(next(iter(p["state_dict"]))), "damaged"),  # strict loading
+    (lambda p: p["params"]["audio"].update(n_mels=64), "damaged"),  # params that do not fit the weights
+    (lambda p: p["params"]["encoder"].update(depth=3), "damaged"),  # unknown params
+    (lambda p: p.update(format="something-else"), "not a speakertag model"),
+])
+def test_damaged_payloads(model, tmp_path, change, phrase):
+    path = save_model(model, tmp_path)
+    payload = payload_of(path)
+    change(payload)
+    torch.save(payload, path)
+    with pytest.raises(SpeakertagError, match=phrase):
+        load_model(tmp_path, "cpu")
+
+
+class RunsCode:
+    """Unpickling this object would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("how", ["torch.save", "torch.save-legacy", "pickle"])
+def test_code_in_a_model_file_is_refused_and_not_run(tmp_path, how):
+    marker = tmp_path / "MARKER"
+    path = tmp_path / MODEL_FILE
+    payload = {"format": "speakertag-model", "format_version": 1, "evil": RunsCode(marker)}
+    if how == "pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path, _use_new_zipfile_serialization=how == "torch.save")
+    with pytest.raises(SpeakertagError, match="not a valid speakertag model"):
+        load_model(tmp_path, "cpu")
+    assert not marker.exists()
+
+
+def test_the_malicious_payload_really_runs_code(tmp_path):
+    # guards the test above: unpickled without restrictions, the payload does touch the marker
+    marker = tmp_path / "MARKER"
+    pickle.loads(pickle.dumps(RunsCode(marker)))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model at all\n", bytes(range(256)) * 8])
+def test_not_a_model_file(tmp_path, content):
+    (tmp_path / MODEL_FILE).write_bytes(content)
+    with pytest.raises(SpeakertagError, match="model"):
+        load_model(tmp_path, "cpu")
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(SpeakertagError, match=f"{MODEL_FILE} is missing"):
+        load_model(tmp_path, "cpu")
+    with pytest.raises(SpeakertagError, match="missing"):
+        load_model(tmp_path / "nope.pt", "cpu")

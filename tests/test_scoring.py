@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+
+from speakertag.memory import build_index
+from speakertag.scoring import Scorer, calibrate_threshold, top_k_mean
+
+
+def unit(rows):
+    x = np.asarray(rows, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+MEMORY = unit([[1, 0, 0], [0.8, 0.6, 0], [0.6, 0.8, 0], [0, 1, 0]])
+
+
+def test_top_k_mean_by_hand():
+    index = build_index(MEMORY)
+    q = unit([[1, 0, 0], [0, 0, 1]])
+    # cosines of q0 to the memory: 1, 0.8, 0.6, 0; of q1: all 0
+    np.testing.assert_allclose(top_k_mean(index, q, 1), [1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(top_k_mean(index, q, 2), [0.9, 0.0], atol=1e-6)
+    np.testing.assert_allclose(top_k_mean(index, q, 3), [0.8, 0.0], atol=1e-6)
+    # k larger than the memory: the mean over all entries
+    np.testing.assert_allclose(top_k_mean(index, q, 10), [0.6, 0.0], atol=1e-6)
+    assert top_k_mean(index, q, 2).shape == (2,)
+
+
+def test_scorer_subtracts_weighted_negative_similarity():
+    negatives = unit([[0, 0, 1]])
+    q = unit([[1, 0, 1]])  # cos 0.707 to entry 0 and to the negative
+    plain = Scorer(MEMORY, negatives, top_k=1, negative_weight=0.0)
+    weighted = Scorer(MEMORY, negatives, top_k=1, negative_weight=0.5)
+    np.testing.assert_allclose(plain(q), [np.sqrt(0.5)], atol=1e-6)
+    np.testing.assert_allclose(weighted(q), [np.sqrt(0.5) * 0.5], atol=1e-6)
+    # no negatives: the weight has nothing to act on
+    np.testing.assert_allclose(Scorer(MEMORY, np.zeros((0, 3), np.float32), 1, 0.5)(q), plain(q))
+
+
+def test_calibrate_separable():
+    pos = np.array([0.9, 0.85, 0.8, 0.95])
+    neg = np.array([0.1, 0.3, 0.5, 0.2, 0.4, 0.45])
+    c = calibrate_threshold(pos, neg)
+    assert c.precision == 1.0 and c.recall == 1.0 and c.f1 == 1.0
+    assert 0.5 < c.threshold < 0.8
+    assert c.threshold == pytest.approx(0.65)  # half-way between the classes
+    assert (c.rule, c.n_positive, c.n_negative) == ("f1", 4, 6)
+
+
+def weighted_precision(pos, neg, threshold):
+    """Precision with the positives weighted to a 1/3 prior, as calibrate_threshold documents."""
+    tp = np.mean(pos >= threshold) * 1.0
+    fp = np.mean(neg >= threshold) * 2.0
+    return tp / (tp + fp) if tp + fp else 0.0
+
+
+def test_precision_rule_respects_the_target():
+    rng = np.random.default_rng(0)
+    pos = rng.normal(0.7, 0.1, 300)
+    neg = rng.normal(0.4, 0.1, 900)
+    for target in (0.8, 0.9, 0.95, 0.99):
+        c = calibrate_threshold(pos, neg, "precision", target)
+        assert c.rule == f"precision>={target:g}"
+        assert weighted_precision(pos, neg, c.threshold) >= target
+        assert c.precision == pytest.approx(weighted_precision(pos, neg, c.threshold))
+        assert c.recall == pytest.approx(np.mean(pos >= c.threshold))
+        # the lowest such threshold: every lower cut misses the target
+        scores = np.concatenate([pos, neg])
+        assert all(weighted_precision(pos, neg, t) < target for t in scores[scores < c.threshold])
+    # a stricter target never gives a lower threshold or more recall
+    ths = [calibrate_threshold(pos, neg, "precision", t).threshold for t in (0.8, 0.9, 0.95, 0.99)]
+    assert ths == sorted(ths)
+
+
+def test_f1_rule_beats_other_cuts():
+    rng = np.random.default_rng(1)
+    pos, neg = rng.normal(0.6, 0.15, 200), rng.normal(0.4, 0.15, 400)
+    c = calibrate_threshold(pos, neg)
+    scores = np.concatenate([pos, neg])
+
+    def f1(t):
+        p, r = weighted_precision(pos, neg, t), np.mean(pos >= t)
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    assert c.f1 == pytest.approx(f1(c.threshold))
+    assert all(f1(t) <= c.f1 + 1e-12 for t in scores)
+
+
+def test_calibrate_ties_and_errors():
+    # equal scores in both classes are never split: the cut falls between distinct values
+    # cuts: 0.7 (precision 1, recall 1/3, F1 0.5) or 0.3 (precision 0.5, recall 1, F1 0.67)
+    c = calibrate_threshold(np.array([0.9, 0.5, 0.5]), np.array([0.5, 0.1]))
+    assert c.threshold == pytest.approx(0.3)
+    assert c.f1 == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="unknown threshold rule"):
+        calibrate_threshold(np.array([0.9]), np.array([0.1]), "recall")
+    with pytest.raises(ValueError):
+        calibrate_threshold(np.array([]), np.array([0.1]))

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from speakertag.params import AudioParams, TagParams
+from speakertag.segments import Segment, cell_scores, runs, to_segments
+
+A = AudioParams()  # windows of 4 hops: 172 frames every 43
+HOP = A.hop_s
+TP = TagParams(min_gap_s=0.5, min_duration_s=0.5)
+
+
+def test_cell_scores_by_hand():
+    w = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    cells = cell_scores(w, A)
+    assert len(cells) == len(w) - 1 + 4
+    # cell c is the mean of windows c-3..c that exist
+    expected = [np.mean(w[max(0, c - 3):c + 1]) for c in range(len(cells))]
+    np.testing.assert_allclose(cells, expected)
+    np.testing.assert_allclose(cells[:4], [1.0, 0.5, 1 / 3, 0.25])
+    np.testing.assert_allclose(cells[-1], 1.0)
+    assert cell_scores(np.zeros(0), A).shape == (0,)
+    np.testing.assert_allclose(cell_scores(np.full(10, 0.7), A), 0.7, rtol=1e-6)
+
+
+def test_runs():
+    assert runs(np.array([0, 1, 1, 0, 1, 0, 0, 1], bool)) == [(1, 3), (4, 5), (7, 8)]
+    assert runs(np.zeros(4, bool)) == [] and runs(np.ones(3, bool)) == [(0, 3)]
+
+
+def test_one_segment_in_seconds():
+    w = np.zeros(40)
+    w[10:20] = 1.0  # windows 10..19: cells 10..22 covered, fully only 13..19
+    segs = to_segments(w, 0.5, A, TP, label="alice")
+    assert len(segs) == 1
+    s = segs[0]
+    assert isinstance(s, Segment) and s.label == "alice"
+    cells = cell_scores(w, A)
+    on = np.flatnonzero(cells >= 0.5)
+    assert s.start_s == pytest.approx(on[0] * HOP, abs=1e-3)
+    assert s.end_s == pytest.approx((on[-1] + 1) * HOP, abs=1e-3)
+    assert s.score == pytest.approx(cells[on[0]:on[-1] + 1].mean(), abs=1e-6)
+    assert s.duration_s == pytest.approx(s.end_s - s.start_s)
+
+
+def test_gap_merging():
+    w = np.zeros(60)
+    w[5:15] = w[16:25] = w[40:50] = 1.0  # one window off between the first two runs
+    no_rules = TagParams(min_gap_s=0.0, min_duration_s=0.0)
+    base = to_segments(w, 0.99, A, no_rules)
+    assert len(base) == 3
+    gap_s = base[1].start_s - base[0].end_s
+    assert gap_s == pytest.approx(4 * HOP, abs=1e-3)  # cells covered by the missing window
+    merged = to_segments(w, 0.99, A, TagParams(min_gap_s=gap_s + 0.01, min_duration_s=0.0))
+    assert len(merged) == 2
+    assert (merged[0].start_s, merged[0].end_s) == (base[0].start_s, base[1].end_s)
+    assert merged[1] == base[2]
+    # the merged score is the mean over all its cells, gap included
+    cells = cell_scores(w, A)
+    a, b = round(base[0].start_s / HOP), round(base[1].end_s / HOP)
+    assert merged[0].score == pytest.approx(cells[a:b].mean(), abs=1e-6)
+    # the gap must be strictly shorter than min_gap_s (times are rounded to ms: compare unrounded)
+    assert len(to_segments(w, 0.99, A, TagParams(min_gap_s=4 * HOP - 1e-6, min_duration_s=0.0))) == 3
+    assert len(to_segments(w, 0.99, A, TagParams(min_gap_s=4 * HOP + 1e-6, min_duration_s=0.0))) == 2
+
+
+def test_short_segments_dropped():
+    w = np.zeros(40)
+    w[5] = 1.0  # one window alone: the 4 cells it covers score 1/4
+    w[20:30] = 1.0
+    keep_all = to_segments(w, 0.2, A, TagParams(min_gap_s=0.0, min_duration_s=0.0))
+    assert len(keep_all) == 2
+    short = keep_all[0].duration_s
+    assert short == pytest.approx(4 * HOP, abs=1e-3)
+    kept = to_segments(w, 0.2, A, TagParams(min_gap_s=0.0, min_duration_s=short + 0.01))
+    assert kept == keep_all[1:]
+    assert to_segments(w, 0.2, A, TagParams(min_gap_s=0.0, min_duration_s=short - 0.01)) == keep_all
+
+
+def test_clipped_to_duration():
+    w = np.ones(10)  # cells reach (10 - 1 + 4) * hop = 6.5 s
+    segs = to_segments(w, 0.5, A, TP)
+    assert segs[0].start_s == 0.0 and segs[0].end_s == pytest.approx(13 * HOP, abs=1e-3)
+    duration_s = 5.123
+    segs = to_segments(w, 0.5, A, TP, duration_s=duration_s)
+    assert segs[0].end_s == pytest.approx(duration_s, abs=1e-3)
+
+
+def test_nothing_above_threshold():
+    assert to_segments(np.full(30, 0.2), 0.5, A, TP) == []
+    assert to_segments(np.zeros(0), 0.5, A, TP) == []

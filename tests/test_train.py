@@ -1,0 +1,58 @@
+"""Training on real example clips: outputs, repeatability, calibration, bad clip sets."""
+
+import numpy as np
+import pytest
+
+from speakertag.errors import SpeakertagError
+from speakertag.memory import load_memory
+from speakertag.model import load_model
+from speakertag.params import Params
+from speakertag.train import Clip, clip_windows, load_clips, split_clips
+from conftest import speech_like, train_tiny
+
+
+def test_tiny_model_is_consistent(tiny_model_dir):
+    model, memory = load_model(tiny_model_dir), load_memory(tiny_model_dir)
+    assert memory.model_fingerprint == model.fingerprint
+    assert memory.name == "tiny"
+    assert -1.0 <= memory.threshold <= 1.0
+    calib = memory.info["calibration"]
+    assert 0.0 <= calib["precision"] <= 1.0 and 0.0 <= calib["recall"] <= 1.0
+    # Clean + film-like copies of every positive window, unit vectors.
+    assert len(memory.embeddings) % (1 + model.params.train.augmented_memory_copies) == 0
+    assert np.allclose(np.linalg.norm(memory.embeddings, axis=1), 1.0, atol=1e-4)
+    assert len(memory.negatives) > 0
+    assert model.meta["history"][-1]["action"] == "train"
+
+
+def test_same_seed_same_model(tmp_path, tiny_model_dir):
+    again = train_tiny(tmp_path / "again", tmp_path / "clips")
+    assert load_model(again).fingerprint == load_model(tiny_model_dir).fingerprint
+
+
+def test_clip_windows_tile_short_clips():
+    a = Params().audio
+    short = Clip("short", speech_like(1.2, a.sample_rate_hz))
+    long = Clip("long", speech_like(5.0, a.sample_rate_hz))
+    w = clip_windows([short, long], a)
+    assert w.shape[1] == a.window_samples
+    hop = a.hop_frames * a.hop_length
+    assert len(w) == 1 + (1 + (len(long.samples) - a.window_samples) // hop)
+
+
+def test_split_holds_back_whole_clips_or_tails():
+    rng = np.random.default_rng(0)
+    clips = [Clip(str(i), np.ones(1000, np.float32)) for i in range(10)]
+    train, val = split_clips(clips, 0.2, rng)
+    assert len(val) == 2 and len(train) == 8
+    assert not {c.name for c in train} & {c.name for c in val}
+    train, val = split_clips(clips[:2], 0.2, rng)
+    assert [len(c.samples) for c in train] == [800, 800] and [len(c.samples) for c in val] == [200, 200]
+
+
+def test_clips_too_short_or_silent_are_refused(write_wav, tmp_path):
+    p = Params()
+    write_wav("pos/short.wav", speech_like(0.5, 22050))
+    write_wav("pos/silent.wav", np.zeros(22050 * 3, np.float32))
+    with pytest.raises(SpeakertagError, match="no usable positive clips"):
+        load_clips([tmp_path / "pos"], "positive", p)

@@ -22,16 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from speakertag.evaluate import Metrics, pool, read_reference, score
-from speakertag.model import load_model
+from speakertag.model import impostors_of, load_model, shipped_base_dir
 from speakertag.params import Params
 from speakertag.segments import to_segments
 from speakertag.tagging import Voice, tag
 from speakertag.train import train
 from speakertag.writers import render
 from speakertag.io_utils import atomic_write_text
-
-DEFAULT_BASE = Path(__file__).resolve().parent.parent / "models" / "base"
-
 
 def best_threshold(result, voice: Voice, reference) -> tuple[float, float]:
     """(threshold, F1) of the best threshold for this film: a diagnostic, never used to tag."""
@@ -49,7 +46,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", type=Path)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--base", default=str(DEFAULT_BASE), help="base model folder, or 'none'")
+    ap.add_argument("--base", default=str(shipped_base_dir()), help="base model folder, or 'none'")
+    ap.add_argument("--no-impostors", action="store_true", help="calibrate without the shipped unseen voices")
     ap.add_argument("--steps", type=int, help="override max training steps")
     ap.add_argument("--out", type=Path, help="folder for the hypotheses (CSV)")
     args = ap.parse_args()
@@ -59,7 +57,7 @@ def main() -> None:
         sys.exit(f"no task folders in {args.dataset}")
     base = None if args.base == "none" else load_model(args.base)
     params = base.params if base else Params()
-    if args.steps:
+    if args.steps is not None:
         params = replace(params, train=replace(params.train, max_steps=args.steps))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +70,8 @@ def main() -> None:
         for seed in args.seeds:
             p = replace(params, train=replace(params.train, seed=seed))
             t0 = time.monotonic()
-            model, memory, _ = train([task / "train" / "positive"], [task / "train" / "negative"], p, base)
+            model, memory, _ = train([task / "train" / "positive"], [task / "train" / "negative"], p, base,
+                                     impostors=[] if args.no_impostors else impostors_of(shipped_base_dir()))
             train_s = time.monotonic() - t0
             voice = Voice(model, memory)
             film = task / "test" / "movie01.mp4"

@@ -81,8 +81,8 @@ def film_like(x: np.ndarray, noise_pool: list[np.ndarray], generated: list[np.nd
               rng: np.random.Generator, snr_db_range: tuple[float, float] = (0.0, 20.0)) -> np.ndarray:
     """One random film-like degradation of a clip crop x (1-D float32, any length).
 
-    Background: a crop of the noise pool (the user's negative clips: music, noise, other
-    voices), several pool crops summed (babble), or a crop of a generated background
+    Background: a crop of the noise pool (the user's negative clips, music, noise, other
+    voices, each scaled to unit RMS), several pool crops summed (babble), or a crop of a generated background
     (coloured noise, synthetic music); then maybe reverberation, maybe band limiting,
     always a random level.
     """
@@ -94,8 +94,7 @@ def film_like(x: np.ndarray, noise_pool: list[np.ndarray], generated: list[np.nd
     if kind < 0.45 and noise_pool:
         noise = random_crop(noise_pool[int(rng.integers(len(noise_pool)))], n, rng)
     elif kind < 0.7 and noise_pool:
-        noise = sum(random_crop(noise_pool[int(i)], n, rng) / rms(noise_pool[int(i)])
-                    for i in rng.integers(len(noise_pool), size=int(rng.integers(3, 7))))
+        noise = sum(random_crop(noise_pool[int(i)], n, rng) for i in rng.integers(len(noise_pool), size=int(rng.integers(3, 7))))
     else:
         noise = random_crop(generated[int(rng.integers(len(generated)))], n, rng)
     y = mix_at_snr(y, noise, float(rng.uniform(*snr_db_range)))

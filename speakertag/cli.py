@@ -68,7 +68,7 @@ def cli():
 @click.option("--base", type=click.Path(path_type=Path),
               help="Model to fine-tune; default: the shipped base encoder. 'none' trains from scratch.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--steps", type=click.IntRange(1), help="Maximum training steps.")
+@click.option("--steps", type=click.IntRange(0), help="Maximum training steps (0: keep the base encoder, only build the memory).")
 @click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True),
               help="Choose the lowest threshold reaching this validation precision instead of best F1.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -79,11 +79,11 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     from dataclasses import replace
 
     from .memory import save_memory
-    from .model import load_model, save_model
+    from .model import impostors_of, load_model, save_model, shipped_base_dir
     from .params import Params
     from .train import train as train_voice
 
-    base_path = None if str(base).lower() == "none" else (base or default_base_model())
+    base_path = None if str(base).lower() == "none" else (base or shipped_base_dir())
     base_model = load_model(base_path) if base_path else None
     p = base_model.params if base_model else Params()
     changes = {"seed": seed}
@@ -101,7 +101,8 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
         def progress(info):
             val = "-" if info.val_f1 is None else f"{info.val_f1:.3f}"
             bar.update(1, f"loss {info.loss:.3f} val F1 {val}")
-        model, memory, report = train_voice(positive, negative, p, base_model, name, progress, device)
+        model, memory, report = train_voice(positive, negative, p, base_model, name, progress, device,
+                                            impostors_of(shipped_base_dir()))
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()

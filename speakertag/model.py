@@ -23,6 +23,18 @@ from .io_utils import atomic_write_bytes
 from .params import FORMAT_VERSION, AudioParams, EncoderParams, Params
 
 MODEL_FILE = "model.pt"
+IMPOSTORS_DIR = "impostors"  # clips of voices the model never heard, for calibration
+
+
+def shipped_base_dir() -> Path | None:
+    """The base encoder shipped in the repository's models/base folder, if present."""
+    path = Path(__file__).resolve().parent.parent / "models" / "base"
+    return path if (path / MODEL_FILE).exists() else None
+
+
+def impostors_of(model_dir: Path | None) -> list[Path]:
+    """[model_dir/impostors] when that folder exists: voices held out of the model's training."""
+    return [model_dir / IMPOSTORS_DIR] if model_dir is not None and (model_dir / IMPOSTORS_DIR).is_dir() else []
 
 
 class Encoder(nn.Module):

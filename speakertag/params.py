@@ -56,12 +56,12 @@ class EncoderParams:
 class TrainParams:
     margin: float = 0.3  # cosine triplet margin
     batch_size: int = 32  # anchors per step
-    max_steps: int = 300
+    max_steps: int = 120
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    mining_every_steps: int = 25  # re-embed the whole negative pool this often
-    eval_every_steps: int = 25
-    patience_evals: int = 4  # early stopping: evaluations without improvement
+    mining_every_steps: int = 20  # re-degrade and re-embed the whole pools this often
+    eval_every_steps: int = 20
+    patience_evals: int = 3  # early stopping: evaluations without improvement
     val_fraction: float = 0.2  # clips held back for validation and calibration
     min_clip_s: float = 1.0  # shorter clips are skipped; shorter than a window are tiled
     snr_db_range: tuple[float, float] = (0.0, 20.0)  # augmentation mixing range

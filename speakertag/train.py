@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .audio import find_media_files, load_audio
-from .augment import film_like, generated_backgrounds, random_crop
+from .augment import film_like, generated_backgrounds, rms
 from .errors import SpeakertagError
 from .features import log_mel, tile_to
 from .losses import mine_hard_negatives, triplet_loss
@@ -100,9 +100,14 @@ def clip_windows(clips: list[Clip], a: AudioParams) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Backgrounds:
-    """What film-like degradation mixes in: the user's negative clips and generated sound."""
+    """What film-like degradation mixes in: the user's negative clips and generated sound,
+    every one scaled to unit RMS."""
     clips: list[np.ndarray]
     generated: list[np.ndarray]
+
+    @classmethod
+    def of(cls, clips: list[np.ndarray], generated: list[np.ndarray]) -> "Backgrounds":
+        return cls([c / rms(c) for c in clips], generated)
 
 
 def degrade(windows: np.ndarray, bg: Backgrounds, p: Params, rng: np.random.Generator,
@@ -113,11 +118,15 @@ def degrade(windows: np.ndarray, bg: Backgrounds, p: Params, rng: np.random.Gene
                      if rng.random() < prob else w for w in windows])
 
 
-def embed_audio(model: Model, windows: np.ndarray, batch: int = 256) -> np.ndarray:
-    """(n, window_samples) audio -> (n, dim) float32 embeddings, eval mode, no gradients."""
-    device = next(model.encoder.parameters()).device
-    out = [embed(model, log_mel(torch.from_numpy(windows[i:i + batch]).to(device), model.params.audio))
-           for i in range(0, len(windows), batch)]
+def features(windows: np.ndarray, a: AudioParams, device: torch.device, batch: int = 256) -> torch.Tensor:
+    """(n, window_samples) audio -> (n, n_mels, window_frames) log-mel on `device`."""
+    out = [log_mel(torch.from_numpy(windows[i:i + batch]).to(device), a) for i in range(0, len(windows), batch)]
+    return torch.cat(out) if out else torch.zeros(0, a.n_mels, a.window_frames, device=device)
+
+
+def embed_features(model: Model, feats: torch.Tensor, batch: int = 512) -> np.ndarray:
+    """(n, n_mels, window_frames) -> (n, dim) float32 embeddings, eval mode, no gradients."""
+    out = [embed(model, feats[i:i + batch]) for i in range(0, len(feats), batch)]
     return torch.cat(out).numpy() if out else np.zeros((0, model.params.encoder.embedding_dim), np.float32)
 
 
@@ -128,21 +137,16 @@ def memory_windows(clips: list[Clip], bg: Backgrounds, p: Params, rng: np.random
     return np.concatenate([clean, *copies])
 
 
-def validation_scores(model: Model, pos_memory: np.ndarray, neg_memory: np.ndarray, val_pos: np.ndarray,
-                      val_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of validation windows against memories built from the given window audio."""
-    tp = model.params.tag
-    scorer = Scorer(embed_audio(model, pos_memory), embed_audio(model, neg_memory), tp.top_k, tp.negative_weight)
-    return scorer(embed_audio(model, val_pos)), scorer(embed_audio(model, val_neg))
-
-
 def train(positive: list[str | Path], negative: list[str | Path], params: Params | None = None,
           base: Model | None = None, name: str = "target", progress: Callable[[StepInfo], None] | None = None,
-          device: str | None = None) -> tuple[Model, Memory, TrainReport]:
+          device: str | None = None, impostors: list[str | Path] | None = None) -> tuple[Model, Memory, TrainReport]:
     """Train (or fine-tune `base`) on positive and negative clips.
 
-    Returns the model, its positive memory (every positive window, threshold calibrated on
-    held-back film-like windows) and a report.
+    impostors: clips of voices that neither the base encoder nor this training has heard;
+    they join the held-back negatives, so that the threshold is calibrated against unseen
+    voices as a film has them, not only against the negatives' voices the model learned.
+    Returns the model, its memory (every positive window, clean and degraded; every
+    negative window; the calibrated threshold) and a report.
     """
     t0 = time.monotonic()
     p = base.params if params is None and base is not None else (params or Params())
@@ -152,54 +156,59 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
     rng = np.random.default_rng(tp.seed)
     torch.manual_seed(tp.seed)
     gen = torch.Generator().manual_seed(tp.seed)
+    dev = resolve_device(device)
 
     pos_clips, skipped_pos = load_clips(positive, "positive", p)
     neg_clips, skipped_neg = load_clips(negative, "negative", p)
+    imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
     pos_train, pos_val = split_clips(pos_clips, tp.val_fraction, rng)
     neg_train, neg_val = split_clips(neg_clips, tp.val_fraction, rng)
     generated = generated_backgrounds(a.sample_rate_hz, rng)
-    bg = Backgrounds([c.samples for c in neg_train], generated)
-    all_bg = Backgrounds([c.samples for c in neg_clips], generated)
-
-    # Validation windows look like film audio: every window degraded, held-back noise too.
-    val_pos = degrade(np.concatenate([clip_windows(pos_val, a)] * 2), all_bg, p, rng, 1.0)
-    val_neg = degrade(clip_windows(neg_val, a), all_bg, p, rng, 0.7)
-    val_pos_memory = memory_windows(pos_train, bg, p, rng)
-    val_neg_memory = memory_windows(neg_train, bg, p, rng)
+    bg = Backgrounds.of([c.samples for c in neg_train], generated)
+    all_bg = Backgrounds.of([c.samples for c in neg_clips], generated)
 
     model = copy.deepcopy(base) if base is not None else new_model(p)
     model.params = p
     model.meta = {**model.meta, "name": name}
-    dev = resolve_device(device)
-    enc = model.encoder.to(dev).train()
+    enc = model.encoder.to(dev)
+
+    # Validation looks like film audio: every positive window degraded, held-back noise too.
+    # Its features are computed once; each evaluation only runs the encoder.
+    val_pos = features(degrade(np.concatenate([clip_windows(pos_val, a)] * 2), all_bg, p, rng, 1.0), a, dev)
+    val_neg = features(degrade(clip_windows(neg_val + imp_clips, a), all_bg, p, rng, 0.7), a, dev)
+    val_memory_pos = features(memory_windows(pos_train, bg, p, rng), a, dev)
+    use_negatives = p.tag.negative_weight > 0
+    val_memory_neg = features(memory_windows(neg_train, bg, p, rng) if use_negatives else np.zeros((0, a.window_samples), np.float32), a, dev)
+
+    def validation_scores() -> tuple[np.ndarray, np.ndarray]:
+        scorer = Scorer(embed_features(model, val_memory_pos), embed_features(model, val_memory_neg),
+                        p.tag.top_k, p.tag.negative_weight)
+        return scorer(embed_features(model, val_pos)), scorer(embed_features(model, val_neg))
+
     opt = torch.optim.AdamW(enc.parameters(), lr=tp.learning_rate, weight_decay=tp.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tp.max_steps)
-    pos_pool_audio = clip_windows(pos_train, a)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, tp.max_steps))
+    pos_pool_clean = clip_windows(pos_train, a)
     neg_pool_clean = clip_windows(neg_train, a)
-
-    def crops(clips: list[Clip], n: int) -> np.ndarray:
-        picks = rng.integers(len(clips), size=n)
-        return degrade(np.stack([random_crop(clips[i].samples, a.window_samples, rng) for i in picks]), bg, p, rng)
-
     best = (-1.0, 0, copy.deepcopy(enc.state_dict()))
     evals_without_gain, step, val_f1, loss_value = 0, 0, None, float("nan")
+    b = tp.batch_size
     for step in range(1, tp.max_steps + 1):
         if (step - 1) % tp.mining_every_steps == 0:
-            # Refresh the mining pools with the current model: fresh degradations of every window.
-            anchor_audio = degrade(pos_pool_audio, bg, p, rng)
-            neg_audio = degrade(neg_pool_clean, bg, p, rng)
-            anchor_emb = torch.from_numpy(embed_audio(model, anchor_audio))
-            neg_emb = torch.from_numpy(embed_audio(model, neg_audio))
-            enc.train()
-        b = tp.batch_size
-        ai = torch.from_numpy(rng.integers(len(anchor_audio), size=b))
-        positive_audio = crops(pos_train, b)
-        # Mine with the pool's embeddings; cos(a, p) estimated against the positive pool mean.
-        centroid = torch.nn.functional.normalize(anchor_emb.mean(0, keepdim=True), dim=-1)
-        ap_sim = (anchor_emb[ai] @ centroid.T).squeeze(1)
-        hard = mine_hard_negatives(anchor_emb[ai], ap_sim, neg_emb, tp.margin, 16, gen).numpy()
-        batch = np.concatenate([anchor_audio[ai.numpy()], positive_audio, neg_audio[hard], crops(neg_train, b)])
-        emb = enc(log_mel(torch.from_numpy(batch).to(dev), a))
+            # Refresh the pools: fresh degradations of every window, embedded by the current
+            # model, so that mining sees which negatives still violate the margin now.
+            pos_pool = features(degrade(pos_pool_clean, bg, p, rng), a, dev)
+            neg_pool = features(degrade(neg_pool_clean, bg, p, rng), a, dev)
+            pos_emb = torch.from_numpy(embed_features(model, pos_pool))
+            neg_emb = torch.from_numpy(embed_features(model, neg_pool))
+            centroid = torch.nn.functional.normalize(pos_emb.mean(0, keepdim=True), dim=-1)
+        ai = rng.integers(len(pos_pool), size=b)
+        pi = (ai + rng.integers(1, max(2, len(pos_pool)), size=b)) % len(pos_pool)  # another window
+        # cos(anchor, positive) is estimated by the anchor's cosine to the positives' mean.
+        ap_sim = (pos_emb[ai] @ centroid.T).squeeze(1)
+        hard = mine_hard_negatives(pos_emb[ai], ap_sim, neg_emb, tp.margin, 16, gen).numpy()
+        ri = rng.integers(len(neg_pool), size=b)
+        enc.train()
+        emb = enc(torch.cat([pos_pool[ai], pos_pool[pi], neg_pool[hard], neg_pool[ri]]))
         e_a, e_p, e_hard, e_rand = emb.split(b)
         loss = triplet_loss(e_a, e_p, e_hard, tp.margin) + triplet_loss(e_a, e_p, e_rand, tp.margin)
         opt.zero_grad()
@@ -208,9 +217,7 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
         sched.step()
         loss_value = float(loss.detach())
         if step % tp.eval_every_steps == 0 or step == tp.max_steps:
-            ps, ns = validation_scores(model, val_pos_memory, val_neg_memory, val_pos, val_neg)
-            val_f1 = calibrate_threshold(ps, ns).f1
-            enc.train()
+            val_f1 = calibrate_threshold(*validation_scores()).f1
             if val_f1 > best[0] + 1e-4:
                 best, evals_without_gain = (val_f1, step, copy.deepcopy(enc.state_dict())), 0
             else:
@@ -221,11 +228,9 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
             break
 
     enc.load_state_dict(best[2])
-    enc.eval()
-    ps, ns = validation_scores(model, val_pos_memory, val_neg_memory, val_pos, val_neg)
-    calib = calibrate_threshold(ps, ns, tp.threshold_rule, tp.target_precision)
-    positives = embed_audio(model, memory_windows(pos_clips, all_bg, p, rng))
-    negatives = embed_audio(model, memory_windows(neg_clips, all_bg, p, rng))
+    calib = calibrate_threshold(*validation_scores(), tp.threshold_rule, tp.target_precision)
+    positives = embed_features(model, features(memory_windows(pos_clips, all_bg, p, rng), a, dev))
+    negatives = embed_features(model, features(memory_windows(neg_clips, all_bg, p, rng), a, dev))
     model.encoder.cpu()
     model.meta = {**model.meta, "history": [*model.meta.get("history", []), {
         "action": "fine-tune" if base is not None else "train",

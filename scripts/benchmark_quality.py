@@ -56,7 +56,7 @@ def main() -> None:
     if not tasks:
         sys.exit(f"no task folders in {args.dataset}")
     base = None if args.base == "none" else load_model(args.base)
-    params = base.params if base else Params()
+    params = Params()
     if args.steps is not None:
         params = replace(params, train=replace(params.train, max_steps=args.steps))
     if args.out:

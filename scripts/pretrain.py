@@ -10,7 +10,8 @@ voices, coloured noise, synthetic music, reverberation, band limits, levels) and
 the cosine triplet loss over all valid triplets of the batch (batch-all: batch-hard
 collapsed to a constant embedding on this corpus). Some speakers are held out; the
 checkpoint with the best held-out nearest-neighbour accuracy is kept. The corpus's
-provenance is stored in the model's metadata.
+provenance is stored in the model's metadata, and the held-out speakers' clips are copied
+to OUT/impostors: `speakertag train` calibrates its threshold against these unseen voices.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ from speakertag.audio import find_media_files, load_audio
 from speakertag.augment import film_like, generated_backgrounds, random_crop
 from speakertag.features import log_mel
 from speakertag.losses import batch_all_triplet_loss
-from speakertag.model import embed, new_model, save_model
+from speakertag.model import IMPOSTORS_DIR, embed, new_model, save_model
 from speakertag.params import Params
 
 
@@ -136,6 +138,13 @@ def main() -> None:
     model.meta["pretraining"].update(steps=step, best_step=best[1], held_out_nn_accuracy=round(best[0], 4),
                                      minutes=round((time.monotonic() - t0) / 60, 1))
     save_model(model, args.out)
+    # The held-out speakers ship with the model: `train` calibrates thresholds against them,
+    # voices that neither the base encoder nor a user's training has heard.
+    impostors = args.out / IMPOSTORS_DIR
+    impostors.mkdir(exist_ok=True)
+    for spk in val_names:
+        for f in find_media_files([args.corpus / spk]):
+            shutil.copyfile(f, impostors / f"{spk}__{f.name}")
     print(f"saved {args.out} (best held-out NN accuracy {best[0]:.3f} at step {best[1]})", file=sys.stderr)
 
 

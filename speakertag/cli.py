@@ -85,7 +85,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
 
     base_path = None if str(base).lower() == "none" else (base or shipped_base_dir())
     base_model = load_model(base_path) if base_path else None
-    p = base_model.params if base_model else Params()
+    p = Params()
     changes = {"seed": seed}
     if steps:
         changes["max_steps"] = steps

@@ -123,7 +123,8 @@ def build_index(embeddings: np.ndarray) -> faiss.Index:
     dim = embeddings.shape[1]
     if len(embeddings) >= HNSW_MIN_ENTRIES:
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = 128
+        index.hnsw.efConstruction = 128  # faiss's default 40 misses whole clusters
+        index.hnsw.efSearch = 256
     else:
         index = faiss.IndexFlatIP(dim)
     index.add(np.ascontiguousarray(embeddings, dtype=np.float32))

@@ -53,7 +53,11 @@ def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams,
     cells = cell_scores(window_scores, audio)
     hop_s = audio.hop_s
     limit = duration_s if duration_s is not None else len(cells) * hop_s
-    spans = [(a * hop_s, min(b * hop_s, limit), a, b) for a, b in runs(cells >= threshold)]
+    # Hysteresis: a run of cells above threshold - hysteresis counts when it reaches the
+    # threshold somewhere; its quieter edges (the first and last words) are kept.
+    high = cells >= threshold
+    spans = [(a * hop_s, min(b * hop_s, limit), a, b) for a, b in runs(cells >= threshold - tag.hysteresis)
+             if high[a:b].any()]
     merged: list[list] = []
     for start, end, a, b in spans:
         if merged and start - merged[-1][1] < tag.min_gap_s:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,39 @@ def check_pair(model: Model, memory: Memory) -> None:
     if memory.model_fingerprint != model.fingerprint or memory.params.audio != model.params.audio:
         raise SpeakertagError(f"the memory was made by another model (fingerprint {memory.model_fingerprint}, "
                               f"model {model.fingerprint})")
+
+
+def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    """Run `items` in a background thread, `depth` items ahead: FFmpeg decodes the next
+    block while torch embeds this one (both release the GIL). Exceptions are re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.01)
 
 
 def _timed(items: Iterator, stage_s: dict[str, float], key: str) -> Iterator:
@@ -90,7 +125,7 @@ def tag(path: str | Path, voice: Voice, threshold: float | None = None, stream: 
             n_samples += len(block)
             yield block
 
-    blocks = measured(_timed(decode_blocks(path, a.sample_rate_hz, stream), stage_s, "decode"))
+    blocks = measured(_timed(_prefetch(decode_blocks(path, a.sample_rate_hz, stream)), stage_s, "decode"))
     scores = []
     for first, windows in _timed(stream_windows(blocks, a, tp.batch_windows), stage_s, "features"):
         t = time.perf_counter()

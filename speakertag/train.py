@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -149,9 +149,9 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
     negative window; the calibrated threshold) and a report.
     """
     t0 = time.monotonic()
-    p = base.params if params is None and base is not None else (params or Params())
-    if base is not None and (base.params.audio != p.audio or base.params.encoder != p.encoder):
-        raise SpeakertagError("the base model was built with other audio or encoder params")
+    p = params or Params()
+    if base is not None:  # the base fixes the front end and the architecture; training is ours
+        p = replace(p, audio=base.params.audio, encoder=base.params.encoder)
     tp, a = p.train, p.audio
     rng = np.random.default_rng(tp.seed)
     torch.manual_seed(tp.seed)

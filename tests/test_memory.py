@@ -150,8 +150,6 @@ def test_hnsw_is_used_from_the_threshold_on(monkeypatch):
     assert isinstance(index, faiss.IndexHNSWFlat) and index.ntotal == 2000
 
 
-@pytest.mark.xfail(strict=True, reason="HNSW (M=32, efConstruction=40, efSearch=128) misses whole clusters: "
-                   "6% of queries off by more than 1e-3, up to 0.33; see the test report")
 def test_hnsw_matches_exact_search():
     # 60k embeddings in 20 clusters, e.g. a memory merged from a few voices and recording
     # conditions; queries drawn like the entries.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -118,8 +120,8 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     click.echo(f"trained on {report.n_positive_clips} positive clips ({report.positive_s:.0f} s) and "
                f"{report.n_negative_clips} negative clips ({report.negative_s:.0f} s) in {report.seconds:.1f} s "
                f"({report.steps} steps, best at {report.best_step})")
-    click.echo(f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} + {c.n_negative} held-back film-like "
-               f"windows): expected precision {c.precision:.2f}, recall {c.recall:.2f}")
+    click.echo(f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} target + {c.n_negative} other film-like "
+               f"windows, leave-one-clip-out): expected precision {c.precision:.2f}, recall {c.recall:.2f}")
     click.echo(f"model written to {out_dir}")
 
 
@@ -156,10 +158,12 @@ def tag(film, model_dir, memory_file, threshold, stream, fmt, out, min_gap, min_
     if out is not None and not out.parent.exists():
         raise SpeakertagError(f"output folder does not exist: {out.parent}")
     info = probe(film, stream)
+    started = time.monotonic()
     with click.progressbar(length=int(info.duration_s or 0) or 1, label=film.name, file=sys.stderr,
-                           hidden=not _progress_enabled(quiet)) as bar:
+                           hidden=not _progress_enabled(quiet), item_show_func=lambda s: s) as bar:
         def progress(seconds):
-            bar.update(int(seconds) - bar.pos)
+            speed = seconds / max(time.monotonic() - started, 1e-6)
+            bar.update(min(int(seconds), bar.length) - bar.pos, f"{seconds / 60:.1f} min, {speed:.0f}x real time")
         result = tag_film(film, voice, threshold, stream, tp, progress)
     text = writers.render(fmt, result.segments, input_path=str(film), model=str(model_dir),
                           threshold=result.threshold)
@@ -253,6 +257,8 @@ def evaluate(reference, hypothesis, speaker, collar, as_json):
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and a non-zero exit for every user error."""
     argv = _expand_greedy(sys.argv[1:] if argv is None else argv)
+    # SIGTERM unwinds like Ctrl-C, so temporary files are removed and nothing half-written stays.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cli.main(argv, prog_name="speakertag", standalone_mode=False)
     except click.exceptions.Abort:

@@ -17,6 +17,20 @@ def top_k_mean(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndarray:
     return sims.mean(axis=1)
 
 
+def top_k_mean_excluding(queries: np.ndarray, query_groups: np.ndarray, entries: np.ndarray,
+                         entry_groups: np.ndarray, k: int) -> np.ndarray:
+    """Like top_k_mean over `entries`, but a query never matches entries of its own group
+    (its own clip): leave-one-clip-out scores for calibration. Exact, in memory: for
+    calibration-sized sets (a few thousand rows), not for films.
+    queries: (n, dim); entries: (m, dim); groups: (n,) and (m,) integer ids."""
+    sims = queries @ entries.T
+    sims[query_groups[:, None] == entry_groups[None, :]] = -np.inf
+    k = min(k, sims.shape[1])
+    top = -np.partition(-sims, k - 1, axis=1)[:, :k]
+    top[~np.isfinite(top)] = -1.0  # fewer than k entries outside the group: count as opposites
+    return top.mean(axis=1)
+
+
 class Scorer:
     """score(window) = top-k mean cosine to the positive memory, minus `negative_weight`
     times the top-k mean cosine to the negative memory (when there is one): a window is
@@ -39,7 +53,7 @@ class Scorer:
 @dataclass(frozen=True)
 class Calibration:
     threshold: float
-    rule: str  # "f1" or "precision>=X"
+    rule: str  # "best F1" or "precision >= X"
     precision: float  # expected on the validation windows at the threshold
     recall: float
     f1: float
@@ -72,11 +86,11 @@ def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: st
     last_of_run = np.r_[scores[1:] != scores[:-1], True]
     if rule == "f1":
         i = int(np.argmax(np.where(last_of_run, f1, -1.0)))
-        name = "f1"
+        name = "best F1"
     elif rule == "precision":
         ok = np.flatnonzero(last_of_run & (precision >= target_precision))
         i = int(ok[-1]) if len(ok) else int(np.argmax(np.where(last_of_run, precision, -1.0)))
-        name = f"precision>={target_precision:g}"
+        name = f"precision >= {target_precision:g}"
     else:
         raise ValueError(f"unknown threshold rule {rule!r}: use 'f1' or 'precision'")
     # Put the threshold half-way to the next lower score: robust to small score shifts.

@@ -24,7 +24,7 @@ from .losses import mine_hard_negatives, triplet_loss
 from .memory import Memory
 from .model import Model, embed, new_model, resolve_device
 from .params import AudioParams, Params
-from .scoring import Calibration, Scorer, calibrate_threshold
+from .scoring import Calibration, Scorer, calibrate_threshold, top_k_mean_excluding
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,8 @@ def split_clips(clips: list[Clip], fraction: float, rng: np.random.Generator) ->
 def clip_windows(clips: list[Clip], a: AudioParams) -> np.ndarray:
     """Every window of every clip at the tagging hop: (n_windows, window_samples) float32.
     Clips shorter than a window are tiled to fill one."""
+    if not clips:
+        return np.zeros((0, a.window_samples), np.float32)
     hop = a.hop_frames * a.hop_length
     out = []
     for c in clips:
@@ -96,6 +98,16 @@ def clip_windows(clips: list[Clip], a: AudioParams) -> np.ndarray:
         starts = range(0, len(x) - a.window_samples + 1, hop)
         out.extend(x[s:s + a.window_samples] for s in starts)
     return np.stack(out).astype(np.float32)
+
+
+def window_clip_ids(clips: list[Clip], a: AudioParams, windows_per_part: int = 16) -> np.ndarray:
+    """(n_windows,) index of the clip each window of clip_windows(clips) comes from; with a
+    single clip, of its 8 s part instead, so that leave-one-out still leaves something."""
+    hop = a.hop_frames * a.hop_length
+    counts = [1 + (max(len(c.samples), a.window_samples) - a.window_samples) // hop for c in clips]
+    if len(clips) == 1:
+        return np.arange(counts[0]) // windows_per_part
+    return np.repeat(np.arange(len(clips)), counts)
 
 
 @dataclass(frozen=True)
@@ -228,9 +240,38 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
             break
 
     enc.load_state_dict(best[2])
-    calib = calibrate_threshold(*validation_scores(), tp.threshold_rule, tp.target_precision)
-    positives = embed_features(model, features(memory_windows(pos_clips, all_bg, p, rng), a, dev))
-    negatives = embed_features(model, features(memory_windows(neg_clips, all_bg, p, rng), a, dev))
+
+    def embed_windows(windows: np.ndarray) -> np.ndarray:
+        return embed_features(model, features(windows, a, dev))
+
+    copies = 1 + tp.augmented_memory_copies
+    positives = embed_windows(memory_windows(pos_clips, all_bg, p, rng))
+    negatives = embed_windows(memory_windows(neg_clips, all_bg, p, rng))
+    pos_ids, neg_ids = window_clip_ids(pos_clips, a), window_clip_ids(neg_clips, a)
+    # Calibrate on every clip, leave-one-clip-out: fresh film-like degradations of each
+    # clip's windows, scored against the final memories without that clip's own entries,
+    # plus the unseen impostor voices. Far more windows than the held-back split alone,
+    # so the threshold no longer swings with which clips were held back.
+    cal_pos = embed_windows(degrade(np.concatenate([clip_windows(pos_clips, a)] * 2), all_bg, p, rng, 1.0))
+    cal_neg = embed_windows(degrade(clip_windows(neg_clips, a), all_bg, p, rng, 0.7))
+    cal_imp = embed_windows(degrade(clip_windows(imp_clips, a), all_bg, p, rng, 0.7))
+    k, w = p.tag.top_k, p.tag.negative_weight
+    pos_memory_ids, neg_memory_ids = np.tile(pos_ids, copies), np.tile(neg_ids, copies)
+
+    def calibration_scores(queries: np.ndarray, own_pos_clip: np.ndarray | None = None,
+                           own_neg_clip: np.ndarray | None = None) -> np.ndarray:
+        """The tagging score, except that a window never matches entries of its own clip."""
+        none = np.full(len(queries), -1)
+        s = top_k_mean_excluding(queries, none if own_pos_clip is None else own_pos_clip, positives, pos_memory_ids, k)
+        if w > 0:
+            s = s - w * top_k_mean_excluding(queries, none if own_neg_clip is None else own_neg_clip,
+                                             negatives, neg_memory_ids, k)
+        return s
+
+    calib = calibrate_threshold(
+        calibration_scores(cal_pos, own_pos_clip=np.tile(pos_ids, 2)),
+        np.concatenate([calibration_scores(cal_neg, own_neg_clip=neg_ids), calibration_scores(cal_imp)]),
+        tp.threshold_rule, tp.target_precision)
     model.encoder.cpu()
     model.meta = {**model.meta, "history": [*model.meta.get("history", []), {
         "action": "fine-tune" if base is not None else "train",

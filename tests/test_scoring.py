@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from speakertag.memory import build_index
-from speakertag.scoring import Scorer, calibrate_threshold, top_k_mean
+from speakertag.scoring import Scorer, calibrate_threshold, top_k_mean, top_k_mean_excluding
 
 
 def unit(rows):
@@ -43,7 +43,7 @@ def test_calibrate_separable():
     assert c.precision == 1.0 and c.recall == 1.0 and c.f1 == 1.0
     assert 0.5 < c.threshold < 0.8
     assert c.threshold == pytest.approx(0.65)  # half-way between the classes
-    assert (c.rule, c.n_positive, c.n_negative) == ("f1", 4, 6)
+    assert (c.rule, c.n_positive, c.n_negative) == ("best F1", 4, 6)
 
 
 def weighted_precision(pos, neg, threshold):
@@ -59,7 +59,7 @@ def test_precision_rule_respects_the_target():
     neg = rng.normal(0.4, 0.1, 900)
     for target in (0.8, 0.9, 0.95, 0.99):
         c = calibrate_threshold(pos, neg, "precision", target)
-        assert c.rule == f"precision>={target:g}"
+        assert c.rule == f"precision >= {target:g}"
         assert weighted_precision(pos, neg, c.threshold) >= target
         assert c.precision == pytest.approx(weighted_precision(pos, neg, c.threshold))
         assert c.recall == pytest.approx(np.mean(pos >= c.threshold))
@@ -95,3 +95,14 @@ def test_calibrate_ties_and_errors():
         calibrate_threshold(np.array([0.9]), np.array([0.1]), "recall")
     with pytest.raises(ValueError):
         calibrate_threshold(np.array([]), np.array([0.1]))
+
+
+def test_top_k_mean_excluding_skips_own_group():
+    entries = np.eye(4, dtype=np.float32)
+    groups = np.array([0, 0, 1, 2])
+    q = entries[:1]
+    # Without exclusion the query matches itself (1.0); excluding group 0 leaves only zeros.
+    assert top_k_mean_excluding(q, np.array([-1]), entries, groups, 1)[0] == pytest.approx(1.0)
+    assert top_k_mean_excluding(q, np.array([0]), entries, groups, 1)[0] == pytest.approx(0.0)
+    # Fewer than k entries outside the group count as -1.
+    assert top_k_mean_excluding(q, np.array([0]), entries, groups, 3)[0] == pytest.approx((0 + 0 - 1) / 3)

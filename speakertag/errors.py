@@ -3,3 +3,18 @@
 
 class SpeakertagError(Exception):
     """A problem with the user's input or files, explained in one line."""
+
+
+def first_line(e: BaseException, limit: int = 120) -> str:
+    """The first line of an exception's message (or its type's name), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
+def check_format(header: object, kind: str, file: object, version: int) -> None:
+    """Refuse a model or memory header that is not of `kind` ("model", "memory") or not of `version`."""
+    if not isinstance(header, dict) or header.get("format") != f"speakertag-{kind}":
+        raise SpeakertagError(f"not a speakertag {kind} file: {file}")
+    if header.get("format_version") != version:
+        raise SpeakertagError(f"{kind} {file} has format version {header.get('format_version')}; "
+                              f"this speakertag reads version {version}")

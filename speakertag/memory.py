@@ -18,7 +18,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import SpeakertagError
+from .errors import SpeakertagError, check_format, first_line
 from .io_utils import atomic_write_bytes
 from .params import FORMAT_VERSION, Params
 
@@ -84,12 +84,8 @@ def load_memory(path: str | Path) -> Memory:
             embeddings, negatives = z["embeddings"], z["negatives"]
             header = json.loads(z["header"].tobytes().decode())
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise SpeakertagError(f"not a valid speakertag memory file: {file} ({str(e).splitlines()[0][:100]})") from None
-    if not isinstance(header, dict) or header.get("format") != "speakertag-memory":
-        raise SpeakertagError(f"not a speakertag memory file: {file}")
-    if header.get("format_version") != FORMAT_VERSION:
-        raise SpeakertagError(f"memory {file} has format version {header.get('format_version')}; "
-                              f"this speakertag reads version {FORMAT_VERSION}")
+        raise SpeakertagError(f"not a valid speakertag memory file: {file} ({first_line(e)})") from None
+    check_format(header, "memory", file, FORMAT_VERSION)
     stored = header.pop("checksum", None)
     if stored != _checksum(embeddings, negatives, header):
         raise SpeakertagError(f"memory {file} failed its checksum: its contents were changed or damaged")

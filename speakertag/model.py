@@ -18,7 +18,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .errors import SpeakertagError
+from .errors import SpeakertagError, check_format, first_line
 from .io_utils import atomic_write_bytes
 from .params import FORMAT_VERSION, AudioParams, EncoderParams, Params
 
@@ -133,19 +133,14 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Mo
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpeakertagError(f"not a valid speakertag model file: {file} ({first[:120]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != "speakertag-model":
-        raise SpeakertagError(f"not a speakertag model file: {file}")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise SpeakertagError(f"model {file} has format version {payload.get('format_version')}; "
-                              f"this speakertag reads version {FORMAT_VERSION}")
+        raise SpeakertagError(f"not a valid speakertag model file: {file} ({first_line(e)})") from None
+    check_format(payload, "model", file, FORMAT_VERSION)
     try:
         params = Params.from_dict(payload["params"])
         encoder = Encoder(params.audio, params.encoder)
         encoder.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise SpeakertagError(f"model {file} is damaged: {str(e).splitlines()[0][:120]}") from None
+        raise SpeakertagError(f"model {file} is damaged: {first_line(e)}") from None
     model = Model(params, encoder.eval().to(resolve_device(device)), dict(payload.get("meta", {})))
     if model.fingerprint != payload.get("fingerprint"):
         raise SpeakertagError(f"model {file} failed its checksum: the weights were changed or damaged")

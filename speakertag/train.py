@@ -2,7 +2,7 @@
 
 Reads top to bottom as one function, `train`: load clips, hold some back, sample film-like
 triplets, mine hard negatives from the whole negative pool, evaluate, stop early, build
-the memory, calibrate the threshold on the held-back windows.
+the memories, calibrate the threshold leave-one-clip-out on every clip.
 """
 
 from __future__ import annotations

@@ -175,24 +175,33 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float) -> Iterator[tup
     container = _open_container(path)
     with container:
         s, _ = _pick_stream(container, path, stream)
-        s.thread_type = "AUTO"
         pending: list[np.ndarray] = []
-        pending_n, rate = 0, s.rate or 0
+        pending_n, rate, packed, n_channels = 0, 0, False, 1
+
+        def join() -> np.ndarray:
+            x = np.concatenate(pending, axis=1)
+            if packed:  # interleaved: (1, n * channels)
+                x = x.reshape(-1, n_channels).T
+            return _to_float(x)  # decoders output s16/s32 as well as float
+
         try:
+            # The per-frame work is kept to a minimum: a film has hundreds of thousands of frames.
             for frame in container.decode(s):
-                x = _to_float(frame.to_ndarray())  # decoders output s16/s32 as well as float
-                if not frame.format.is_planar:  # packed: (1, n * channels)
-                    x = x.reshape(-1, len(frame.layout.channels)).T
-                rate = frame.sample_rate
-                pending.append(x)
-                pending_n += x.shape[1]
+                if pending and (frame.sample_rate != rate or frame.layout.nb_channels != n_channels):
+                    yield join(), rate  # the format changed (a TV channel's 5.1 ends): close the block
+                    pending, pending_n = [], 0
+                if not pending:
+                    rate, n_channels = frame.sample_rate, frame.layout.nb_channels
+                    packed = not frame.format.is_planar
+                pending.append(frame.to_ndarray())
+                pending_n += frame.samples
                 if pending_n >= block_s * rate:
-                    yield np.concatenate(pending, axis=1), rate
+                    yield join(), rate
                     pending, pending_n = [], 0
         except av.error.FFmpegError as e:
             raise SpeakertagError(f"cannot decode {path}: {e.strerror or e}") from None
         if pending:
-            yield np.concatenate(pending, axis=1), rate
+            yield join(), rate
 
 
 def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = None,

@@ -125,28 +125,13 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     click.echo(f"model written to {out_dir}")
 
 
-@cli.command()
-@click.argument("film", type=click.Path(path_type=Path))
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
-              help="Model folder written by `speakertag train`.")
-@click.option("--memory", "memory_file", type=click.Path(path_type=Path),
-              help="Use this memory file instead of the model folder's.")
-@click.option("--threshold", type=float, help="Score threshold; default: the memory's calibrated one.")
-@click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first); default: the default track.")
-@click.option("--format", "fmt", type=click.Choice(writers.FORMATS), default="text", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write here instead of stdout.")
-@click.option("--min-gap", type=click.FloatRange(0), help="Merge segments closer than this (s).")
-@click.option("--min-duration", type=click.FloatRange(0), help="Drop segments shorter than this (s).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else the CPU.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def tag(film, model_dir, memory_file, threshold, stream, fmt, out, min_gap, min_duration, device, quiet):
-    """Find where the model's voice speaks in FILM (any audio or video file)."""
+def _load_voice(*, model_dir: Path, memory_file: Path | None, device: str, min_gap: float | None,
+                min_duration: float | None):
+    """The voice to tag with (model + memory, checked as a pair) and its tag params, options applied."""
     from dataclasses import replace
 
-    from .audio import probe
     from .memory import load_memory
-    from .tagging import Voice, check_pair, load_voice, tag as tag_film
+    from .tagging import Voice, check_pair, load_voice
 
     voice = load_voice(model_dir, device)
     if memory_file:
@@ -155,8 +140,14 @@ def tag(film, model_dir, memory_file, threshold, stream, fmt, out, min_gap, min_
     tp = voice.model.params.tag
     tp = replace(tp, min_gap_s=tp.min_gap_s if min_gap is None else min_gap,
                  min_duration_s=tp.min_duration_s if min_duration is None else min_duration)
-    if out is not None and not out.parent.exists():
-        raise SpeakertagError(f"output folder does not exist: {out.parent}")
+    return voice, tp
+
+
+def _tag_with_bar(film: Path, voice, threshold, stream, tp, quiet: bool):
+    """tagging.tag with a progress bar on stderr (hidden when quiet or not a terminal)."""
+    from .audio import probe
+    from .tagging import tag as tag_film
+
     info = probe(film, stream)
     started = time.monotonic()
     with click.progressbar(length=int(info.duration_s or 0) or 1, label=film.name, file=sys.stderr,
@@ -164,14 +155,180 @@ def tag(film, model_dir, memory_file, threshold, stream, fmt, out, min_gap, min_
         def progress(seconds):
             speed = seconds / max(time.monotonic() - started, 1e-6)
             bar.update(min(int(seconds), bar.length) - bar.pos, f"{seconds / 60:.1f} min, {speed:.0f}x real time")
-        result = tag_film(film, voice, threshold, stream, tp, progress)
-    text = writers.render(fmt, result.segments, input_path=str(film), model=str(model_dir),
+        return tag_film(film, voice, threshold, stream, tp, progress)
+
+
+def _error_message(e: BaseException) -> str:
+    """One line for a failure: our own message, an OS error with its file, or the exception type."""
+    if isinstance(e, SpeakertagError):
+        return str(e)
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
+    return f"internal error: {type(e).__name__}: {e}"
+
+
+def _output_paths(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
+    """One output per input, named after its stem; a stem seen before gets -2, -3, ... in input order."""
+    taken, paths = set(), []
+    for f in inputs:
+        name, n = f.stem, 1
+        while name.casefold() in taken:  # casefold: distinct names also on case-insensitive disks
+            n += 1
+            name = f"{f.stem}-{n}"
+        taken.add(name.casefold())
+        paths.append(out_dir / f"{name}{suffix}")
+    return paths
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_worker: dict = {}  # in a --jobs worker process: its voice and tag params, loaded once by _init_worker
+
+
+def _init_worker(load: dict, n_threads: int) -> None:
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops workers
+    torch.set_num_threads(n_threads)
+    _worker["voice"], _worker["tp"] = _load_voice(**load)
+
+
+def _work(film: Path, threshold: float | None, stream: int | None):
+    from .tagging import tag as tag_film
+
+    return tag_film(film, _worker["voice"], threshold, stream, _worker["tp"])
+
+
+def _tag_in_pool(films: list[Path], n_workers: int, load: dict, threshold, stream, done) -> None:
+    """Tag films in n_workers spawned processes (spawn: safe with CUDA and threads), each loading
+    the model once (`load`: _load_voice's arguments). done(film, TagResult or exception) is
+    called in this process as each film finishes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    n_threads = max(1, _cpu_count() // n_workers)
+    pool = ProcessPoolExecutor(n_workers, multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(load, n_threads))
+    try:
+        futures = {pool.submit(_work, film, threshold, stream): film for film in films}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as e:  # noqa: BLE001 - one file's failure, reported by done()
+                result = e
+            done(futures[future], result)
+    except BaseException:
+        # Interrupted: don't wait for films in progress (Python 3.11 has no terminate_workers()).
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
+    pool.shutdown()
+
+
+@cli.command()
+@click.argument("films", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Model folder written by `speakertag train`.")
+@click.option("--memory", "memory_file", type=click.Path(path_type=Path),
+              help="Use this memory file instead of the model folder's.")
+@click.option("--threshold", type=float, help="Score threshold; default: the memory's calibrated one.")
+@click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first); default: the default track.")
+@click.option("--format", "fmt", type=click.Choice(writers.FORMATS), default="text", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="One input: write here instead of stdout.")
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write one file per input here, named after the input (needed for several inputs or folders).")
+@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
+              help="Tag this many files at once, each in its own process.")
+@click.option("--min-gap", type=click.FloatRange(0), help="Merge segments closer than this (s).")
+@click.option("--min-duration", type=click.FloatRange(0), help="Drop segments shorter than this (s).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available, else the CPU.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no line per finished file.")
+def tag(films, model_dir, memory_file, threshold, stream, fmt, out, out_dir, jobs, min_gap, min_duration, device,
+        quiet):
+    """Find where the model's voice speaks in each FILM (any audio or video file, or a folder
+    searched recursively). Several inputs or a folder need --out-dir; a file that fails is
+    reported and the others go on (exit code 1 if any failed)."""
+    if out is not None and out_dir is not None:
+        raise click.UsageError("--out and --out-dir exclude each other")
+    if out_dir is None and (len(films) > 1 or any(f.is_dir() for f in films)):
+        raise click.UsageError("several inputs or a folder need --out-dir DIR (one output file per input)"
+                               + ("; --out names a single file" if out is not None else ""))
+    load = {"model_dir": model_dir, "memory_file": memory_file, "device": device, "min_gap": min_gap,
+            "min_duration": min_duration}
+    if out_dir is None:
+        _tag_one(films[0], out, fmt, load, threshold, stream, quiet)
+    else:
+        _tag_many(films, out_dir, fmt, jobs, load, threshold, stream, quiet)
+
+
+def _tag_one(film: Path, out: Path | None, fmt: str, load: dict, threshold, stream, quiet: bool) -> None:
+    """One film to stdout or to `out`; a failure is the command's error."""
+    voice, tp = _load_voice(**load)
+    if out is not None and not out.parent.exists():
+        raise SpeakertagError(f"output folder does not exist: {out.parent}")
+    result = _tag_with_bar(film, voice, threshold, stream, tp, quiet)
+    text = writers.render(fmt, result.segments, input_path=str(film), model=str(load["model_dir"]),
                           threshold=result.threshold)
     if out is None:
         click.echo(text, nl=False)
     else:
         atomic_write_text(out, text)
         click.echo(f"{len(result.segments)} segments written to {out}", err=True)
+
+
+def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, load: dict, threshold, stream,
+              quiet: bool) -> None:
+    """Files and folders to one output each in out_dir. A film that fails is reported on one
+    line and the others go on; a summary line ends the run, exit code 1 if any failed."""
+    from .audio import find_media_files
+    from .model import resolve_device
+
+    unique: dict[Path, Path] = {}  # each file once, however often it was named
+    for f in find_media_files(list(films)):
+        unique.setdefault(f.resolve(), f)
+    inputs = list(unique.values())
+    out_for = dict(zip(inputs, _output_paths(inputs, out_dir, writers.SUFFIX[fmt])))
+    n_workers = min(jobs, len(inputs))
+    if n_workers > 1:  # workers load the model; a bad model or device fails once, here
+        resolve_device(load["device"])
+        _load_voice(**{**load, "device": "cpu"})
+    else:
+        voice, tp = _load_voice(**load)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
+
+    def done(film: Path, result) -> None:
+        """Write one film's output, or report its failure (and write nothing)."""
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            atomic_write_text(out_for[film], writers.render(fmt, result.segments, input_path=str(film),
+                                                            model=str(load["model_dir"]), threshold=result.threshold))
+        except Exception as e:  # noqa: BLE001 - one file's failure does not stop the batch
+            failed.append(film)
+            click.echo(f"speakertag: error: {film}: {_error_message(e)}", err=True)
+            return
+        if not quiet:
+            click.echo(f"{film}: {len(result.segments)} segments written to {out_for[film]}", err=True)
+
+    if n_workers > 1:
+        _tag_in_pool(inputs, n_workers, load, threshold, stream, done)
+    else:
+        for film in inputs:
+            try:
+                result = _tag_with_bar(film, voice, threshold, stream, tp, quiet)
+            except Exception as e:  # noqa: BLE001 - reported by done()
+                result = e
+            done(film, result)
+    n_ok = len(inputs) - len(failed)
+    click.echo(f"tagged {n_ok} of {len(inputs)} files" + (f" ({len(failed)} failed)" if failed else ""), err=True)
+    if failed:
+        sys.exit(1)
 
 
 @cli.group()
@@ -274,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("speakertag: interrupted", err=True)
         sys.exit(130)
     except OSError as e:
-        click.echo(f"speakertag: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", err=True)
+        click.echo(f"speakertag: error: {_error_message(e)}", err=True)
         sys.exit(1)
     except Exception as e:  # noqa: BLE001 - last resort: one line, never a traceback
         if os.environ.get("SPEAKERTAG_DEBUG"):

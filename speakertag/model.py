@@ -60,9 +60,39 @@ class Encoder(nn.Module):
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         """windows: (batch, n_mels, n_frames) log-mel -> (batch, embedding_dim), unit L2 norm."""
         x = windows - windows.mean(dim=-1, keepdim=True)
-        h = self.blocks(x)  # (batch, channels, n_frames / total pool)
+        return self._finish(self.blocks(x))
+
+    def _finish(self, h: torch.Tensor) -> torch.Tensor:
+        """(batch, channels, frames) last block output -> unit embeddings."""
         stats = torch.cat([h.mean(dim=-1), h.std(dim=-1)], dim=1)
         return F.normalize(self.head(stats), dim=-1)
+
+    @torch.inference_mode()
+    def forward_overlapping(self, windows: torch.Tensor, hop_frames: int) -> torch.Tensor:
+        """The same as forward() in eval mode, for consecutive windows `hop_frames` apart
+        (a film's windows), about twice as fast: the first convolution, the costliest layer,
+        runs once over the frames the windows share instead of once per window.
+
+        It is linear: conv(BN0(x - m)) = conv(BN0(x)) - (sum of taps) @ (BN0 scale * m) for a
+        window's mean m, except at the window's two edges, where per-window zero padding
+        hides the neighbouring frames; those few outputs are computed per window.
+        """
+        bn0, conv, rest = self.blocks[0], self.blocks[1], self.blocks[2:]
+        n, _, width = windows.shape
+        pad = conv.padding[0]
+        scale = bn0.weight / torch.sqrt(bn0.running_var + bn0.eps)  # BN0(x) = scale * x + shift
+        shift = bn0.bias - scale * bn0.running_mean
+        # The contiguous frames behind the windows: the first window, then each one's new hop.
+        frames = torch.cat([windows[0], windows[1:, :, width - hop_frames:].permute(1, 0, 2).reshape(windows.shape[1], -1)], 1)
+        shared = F.conv1d(scale[:, None] * frames + shift[:, None], conv.weight)  # (ch, n_frames - 2 pad)
+        interior = shared.unfold(1, width - 2 * pad, hop_frames).permute(1, 0, 2)  # (n, ch, width - 2 pad)
+        mean = windows.mean(dim=-1)  # (n, n_mels)
+        interior = interior - (conv.weight.sum(-1) @ (scale * mean).T).T[:, :, None]
+        z_left = scale[:, None] * (windows[:, :, :2 * pad] - mean[:, :, None]) + shift[:, None]
+        z_right = scale[:, None] * (windows[:, :, width - 2 * pad:] - mean[:, :, None]) + shift[:, None]
+        left = F.conv1d(F.pad(z_left, (pad, 0)), conv.weight)  # outputs 0 .. pad - 1
+        right = F.conv1d(F.pad(z_right, (0, pad)), conv.weight)  # the last pad outputs
+        return self._finish(rest(torch.cat([left, interior, right], dim=2)))
 
 
 @dataclass
@@ -148,8 +178,12 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Mo
 
 
 @torch.inference_mode()
-def embed(model: Model, windows: torch.Tensor) -> torch.Tensor:
-    """(batch, n_mels, window_frames) log-mel -> (batch, embedding_dim) float32 on the CPU."""
+def embed(model: Model, windows: torch.Tensor, hop_frames: int | None = None) -> torch.Tensor:
+    """(batch, n_mels, window_frames) log-mel -> (batch, embedding_dim) float32 on the CPU.
+    hop_frames: the windows are consecutive, this many frames apart (a film's): faster."""
     model.encoder.eval()
     device = next(model.encoder.parameters()).device
-    return model.encoder(windows.to(device)).float().cpu()
+    windows = windows.to(device)
+    if hop_frames is None or len(windows) < 2:
+        return model.encoder(windows).float().cpu()
+    return model.encoder.forward_overlapping(windows, hop_frames).float().cpu()

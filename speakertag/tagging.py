@@ -129,7 +129,7 @@ def tag(path: str | Path, voice: Voice, threshold: float | None = None, stream: 
     scores = []
     for first, windows in _timed(stream_windows(blocks, a, tp.batch_windows), stage_s, "features"):
         t = time.perf_counter()
-        emb = embed(model, windows).numpy()
+        emb = embed(model, windows, a.hop_frames).numpy()
         stage_s["encoder"] += time.perf_counter() - t
         t = time.perf_counter()
         scores.append(scorer(emb))

@@ -126,6 +126,8 @@ def degrade(windows: np.ndarray, bg: Backgrounds, p: Params, rng: np.random.Gene
             probability: float | None = None) -> np.ndarray:
     """Film-like copies of (n, window_samples) windows, each degraded with `probability`."""
     prob = p.train.augment_probability if probability is None else probability
+    if len(windows) == 0:
+        return windows
     return np.stack([film_like(w, bg.clips, bg.generated, p.audio.sample_rate_hz, rng, p.train.snr_db_range)
                      if rng.random() < prob else w for w in windows])
 
@@ -254,7 +256,7 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
     # so the threshold no longer swings with which clips were held back.
     cal_pos = embed_windows(degrade(np.concatenate([clip_windows(pos_clips, a)] * 2), all_bg, p, rng, 1.0))
     cal_neg = embed_windows(degrade(clip_windows(neg_clips, a), all_bg, p, rng, 0.7))
-    cal_imp = embed_windows(degrade(clip_windows(imp_clips, a), all_bg, p, rng, 0.7))
+    cal_imp = embed_windows(degrade(clip_windows(imp_clips, a), all_bg, p, rng, 0.7))  # may be empty
     k, w = p.tag.top_k, p.tag.negative_weight
     pos_memory_ids, neg_memory_ids = np.tile(pos_ids, copies), np.tile(neg_ids, copies)
 
@@ -270,7 +272,8 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
 
     calib = calibrate_threshold(
         calibration_scores(cal_pos, own_pos_clip=np.tile(pos_ids, 2)),
-        np.concatenate([calibration_scores(cal_neg, own_neg_clip=neg_ids), calibration_scores(cal_imp)]),
+        np.concatenate([calibration_scores(cal_neg, own_neg_clip=neg_ids),
+                        calibration_scores(cal_imp) if len(cal_imp) else np.zeros(0, np.float32)]),
         tp.threshold_rule, tp.target_precision)
     model.encoder.cpu()
     model.meta = {**model.meta, "history": [*model.meta.get("history", []), {

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,6 @@ def other_memory(tmp_path_factory):
     ("two_tracks.mkv", ["--stream", "3"], "--stream 3 does not exist"),
     ("silent.wav", [], "silent"),
     ("one_second.wav", [], "too short"),
-    ("no_audio", [], "folder"),
 ])
 def test_tag_bad_film(tiny_model_dir, inputs, tmp_path, film, extra, phrase):
     r = run_cli("tag", inputs / film, "--model", tiny_model_dir, "--out", tmp_path / "out.json", "-q", *extra)
@@ -174,6 +174,86 @@ def test_tag_text_to_stdout_from_a_track(tiny_model_dir, inputs):
     lines = r.stdout.splitlines()
     assert len(lines) == 1
     assert re.fullmatch(r"00:00:00\.0 - 00:00:0\d\.\d  score -?\d\.\d\d", lines[0])
+
+
+# --- several films ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def film_folder(tmp_path_factory, inputs):
+    """Three films in a folder tree; a.wav and sub/a.flac share a stem."""
+    d = tmp_path_factory.mktemp("films")
+    shutil.copy(inputs / "excerpt.wav", d / "excerpt.wav")
+    write_audio(d / "a.wav", speech_like(6.0, RATE), RATE)
+    write_audio(d / "sub" / "a.flac", speech_like(6.0, 16000, seed=1), 16000)
+    return d
+
+
+def test_tag_several_films_one_broken(tiny_model_dir, inputs, tmp_path):
+    films = [inputs / "excerpt.wav", inputs / "truncated.mp4", inputs / "two_tracks.mkv"]
+    out_dir = tmp_path / "tags"  # created by the command
+    r = run_cli("tag", *films, "--model", tiny_model_dir, "--format", "json", "--out-dir", out_dir, "-q")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    error, summary = r.stderr.splitlines()
+    assert error.startswith(f"speakertag: error: {films[1]}: cannot read"), r.stderr
+    assert summary == "tagged 2 of 3 files (1 failed)"
+    assert listing(out_dir) == {"excerpt.json", "two_tracks.json"}  # nothing for the broken film
+    # a film tagged in a batch gives the same file as tagged alone
+    alone = tmp_path / "alone.json"
+    assert run_cli("tag", films[0], "--model", tiny_model_dir, "--format", "json", "--out", alone).returncode == 0
+    assert (out_dir / "excerpt.json").read_bytes() == alone.read_bytes()
+
+
+def test_tag_folder(tiny_model_dir, film_folder, tmp_path):
+    # a.wav is named twice (itself and in its folder): tagged once
+    r = run_cli("tag", film_folder, film_folder / "a.wav", "--model", tiny_model_dir, "--format", "json",
+                "--out-dir", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    *done, summary = r.stderr.splitlines()
+    assert summary == "tagged 3 of 3 files"
+    assert len(done) == 3 and all(re.fullmatch(r".+: \d+ segments written to .+\.json", line) for line in done)
+    assert listing(tmp_path) == {"a.json", "a-2.json", "excerpt.json"}  # same stem: -2 in sorted order
+    assert json.loads((tmp_path / "a.json").read_text())["input"] == str(film_folder / "a.wav")
+    assert json.loads((tmp_path / "a-2.json").read_text())["input"] == str(film_folder / "sub" / "a.flac")
+
+
+def test_tag_jobs_give_the_same_files(tiny_model_dir, film_folder, inputs, tmp_path):
+    silent = inputs / "silent.wav"  # fails in a worker process with --jobs 2: reported the same way
+    error = f"speakertag: error: {silent}: {silent} is silent: its audio track holds only digital silence"
+    results = {}
+    for jobs in (1, 2):
+        out_dir = tmp_path / f"jobs{jobs}"
+        r = run_cli("tag", film_folder, silent, "--model", tiny_model_dir, "--format", "json",
+                    "--out-dir", out_dir, "--jobs", jobs, "-q")
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.splitlines() == [error, "tagged 3 of 4 files (1 failed)"], r.stderr
+        results[jobs] = {name: (out_dir / name).read_bytes() for name in listing(out_dir)}
+    assert len(results[1]) == 3
+    assert results[2] == results[1]
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["excerpt.wav", "one_second.wav"], "several inputs or a folder need --out-dir"),
+    (["short_clips"], "several inputs or a folder need --out-dir"),
+    (["excerpt.wav", "one_second.wav", "--out", "x.txt"], "--out names a single file"),
+    (["excerpt.wav", "--out", "x.txt", "--out-dir", "tags"], "--out and --out-dir exclude each other"),
+])
+def test_tag_several_films_usage(tiny_model_dir, inputs, args, phrase):
+    r = run_cli("tag", *args, "--model", tiny_model_dir, cwd=inputs)
+    assert_fails(r, phrase, exit_code=2)
+    assert not (inputs / "x.txt").exists() and not (inputs / "tags").exists()
+
+
+@pytest.mark.parametrize("films, phrase", [
+    (["no_audio"], "no audio or video files in folder"),
+    (["excerpt.wav", "missing.mkv"], "no such file or folder"),
+])
+def test_tag_several_films_bad_input(tiny_model_dir, inputs, tmp_path, films, phrase):
+    """A name that finds no film stops the run before anything is tagged."""
+    r = run_cli("tag", *[inputs / f for f in films], "--model", tiny_model_dir, "--out-dir", tmp_path / "tags")
+    assert_fails(r, phrase)
+    assert listing(tmp_path) == set()
 
 
 # --- memory -----------------------------------------------------------------------------------

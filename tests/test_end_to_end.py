@@ -10,8 +10,9 @@ import pytest
 from speakertag.evaluate import read_reference, score
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "data" / "example"
-# Measured on this example: see the closing notes; the floor sits below the seeds' spread.
-F1_FLOOR = 0.60
+# Measured on this example (task d3 of the development set): F1 0.86-0.87 over seeds 0-2
+# with the shipped base encoder; the floor leaves room for platform differences.
+F1_FLOOR = 0.75
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -146,3 +146,19 @@ def test_missing_model_file(tmp_path):
         load_model(tmp_path, "cpu")
     with pytest.raises(SpeakertagError, match="missing"):
         load_model(tmp_path / "nope.pt", "cpu")
+
+
+def test_overlapping_windows_path_equals_per_window_forward():
+    """The film path shares the first convolution across overlapping windows: same numbers."""
+    from speakertag.features import slice_windows
+
+    p = Params()
+    model = new_model(p)
+    model.encoder.eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, as after training
+        for bn in (m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    frames = torch.randn(p.audio.n_mels, p.audio.window_frames + 20 * p.audio.hop_frames) * 3 - 5
+    windows = slice_windows(frames, p.audio)
+    torch.testing.assert_close(embed(model, windows, p.audio.hop_frames), embed(model, windows), atol=1e-5, rtol=0)

@@ -4,7 +4,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import soundfile as sf
+import torch
 
+import speakertag.tagging
+from speakertag.audio import decode_blocks, load_audio
 from speakertag.errors import SpeakertagError
 from speakertag.memory import load_memory
 from speakertag.tagging import Voice, check_pair, load_voice, tag
@@ -40,3 +44,44 @@ def test_memory_of_another_model_is_refused(tiny_model_dir, tmp_path):
     voice = load_voice(tiny_model_dir)
     with pytest.raises(SpeakertagError, match="another model"):
         check_pair(voice.model, load_memory(other))
+
+
+@pytest.fixture(scope="module")
+def minute_of_film(tmp_path_factory, example):
+    """60 s of the example film around a target segment (50.96-69.09 s), as a wav at the model rate."""
+    rate = 22050
+    path = tmp_path_factory.mktemp("minute") / "minute.wav"
+    sf.write(str(path), load_audio(example / "movie01.mp4", rate)[40 * rate:100 * rate], rate)
+    return path
+
+
+def test_streaming_equals_whole_file(tiny_model_dir, minute_of_film, monkeypatch):
+    """Decoding in blocks changes nothing: tag() with 3.7 s blocks and with a single block."""
+    voice = load_voice(tiny_model_dir)
+    threshold = float(np.mean(tag(minute_of_film, voice).window_scores))  # so that there are segments
+    results, n_blocks = {}, {}
+    for block_s in (3.7, 1000.0):  # many blocks, cut mid-window and mid-frame; one block
+        def blocks(*args, block_s=block_s, **kwargs):
+            for block in decode_blocks(*args, block_s=block_s, **kwargs):
+                n_blocks[block_s] = n_blocks.get(block_s, 0) + 1
+                yield block
+        monkeypatch.setattr(speakertag.tagging, "decode_blocks", blocks)
+        results[block_s] = tag(minute_of_film, voice, threshold)
+    assert n_blocks == {3.7: 17, 1000.0: 1}
+    many, one = results[3.7], results[1000.0]
+    np.testing.assert_allclose(many.window_scores, one.window_scores, atol=1e-5)
+    # Same segments; a segment's mean score may differ in the 7th digit (windows batched differently).
+    assert one.segments and [(s.start_s, s.end_s, s.label) for s in many.segments] == \
+        [(s.start_s, s.end_s, s.label) for s in one.segments]
+    assert [s.score for s in many.segments] == pytest.approx([s.score for s in one.segments], abs=1e-5)
+    assert many.duration_s == one.duration_s == 60.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cpu_and_cuda_agree(tiny_model_dir, minute_of_film):
+    on_cpu = tag(minute_of_film, load_voice(tiny_model_dir, "cpu"))
+    on_gpu = tag(minute_of_film, load_voice(tiny_model_dir, "cuda"))
+    np.testing.assert_allclose(on_gpu.window_scores, on_cpu.window_scores, atol=1e-3)
+    assert [(s.start_s, s.end_s, s.label) for s in on_gpu.segments] == \
+        [(s.start_s, s.end_s, s.label) for s in on_cpu.segments]
+    assert [s.score for s in on_gpu.segments] == pytest.approx([s.score for s in on_cpu.segments], abs=1e-3)

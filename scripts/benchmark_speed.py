@@ -3,8 +3,9 @@
 
     python scripts/benchmark_speed.py [--model DIR] [--hours 2 4] [--train]
 
-Builds films with AC-3 5.1 audio in Matroska (the example film's soundtrack repeated to
-the length asked, encoded with PyAV) in a temporary folder, then tags each in a fresh
+Builds films with AC-3 audio (5.1 by default, or --layout stereo) in Matroska (the
+example film's soundtrack repeated to the length asked, encoded with PyAV) in a temporary
+folder, then tags each in a fresh
 process and prints: wall seconds, audio seconds per wall second ("x real time"), peak RSS,
 and the split of the time between decode, features, encoder and search. It also times
 decoding alone (the floor for the whole run). With --train it times `train` on the
@@ -38,21 +39,22 @@ def example_soundtrack() -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
-def build_film(path: Path, hours: float, stereo: np.ndarray) -> None:
-    """AC-3 5.1 in .mkv: the stereo track (centre = mid, surrounds quieter) encoded once,
-    then its packets muxed again and again (AC-3 frames are independent) up to `hours`."""
+def build_film(path: Path, hours: float, stereo: np.ndarray, layout: str = "5.1") -> None:
+    """AC-3 in .mkv: the stereo track (for 5.1: centre = mid, surrounds quieter) encoded
+    once, then its packets muxed again and again (AC-3 frames are independent) up to `hours`."""
     mid = stereo.mean(axis=0)
-    six = np.stack([stereo[0], stereo[1], mid, 0.1 * mid, 0.5 * stereo[0], 0.5 * stereo[1]]).astype(np.float32)
+    six = stereo if layout == "stereo" else np.stack(
+        [stereo[0], stereo[1], mid, 0.1 * mid, 0.5 * stereo[0], 0.5 * stereo[1]]).astype(np.float32)
     n_frames = six.shape[1] // FRAME
     with av.open(str(path), "w") as out:
-        s = out.add_stream("ac3", rate=RATE_HZ, layout="5.1")
+        s = out.add_stream("ac3", rate=RATE_HZ, layout=layout)
         s.bit_rate = 384_000
         cycle = []
         for i in range(n_frames + 1):
             frame = None
             if i < n_frames:
                 frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(six[:, i * FRAME:(i + 1) * FRAME]),
-                                                   format="fltp", layout="5.1")
+                                                   format="fltp", layout=layout)
                 frame.sample_rate = RATE_HZ
                 frame.pts = i * FRAME
             cycle += [bytes(p) for p in s.encode(frame)]
@@ -66,8 +68,11 @@ def build_film(path: Path, hours: float, stereo: np.ndarray) -> None:
             out.mux(packet)
 
 
+# Peak RSS from /proc (VmHWM): ru_maxrss would also count the parent's, inherited across exec.
+PEAK_RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
+
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from speakertag.tagging import load_voice, tag
 voice = load_voice(sys.argv[2])
@@ -76,16 +81,16 @@ r = tag(sys.argv[1], voice)
 t2 = time.perf_counter()
 print(json.dumps({"wall_s": t2 - t1, "startup_s": t1 - t0, "duration_s": r.duration_s,
                   "stages_s": r.stage_s, "segments": len(r.segments),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+                  "peak_rss_mb": PEAK_RSS}))
+""".replace("PEAK_RSS", PEAK_RSS)
 
 DECODE_ONLY = r"""
-import json, resource, sys, time
+import json, sys, time
 from speakertag.audio import decode_blocks
 t = time.perf_counter(); n = sum(len(b) for b in decode_blocks(sys.argv[1], 22050))
 print(json.dumps({"wall_s": time.perf_counter() - t, "duration_s": n / 22050,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+                  "peak_rss_mb": PEAK_RSS}))
+""".replace("PEAK_RSS", PEAK_RSS)
 
 
 def run_child(code: str, *args: str) -> dict:
@@ -99,6 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="model folder; default: train one on the example clips")
     ap.add_argument("--hours", type=float, nargs="+", default=[2.0, 4.0])
+    ap.add_argument("--layout", choices=["5.1", "stereo"], default="5.1", help="AC-3 channel layout")
     ap.add_argument("--train", action="store_true", help="also time training on the example clips")
     args = ap.parse_args()
     st = [sys.executable, "-m", "speakertag"]
@@ -117,8 +123,8 @@ def main() -> None:
         for hours in args.hours:
             film = tmp / f"film_{hours:g}h.mkv"
             t = time.perf_counter()
-            build_film(film, hours, stereo)
-            print(f"\nbuilt {film.name}: {hours:g} h of AC-3 5.1 48 kHz in {time.perf_counter() - t:.0f} s "
+            build_film(film, hours, stereo, args.layout)
+            print(f"\nbuilt {film.name}: {hours:g} h of AC-3 {args.layout} 48 kHz in {time.perf_counter() - t:.0f} s "
                   f"({film.stat().st_size / 1e6:.0f} MB)")
             dec = run_child(DECODE_ONLY, str(film))
             print(f"  decode + downmix + resample alone: {dec['wall_s']:.1f} s = {dec['duration_s'] / dec['wall_s']:.0f}x real time "

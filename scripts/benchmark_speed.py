@@ -5,9 +5,9 @@
 
 Builds films with AC-3 audio (5.1 by default, or --layout stereo) in Matroska (the
 example film's soundtrack repeated to the length asked, encoded with PyAV) in a temporary
-folder, then tags each in a fresh
-process and prints: wall seconds, audio seconds per wall second ("x real time"), peak RSS,
-and the split of the time between decode, features, encoder and search. It also times
+folder, then tags each in a fresh process and prints: wall seconds, audio seconds per wall
+second ("x real time"), peak RSS, and the split of the time between decode (waiting for the
+decoding thread), features, encoder and search. It also times
 decoding alone (the floor for the whole run). With --train it times `train` on the
 example clips. It prints figures and asserts nothing.
 """

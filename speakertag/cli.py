@@ -121,7 +121,8 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
                f"{report.n_negative_clips} negative clips ({report.negative_s:.0f} s) in {report.seconds:.1f} s "
                f"({report.steps} steps, best at {report.best_step})")
     click.echo(f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} target + {c.n_negative} other film-like "
-               f"windows, leave-one-clip-out): expected precision {c.precision:.2f}, recall {c.recall:.2f}")
+               f"windows, leave-one-clip-out): precision {c.precision:.2f}, recall {c.recall:.2f} on those "
+               f"windows (real films, with unseen voices and louder backgrounds, score lower)")
     click.echo(f"model written to {out_dir}")
 
 
@@ -351,10 +352,12 @@ def memory_inspect(path, as_json):
     calib = m.info.get("calibration", {})
     click.echo(f"memory       {path}")
     click.echo(f"voice        {m.name}")
-    click.echo(f"entries      {len(m.embeddings)} x {m.embeddings.shape[1]} dims")
+    click.echo(f"entries      {len(m.embeddings)} target + {len(m.negatives)} negative windows, "
+               f"{m.embeddings.shape[1]} dims")
     click.echo(f"model        {m.model_fingerprint}")
     click.echo(f"threshold    {m.threshold:.4f}" + (
-        f" ({calib['rule']}: expected precision {calib['precision']:.2f}, recall {calib['recall']:.2f})" if calib else ""))
+        f" ({calib['rule']}: precision {calib['precision']:.2f}, recall {calib['recall']:.2f} on calibration windows)"
+        if calib else ""))
     a = m.params.audio
     click.echo(f"front end    {a.sample_rate_hz} Hz, {a.n_mels} mels, windows {a.window_s:.2f} s every {a.hop_s:.2f} s")
     clips = m.info.get("positive_clips", [])

@@ -85,7 +85,8 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     from .params import Params
     from .train import train as train_voice
 
-    base_path = None if str(base).lower() == "none" else (base or shipped_base_dir())
+    from_scratch = base is not None and str(base).lower() == "none"
+    base_path = None if from_scratch else (base or shipped_base_dir())
     base_model = load_model(base_path) if base_path else None
     p = Params()
     changes = {"seed": seed}
@@ -119,7 +120,8 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
         click.echo(f"skipped {s}", err=True)
     click.echo(f"trained on {report.n_positive_clips} positive clips ({report.positive_s:.0f} s) and "
                f"{report.n_negative_clips} negative clips ({report.negative_s:.0f} s) in {report.seconds:.1f} s "
-               f"({report.steps} steps, best at {report.best_step})")
+               f"({report.steps} steps, best at {report.best_step}; "
+               f"{f'fine-tuned from {base_path}' if base_path else 'from scratch'})")
     click.echo(f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} target + {c.n_negative} other film-like "
                f"windows, leave-one-clip-out): precision {c.precision:.2f}, recall {c.recall:.2f} on those "
                f"windows (real films, with unseen voices and louder backgrounds, score lower)")

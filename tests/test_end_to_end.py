@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from speakertag.evaluate import read_reference, score
+from speakertag.model import load_model
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "data" / "example"
 # Measured on this example (task d3 of the development set): F1 0.86-0.87 over seeds 0-2
@@ -26,6 +27,9 @@ def trained(tmp_path_factory) -> Path:
             "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     assert "threshold" in r.stdout
+    # Without --base, train fine-tunes the shipped base encoder.
+    history = load_model(out).meta["history"]
+    assert history[-1]["action"] == "fine-tune" and "pretraining" in load_model(out).meta
     return out
 
 

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -128,24 +129,6 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     click.echo(f"model written to {out_dir}")
 
 
-def _load_voice(*, model_dir: Path, memory_file: Path | None, device: str, min_gap: float | None,
-                min_duration: float | None):
-    """The voice to tag with (model + memory, checked as a pair) and its tag params, options applied."""
-    from dataclasses import replace
-
-    from .memory import load_memory
-    from .tagging import Voice, check_pair, load_voice
-
-    voice = load_voice(model_dir, device)
-    if memory_file:
-        voice = Voice(voice.model, load_memory(memory_file))
-        check_pair(voice.model, voice.memory)
-    tp = voice.model.params.tag
-    tp = replace(tp, min_gap_s=tp.min_gap_s if min_gap is None else min_gap,
-                 min_duration_s=tp.min_duration_s if min_duration is None else min_duration)
-    return voice, tp
-
-
 def _tag_with_bar(film: Path, voice, threshold, stream, tp, quiet: bool):
     """tagging.tag with a progress bar on stderr (hidden when quiet or not a terminal)."""
     from .audio import probe
@@ -168,67 +151,6 @@ def _error_message(e: BaseException) -> str:
     if isinstance(e, OSError):
         return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
     return f"internal error: {type(e).__name__}: {e}"
-
-
-def _output_paths(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
-    """One output per input, named after its stem; a stem seen before gets -2, -3, ... in input order."""
-    taken, paths = set(), []
-    for f in inputs:
-        name, n = f.stem, 1
-        while name.casefold() in taken:  # casefold: distinct names also on case-insensitive disks
-            n += 1
-            name = f"{f.stem}-{n}"
-        taken.add(name.casefold())
-        paths.append(out_dir / f"{name}{suffix}")
-    return paths
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-_worker: dict = {}  # in a --jobs worker process: its voice and tag params, loaded once by _init_worker
-
-
-def _init_worker(load: dict, n_threads: int) -> None:
-    import torch
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops workers
-    torch.set_num_threads(n_threads)
-    _worker["voice"], _worker["tp"] = _load_voice(**load)
-
-
-def _work(film: Path, threshold: float | None, stream: int | None):
-    from .tagging import tag as tag_film
-
-    return tag_film(film, _worker["voice"], threshold, stream, _worker["tp"])
-
-
-def _tag_in_pool(films: list[Path], n_workers: int, load: dict, threshold, stream, done) -> None:
-    """Tag films in n_workers spawned processes (spawn: safe with CUDA and threads), each loading
-    the model once (`load`: _load_voice's arguments). done(film, TagResult or exception) is
-    called in this process as each film finishes."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    n_threads = max(1, _cpu_count() // n_workers)
-    pool = ProcessPoolExecutor(n_workers, multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(load, n_threads))
-    try:
-        futures = {pool.submit(_work, film, threshold, stream): film for film in films}
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except Exception as e:  # noqa: BLE001 - one file's failure, reported by done()
-                result = e
-            done(futures[future], result)
-    except BaseException:
-        # Interrupted: don't wait for films in progress (Python 3.11 has no terminate_workers()).
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()
-        raise
-    pool.shutdown()
 
 
 @cli.command()
@@ -261,21 +183,22 @@ def tag(films, model_dir, memory_file, threshold, stream, fmt, out, out_dir, job
     if out_dir is None and (len(films) > 1 or any(f.is_dir() for f in films)):
         raise click.UsageError("several inputs or a folder need --out-dir DIR (one output file per input)"
                                + ("; --out names a single file" if out is not None else ""))
-    load = {"model_dir": model_dir, "memory_file": memory_file, "device": device, "min_gap": min_gap,
-            "min_duration": min_duration}
+    from .batch import VoiceSpec
+
+    spec = VoiceSpec(model_dir, memory_file, device, min_gap, min_duration)
     if out_dir is None:
-        _tag_one(films[0], out, fmt, load, threshold, stream, quiet)
+        _tag_one(films[0], out, fmt, spec, threshold, stream, quiet)
     else:
-        _tag_many(films, out_dir, fmt, jobs, load, threshold, stream, quiet)
+        _tag_many(films, out_dir, fmt, jobs, spec, threshold, stream, quiet)
 
 
-def _tag_one(film: Path, out: Path | None, fmt: str, load: dict, threshold, stream, quiet: bool) -> None:
+def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool) -> None:
     """One film to stdout or to `out`; a failure is the command's error."""
-    voice, tp = _load_voice(**load)
+    voice, tp = spec.load()
     if out is not None and not out.parent.exists():
         raise SpeakertagError(f"output folder does not exist: {out.parent}")
     result = _tag_with_bar(film, voice, threshold, stream, tp, quiet)
-    text = writers.render(fmt, result.segments, input_path=str(film), model=str(load["model_dir"]),
+    text = writers.render(fmt, result.segments, input_path=str(film), model=str(spec.model_dir),
                           threshold=result.threshold)
     if out is None:
         click.echo(text, nl=False)
@@ -284,24 +207,25 @@ def _tag_one(film: Path, out: Path | None, fmt: str, load: dict, threshold, stre
         click.echo(f"{len(result.segments)} segments written to {out}", err=True)
 
 
-def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, load: dict, threshold, stream,
+def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec, threshold, stream,
               quiet: bool) -> None:
     """Files and folders to one output each in out_dir. A film that fails is reported on one
     line and the others go on; a summary line ends the run, exit code 1 if any failed."""
     from .audio import find_media_files
+    from .batch import output_paths, tag_in_pool
     from .model import resolve_device
 
     unique: dict[Path, Path] = {}  # each file once, however often it was named
     for f in find_media_files(list(films)):
         unique.setdefault(f.resolve(), f)
     inputs = list(unique.values())
-    out_for = dict(zip(inputs, _output_paths(inputs, out_dir, writers.SUFFIX[fmt])))
+    out_for = dict(zip(inputs, output_paths(inputs, out_dir, writers.SUFFIX[fmt])))
     n_workers = min(jobs, len(inputs))
     if n_workers > 1:  # workers load the model; a bad model or device fails once, here
-        resolve_device(load["device"])
-        _load_voice(**{**load, "device": "cpu"})
+        resolve_device(spec.device)
+        replace(spec, device="cpu").load()
     else:
-        voice, tp = _load_voice(**load)
+        voice, tp = spec.load()
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = []
 
@@ -311,7 +235,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, load:
             if isinstance(result, BaseException):
                 raise result
             atomic_write_text(out_for[film], writers.render(fmt, result.segments, input_path=str(film),
-                                                            model=str(load["model_dir"]), threshold=result.threshold))
+                                                            model=str(spec.model_dir), threshold=result.threshold))
         except Exception as e:  # noqa: BLE001 - one file's failure does not stop the batch
             failed.append(film)
             click.echo(f"speakertag: error: {film}: {_error_message(e)}", err=True)
@@ -320,7 +244,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, load:
             click.echo(f"{film}: {len(result.segments)} segments written to {out_for[film]}", err=True)
 
     if n_workers > 1:
-        _tag_in_pool(inputs, n_workers, load, threshold, stream, done)
+        tag_in_pool(inputs, n_workers, spec, threshold, stream, done)
     else:
         for film in inputs:
             try:

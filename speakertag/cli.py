@@ -141,7 +141,9 @@ def _tag_with_bar(film: Path, voice, threshold, stream, tp, quiet: bool):
         def progress(seconds):
             speed = seconds / max(time.monotonic() - started, 1e-6)
             bar.update(min(int(seconds), bar.length) - bar.pos, f"{seconds / 60:.1f} min, {speed:.0f}x real time")
-        return tag_film(film, voice, threshold, stream, tp, progress)
+        result = tag_film(film, voice, threshold, stream, tp, progress)
+        bar.update(bar.length - bar.pos)  # the audio after the last whole window counts as done
+        return result
 
 
 def _error_message(e: BaseException) -> str:

@@ -3,7 +3,7 @@
 Frames are computed without centre padding: frame i covers samples
 [i * hop_length, i * hop_length + n_fft). That makes a long stream cut into blocks give
 exactly the frames of the whole, provided each block carries the samples its last frame
-still needs (`LogMelStream`). Window j covers frames [j * hop_frames, j * hop_frames +
+still needs (`stream_windows`). Window j covers frames [j * hop_frames, j * hop_frames +
 window_frames).
 """
 

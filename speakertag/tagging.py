@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .audio import decode_blocks, probe
+from .audio import decode_blocks
 from .errors import SpeakertagError
 from .features import stream_windows
 from .memory import Memory, load_memory
@@ -113,7 +113,6 @@ def tag(path: str | Path, voice: Voice, threshold: float | None = None, stream: 
     a = model.params.audio
     tp = tag_params or model.params.tag
     threshold = memory.threshold if threshold is None else threshold
-    probe(path, stream)  # fail early on a missing stream or unreadable file
     scorer = Scorer(memory.embeddings, memory.negatives, tp.top_k, tp.negative_weight)
     stage_s = {"decode": 0.0, "features": 0.0, "encoder": 0.0, "search": 0.0}
     peak, n_samples = 0.0, 0

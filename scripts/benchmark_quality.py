@@ -32,10 +32,11 @@ from speakertag.io_utils import atomic_write_text
 
 def best_threshold(result, voice: Voice, reference) -> tuple[float, float]:
     """(threshold, F1) of the best threshold for this film: a diagnostic, never used to tag."""
-    a, tp = voice.model.params.audio, voice.model.params.tag
+    a, tp = voice.model.params.audio, voice.params
+    window_scores = result.tracks[0].window_scores
     best = (0.0, -1.0)
-    for thr in np.unique(np.round(result.window_scores, 3)):
-        segs = to_segments(result.window_scores, float(thr), a, tp, duration_s=result.duration_s)
+    for thr in np.unique(np.round(window_scores, 3)):
+        segs = to_segments(window_scores, float(thr), a, tp, duration_s=result.duration_s)
         f1 = score(reference, [(s.start_s, s.end_s) for s in segs]).f1
         if f1 > best[1]:
             best = (float(thr), f1)
@@ -80,14 +81,14 @@ def main() -> None:
             tag_s = time.monotonic() - t0
             if args.out:
                 atomic_write_text(args.out / f"{task.name}.seed{seed}.csv",
-                                  render("csv", result.segments, input_path=str(film), model="", threshold=result.threshold))
+                                  render("csv", result.segments, input_path=str(film)))
             # Tagging is done: only now is the reference read.
             reference = read_reference(task / "ref" / "movie01.target.csv")
             m = score(reference, [(s.start_s, s.end_s) for s in result.segments])
             per_seed[seed].append(m)
             bt, bf1 = best_threshold(result, voice, reference)
             print(f"{task.name:<22}{seed:>5}{m.precision:>7.3f}{m.recall:>7.3f}{m.f1:>7.3f}{m.detection_error:>8.3f}"
-                  f"{result.threshold:>7.3f}{bt:>9.3f}{bf1:>8.3f}{train_s:>9.1f}{tag_s:>7.1f}", flush=True)
+                  f"{result.tracks[0].threshold:>7.3f}{bt:>9.3f}{bf1:>8.3f}{train_s:>9.1f}{tag_s:>7.1f}", flush=True)
     print("-" * len(header))
     pooled_f1 = []
     for seed, ms in per_seed.items():

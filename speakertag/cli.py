@@ -129,7 +129,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     click.echo(f"model written to {out_dir}")
 
 
-def _tag_with_bar(film: Path, voice, threshold, stream, tp, quiet: bool):
+def _tag_with_bar(film: Path, voices, threshold, stream, quiet: bool):
     """tagging.tag with a progress bar on stderr (hidden when quiet or not a terminal)."""
     from .audio import probe
     from .tagging import tag as tag_film
@@ -141,9 +141,18 @@ def _tag_with_bar(film: Path, voice, threshold, stream, tp, quiet: bool):
         def progress(seconds):
             speed = seconds / max(time.monotonic() - started, 1e-6)
             bar.update(min(int(seconds), bar.length) - bar.pos, f"{seconds / 60:.1f} min, {speed:.0f}x real time")
-        result = tag_film(film, voice, threshold, stream, tp, progress)
+        result = tag_film(film, voices, threshold, stream, progress)
         bar.update(bar.length - bar.pos)  # the audio after the last whole window counts as done
         return result
+
+
+def _render(fmt: str, film: Path, result, spec) -> str:
+    """The output file of one tagged film."""
+    from .batch import model_folders
+
+    voices = [{"name": t.name, "model": str(d), "threshold": round(t.threshold, 4)}
+              for t, d in zip(result.tracks, model_folders(spec.model_dirs))]
+    return writers.render(fmt, result.segments, input_path=str(film), voices=voices)
 
 
 def _error_message(e: BaseException) -> str:
@@ -157,10 +166,11 @@ def _error_message(e: BaseException) -> str:
 
 @cli.command()
 @click.argument("films", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
-              help="Model folder written by `speakertag train`.")
+@click.option("--model", "model_dirs", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Model folder written by `speakertag train`, or a folder of them. Repeat to find several "
+                   "voices in one pass; segments are labelled with each voice's name.")
 @click.option("--memory", "memory_file", type=click.Path(path_type=Path),
-              help="Use this memory file instead of the model folder's.")
+              help="Use this memory file instead of the model folder's (one model only).")
 @click.option("--threshold", type=float, help="Score threshold; default: the memory's calibrated one.")
 @click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first); default: the default track.")
 @click.option("--format", "fmt", type=click.Choice(writers.FORMATS), default="text", show_default=True)
@@ -175,9 +185,9 @@ def _error_message(e: BaseException) -> str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available, else the CPU.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no line per finished file.")
-def tag(films, model_dir, memory_file, threshold, stream, fmt, out, out_dir, jobs, min_gap, min_duration, device,
+def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jobs, min_gap, min_duration, device,
         quiet):
-    """Find where the model's voice speaks in each FILM (any audio or video file, or a folder
+    """Find where each model's voice speaks in each FILM (any audio or video file, or a folder
     searched recursively). Several inputs or a folder need --out-dir; a file that fails is
     reported and the others go on (exit code 1 if any failed)."""
     if out is not None and out_dir is not None:
@@ -187,7 +197,7 @@ def tag(films, model_dir, memory_file, threshold, stream, fmt, out, out_dir, job
                                + ("; --out names a single file" if out is not None else ""))
     from .batch import VoiceSpec
 
-    spec = VoiceSpec(model_dir, memory_file, device, min_gap, min_duration)
+    spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration)
     if out_dir is None:
         _tag_one(films[0], out, fmt, spec, threshold, stream, quiet)
     else:
@@ -196,12 +206,11 @@ def tag(films, model_dir, memory_file, threshold, stream, fmt, out, out_dir, job
 
 def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool) -> None:
     """One film to stdout or to `out`; a failure is the command's error."""
-    voice, tp = spec.load()
+    voices = spec.load()
     if out is not None and not out.parent.exists():
         raise SpeakertagError(f"output folder does not exist: {out.parent}")
-    result = _tag_with_bar(film, voice, threshold, stream, tp, quiet)
-    text = writers.render(fmt, result.segments, input_path=str(film), model=str(spec.model_dir),
-                          threshold=result.threshold)
+    result = _tag_with_bar(film, voices, threshold, stream, quiet)
+    text = _render(fmt, film, result, spec)
     if out is None:
         click.echo(text, nl=False)
     else:
@@ -227,7 +236,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
         resolve_device(spec.device)
         replace(spec, device="cpu").load()
     else:
-        voice, tp = spec.load()
+        voices = spec.load()
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = []
 
@@ -236,8 +245,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
         try:
             if isinstance(result, BaseException):
                 raise result
-            atomic_write_text(out_for[film], writers.render(fmt, result.segments, input_path=str(film),
-                                                            model=str(spec.model_dir), threshold=result.threshold))
+            atomic_write_text(out_for[film], _render(fmt, film, result, spec))
         except Exception as e:  # noqa: BLE001 - one file's failure does not stop the batch
             failed.append(film)
             click.echo(f"speakertag: error: {film}: {_error_message(e)}", err=True)
@@ -250,7 +258,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
     else:
         for film in inputs:
             try:
-                result = _tag_with_bar(film, voice, threshold, stream, tp, quiet)
+                result = _tag_with_bar(film, voices, threshold, stream, quiet)
             except Exception as e:  # noqa: BLE001 - reported by done()
                 result = e
             done(film, result)

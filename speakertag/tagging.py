@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,13 +23,19 @@ from .segments import Segment, to_segments
 
 @dataclass(frozen=True)
 class Voice:
-    """A model and its memory, checked to belong together."""
+    """A model and its memory, checked to belong together, with the rules for its segments."""
     model: Model
     memory: Memory
+    label: str = ""  # the name on its segments; "" means the memory's (set by `train --name`)
+    tag_params: TagParams | None = None  # None means the model's own
 
     @property
     def name(self) -> str:
-        return self.memory.name
+        return self.label or self.memory.name
+
+    @property
+    def params(self) -> TagParams:
+        return self.tag_params or self.model.params.tag
 
 
 def load_voice(directory: str | Path, device: str | None = None) -> Voice:
@@ -93,27 +99,57 @@ def _timed(items: Iterator, stage_s: dict[str, float], key: str) -> Iterator:
 
 
 @dataclass(frozen=True)
+class VoiceTrack:
+    """What one voice's pass over a film found."""
+    name: str
+    threshold: float
+    window_scores: np.ndarray  # (n_windows,) score of window j, which starts at j * hop_s
+    segments: list[Segment]
+
+
+@dataclass(frozen=True)
 class TagResult:
     input: str
     duration_s: float
-    threshold: float
-    window_scores: np.ndarray  # (n_windows,) top-k mean cosine; window j starts at j * hop_s
-    segments: list[Segment]
+    window_s: float  # each window score covers [j * hop_s, j * hop_s + window_s)
+    hop_s: float
+    tracks: list[VoiceTrack]  # one per voice, in the order the voices were given
     stage_s: dict[str, float]  # wall seconds spent in decode, features, encoder, search
 
+    @property
+    def segments(self) -> list[Segment]:
+        """Every voice's segments, by start time."""
+        return sorted((s for t in self.tracks for s in t.segments), key=lambda s: (s.start_s, s.end_s, s.label))
 
-def tag(path: str | Path, voice: Voice, threshold: float | None = None, stream: int | None = None,
-        tag_params: TagParams | None = None, progress: Callable[[float], None] | None = None) -> TagResult:
-    """Find where `voice` speaks in the audio of `path`.
 
-    threshold: None uses the memory's calibrated one. progress(seconds_done) is called
-    after each batch of windows. Memory use is bounded by one decoded block and one batch.
+def _check_voices(voices: Sequence[Voice]) -> None:
+    if not voices:
+        raise SpeakertagError("no voice to tag")
+    audio = voices[0].model.params.audio
+    for v in voices[1:]:
+        if v.model.params.audio != audio:
+            raise SpeakertagError(f"voices {voices[0].name!r} and {v.name!r} use different audio front ends; "
+                                  "tag them in separate runs")
+    names = [v.name for v in voices]
+    if len(set(names)) < len(names):
+        raise SpeakertagError(f"two voices have the same name: {', '.join(names)}; give each its own label")
+
+
+def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | None = None,
+        stream: int | None = None, progress: Callable[[float], None] | None = None) -> TagResult:
+    """Find where each voice speaks in the audio of `path`, in one decode and one pass.
+
+    Every window is embedded once per distinct encoder and scored against every voice's
+    memory. threshold: None uses each memory's calibrated one; a number applies to all.
+    progress(seconds_done) is called after each batch of windows. Memory use is bounded by
+    one decoded block and one batch.
     """
-    model, memory = voice.model, voice.memory
-    a = model.params.audio
-    tp = tag_params or model.params.tag
-    threshold = memory.threshold if threshold is None else threshold
-    scorer = Scorer(memory.embeddings, memory.negatives, tp.top_k, tp.negative_weight)
+    voices = [voices] if isinstance(voices, Voice) else list(voices)
+    _check_voices(voices)
+    a = voices[0].model.params.audio
+    encoders = list({id(v.model): v.model for v in voices}.values())  # voices may share an encoder
+    scorers = [Scorer(v.memory.embeddings, v.memory.negatives, v.params.top_k, v.params.negative_weight)
+               for v in voices]
     stage_s = {"decode": 0.0, "features": 0.0, "encoder": 0.0, "search": 0.0}
     peak, n_samples = 0.0, 0
 
@@ -125,13 +161,14 @@ def tag(path: str | Path, voice: Voice, threshold: float | None = None, stream: 
             yield block
 
     blocks = measured(_timed(_prefetch(decode_blocks(path, a.sample_rate_hz, stream)), stage_s, "decode"))
-    scores = []
-    for first, windows in _timed(stream_windows(blocks, a, tp.batch_windows), stage_s, "features"):
+    scores: list[list[np.ndarray]] = [[] for _ in voices]
+    for first, windows in _timed(stream_windows(blocks, a, voices[0].params.batch_windows), stage_s, "features"):
         t = time.perf_counter()
-        emb = embed(model, windows, a.hop_frames).numpy()
+        emb = {id(m): embed(m, windows, a.hop_frames).numpy() for m in encoders}
         stage_s["encoder"] += time.perf_counter() - t
         t = time.perf_counter()
-        scores.append(scorer(emb))
+        for out, v, scorer in zip(scores, voices, scorers):
+            out.append(scorer(emb[id(v.model)]))
         stage_s["search"] += time.perf_counter() - t
         if progress:
             progress((first + len(windows)) * a.hop_s)
@@ -139,8 +176,12 @@ def tag(path: str | Path, voice: Voice, threshold: float | None = None, stream: 
     duration_s = n_samples / a.sample_rate_hz
     if peak == 0.0:
         raise SpeakertagError(f"{path} is silent: its audio track holds only digital silence")
-    if not scores:
+    if not scores[0]:
         raise SpeakertagError(f"{path} is too short: {duration_s:.2f} s, one window is {a.window_s:.2f} s")
-    window_scores = np.concatenate(scores)
-    segments = to_segments(window_scores, threshold, a, tp, voice.name, duration_s)
-    return TagResult(str(path), duration_s, threshold, window_scores, segments, stage_s)
+    tracks = []
+    for v, parts in zip(voices, scores):
+        window_scores = np.concatenate(parts)
+        thr = v.memory.threshold if threshold is None else threshold
+        tracks.append(VoiceTrack(v.name, thr, window_scores,
+                                 to_segments(window_scores, thr, a, v.params, v.name, duration_s)))
+    return TagResult(str(path), duration_s, a.window_s, a.hop_s, tracks, stage_s)

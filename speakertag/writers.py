@@ -56,11 +56,10 @@ def _text(segments: Sequence[Segment]) -> str:
         for s in segments)
 
 
-def _json(segments: Sequence[Segment], input_path: str, model: str, threshold: float) -> str:
+def _json(segments: Sequence[Segment], input_path: str, voices: Sequence[dict]) -> str:
     doc = {
         "input": input_path,
-        "model": model,
-        "threshold": threshold,
+        "voices": list(voices),
         "segments": [{"start": round(s.start_s, 3), "end": round(s.end_s, 3), "score": round(s.score, 4),
                       "label": s.label} for s in segments],
     }
@@ -107,11 +106,12 @@ def _audacity(segments: Sequence[Segment]) -> str:
     return "".join(f"{s.start_s:.6f}\t{s.end_s:.6f}\t{s.label}\n" for s in segments)
 
 
-def render(fmt: str, segments: Sequence[Segment], *, input_path: str, model: str, threshold: float) -> str:
-    """The whole output file for `segments` (times in seconds) in format `fmt`, one of FORMATS."""
+def render(fmt: str, segments: Sequence[Segment], *, input_path: str, voices: Sequence[dict] = ()) -> str:
+    """The whole output file for `segments` (times in seconds) in format `fmt`, one of FORMATS.
+    voices: what the JSON header says of each voice, e.g. {"name", "model", "threshold"}."""
     writers = {
         "text": lambda: _text(segments),
-        "json": lambda: _json(segments, input_path, model, threshold),
+        "json": lambda: _json(segments, input_path, voices),
         "csv": lambda: _csv(segments),
         "rttm": lambda: _rttm(segments, input_path),
         "srt": lambda: _srt(segments),

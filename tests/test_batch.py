@@ -12,6 +12,6 @@ def test_output_paths_are_unique_and_ordered(tmp_path):
 
 
 def test_voice_spec_applies_options(tiny_model_dir):
-    voice, tp = VoiceSpec(tiny_model_dir, min_gap_s=2.5).load()
-    assert tp.min_gap_s == 2.5
-    assert tp.min_duration_s == voice.model.params.tag.min_duration_s
+    (voice,) = VoiceSpec((tiny_model_dir,), min_gap_s=2.5).load()
+    assert voice.params.min_gap_s == 2.5
+    assert voice.params.min_duration_s == voice.model.params.tag.min_duration_s

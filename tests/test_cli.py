@@ -149,7 +149,9 @@ def test_tag_json(tiny_model_dir, inputs, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
     doc = json.loads(out.read_text())
-    assert doc["input"].endswith("excerpt.wav") and isinstance(doc["threshold"], float)
+    assert doc["input"].endswith("excerpt.wav")
+    (voice,) = doc["voices"]
+    assert voice["name"] == "tiny" and voice["model"] == str(tiny_model_dir) and isinstance(voice["threshold"], float)
     for s in doc["segments"]:
         assert 0 <= s["start"] < s["end"] <= 30.0 and s["label"] == "tiny"
     assert listing(tmp_path) == {"film.json"}

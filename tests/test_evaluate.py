@@ -156,7 +156,7 @@ def test_reference_csv_variants(tmp_path):
 def test_reads_speakertag_outputs(tmp_path, fmt):
     segments = [Segment(1.0, 2.5, 0.9), Segment(10.0, 12.25, 0.7, label="other voice")]
     path = tmp_path / f"hyp.{fmt}"
-    path.write_text(render(fmt, segments, input_path="a b.mkv", model="m", threshold=0.5))
+    path.write_text(render(fmt, segments, input_path="a b.mkv"))
     assert read_hypothesis(path) == [(1.0, 2.5), (10.0, 12.25)]
 
 

@@ -20,9 +20,10 @@ def test_tag_example_film(tiny_model_dir, example):
     r = tag(example / "movie01.mp4", voice)
     a = voice.model.params.audio
     assert r.duration_s == pytest.approx(336.2, abs=0.1)
-    assert len(r.window_scores) == 1 + int((r.duration_s - a.window_s) / a.hop_s + 1e-6)
-    assert np.all(np.isfinite(r.window_scores))
-    assert r.threshold == voice.memory.threshold
+    (track,) = r.tracks
+    assert len(track.window_scores) == 1 + int((r.duration_s - a.window_s) / a.hop_s + 1e-6)
+    assert np.all(np.isfinite(track.window_scores))
+    assert track.threshold == voice.memory.threshold and track.name == "tiny"
     for s in r.segments:
         assert 0 <= s.start_s < s.end_s <= r.duration_s and s.label == "tiny"
     assert set(r.stage_s) == {"decode", "features", "encoder", "search"}
@@ -58,7 +59,7 @@ def minute_of_film(tmp_path_factory, example):
 def test_streaming_equals_whole_file(tiny_model_dir, minute_of_film, monkeypatch):
     """Decoding in blocks changes nothing: tag() with 3.7 s blocks and with a single block."""
     voice = load_voice(tiny_model_dir)
-    threshold = float(np.mean(tag(minute_of_film, voice).window_scores))  # so that there are segments
+    threshold = float(np.mean(tag(minute_of_film, voice).tracks[0].window_scores))  # so that there are segments
     results, n_blocks = {}, {}
     for block_s in (3.7, 1000.0):  # many blocks, cut mid-window and mid-frame; one block
         def blocks(*args, block_s=block_s, **kwargs):
@@ -69,7 +70,7 @@ def test_streaming_equals_whole_file(tiny_model_dir, minute_of_film, monkeypatch
         results[block_s] = tag(minute_of_film, voice, threshold)
     assert n_blocks == {3.7: 17, 1000.0: 1}
     many, one = results[3.7], results[1000.0]
-    np.testing.assert_allclose(many.window_scores, one.window_scores, atol=1e-5)
+    np.testing.assert_allclose(many.tracks[0].window_scores, one.tracks[0].window_scores, atol=1e-5)
     # Same segments; a segment's mean score may differ in the 7th digit (windows batched differently).
     assert one.segments and [(s.start_s, s.end_s, s.label) for s in many.segments] == \
         [(s.start_s, s.end_s, s.label) for s in one.segments]
@@ -81,7 +82,7 @@ def test_streaming_equals_whole_file(tiny_model_dir, minute_of_film, monkeypatch
 def test_cpu_and_cuda_agree(tiny_model_dir, minute_of_film):
     on_cpu = tag(minute_of_film, load_voice(tiny_model_dir, "cpu"))
     on_gpu = tag(minute_of_film, load_voice(tiny_model_dir, "cuda"))
-    np.testing.assert_allclose(on_gpu.window_scores, on_cpu.window_scores, atol=1e-3)
+    np.testing.assert_allclose(on_gpu.tracks[0].window_scores, on_cpu.tracks[0].window_scores, atol=1e-3)
     assert [(s.start_s, s.end_s, s.label) for s in on_gpu.segments] == \
         [(s.start_s, s.end_s, s.label) for s in on_cpu.segments]
     assert [s.score for s in on_gpu.segments] == pytest.approx([s.score for s in on_cpu.segments], abs=1e-3)

@@ -9,7 +9,7 @@ import pytest
 from speakertag.segments import Segment
 from speakertag.writers import FORMATS, SUFFIX, format_timestamp, render
 
-META = dict(input_path="/films/My Film.mkv", model="models/voice", threshold=0.62)
+META = dict(input_path="/films/My Film.mkv", voices=[{"name": "alice", "model": "models/voice", "threshold": 0.62}])
 ONE_LABEL = [Segment(0.0, 1.2345, 0.9), Segment(186.5, 192.0, 0.83), Segment(3725.0456, 3731.9994, 0.7071)]
 TWO_LABELS = ONE_LABEL[:2] + [Segment(4000.001, 4010.5, 0.5, label="Tom & Jerry")]
 
@@ -28,8 +28,8 @@ def parse_text(text):
 
 def parse_json(text):
     doc = json.loads(text)
-    assert set(doc) == {"input", "model", "threshold", "segments"}
-    assert (doc["input"], doc["model"], doc["threshold"]) == (META["input_path"], META["model"], META["threshold"])
+    assert set(doc) == {"input", "voices", "segments"}
+    assert (doc["input"], doc["voices"]) == (META["input_path"], META["voices"])
     assert all(set(s) == {"start", "end", "score", "label"} for s in doc["segments"])
     return [(s["start"], s["end"], s["label"]) for s in doc["segments"]]
 

@@ -16,7 +16,7 @@ import click
 
 from . import writers
 from .errors import SpeakertagError
-from .io_utils import atomic_write_text
+from .io_utils import atomic_write_bytes, atomic_write_text
 
 GREEDY_OPTIONS = ("--positive", "--negative")
 
@@ -184,12 +184,27 @@ def _error_message(e: BaseException) -> str:
 @click.option("--min-duration", type=click.FloatRange(0), help="Drop segments shorter than this (s).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available, else the CPU.")
+@click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
+              help="One input: also write an HTML report here (score plot, segment table, a player: "
+                   "click a row to listen).")
+@click.option("--report-audio", type=click.Choice(["link", "embed"]),
+              help="The report's player: 'link' (default) plays the film itself, kept beside the report; "
+                   "'embed' puts a compressed soundtrack in the page (about 11 MB per hour, plays any film).")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
+              help="One input: also write the score plot as PNG here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no line per finished file.")
 def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jobs, min_gap, min_duration, device,
-        quiet):
+        report, report_audio, plot, quiet):
     """Find where each model's voice speaks in each FILM (any audio or video file, or a folder
     searched recursively). Several inputs or a folder need --out-dir; a file that fails is
     reported and the others go on (exit code 1 if any failed)."""
+    if report_audio is not None and report is None:
+        raise click.UsageError("--report-audio needs --report")
+    if (report or plot) and (out_dir is not None or len(films) > 1 or any(f.is_dir() for f in films)):
+        raise click.UsageError("--report and --plot take a single input file (no folder, no --out-dir)")
+    named = [p.resolve() for p in (out, report, plot) if p is not None]
+    if len(set(named)) < len(named):
+        raise click.UsageError("--out, --report and --plot must name different files")
     if out is not None and out_dir is not None:
         raise click.UsageError("--out and --out-dir exclude each other")
     if out_dir is None and (len(films) > 1 or any(f.is_dir() for f in films)):
@@ -199,23 +214,53 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
 
     spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration)
     if out_dir is None:
-        _tag_one(films[0], out, fmt, spec, threshold, stream, quiet)
+        _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot)
     else:
         _tag_many(films, out_dir, fmt, jobs, spec, threshold, stream, quiet)
 
 
-def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool) -> None:
-    """One film to stdout or to `out`; a failure is the command's error."""
+def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
+             report: Path | None = None, report_audio: str = "link", plot: Path | None = None) -> None:
+    """One film to stdout or to `out`, and its report and plot if asked; a failure is the command's error."""
     voices = spec.load()
-    if out is not None and not out.parent.exists():
-        raise SpeakertagError(f"output folder does not exist: {out.parent}")
+    for path in (out, report, plot):
+        if path is not None and not path.parent.exists():
+            raise SpeakertagError(f"output folder does not exist: {path.parent}")
     result = _tag_with_bar(film, voices, threshold, stream, quiet)
     text = _render(fmt, film, result, spec)
+    visuals = _visuals(film, result, report, report_audio, plot, stream, quiet) if report or plot else {}
     if out is None:
         click.echo(text, nl=False)
     else:
         atomic_write_text(out, text)
         click.echo(f"{len(result.segments)} segments written to {out}", err=True)
+    for path, (what, data) in visuals.items():
+        atomic_write_bytes(path, data)
+        click.echo(f"{what} written to {path}", err=True)
+
+
+def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: Path | None, stream,
+             quiet: bool) -> dict[Path, tuple[str, bytes]]:
+    """The report page and plot image of one tagged film, made before anything is written."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import report as visual
+
+    image = visual.render_plot(result)
+    files = {plot: ("plot", image.png)} if plot else {}
+    if report:
+        if report_audio == "embed":
+            with click.progressbar(length=max(1, int(result.duration_s)), label="report audio", file=sys.stderr,
+                                   hidden=not _progress_enabled(quiet)) as bar:
+                audio = visual.embed_audio(film, stream, lambda s: bar.update(min(int(s), bar.length) - bar.pos))
+        else:
+            audio = visual.link_audio(film, report)
+        try:
+            made_by = version("speakertag")
+        except PackageNotFoundError:
+            made_by = ""
+        files[report] = ("report", visual.render_html(result, image, audio, made_by).encode("utf-8"))
+    return files
 
 
 def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec, threshold, stream,

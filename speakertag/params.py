@@ -75,7 +75,7 @@ class TrainParams:
 @dataclass(frozen=True)
 class TagParams:
     top_k: int = 5  # score = mean of the top-k cosine similarities in the memory
-    negative_weight: float = 0.5  # minus this times the top-k mean in the negative memory
+    negative_weight: float = 0.25  # minus this times the top-k mean in the negative memory (dev: 0.25 > 0.5 > 0)
     threshold: float = 0.7  # used until a calibrated one exists
     hysteresis: float = 0.03  # extend segments over cells scoring at least threshold - this
     min_gap_s: float = 0.5  # merge segments separated by less than this

@@ -189,7 +189,7 @@ def _error_message(e: BaseException) -> str:
                    "click a row to listen).")
 @click.option("--report-audio", type=click.Choice(["link", "embed"]),
               help="The report's player: 'link' (default) plays the film itself, kept beside the report; "
-                   "'embed' puts a compressed soundtrack in the page (about 11 MB per hour, plays any film).")
+                   "'embed' puts a compressed soundtrack in the page (about 16 MB per hour; plays any film).")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
               help="One input: also write the score plot as PNG here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no line per finished file.")

@@ -233,6 +233,7 @@ def console_errors(driver) -> list[str]:
 
 
 def test_report_in_browser(browser, tiny_model_dir, example, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -272,6 +273,16 @@ def test_report_in_browser(browser, tiny_model_dir, example, tmp_path):
         WebDriverWait(browser, 10).until(lambda d: len(d.execute_script("return window.seeks")) >= n)
         assert browser.execute_script("return window.seeks")[-1] == pytest.approx(s["start"], abs=0.05)
     assert browser.execute_script("return document.getElementById('player').paused") is False
+    # A click on the plot plays from the time under the pointer (here the image's middle).
+    plot = browser.find_element(By.ID, "plot")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", plot)
+    left, right, end_s = (float(plot.get_attribute(f"data-{k}")) for k in ("left", "right", "end"))
+    ActionChains(browser).move_to_element(plot).click().perform()
+    n = len(segments) + 1
+    WebDriverWait(browser, 10).until(lambda d: len(d.execute_script("return window.seeks")) >= n)
+    pixel_s = end_s / (right - left) / plot.size["width"]
+    assert browser.execute_script("return window.seeks")[-1] == pytest.approx(
+        (0.5 - left) / (right - left) * end_s, abs=2 * pixel_s)
     assert console_errors(browser) == []
 
 

@@ -160,23 +160,48 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
     they join the held-back negatives, so that the threshold is calibrated against unseen
     voices as a film has them, not only against the negatives' voices the model learned.
     Returns the model, its memory (every positive window, clean and degraded; every
-    negative window; the calibrated threshold) and a report.
+    negative window; the calibrated threshold) and a report. The memory's info records
+    the clip paths (`positive_clips`, `negative_clips`), so that it can be rebuilt.
     """
     t0 = time.monotonic()
     p = params or Params()
     if base is not None:  # the base fixes the front end and the architecture; training is ours
         p = replace(p, audio=base.params.audio, encoder=base.params.encoder)
+    pos_clips, skipped_pos = load_clips(positive, "positive", p)
+    neg_clips, skipped_neg = load_clips(negative, "negative", p)
+    imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
+    model, memory, report = train_on_clips(pos_clips, neg_clips, p, base, name, progress, device, imp_clips)
+    model.meta = {**model.meta, "history": [*model.meta.get("history", []), {
+        "action": "fine-tune" if base is not None else "train",
+        "positive": [c.name for c in pos_clips], "negative": [c.name for c in neg_clips],
+        "steps": report.steps, "best_step": report.best_step}]}
+    # Absolute paths: `refine` re-embeds the clips later, maybe from another folder.
+    memory = replace(memory, info={**memory.info, "positive_clips": [str(Path(c.name).resolve()) for c in pos_clips],
+                                   "negative_clips": [str(Path(c.name).resolve()) for c in neg_clips]})
+    return model, memory, replace(report, seconds=time.monotonic() - t0, skipped=tuple(skipped_pos + skipped_neg))
+
+
+def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base: Model | None = None,
+                   name: str = "target", progress: Callable[[StepInfo], None] | None = None,
+                   device: str | None = None, imp_clips: list[Clip] | None = None, validate: bool = True
+                   ) -> tuple[Model, Memory, TrainReport]:
+    """The training itself, on decoded clips (see `train`); p.audio and p.encoder must be
+    the base's. The model's history and the memory's list of sources are the caller's.
+    validate=False: no clips held back, no evaluation, no early stopping; the last step's
+    weights are kept (a few fine-tuning steps, where an evaluation would choose nothing)."""
+    t0 = time.monotonic()
     tp, a = p.train, p.audio
     rng = np.random.default_rng(tp.seed)
     torch.manual_seed(tp.seed)
     gen = torch.Generator().manual_seed(tp.seed)
     dev = resolve_device(device)
+    imp_clips = imp_clips or []
 
-    pos_clips, skipped_pos = load_clips(positive, "positive", p)
-    neg_clips, skipped_neg = load_clips(negative, "negative", p)
-    imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
-    pos_train, pos_val = split_clips(pos_clips, tp.val_fraction, rng)
-    neg_train, neg_val = split_clips(neg_clips, tp.val_fraction, rng)
+    if validate:
+        pos_train, pos_val = split_clips(pos_clips, tp.val_fraction, rng)
+        neg_train, neg_val = split_clips(neg_clips, tp.val_fraction, rng)
+    else:
+        pos_train, pos_val, neg_train, neg_val = pos_clips, [], neg_clips, []
     generated = generated_backgrounds(a.sample_rate_hz, rng)
     bg = Backgrounds.of([c.samples for c in neg_train], generated)
     all_bg = Backgrounds.of([c.samples for c in neg_clips], generated)
@@ -188,11 +213,13 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
 
     # Validation looks like film audio: every positive window degraded, held-back noise too.
     # Its features are computed once; each evaluation only runs the encoder.
-    val_pos = features(degrade(np.concatenate([clip_windows(pos_val, a)] * 2), all_bg, p, rng, 1.0), a, dev)
-    val_neg = features(degrade(clip_windows(neg_val + imp_clips, a), all_bg, p, rng, 0.7), a, dev)
-    val_memory_pos = features(memory_windows(pos_train, bg, p, rng), a, dev)
-    use_negatives = p.tag.negative_weight > 0
-    val_memory_neg = features(memory_windows(neg_train, bg, p, rng) if use_negatives else np.zeros((0, a.window_samples), np.float32), a, dev)
+    if validate:
+        val_pos = features(degrade(np.concatenate([clip_windows(pos_val, a)] * 2), all_bg, p, rng, 1.0), a, dev)
+        val_neg = features(degrade(clip_windows(neg_val + imp_clips, a), all_bg, p, rng, 0.7), a, dev)
+        val_memory_pos = features(memory_windows(pos_train, bg, p, rng), a, dev)
+        use_negatives = p.tag.negative_weight > 0
+        val_memory_neg = features(memory_windows(neg_train, bg, p, rng) if use_negatives
+                                  else np.zeros((0, a.window_samples), np.float32), a, dev)
 
     def validation_scores() -> tuple[np.ndarray, np.ndarray]:
         scorer = Scorer(embed_features(model, val_memory_pos), embed_features(model, val_memory_neg),
@@ -230,7 +257,7 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
         opt.step()
         sched.step()
         loss_value = float(loss.detach())
-        if step % tp.eval_every_steps == 0 or step == tp.max_steps:
+        if validate and (step % tp.eval_every_steps == 0 or step == tp.max_steps):
             val_f1 = calibrate_threshold(*validation_scores()).f1
             if val_f1 > best[0] + 1e-4:
                 best, evals_without_gain = (val_f1, step, copy.deepcopy(enc.state_dict())), 0
@@ -241,7 +268,10 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
         if evals_without_gain >= tp.patience_evals:
             break
 
-    enc.load_state_dict(best[2])
+    if validate:
+        enc.load_state_dict(best[2])
+    else:
+        best = (None, step, None)
 
     def embed_windows(windows: np.ndarray) -> np.ndarray:
         return embed_features(model, features(windows, a, dev))
@@ -276,15 +306,10 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
                         calibration_scores(cal_imp) if len(cal_imp) else np.zeros(0, np.float32)]),
         tp.threshold_rule, tp.target_precision)
     model.encoder.cpu()
-    model.meta = {**model.meta, "history": [*model.meta.get("history", []), {
-        "action": "fine-tune" if base is not None else "train",
-        "positive": [c.name for c in pos_clips], "negative": [c.name for c in neg_clips],
-        "steps": step, "best_step": best[1]}]}
     memory = Memory(positives, negatives, p, model.fingerprint, calib.threshold, name, {
-        "calibration": calib.__dict__, "source": name,
-        "positive_clips": [c.name for c in pos_clips]})
+        "calibration": calib.__dict__, "source": name})
     report = TrainReport(len(pos_clips), len(neg_clips),
                          sum(len(c.samples) for c in pos_clips) / a.sample_rate_hz,
                          sum(len(c.samples) for c in neg_clips) / a.sample_rate_hz,
-                         step, best[1], time.monotonic() - t0, calib, tuple(skipped_pos + skipped_neg))
+                         step, best[1], time.monotonic() - t0, calib, ())
     return model, memory, report

@@ -1,7 +1,10 @@
-"""Many films: one output name per input, and tagging in parallel processes."""
+"""Many films: one output name per input, the skip rule for restarts, and tagging in
+parallel processes. The Ray engine (cluster.py) shares the names and the skip rule."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import os
 import signal
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import SpeakertagError
+from .io_utils import atomic_write_text
 from .tagging import TagResult, Voice, check_pair, load_voice, tag
 
 
@@ -67,6 +71,83 @@ def output_paths(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
         taken.add(name.casefold())
         paths.append(out_dir / f"{name}{suffix}")
     return paths
+
+
+STAMP_FOLDER = ".speakertag"  # in an --out-dir: one stamp per output, saying what made it
+STAMP_FORMAT_VERSION = 1
+
+
+def _sha256_of_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def voice_files(spec: VoiceSpec) -> list[tuple[Path, Path, Path]]:
+    """(model folder, model file, memory file) of each voice, in the order spec.load() gives them."""
+    from .memory import MEMORY_FILE
+    from .model import MODEL_FILE
+
+    return [(d, d / MODEL_FILE, spec.memory_file or d / MEMORY_FILE) for d in model_folders(spec.model_dirs)]
+
+
+def run_settings(spec: VoiceSpec, fmt: str, threshold: float | None, stream: int | None) -> dict:
+    """Everything besides the film that decides an output's contents: the model and memory
+    files (by SHA-256 of their bytes), the options, the format and speakertag's version.
+    JSON-able; two runs with equal settings write the same output for the same film."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        made_by = version("speakertag")
+    except PackageNotFoundError:  # run from a source tree
+        made_by = ""
+    return {
+        "speakertag": made_by,
+        "format": fmt,
+        "threshold": threshold,
+        "stream": stream,
+        "min_gap_s": spec.min_gap_s,
+        "min_duration_s": spec.min_duration_s,
+        "voices": [{"folder": str(d), "model_sha256": _sha256_of_file(m), "memory_sha256": _sha256_of_file(mem)}
+                   for d, m, mem in voice_files(spec)],
+    }
+
+
+def film_state(film: Path) -> dict:
+    """The film as named, with its size and modification time: a changed film is tagged again."""
+    st = film.stat()
+    return {"path": str(film), "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def stamp_path(out: Path) -> Path:
+    """OUT_DIR/.speakertag/NAME.stamp for the output OUT_DIR/NAME."""
+    return out.parent / STAMP_FOLDER / f"{out.name}.stamp"
+
+
+def write_stamp(out: Path, film: dict, settings: dict, text: str) -> None:
+    """Record what made `out` (just written with `text`): film_state() taken before tagging,
+    run_settings(), and the output's SHA-256."""
+    stamp = {"format": "speakertag-stamp", "format_version": STAMP_FORMAT_VERSION, "film": film,
+             "settings": settings, "output_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    stamp_path(out).parent.mkdir(exist_ok=True)
+    atomic_write_text(stamp_path(out), json.dumps(stamp, indent=1) + "\n")
+
+
+def is_up_to_date(out: Path, film: dict, settings: dict) -> bool:
+    """True when `out` exists, unchanged since it was written, and its stamp records this
+    film (same path, size and modification time) and these settings."""
+    try:
+        stamp = json.loads(stamp_path(out).read_text(encoding="utf-8"))
+        output_sha256 = _sha256_of_file(out)
+    except (OSError, ValueError):  # no stamp or no output (or unreadable): tag it
+        return False
+    return (isinstance(stamp, dict) and stamp.get("format") == "speakertag-stamp"
+            and stamp.get("format_version") == STAMP_FORMAT_VERSION
+            and stamp.get("film") == film
+            and stamp.get("settings") == json.loads(json.dumps(settings))  # as JSON reads it back
+            and stamp.get("output_sha256") == output_sha256)
 
 
 def cpu_count() -> int:

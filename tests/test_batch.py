@@ -15,3 +15,59 @@ def test_voice_spec_applies_options(tiny_model_dir):
     (voice,) = VoiceSpec((tiny_model_dir,), min_gap_s=2.5).load()
     assert voice.params.min_gap_s == 2.5
     assert voice.params.min_duration_s == voice.model.params.tag.min_duration_s
+
+
+# --- the skip rule: an output is up to date when its stamp records this film and these settings
+
+def test_skip_rule(tiny_model_dir, tmp_path):
+    import os
+    import shutil
+    from dataclasses import replace
+
+    from speakertag.batch import film_state, is_up_to_date, run_settings, stamp_path, write_stamp
+    from speakertag.io_utils import atomic_write_text
+    from speakertag.memory import load_memory, save_memory
+
+    film = tmp_path / "film.wav"  # never decoded here: only its path, size and time count
+    film.write_bytes(b"RIFF" + bytes(100))
+    out = tmp_path / "tags" / "film.json"
+    out.parent.mkdir()
+    spec = VoiceSpec((tiny_model_dir,))
+    settings = run_settings(spec, "json", None, None)
+    state = film_state(film)
+    assert not is_up_to_date(out, state, settings)  # nothing written yet
+
+    atomic_write_text(out, '{"segments": []}\n')
+    assert not is_up_to_date(out, state, settings)  # an output without a stamp: made by someone else
+    write_stamp(out, state, settings, '{"segments": []}\n')
+    assert stamp_path(out) == tmp_path / "tags" / ".speakertag" / "film.json.stamp"
+    assert is_up_to_date(out, state, settings)
+    assert is_up_to_date(out, film_state(film), run_settings(spec, "json", None, None))  # same again
+
+    # other options, another model folder, a changed memory: tagged again
+    assert not is_up_to_date(out, state, run_settings(spec, "json", 0.5, None))
+    assert not is_up_to_date(out, state, run_settings(spec, "json", None, 1))
+    assert not is_up_to_date(out, state, run_settings(replace(spec, min_gap_s=2.0), "json", None, None))
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")
+    assert not is_up_to_date(out, state, run_settings(VoiceSpec((copy,)), "json", None, None))
+    copy_settings = run_settings(VoiceSpec((copy,)), "json", None, None)
+    save_memory(replace(load_memory(copy), threshold=0.123), copy)
+    assert run_settings(VoiceSpec((copy,)), "json", None, None) != copy_settings
+
+    # a changed film (time or size), an edited or deleted output, a damaged stamp: tagged again
+    os.utime(film, ns=(state["mtime_ns"], state["mtime_ns"] + 1_000_000_000))
+    assert not is_up_to_date(out, film_state(film), settings)
+    os.utime(film, ns=(state["mtime_ns"], state["mtime_ns"]))
+    assert is_up_to_date(out, film_state(film), settings)
+    with open(film, "ab") as fh:
+        fh.write(b"more")
+    assert not is_up_to_date(out, {**state, "size_bytes": state["size_bytes"] + 4}, settings)
+    atomic_write_text(out, '{"segments": [], "edited": true}\n')
+    assert not is_up_to_date(out, state, settings)
+    write_stamp(out, state, settings, out.read_text())
+    assert is_up_to_date(out, state, settings)
+    stamp_path(out).write_text("{not json")
+    assert not is_up_to_date(out, state, settings)
+    write_stamp(out, state, settings, out.read_text())
+    out.unlink()
+    assert not is_up_to_date(out, state, settings)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install speakertag with its test extras into .venv and run the test suite.
+# Install speakertag with its test and ray extras into .venv and run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh test
+./scripts/setup.sh test,ray  # ray: tests/test_ray.py runs the Ray engine on a local cluster
 exec .venv/bin/python -m pytest -q "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -180,6 +181,14 @@ def _error_message(e: BaseException) -> str:
               help="Write one file per input here, named after the input (needed for several inputs or folders).")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
               help="Tag this many files at once, each in its own process.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="With --out-dir: 'ray' tags each film as a task on a Ray cluster "
+                   "(pip install 'speakertag[ray]'; the films at the same paths on every machine).")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="With --engine ray: 'auto' joins the cluster this machine belongs to, ray://HOST:PORT "
+                   "connects through Ray Client; default: start Ray on this machine.")
+@click.option("--force", is_flag=True,
+              help="With --out-dir: tag every film again, also those whose output is up to date.")
 @click.option("--min-gap", type=click.FloatRange(0), help="Merge segments closer than this (s).")
 @click.option("--min-duration", type=click.FloatRange(0), help="Drop segments shorter than this (s).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -194,7 +203,7 @@ def _error_message(e: BaseException) -> str:
               help="One input: also write the score plot as PNG here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no line per finished file.")
 def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jobs, min_gap, min_duration, device,
-        report, report_audio, plot, quiet):
+        report, report_audio, plot, quiet, engine, ray_address, force):
     """Find where each model's voice speaks in each FILM (any audio or video file, or a folder
     searched recursively). Several inputs or a folder need --out-dir; a file that fails is
     reported and the others go on (exit code 1 if any failed)."""
@@ -210,13 +219,20 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
     if out_dir is None and (len(films) > 1 or any(f.is_dir() for f in films)):
         raise click.UsageError("several inputs or a folder need --out-dir DIR (one output file per input)"
                                + ("; --out names a single file" if out is not None else ""))
+    if engine == "ray" and out_dir is None:
+        raise click.UsageError("--engine ray needs --out-dir DIR")
+    if ray_address is not None and engine != "ray":
+        raise click.UsageError("--ray-address needs --engine ray")
+    if engine == "ray" and jobs != 1:
+        raise click.UsageError("--jobs is for --engine local; on Ray every film is a task and the cluster's "
+                               "CPUs decide how many run at once")
     from .batch import VoiceSpec
 
     spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration)
     if out_dir is None:
         _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot)
     else:
-        _tag_many(films, out_dir, fmt, jobs, spec, threshold, stream, quiet)
+        _tag_many(films, out_dir, fmt, jobs, spec, threshold, stream, quiet, engine, ray_address, force)
 
 
 def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
@@ -264,33 +280,54 @@ def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: P
 
 
 def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec, threshold, stream,
-              quiet: bool) -> None:
-    """Files and folders to one output each in out_dir. A film that fails is reported on one
-    line and the others go on; a summary line ends the run, exit code 1 if any failed."""
+              quiet: bool, engine: str = "local", ray_address: str | None = None, force: bool = False) -> None:
+    """Files and folders to one output each in out_dir. A film whose output is up to date (its
+    stamp records the same film and settings) is skipped unless `force`. A film that fails is
+    reported on one line and the others go on; a summary line ends the run, exit code 1 if any
+    failed. Both engines report and write through done()."""
     from .audio import find_media_files
-    from .batch import output_paths, tag_in_pool
+    from .batch import film_state, is_up_to_date, output_paths, run_settings, tag_in_pool, write_stamp
     from .model import resolve_device
 
+    if engine == "ray":
+        from .cluster import import_ray, ray_session, tag_on_ray
+
+        import_ray()  # not installed: say so before anything else
     unique: dict[Path, Path] = {}  # each file once, however often it was named
     for f in find_media_files(list(films)):
         unique.setdefault(f.resolve(), f)
     inputs = list(unique.values())
     out_for = dict(zip(inputs, output_paths(inputs, out_dir, writers.SUFFIX[fmt])))
     n_workers = min(jobs, len(inputs))
-    if n_workers > 1:  # workers load the model; a bad model or device fails once, here
-        resolve_device(spec.device)
+    if engine == "ray" or n_workers > 1:  # workers load the model; a bad model fails once, here
+        if engine == "local":
+            resolve_device(spec.device)
         replace(spec, device="cpu").load()
     else:
         voices = spec.load()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = run_settings(spec, fmt, threshold, stream)
+    state: dict[Path, dict | None] = {}  # taken before tagging: a film changed meanwhile is tagged next time
+    for film in inputs:
+        try:
+            state[film] = film_state(film)
+        except OSError:
+            state[film] = None  # tagging it reports the problem
+    todo = [f for f in inputs if force or state[f] is None or not is_up_to_date(out_for[f], state[f], settings)]
+    if not quiet:
+        for film in inputs:
+            if film not in todo:
+                click.echo(f"{film}: skipped, {out_for[film]} is up to date", err=True)
     failed = []
 
     def done(film: Path, result) -> None:
-        """Write one film's output, or report its failure (and write nothing)."""
+        """Write one film's output and its stamp, or report its failure (and write nothing)."""
         try:
             if isinstance(result, BaseException):
                 raise result
-            atomic_write_text(out_for[film], _render(fmt, film, result, spec))
+            text = _render(fmt, film, result, spec)
+            atomic_write_text(out_for[film], text)
+            if state[film] is not None:
+                write_stamp(out_for[film], state[film], settings, text)
         except Exception as e:  # noqa: BLE001 - one file's failure does not stop the batch
             failed.append(film)
             click.echo(f"speakertag: error: {film}: {_error_message(e)}", err=True)
@@ -298,17 +335,28 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
         if not quiet:
             click.echo(f"{film}: {len(result.segments)} segments written to {out_for[film]}", err=True)
 
-    if n_workers > 1:
-        tag_in_pool(inputs, n_workers, spec, threshold, stream, done)
-    else:
-        for film in inputs:
-            try:
-                result = _tag_with_bar(film, voices, threshold, stream, quiet)
-            except Exception as e:  # noqa: BLE001 - reported by done()
-                result = e
-            done(film, result)
-    n_ok = len(inputs) - len(failed)
-    click.echo(f"tagged {n_ok} of {len(inputs)} files" + (f" ({len(failed)} failed)" if failed else ""), err=True)
+    with contextlib.ExitStack() as session:
+        if engine == "ray" and todo:  # Ray out of reach: one line, and nothing written
+            session.enter_context(ray_session(ray_address))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if engine == "ray" and todo:
+            tag_on_ray(todo, spec, threshold, stream, done)
+        elif n_workers > 1 and todo:
+            tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, done)
+        else:
+            for film in todo:
+                try:
+                    result = _tag_with_bar(film, voices, threshold, stream, quiet)
+                except Exception as e:  # noqa: BLE001 - reported by done()
+                    result = e
+                done(film, result)
+    notes = []
+    if len(todo) < len(inputs):
+        notes.append(f"{len(inputs) - len(todo)} up to date")
+    if failed:
+        notes.append(f"{len(failed)} failed")
+    click.echo(f"tagged {len(todo) - len(failed)} of {len(inputs)} files" + (f" ({', '.join(notes)})" if notes else ""),
+               err=True)
     if failed:
         sys.exit(1)
 

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -39,7 +40,8 @@ def assert_fails(r: subprocess.CompletedProcess, phrase: str, exit_code: int = 1
 
 
 def listing(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+    """What is under folder, less the stamps that tag --out-dir keeps in .speakertag/."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if ".speakertag" not in p.relative_to(folder).parts}
 
 
 @pytest.fixture(scope="module")
@@ -235,11 +237,41 @@ def test_tag_jobs_give_the_same_files(tiny_model_dir, film_folder, inputs, tmp_p
     assert results[2] == results[1]
 
 
+def test_tag_folder_again_skips_finished_films(tiny_model_dir, film_folder, tmp_path):
+    """A rerun tags only the films whose output is missing or out of date; --force tags all."""
+    films = shutil.copytree(film_folder, tmp_path / "films")
+    out_dir = tmp_path / "tags"
+    args = ["tag", films, "--model", tiny_model_dir, "--format", "json", "--out-dir", out_dir]
+    assert run_cli(*args, "-q").returncode == 0
+    names = ["a.json", "excerpt.json", "a-2.json"]  # for films/a.wav, films/excerpt.wav, films/sub/a.flac
+    assert listing(out_dir / ".speakertag") == {f"{name}.stamp" for name in names}
+    written = {name: (out_dir / name).stat().st_mtime_ns for name in names}
+
+    st = (films / "a.wav").stat()
+    os.utime(films / "a.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a.wav changed
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    *lines, retagged, summary = r.stderr.splitlines()
+    assert lines == [f"{films / 'excerpt.wav'}: skipped, {out_dir / 'excerpt.json'} is up to date",
+                     f"{films / 'sub' / 'a.flac'}: skipped, {out_dir / 'a-2.json'} is up to date"]
+    assert re.fullmatch(rf"{re.escape(str(films / 'a.wav'))}: \d+ segments written to .+a\.json", retagged)
+    assert summary == "tagged 1 of 3 files (2 up to date)"
+    now = {name: (out_dir / name).stat().st_mtime_ns for name in names}
+    assert [now[n] == written[n] for n in names] == [False, True, True]
+
+    r = run_cli(*args, "--force", "-q")
+    assert r.returncode == 0 and r.stderr.splitlines() == ["tagged 3 of 3 files"], r.stderr
+    assert all((out_dir / name).stat().st_mtime_ns != now[name] for name in names)
+
+
 @pytest.mark.parametrize("args, phrase", [
     (["excerpt.wav", "one_second.wav"], "several inputs or a folder need --out-dir"),
     (["short_clips"], "several inputs or a folder need --out-dir"),
     (["excerpt.wav", "one_second.wav", "--out", "x.txt"], "--out names a single file"),
     (["excerpt.wav", "--out", "x.txt", "--out-dir", "tags"], "--out and --out-dir exclude each other"),
+    (["excerpt.wav", "--engine", "ray"], "--engine ray needs --out-dir"),
+    (["excerpt.wav", "--out-dir", "tags", "--ray-address", "auto"], "--ray-address needs --engine ray"),
+    (["excerpt.wav", "--out-dir", "tags", "--engine", "ray", "--jobs", "2"], "--jobs is for --engine local"),
 ])
 def test_tag_several_films_usage(tiny_model_dir, inputs, args, phrase):
     r = run_cli("tag", *args, "--model", tiny_model_dir, cwd=inputs)

@@ -130,6 +130,86 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     click.echo(f"model written to {out_dir}")
 
 
+def _write_model_folder(source: Path, out_dir: Path, model, memory) -> None:
+    """A copy of the model folder `source` (other files in it kept) with this model and
+    memory, completed beside out_dir and then swapped in: the previous out_dir stays whole
+    until the new one is complete."""
+    from .memory import save_memory
+    from .model import save_model
+
+    out_dir = out_dir.resolve()
+    if not out_dir.parent.is_dir():
+        raise SpeakertagError(f"output folder does not exist: {out_dir.parent}")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        shutil.copytree(source, tmp)
+        save_model(model, tmp)
+        save_memory(memory, tmp)
+        _replace_dir(tmp, out_dir)
+    except OSError as e:
+        raise SpeakertagError(f"cannot write the model to {out_dir}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Model folder written by `speakertag train` (or an earlier refine).")
+@click.option("--film", required=True, type=click.Path(path_type=Path), help="The film the labels belong to.")
+@click.option("--labels", required=True, type=click.Path(path_type=Path),
+              help="The corrected target segments: Audacity labels (start<TAB>end<TAB>label) or CSV "
+                   "start,end[,label]. Rows labelled with the voice's name count; all rows if none is.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write the refined model here; default: replace --model in place.")
+@click.option("--steps", type=click.IntRange(0),
+              help="Fine-tuning steps, default 30 (0: keep the encoder, only add to the memories and recalibrate).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--stream", type=click.IntRange(0), help="Audio track number of the film (0 = first).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when available, else the CPU.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def refine(model_dir, film, labels, out_dir, steps, seed, stream, device, quiet):
+    """Learn from corrected labels of FILM: the corrected segments become new target
+    material, what the model detects outside them new negatives; the model is fine-tuned
+    briefly, its memories rebuilt and its threshold recalibrated."""
+    from .model import impostors_of, shipped_base_dir
+    from .refine import RefineOptions, read_corrections
+    from .refine import refine as refine_voice
+    from .tagging import load_voice
+
+    if not model_dir.is_dir():
+        raise SpeakertagError(f"no such model folder: {model_dir}")
+    voice = load_voice(model_dir, device)
+    spans = read_corrections(labels, voice.memory.name)
+    options = RefineOptions(seed=seed, stream=stream)
+    options = options if steps is None else replace(options, steps=steps)
+    with click.progressbar(length=max(options.steps, 1), label="refining", file=sys.stderr,
+                           hidden=not _progress_enabled(quiet), item_show_func=lambda s: s) as bar:
+        def progress(info):
+            bar.update(1, f"loss {info.loss:.3f}")
+        model, memory, report = refine_voice(voice.model, voice.memory, film, spans, options, device,
+                                             impostors_of(shipped_base_dir()), progress)
+    out_dir = out_dir or model_dir
+    _write_model_folder(model_dir, out_dir, model, memory)
+    for note in report.notes:
+        click.echo(note, err=True)
+    click.echo(f"{film}: the model detected {report.detected_s:.1f} s; learned from {report.positive_s:.1f} s of "
+               f"corrected target speech ({report.n_positive_spans} segments) and {report.false_alarm_s:.1f} s of "
+               f"false alarms ({report.n_false_alarm_spans} segments)")
+    if report.encoder == "fine-tuned":
+        click.echo(f"encoder fine-tuned for {report.steps} steps on that and the model's training clips; "
+                   f"memories rebuilt ({len(memory.embeddings)} target, {len(memory.negatives)} other entries)")
+    else:
+        click.echo(f"encoder kept ({report.kept_why}); the new windows were added to the memories "
+                   f"({len(memory.embeddings)} target, {len(memory.negatives)} other entries)")
+    c = report.calibration
+    click.echo(f"threshold {report.threshold_before:.3f} -> {memory.threshold:.3f}" + (
+        f" ({c.rule}: precision {c.precision:.2f}, recall {c.recall:.2f} on {c.n_positive} target + "
+        f"{c.n_negative} other windows)" if c else " (kept: no negative material to calibrate on)")
+        + f" in {report.seconds:.1f} s")
+    click.echo(f"model written to {out_dir}")
+
+
 def _tag_with_bar(film: Path, voices, threshold, stream, quiet: bool):
     """tagging.tag with a progress bar on stderr (hidden when quiet or not a terminal)."""
     from .audio import probe

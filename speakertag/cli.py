@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -370,7 +369,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
     from .model import resolve_device
 
     if engine == "ray":
-        from .cluster import import_ray, ray_session, tag_on_ray
+        from .cluster import import_ray, tag_on_ray
 
         import_ray()  # not installed: say so before anything else
     unique: dict[Path, Path] = {}  # each file once, however often it was named
@@ -405,6 +404,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
             if isinstance(result, BaseException):
                 raise result
             text = _render(fmt, film, result, spec)
+            out_dir.mkdir(parents=True, exist_ok=True)  # with the first output: a run that writes none leaves none
             atomic_write_text(out_for[film], text)
             if state[film] is not None:
                 write_stamp(out_for[film], state[film], settings, text)
@@ -415,21 +415,17 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
         if not quiet:
             click.echo(f"{film}: {len(result.segments)} segments written to {out_for[film]}", err=True)
 
-    with contextlib.ExitStack() as session:
-        if engine == "ray" and todo:  # Ray out of reach: one line, and nothing written
-            session.enter_context(ray_session(ray_address))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if engine == "ray" and todo:
-            tag_on_ray(todo, spec, threshold, stream, done)
-        elif n_workers > 1 and todo:
-            tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, done)
-        else:
-            for film in todo:
-                try:
-                    result = _tag_with_bar(film, voices, threshold, stream, quiet)
-                except Exception as e:  # noqa: BLE001 - reported by done()
-                    result = e
-                done(film, result)
+    if engine == "ray" and todo:
+        tag_on_ray(todo, spec, threshold, stream, done, ray_address)
+    elif n_workers > 1 and todo:
+        tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, done)
+    else:
+        for film in todo:
+            try:
+                result = _tag_with_bar(film, voices, threshold, stream, quiet)
+            except Exception as e:  # noqa: BLE001 - reported by done()
+                result = e
+            done(film, result)
     notes = []
     if len(todo) < len(inputs):
         notes.append(f"{len(inputs) - len(todo)} up to date")

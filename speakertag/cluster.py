@@ -132,15 +132,19 @@ def _failure(ray, e: Exception) -> BaseException:
 
 def tag_on_ray(films: list[Path], spec: VoiceSpec, threshold: float | None, stream: int | None,
                done: Callable[[Path, TagResult | BaseException], None], address: str | None = None) -> None:
-    """Tag each film as a Ray task taking one CPU. done(film, TagResult or exception) is called
-    in this process as each film finishes. address: as for ray_session(), used when this
-    process is not connected yet. Interrupted (Ctrl-C, SIGTERM): the tasks still queued or
-    running are cancelled."""
+    """Tag each film as a Ray task taking one CPU, and one GPU with spec.device "cuda" (Ray
+    hides the GPUs from tasks that ask for none: "auto" runs on the CPU). done(film, TagResult
+    or exception) is called in this process as each film finishes. address: as for
+    ray_session(), used when this process is not connected yet. Interrupted (Ctrl-C,
+    SIGTERM): the tasks still queued or running are cancelled."""
     ray = import_ray()
     shipped = ShippedVoices.read(spec)
     with ray_session(address), _signals_noted() as signals:
+        n_gpus = 1 if spec.device == "cuda" else 0
+        if n_gpus and not ray.cluster_resources().get("GPU"):  # its tasks would wait forever
+            raise SpeakertagError("--device cuda asked for, but the Ray cluster has no GPU")
         shipped_ref = ray.put(shipped)  # once: every task gets a reference, each worker fetches it once
-        task = ray.remote(num_cpus=1)(_tag_task)
+        task = ray.remote(num_cpus=1, num_gpus=n_gpus)(_tag_task)
         pending = {task.remote(shipped.key, [shipped_ref], film, threshold, stream): film for film in films}
         try:
             while pending and not signals:

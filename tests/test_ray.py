@@ -25,15 +25,22 @@ RATE = 22050
 
 @pytest.fixture(scope="module")
 def ray_address():
-    """Start a local Ray cluster, connect this process to it; yields its address."""
+    """Start a local Ray cluster, connect this process to it; yields its address. Afterwards
+    the environment variables and signal handlers that ray.init sets are put back."""
+    environ = dict(os.environ)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     temp = tempfile.mkdtemp(prefix="st-ray-")  # short: Ray's socket paths must fit in 107 bytes
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False,
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False,
              logging_level=logging.ERROR, _temp_dir=temp)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+        os.environ.clear()
+        os.environ.update(environ)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +121,14 @@ def test_ray_engine_like_local_and_restartable(tiny_model_dir, films, ray_addres
     assert after.keys() == before.keys()
     for path, (data, mtime_ns) in before.items():
         assert after[path][0] == data and after[path][1] != mtime_ns, path
+
+
+def test_ray_cuda_without_gpus(tiny_model_dir, films, ray_address, tmp_path, capsys):
+    """--device cuda: each film would wait for a GPU; a cluster without one is one error line."""
+    code, lines = run_here(capsys, "tag", films, "--model", tiny_model_dir, "--out-dir", tmp_path / "tags",
+                           "--engine", "ray", "--device", "cuda")
+    assert (code, lines) == (1, ["speakertag: error: --device cuda asked for, but the Ray cluster has no GPU"])
+    assert not (tmp_path / "tags").exists()
 
 
 def test_ray_interrupted_cancels_the_other_films(tiny_model_dir, example, ray_address, tmp_path):

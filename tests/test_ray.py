@@ -30,6 +30,7 @@ def ray_address():
     environ = dict(os.environ)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     temp = tempfile.mkdtemp(prefix="st-ray-")  # short: Ray's socket paths must fit in 107 bytes
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a cluster of this process: no token written to ~/.ray
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False,
              logging_level=logging.ERROR, _temp_dir=temp)
     try:

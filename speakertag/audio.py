@@ -1,9 +1,14 @@
 """Open any audio or video file and yield mono blocks at the model rate.
 
-soundfile reads plain audio files (wav, flac, ogg, mp3, ...); PyAV (FFmpeg) reads every
-container and codec FFmpeg knows (mkv, mp4, ts, webm; AAC, AC-3, DTS, Opus, ...). Channels
+soundfile reads plain audio files (wav, flac, ogg, aiff, ...); PyAV (FFmpeg) reads every
+container and codec FFmpeg knows (mp3, mkv, mp4, ts, webm; AAC, AC-3, DTS, Opus, ...). MP3
+goes to FFmpeg: soundfile's mpg123 prints warnings about damaged files on stderr. Channels
 are averaged (PyAV's own mono downmix sums at -3 dB), then one streaming resampler brings
 the audio to the model rate. Nothing here holds a whole file at its source rate.
+
+Float files can hold any value: NaN samples become 0, infinite ones full scale (+-1), and
+samples are clipped to +-MAX_ABS_SAMPLE, so that what reaches the features is finite.
+Every failure to read a file is a SpeakertagError with a one-line message.
 """
 
 from __future__ import annotations
@@ -18,16 +23,26 @@ import av.error
 import numpy as np
 import soundfile as sf
 
-from .errors import SpeakertagError
+from .errors import SpeakertagError, first_line
 
-SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf"}
+SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".w64", ".caf"}
 CONTAINER_SUFFIXES = {
-    ".mkv", ".mka", ".mp4", ".m4a", ".m4v", ".mov", ".ts", ".m2ts", ".mts", ".webm", ".avi",
+    ".mp3", ".mkv", ".mka", ".mp4", ".m4a", ".m4v", ".mov", ".ts", ".m2ts", ".mts", ".webm", ".avi",
     ".opus", ".aac", ".ac3", ".eac3", ".dts", ".mp2", ".mpg", ".mpeg", ".wma", ".wmv", ".flv",
 }
 MEDIA_SUFFIXES = SOUNDFILE_SUFFIXES | CONTAINER_SUFFIXES
+# First bytes of the files soundfile reads: WAV (RIFF, RIFX, RF64), FLAC, Ogg, AIFF, AU, W64, CAF.
+SOUNDFILE_MAGIC = {b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM", b".snd", b"riff", b"caff"}
 
 BLOCK_S = 20.0  # seconds of source audio gathered before one downmix + resample call
+# Float samples are clipped to this: 120 dB above full scale leaves any real recording
+# untouched (int16 values stored unscaled as floats too) and keeps the power spectrum finite
+# in float32 (it overflows from about 1e16).
+MAX_ABS_SAMPLE = 1e6
+# Planar frames with more channels than this are repacked before PyAV copies them (_safe_frames).
+MAX_PLANAR_CHANNELS = 7
+# Source rates outside this range are damaged headers: 1 Hz audio would be upsampled 22050x.
+MIN_RATE_HZ, MAX_RATE_HZ = 1000, 1_000_000
 
 
 @dataclass(frozen=True)
@@ -68,12 +83,17 @@ def _check_readable(path: Path) -> None:
 
 
 def _use_soundfile(path: Path) -> bool:
+    """Whether soundfile reads `path`: a plain audio file by its name and its first bytes.
+    MPEG audio goes to FFmpeg whatever its name: libsndfile decodes it with mpg123, which
+    prints its complaints about damaged frames on stderr."""
     if path.suffix.lower() not in SOUNDFILE_SUFFIXES:
         return False
+    with open(path, "rb") as f:
+        if f.read(4) not in SOUNDFILE_MAGIC:
+            return False
     try:
-        sf.info(str(path))
-        return True
-    except Exception:  # soundfile cannot read it: let FFmpeg try
+        return not sf.info(str(path)).subtype.startswith("MPEG")
+    except Exception:  # noqa: BLE001 - soundfile cannot read it: let FFmpeg try
         return False
 
 
@@ -113,7 +133,8 @@ def probe(path: str | Path, stream: int | None = None) -> AudioInfo:
 
 def _open_container(path: Path):
     try:
-        return av.open(str(path))
+        # Tags are not always UTF-8 (ID3 tags in Latin-1 are common): replace what does not decode.
+        return av.open(str(path), metadata_errors="replace")
     except av.error.FFmpegError as e:
         raise SpeakertagError(f"cannot read {path}: not an audio or video file FFmpeg understands ({e.strerror or e})") from None
 
@@ -153,22 +174,59 @@ def _to_float(x: np.ndarray) -> np.ndarray:
 
 
 def _clean(block: np.ndarray) -> np.ndarray:
-    """Channel-average a (channels, n) block to float32 mono with finite samples."""
-    mono = block.astype(np.float32, copy=False).mean(axis=0)
-    return np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
+    """Channel-average a (channels, n) block to float32 mono with finite samples in
+    [-MAX_ABS_SAMPLE, MAX_ABS_SAMPLE]: NaN becomes 0, +-inf full scale."""
+    mono = np.nan_to_num(block.astype(np.float32, copy=False).mean(axis=0), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(mono, -MAX_ABS_SAMPLE, MAX_ABS_SAMPLE, out=mono)
+
+
+def _soundfile_reason(e: Exception) -> str:
+    """libsndfile's message without its "Error : " prefix."""
+    return first_line(e).removeprefix("Error : ").rstrip(".")
 
 
 def _soundfile_blocks(path: Path, block_s: float) -> Iterator[tuple[np.ndarray, int]]:
-    with sf.SoundFile(str(path)) as f:
+    try:
+        f = sf.SoundFile(str(path))
+    except Exception as e:  # noqa: BLE001 - soundfile raises several types
+        raise SpeakertagError(f"cannot read {path}: {_soundfile_reason(e)}") from None
+    with f:
         n = max(1, int(block_s * f.samplerate))
         while True:
             try:
                 data = f.read(n, dtype="float32", always_2d=True)
-            except Exception as e:
-                raise SpeakertagError(f"cannot decode {path}: {e}") from None
+            except Exception as e:  # noqa: BLE001 - soundfile raises several types
+                raise SpeakertagError(f"cannot decode {path}: {_soundfile_reason(e)} (damaged or truncated file)") from None
             if len(data) == 0:
                 return
             yield data.T, f.samplerate
+
+
+def _safe_frames(frames: Iterator) -> Iterator:
+    """The decoded frames, those of planar audio with more than MAX_PLANAR_CHANNELS channels
+    repacked (interleaved) by FFmpeg first.
+
+    PyAV counts a frame's planes up to the first null pointer, which planar audio of 8 or more
+    channels (7.1, or a damaged header's 46) does not have: it reads past the last plane and
+    crashes the process when the samples are copied.
+    """
+    repack, key = None, None
+    for frame in frames:
+        if frame.format.is_planar and frame.layout.nb_channels > MAX_PLANAR_CHANNELS:
+            k = (frame.format.name, frame.layout.nb_channels, frame.sample_rate)
+            if k != key:
+                if repack is not None:
+                    yield from repack.resample(None)
+                repack, key = av.AudioResampler(format=frame.format.packed, layout=frame.layout,
+                                                rate=frame.sample_rate), k
+            yield from repack.resample(frame)
+            continue
+        if repack is not None:
+            yield from repack.resample(None)
+            repack, key = None, None
+        yield frame
+    if repack is not None:
+        yield from repack.resample(None)
 
 
 def _pyav_blocks(path: Path, stream: int | None, block_s: float) -> Iterator[tuple[np.ndarray, int]]:
@@ -186,7 +244,7 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float) -> Iterator[tup
 
         try:
             # The per-frame work is kept to a minimum: a film has hundreds of thousands of frames.
-            for frame in container.decode(s):
+            for frame in _safe_frames(container.decode(s)):
                 if pending and (frame.sample_rate != rate or frame.layout.nb_channels != n_channels):
                     yield join(), rate  # the format changed (a TV channel's 5.1 ends): close the block
                     pending, pending_n = [], 0
@@ -220,17 +278,24 @@ def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = No
     else:
         source = _pyav_blocks(path, stream, block_s)
     resample = None
-    for block, rate in source:
-        if resample is None or rate != resample.source_rate_hz:
-            if resample is not None:  # the source changed rate mid-stream: flush the old filter
-                yield resample(None)
-            resample = _Resampler(rate, sample_rate_hz)
-        out = resample(_clean(block))
-        if len(out):
-            yield out
-    if resample is None:
-        raise SpeakertagError(f"no audio could be decoded from {path}")
-    tail = resample(None)
+    try:
+        for block, rate in source:
+            if resample is None or rate != resample.source_rate_hz:
+                if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
+                    raise SpeakertagError(f"cannot decode {path}: its sample rate of {rate} Hz is not one of "
+                                          f"{MIN_RATE_HZ}-{MAX_RATE_HZ} Hz (damaged file?)")
+                if resample is not None:  # the source changed rate mid-stream: flush the old filter
+                    yield resample(None)
+                resample = _Resampler(rate, sample_rate_hz)
+            out = resample(_clean(block))
+            if len(out):
+                yield out
+        if resample is None:
+            raise SpeakertagError(f"no audio in {path}: not a single sample could be decoded "
+                                  "(empty, truncated or damaged file)")
+        tail = resample(None)
+    except av.error.FFmpegError as e:  # the resampler refused what the decoder gave
+        raise SpeakertagError(f"cannot decode {path}: {e.strerror or e}") from None
     if len(tail):
         yield tail
 

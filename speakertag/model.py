@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,16 +156,31 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     return torch.device(name)
 
 
+def _torch_reason(e: Exception) -> str:
+    """A short reason from torch.load's error, without its advice to load the file unsafely."""
+    if isinstance(e, (pickle.UnpicklingError, KeyError)):
+        return "not a torch file, or one holding objects other than weights"
+    return first_line(e)
+
+
 def load_model(path: str | Path, device: str | torch.device | None = None) -> Model:
     """Load a model folder (or its model.pt) without running code; checks version and fingerprint."""
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.exists():
         raise SpeakertagError(f"no model at {path}: {file.name} is missing")
+    if not file.is_file():
+        raise SpeakertagError(f"not a valid speakertag model file: {file} (a folder)")
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
-        raise SpeakertagError(f"not a valid speakertag model file: {file} ({first_line(e)})") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types for a damaged file
+        code = re.search(r"GLOBAL (\S+)", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if code:  # weights_only refused to import something: the file would run code
+            raise SpeakertagError(f"refused to load {file}: it would run {code.group(1)} when loaded "
+                                  "(a model file holds only weights and numbers)") from None
+        raise SpeakertagError(f"not a valid speakertag model file: {file} ({_torch_reason(e)})") from None
     check_format(payload, "model", file, FORMAT_VERSION)
     try:
         params = Params.from_dict(payload["params"])

@@ -24,7 +24,10 @@ from .params import FORMAT_VERSION, Params
 
 MEMORY_FILE = "memory.npz"
 HNSW_MIN_ENTRIES = 50_000  # from this size on, search an approximate HNSW index
-MAX_ENTRIES = 5_000_000  # refuse larger memories: 2.5 GB of float32 at 128 dimensions
+# Target plus negative windows in one memory. 2 million is about 280 hours of target speech
+# (two entries per 0.5 s), 1 GB of float32 at 128 dimensions and about 2.6 GB more once
+# indexed: beyond that, loading it (once per --jobs worker) would exhaust a typical machine.
+MAX_MEMORY_ENTRIES = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,16 @@ def _checksum(embeddings: np.ndarray, negatives: np.ndarray, header: dict) -> st
     return h.hexdigest()
 
 
+def check_entries(n_entries: int, what: str) -> None:
+    """Refuse a memory of more than MAX_MEMORY_ENTRIES entries; `what` starts the message."""
+    if n_entries > MAX_MEMORY_ENTRIES:
+        raise SpeakertagError(f"{what} {n_entries} entries, more than the limit of {MAX_MEMORY_ENTRIES}; "
+                              "use fewer or shorter clips, or merge fewer memories")
+
+
 def save_memory(memory: Memory, path: str | Path) -> Path:
     """Write the memory atomically to `path` (a file, or a folder to hold memory.npz)."""
+    check_entries(len(memory.embeddings) + len(memory.negatives), "memory would hold")
     path = Path(path)
     if path.is_dir():
         path = path / MEMORY_FILE
@@ -79,8 +90,12 @@ def load_memory(path: str | Path) -> Memory:
     file = path / MEMORY_FILE if path.is_dir() else path
     if not file.exists():
         raise SpeakertagError(f"no memory at {path}: {file.name} is missing")
+    if not file.is_file():
+        raise SpeakertagError(f"not a valid speakertag memory file: {file} (a folder)")
     try:
         with np.load(file, allow_pickle=False) as z:
+            # The sizes first, from the arrays' headers: a huge memory is refused before it is read.
+            check_entries(sum(_stored_rows(z, key) for key in ("embeddings", "negatives")), f"memory {file} holds")
             embeddings, negatives = z["embeddings"], z["negatives"]
             header = json.loads(z["header"].tobytes().decode())
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
@@ -101,14 +116,23 @@ def load_memory(path: str | Path) -> Memory:
     return memory
 
 
+def _stored_rows(z, key: str) -> int:
+    """Rows of array `key` of an open .npz, read from its .npy header without loading it."""
+    with z.zip.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        if version != (1, 0) and version != (2, 0):
+            raise ValueError(f"{key} has .npy format version {version}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape = read_header(f)[0]
+    return shape[0] if shape else 1
+
+
 def merge_memories(a: Memory, b: Memory) -> Memory:
     """Join two memories of the same model; keeps a's threshold and name."""
     if a.model_fingerprint != b.model_fingerprint or a.params != b.params:
         raise SpeakertagError("cannot merge memories of different models "
                               f"(fingerprints {a.model_fingerprint} and {b.model_fingerprint})")
-    n = len(a.embeddings) + len(b.embeddings)
-    if n > MAX_ENTRIES:
-        raise SpeakertagError(f"merged memory would hold {n} entries; the limit is {MAX_ENTRIES}")
+    check_entries(sum(len(m.embeddings) + len(m.negatives) for m in (a, b)), "the merged memory would hold")
     info = {**a.info, "merged_from": [a.info.get("source", a.name), b.info.get("source", b.name)]}
     return replace(a, embeddings=np.concatenate([a.embeddings, b.embeddings]),
                    negatives=np.concatenate([a.negatives, b.negatives]), info=info)

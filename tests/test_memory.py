@@ -108,6 +108,22 @@ def test_other_npz_refused(tmp_path):
         load_memory(path)
 
 
+def test_entry_limit_on_save_merge_and_load(tmp_path, monkeypatch):
+    import speakertag.memory
+
+    monkeypatch.setattr(speakertag.memory, "MAX_MEMORY_ENTRIES", 40)
+    small = make_memory(20)  # 20 target + 7 negative entries
+    path = save_memory(small, tmp_path / "small.npz")
+    with pytest.raises(SpeakertagError, match="memory would hold 47 entries, more than the limit of 40; "):
+        save_memory(make_memory(40), tmp_path / "big.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.npz"]
+    with pytest.raises(SpeakertagError, match="the merged memory would hold 54 entries, more than the limit of 40"):
+        merge_memories(small, small)
+    monkeypatch.setattr(speakertag.memory, "MAX_MEMORY_ENTRIES", 26)
+    with pytest.raises(SpeakertagError, match="small.npz holds 27 entries, more than the limit of 26"):
+        load_memory(path)
+
+
 def test_merge_same_model():
     a, b = make_memory(20, seed=0), make_memory(30, seed=1, threshold=0.9, name="bob")
     m = merge_memories(a, b)

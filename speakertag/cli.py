@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,13 +47,50 @@ def default_base_model() -> Path | None:
     return path if (path / "model.pt").exists() else None
 
 
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT (Ctrl-C) or SIGTERM. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` swallows it; unlike KeyboardInterrupt,
+    click does not catch it (and print an empty line)."""
+
+
+_signals_received: list[int] = []  # every SIGINT / SIGTERM seen, even one raised where it got lost
+_defer_signals = False  # inside _uninterrupted(): note signals, act when it ends
+
+
+def _on_signal(signum: int, frame) -> None:
+    _signals_received.append(signum)
+    if not _defer_signals:
+        raise Interrupted(signum)
+
+
+def _raise_if_interrupted() -> None:
+    """Act on a signal that arrived where its exception could not propagate (an exception
+    raised inside a __del__ or a callback is printed and dropped by Python)."""
+    if _signals_received:
+        raise Interrupted(_signals_received[0])
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """Signals arriving inside are acted on when the block ends, so that it is never left half-done."""
+    global _defer_signals
+    _defer_signals = True
+    try:
+        yield
+    finally:
+        _defer_signals = False
+    _raise_if_interrupted()
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place; an older folder is kept until the new one is there."""
+    """Move a finished folder into place; an older folder is kept until the new one is there.
+    Not interruptible: a signal never leaves the target missing or an old copy behind."""
     old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    with _uninterrupted():
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,7 +118,15 @@ def cli():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train(positive, negative, out_dir, name, base, seed, steps, target_precision, device, quiet):
     """Learn a voice from positive and negative clips."""
-    from dataclasses import replace
+    from .audio import find_media_files
+
+    # What can be checked in a moment is checked before loading torch and training.
+    if not out_dir.parent.is_dir():
+        raise SpeakertagError(f"output folder does not exist: {out_dir.parent}")
+    if not os.access(out_dir.parent, os.W_OK):
+        raise SpeakertagError(f"cannot write to the output folder (permission denied): {out_dir.parent}")
+    find_media_files(list(positive))  # a missing name or a folder without audio fails here
+    find_media_files(list(negative))
 
     from .memory import save_memory
     from .model import impostors_of, load_model, save_model, shipped_base_dir
@@ -96,24 +143,29 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     if target_precision:
         changes.update(threshold_rule="precision", target_precision=target_precision)
     p = replace(p, train=replace(p.train, **changes))
-    if not out_dir.parent.exists():
-        raise SpeakertagError(f"output folder does not exist: {out_dir.parent}")
 
     bar_on = _progress_enabled(quiet)
+    log_on = not quiet and not bar_on  # no terminal (a log file, CI): one line per evaluation instead
     with click.progressbar(length=p.train.max_steps, label="training", file=sys.stderr,
                            hidden=not bar_on, item_show_func=lambda s: s) as bar:
         def progress(info):
+            _raise_if_interrupted()
             val = "-" if info.val_f1 is None else f"{info.val_f1:.3f}"
             bar.update(1, f"loss {info.loss:.3f} val F1 {val}")
+            if log_on and (info.step % p.train.eval_every_steps == 0 or info.step == info.max_steps):
+                click.echo(f"step {info.step}/{info.max_steps}: loss {info.loss:.3f}, validation F1 {val}", err=True)
         model, memory, report = train_voice(positive, negative, p, base_model, name, progress, device,
                                             impostors_of(shipped_base_dir()))
 
+    _raise_if_interrupted()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         save_model(model, tmp)
         save_memory(memory, tmp)
         _replace_dir(tmp, out_dir)
+    except OSError as e:  # a full disk, a folder made read-only meanwhile: name the model, not tmp
+        raise SpeakertagError(f"cannot write the model to {out_dir}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     c = report.calibration
@@ -522,11 +574,16 @@ def evaluate(reference, hypothesis, speaker, collar, as_json):
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and a non-zero exit for every user error."""
     argv = _expand_greedy(sys.argv[1:] if argv is None else argv)
-    # SIGTERM unwinds like Ctrl-C, so temporary files are removed and nothing half-written stays.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM unwinds like Ctrl-C, so temporary files are removed and nothing half-written
+    # stays. A SIGINT ignored by whoever started us (a background job, nohup) stays ignored.
+    signal.signal(signal.SIGTERM, _on_signal)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _on_signal)
+    if not os.environ.get("SPEAKERTAG_DEBUG"):
+        warnings.simplefilter("ignore")  # library warnings on stderr would break one-line errors
     try:
         cli.main(argv, prog_name="speakertag", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (Interrupted, click.exceptions.Abort):
         click.echo("speakertag: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:

@@ -6,6 +6,7 @@ stage and file format, not to recognise anyone.
 """
 
 import shutil
+import struct
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def write_audio(path: Path, samples: np.ndarray, rate_hz: int, **kwargs) -> Path
     return path
 
 
+def sparse_silent_wav(path: Path, duration_s: float, rate_hz: int = 8000) -> Path:
+    """A 16-bit mono WAV of digital silence, written as a header and a hole (instant, no disk)."""
+    n_bytes = int(duration_s * rate_hz) * 2
+    header = (b"RIFF" + struct.pack("<I", 36 + n_bytes) + b"WAVEfmt "
+              + struct.pack("<IHHIIHH", 16, 1, 1, rate_hz, 2 * rate_hz, 2, 16) + b"data" + struct.pack("<I", n_bytes))
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + n_bytes)
+    return path
+
+
 @pytest.fixture
 def write_wav(tmp_path):
     """write_wav(name, samples, rate_hz=22050) -> Path of a file under tmp_path."""
@@ -103,12 +115,12 @@ def write_container(path: Path, tracks: list[tuple[str, np.ndarray, int]], video
     """Write a media container with PyAV (format from the suffix).
 
     tracks: (codec, samples (channels, n) float in [-1, 1], rate_hz) per audio stream, in
-    stream order; 1 or 2 channels (mono/stereo) or 6 (5.1). video: add a tiny black
+    stream order; 1 or 2 channels (mono/stereo), 6 (5.1) or 8 (7.1). video: add a tiny black
     MPEG-4 video stream; with no tracks, a video-only file.
     """
     import av
 
-    layouts = {1: "mono", 2: "stereo", 6: "5.1"}
+    layouts = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}
     container = av.open(str(path), "w")
     streams = []
     for codec, samples, rate_hz in tracks:

@@ -1,0 +1,463 @@
+"""The bad-input corpus: every input a user can get wrong, through the real command line.
+
+Every file is generated here into a temporary folder, but for the fuzzer's findings that need
+their exact bytes (tests/fixtures/fuzz/). Each case runs `python -m speakertag ...` in a subprocess, in a fresh empty
+output folder, and names the exit code and a phrase of the expected error. A failure must
+give exactly one stderr line "speakertag: error: ..." (or, for an option error, click's usage
+text with one "Error:" line, exit code 2), no traceback, nothing on stdout, and leave the
+output folder empty: no partial output, no temporary file. The valid inputs (odd rates and
+channel counts, odd names, damaged samples that are sanitised) must work: exit code 0 and a
+well-formed output.
+
+Decisions the corpus pins down: NaN samples are read as 0 and infinite ones as full scale
+(+-1), huge float samples are clipped to +-1e6 (speakertag.audio.MAX_ABS_SAMPLE), so such
+files are tagged, not refused. A truncated file gives what can be decoded (MP3, Matroska)
+or a "cannot decode" error (FLAC, whose decoder loses sync) or "cannot read" (MP4 without
+its index). A clip that cannot be decoded stops `train` with its name.
+
+Cases run two at a time (SPEAKERTAG_TEST_JOBS) as the tests ask for them: each pays for a
+Python start with torch, which is most of its time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import (
+    EXAMPLE,
+    TINY_NEGATIVE,
+    TINY_POSITIVE,
+    sparse_silent_wav,
+    speech_like,
+    write_audio,
+    write_container,
+)
+
+RATE = 22050
+FUZZ = Path(__file__).resolve().parent / "fixtures" / "fuzz"  # inputs found by scripts/fuzz_decode.py
+JOBS = int(os.environ.get("SPEAKERTAG_TEST_JOBS", "2"))
+
+# Runs the command with limits set in the child before it becomes `python -m speakertag`
+# (what a preexec_fn would do, without forking a test process that has threads):
+# argv: max file size in bytes (0: none), "1" to drop root's permission override, the command.
+LAUNCHER = """
+import ctypes, os, resource, signal, sys
+max_file_bytes, drop_dac = int(sys.argv[1]), sys.argv[2] == "1"
+if max_file_bytes:  # a full disk: a write past the limit fails with EFBIG (SIGXFSZ ignored)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+if drop_dac:  # root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH: file permissions apply
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone after exec too
+            sys.exit(77)
+os.execv(sys.executable, [sys.executable, "-m", "speakertag", *sys.argv[3:]])
+"""
+CANNOT_DROP_DAC = 77
+
+
+class Corpus(dict):
+    """name -> path of every generated input, under `root` (an unknown name: a missing file
+    there); `marker` is the file a pickle payload would create."""
+    root: Path
+    marker: Path
+
+    def __missing__(self, name: str) -> Path:
+        return self.root / name
+
+
+Build = Callable[[Corpus, Path], list]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    args: Build  # (corpus, empty output folder) -> command line after `python -m speakertag`
+    phrase: str  # in the error line ("" for a valid input)
+    exit_code: int = 1
+    output: str = ""  # a valid input: the one file (or model folder) it writes in the output folder
+    max_file_bytes: int = 0  # a full disk
+    unreadable: bool = False  # as root, run without the permission override that makes chmod 000 moot
+    slow: bool = False  # started first
+
+
+def tag(film: str, *extra, model: str = "model", out: str = "out.json") -> Build:
+    """`tag` of corpus file `film` to o/out; `extra` arguments that name corpus files become their paths."""
+    return lambda c, o: ["tag", c[film], "--model", c[model], "--format", "json", "--out", o / out, "-q",
+                         *(c.get(a, a) for a in extra)]
+
+
+def train(positive: str, negative: str = "neg", *extra) -> Build:
+    return lambda c, o: ["train", "--positive", c[positive], "--negative", c[negative], "--out", o / "voice",
+                         "--steps", "1", "-q", *extra]
+
+
+def ok(build: Build, name: str, output: str = "out.json", slow: bool = False) -> Case:
+    """A valid input: exit code 0 and `output` in the output folder."""
+    return Case(name, build, "", exit_code=0, output=output, slow=slow)
+
+
+CASES = [
+    # --- tag: files that are not audio, or damaged -------------------------------------------
+    Case("empty-file", tag("empty.wav"), "empty file"),
+    Case("wav-zero-frames", tag("zero-frames.wav"), "no audio in"),
+    Case("wav-header-only", tag("header-only.wav"), "no audio in"),
+    Case("wav-cut-in-header", tag("header-cut.wav"), "cannot read"),
+    Case("flac-cut-in-header", tag("cut-40B.flac"), "cannot read"),
+    Case("flac-cut-50pc", tag("cut-50pc.flac"), "cannot decode"),
+    Case("flac-cut-95pc", tag("cut-95pc.flac"), "cannot decode"),
+    Case("mp3-cut-100B", tag("cut-100B.mp3"), "cannot read"),
+    Case("mp3-cut-10pc", tag("cut-10pc.mp3"), "too short"),
+    ok(tag("cut-60pc.mp3"), "mp3-cut-60pc-decodes-what-is-there"),
+    Case("mp4-cut-50pc", tag("cut-50pc.mp4"), "cannot read"),
+    Case("mp4-cut-in-index", tag("cut-99pc.mp4"), "cannot read"),
+    Case("random-bytes-wav", tag("random.wav"), "cannot read"),
+    Case("text-named-mkv", tag("text.mkv"), "cannot read"),
+    Case("video-without-audio", tag("video-only.mp4"), "no audio stream"),
+    Case("stream-out-of-range", tag("two-tracks.mkv", "--stream", "5"), "--stream 5 does not exist"),
+    Case("silent-2-hours", tag("silence-2h.wav"), "silent", slow=True),
+    Case("all-nan-is-silent", tag("all-nan.wav"), "silent"),
+    Case("shorter-than-a-window", tag("one-second.wav"), "too short"),
+    Case("folder-without-audio", lambda c, o: ["tag", c["no-audio"], "--model", c["model"], "--out-dir", o / "tags"],
+         "no audio or video files in folder"),
+    Case("unreadable-file", tag("unreadable.wav"), "is not readable", exit_code=2, unreadable=True),
+    # fuzzing findings: ID3 tags that are not UTF-8 (PyAV raised UnicodeDecodeError); planar
+    # audio of 8 or more channels (PyAV read past its planes: a segfault, also on any 7.1 Opus);
+    # damaged MPEG audio named .wav (soundfile's mpg123 printed "Note: Illegal Audio-MPEG-Header")
+    ok(tag("id3-latin1.mp3"), "fuzz-id3-tag-not-utf8"),
+    Case("fuzz-damaged-mp3-named-wav", tag("damaged-mp3.wav"), "cannot decode"),
+    Case("fuzz-aac-46-planar-channels", tag("aac-46-planar-channels.aac"), "cannot decode"),
+    ok(tag("7.1-opus.mkv"), "fuzz-7.1-opus-planar"),
+    # --- tag: valid inputs that must work -----------------------------------------------------
+    ok(tag("8khz.wav"), "8-khz-mono"),
+    ok(tag("96khz.wav"), "96-khz"),
+    ok(tag("5.1.mkv"), "5.1-ac3-matroska"),
+    ok(tag("7.1.wav"), "7.1-wav"),
+    ok(tag("nan-inf.wav"), "float-nan-inf-sanitised"),
+    ok(tag("huge.wav"), "float-far-above-1"),
+    ok(tag("film é 日本 (1).wav", out="résultat 日本.json"), "names-with-spaces-and-non-ascii",
+       output="résultat 日本.json"),
+    # --- tag: where the output goes -----------------------------------------------------------
+    Case("output-in-missing-folder", lambda c, o: tag("speech.wav")(c, o / "missing"), "output folder does not exist"),
+    Case("output-is-a-folder", lambda c, o: ["tag", c["speech.wav"], "--model", c["model"], "--out", c["no-audio"]],
+         "is a directory", exit_code=2),
+    Case("folder-as-the-film", lambda c, o: ["tag", c["folder.wav"], "--model", c["model"], "--out", o / "x.json"],
+         "need --out-dir", exit_code=2),
+    Case("disk-full-tag", tag("speech.wav"), "file too large", max_file_bytes=16),
+    # --- options --------------------------------------------------------------------------------
+    Case("negative-stream", tag("speech.wav", "--stream", "-1"), "invalid value for '--stream'", exit_code=2),
+    Case("unknown-format", lambda c, o: ["tag", c["speech.wav"], "--model", c["model"], "--format", "xml"],
+         "invalid value for '--format'", exit_code=2),
+    Case("threshold-not-a-number", tag("speech.wav", "--threshold", "high"), "invalid value for '--threshold'",
+         exit_code=2),
+    # --- models and memories --------------------------------------------------------------------
+    Case("model-folder-without-model", tag("speech.wav", model="model-no-weights"), "model.pt is missing"),
+    Case("model-folder-without-memory", tag("speech.wav", model="model-no-memory"), "memory.npz is missing"),
+    Case("model-unknown-version", tag("speech.wav", model="model-v99"), "format version 99"),
+    Case("memory-unknown-version", lambda c, o: ["memory", "inspect", c["memory-v99.npz"]], "format version 99"),
+    Case("memory-of-another-model", tag("speech.wav", "--memory", "other-memory.npz"), "another model"),
+    Case("model-tampered", tag("speech.wav", model="model-tampered"), "failed its checksum"),
+    Case("memory-tampered", lambda c, o: ["memory", "inspect", c["memory-tampered.npz"]], "failed its checksum"),
+    Case("model-pickle-payload", tag("speech.wav", model="model-pickle"), "refused to load"),
+    Case("model-legacy-pickle-payload", tag("speech.wav", model="model-legacy-pickle"),
+         "not a valid speakertag model file"),
+    Case("memory-pickle-payload", lambda c, o: ["memory", "inspect", c["memory-pickle.npz"]],
+         "not a valid speakertag memory file"),
+    Case("model-random-bytes", tag("speech.wav", model="model-random"), "not a valid speakertag model file"),
+    Case("model-is-an-audio-file", tag("speech.wav", model="speech.wav"), "model folder"),
+    Case("memory-over-the-entry-limit", lambda c, o: ["memory", "inspect", c["memory-huge.npz"]], "more than the limit"),
+    Case("memory-text-file", lambda c, o: ["memory", "inspect", c["text.mkv"]], "not a valid speakertag memory file"),
+    Case("merge-different-models", lambda c, o: ["memory", "merge", c["model"], c["other-memory.npz"], "--out",
+                                                  o / "m.npz"], "different models"),
+    Case("disk-full-memory-export", lambda c, o: ["memory", "export", c["model"], "--out", o / "m.npz"],
+         "file too large", max_file_bytes=1000),
+    # --- train ----------------------------------------------------------------------------------
+    Case("train-positive-folder-without-audio", train("no-audio"), "no audio or video files in folder"),
+    Case("train-positive-missing", train("missing.wav"), "no such file or folder"),
+    Case("train-positive-clips-too-short", train("pos-short"), "no usable positive clips"),
+    Case("train-positive-empty-file", train("pos-with-empty-file"), "empty file"),
+    Case("train-positive-unreadable", train("pos-unreadable"), "permission denied", unreadable=True),
+    Case("train-output-in-missing-folder", lambda c, o: train("pos")(c, o / "missing"), "output folder does not exist"),
+    Case("train-output-is-a-file", lambda c, o: ["train", "--positive", c["pos"], "--negative", c["neg"], "--out",
+                                                 c["speech.wav"]], "is a file", exit_code=2),
+    Case("train-negative-steps", train("pos", "neg", "--steps", "-5"), "invalid value for '--steps'", exit_code=2),
+    Case("disk-full-train", train("pos"), "cannot write the model", max_file_bytes=100_000, slow=True),
+]
+
+
+# --- the generated inputs -----------------------------------------------------------------------
+
+class Payload:
+    """Unpickling this runs `touch path`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.path}'",)
+
+
+def encoded(samples: np.ndarray, rate_hz: int, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate_hz, format=fmt)
+    return buf.getvalue()
+
+
+def id3_latin1(mp3: bytes) -> bytes:
+    """`mp3` behind an ID3v2.4 title whose text says UTF-8 but is Latin-1 (a common mistake)."""
+    def syncsafe(n: int) -> bytes:
+        return bytes([(n >> 21) & 127, (n >> 14) & 127, (n >> 7) & 127, n & 127])
+
+    text = b"\x03Caf\xe9 \xe0 la cr\xe8me"
+    frame = b"TIT2" + syncsafe(len(text)) + b"\x00\x00" + text
+    return b"ID3\x04\x00\x00" + syncsafe(len(frame)) + frame + mp3
+
+
+def rewrite_npz(src: Path, dst: Path, change: Callable[[dict, dict], None]) -> Path:
+    """Copy a memory file with change(arrays, header) applied and the checksum left as it was."""
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["header"].tobytes().decode())
+    change(arrays, header)
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    np.savez(dst, **arrays)
+    return dst
+
+
+def make_models(c: Corpus, model: Path) -> None:
+    """Broken model folders and memory files next to the good tiny model."""
+    import torch
+
+    from speakertag.memory import MAX_MEMORY_ENTRIES, Memory, save_memory
+    from speakertag.model import new_model
+    from speakertag.params import Params
+
+    r = c.root
+    payload = torch.load(model / "model.pt", weights_only=True)
+
+    def model_dir(name: str, data: object = None, memory: bool = True) -> Path:
+        d = r / name
+        d.mkdir()
+        if data is not None:
+            torch.save(data, d / "model.pt") if not isinstance(data, bytes) else (d / "model.pt").write_bytes(data)
+        if memory:
+            shutil.copy(model / "memory.npz", d / "memory.npz")
+        c[name] = d
+        return d
+
+    model_dir("model-no-weights")
+    model_dir("model-no-memory", payload, memory=False)
+    model_dir("model-v99", {**payload, "format_version": 99})
+    state = dict(payload["state_dict"])
+    first = min(k for k in state if k.endswith("weight"))
+    state[first] = state[first] + 0.01
+    model_dir("model-tampered", {**payload, "state_dict": state})
+    model_dir("model-pickle", {**payload, "meta": {"note": Payload(c.marker)}})
+    with open(model_dir("model-legacy-pickle") / "model.pt", "wb") as f:
+        pickle.dump({**payload, "meta": Payload(c.marker)}, f)
+    model_dir("model-random", np.random.default_rng(1).bytes(5000))
+
+    c["memory-v99.npz"] = rewrite_npz(model / "memory.npz", r / "memory-v99.npz",
+                                      lambda a, h: h.update(format_version=99))
+    c["memory-tampered.npz"] = rewrite_npz(model / "memory.npz", r / "memory-tampered.npz",
+                                           lambda a, h: h.update(threshold=-1.0))
+    c["memory-pickle.npz"] = rewrite_npz(model / "memory.npz", r / "memory-pickle.npz",
+                                         lambda a, h: a.update(embeddings=np.array([Payload(c.marker)], dtype=object)))
+    # The payloads are real: loaded unsafely, each one runs.
+    for unsafe_load in (lambda: torch.load(c["model-pickle"] / "model.pt", weights_only=False),
+                        lambda: pickle.loads((c["model-legacy-pickle"] / "model.pt").read_bytes()),
+                        lambda: np.load(c["memory-pickle.npz"], allow_pickle=True)["embeddings"]):
+        unsafe_load()
+        assert c.marker.exists()
+        c.marker.unlink()
+
+    torch.manual_seed(1)
+    other = new_model(Params())
+    emb = np.random.default_rng(0).standard_normal((10, 128)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    c["other-memory.npz"] = save_memory(Memory(emb, emb[:2], other.params, other.fingerprint, 0.5, "other"),
+                                        r / "other-memory.npz")
+    # A memory whose arrays claim more rows than the limit (their data is not even there).
+    c["memory-huge.npz"] = r / "memory-huge.npz"
+    with zipfile.ZipFile(c["memory-huge.npz"], "w") as z:
+        for key, rows in (("embeddings", MAX_MEMORY_ENTRIES + 1), ("negatives", 0)):
+            with z.open(f"{key}.npy", "w") as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (rows, 128)})
+        z.writestr("header.npy", b"")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tiny_model_dir) -> Corpus:
+    r = tmp_path_factory.mktemp("corpus")
+    c = Corpus()
+    c.root, c.marker = r, r / "payload-ran"
+    c["model"] = tiny_model_dir
+
+    def put(name: str, data: bytes) -> Path:
+        (r / name).write_bytes(data)
+        c[name] = r / name
+        return r / name
+
+    def audio(name: str, samples: np.ndarray, rate_hz: int = RATE, **kwargs) -> Path:
+        c[name] = write_audio(r / name, samples, rate_hz, **kwargs)
+        return c[name]
+
+    speech = speech_like(4.0, RATE)
+    audio("speech.wav", speech)
+    put("empty.wav", b"")
+    audio("zero-frames.wav", np.zeros(0, np.float32))
+    wav = encoded(speech_like(3.0, RATE), RATE, "WAV")
+    put("header-only.wav", wav[:44])
+    put("header-cut.wav", wav[:30])
+    flac = encoded(speech_like(6.0, 16000), 16000, "FLAC")
+    put("cut-40B.flac", flac[:40])
+    for pc in (10, 50, 95):
+        put(f"cut-{pc}pc.flac", flac[:len(flac) * pc // 100])
+    mp3 = encoded(speech_like(8.0, RATE), RATE, "MP3")
+    put("cut-100B.mp3", mp3[:100])
+    for pc in (10, 60):
+        put(f"cut-{pc}pc.mp3", mp3[:len(mp3) * pc // 100])
+    put("id3-latin1.mp3", id3_latin1(mp3))
+    damaged = bytearray(mp3)
+    damaged[len(mp3) // 3:len(mp3) // 3 + 400] = bytes(400)
+    put("damaged-mp3.wav", bytes(damaged))
+    mp4 = write_container(r / "full.mp4", [("aac", speech_like(4.0, 48000), 48000)], video=True).read_bytes()
+    for pc in (1, 50, 99):
+        put(f"cut-{pc}pc.mp4", mp4[:len(mp4) * pc // 100])
+    rng = np.random.default_rng(0)
+    put("random.wav", rng.bytes(4000))
+    put("random.mp3", rng.bytes(4000))
+    put("text.mkv", b"this is not a film\n" * 50)
+    c["video-only.mp4"] = write_container(r / "video-only.mp4", [], video=True)
+    c["two-tracks.mkv"] = write_container(r / "two-tracks.mkv", [("aac", speech_like(3.0, 48000), 48000),
+                                                                 ("aac", speech_like(3.0, 48000, seed=1), 48000)])
+    c["silence-2h.wav"] = sparse_silent_wav(r / "silence-2h.wav", 2 * 3600)
+    audio("one-second.wav", speech_like(1.0, RATE))
+    audio("8khz.wav", speech_like(3.0, 8000), 8000)
+    audio("96khz.wav", speech_like(3.0, 96000), 96000)
+    s48 = speech_like(3.0, 48000)
+    c["5.1.mkv"] = write_container(r / "5.1.mkv", [("ac3", np.stack([s48, s48, s48, 0.1 * s48, s48, s48]), 48000)])
+    audio("7.1.wav", np.repeat(speech_like(3.0, 44100)[:, None], 8, axis=1), 44100)
+    c["7.1.mkv"] = write_container(r / "7.1.mkv", [("flac", np.repeat(s48[None], 8, axis=0), 48000)])
+    c["7.1-opus.mkv"] = write_container(r / "7.1-opus.mkv", [("libopus", np.repeat(s48[None], 8, axis=0), 48000)])
+    c["aac-46-planar-channels.aac"] = FUZZ / "aac-46-planar-channels.aac"
+    x = speech_like(3.0, RATE)
+    x[1000:1100], x[2000], x[3000] = np.nan, np.inf, -np.inf
+    audio("nan-inf.wav", x, subtype="FLOAT")
+    audio("all-nan.wav", np.full(3 * RATE, np.nan, np.float32), subtype="FLOAT")
+    audio("huge.wav", speech_like(3.0, RATE) * np.float32(1e30), subtype="FLOAT")
+    audio("int16-scale.wav", speech_like(3.0, RATE) * np.float32(32767), subtype="FLOAT")
+    audio("film é 日本 (1).wav", speech)
+    (r / "no-audio").mkdir()
+    (r / "no-audio" / "notes.txt").write_text("not audio")
+    c["no-audio"] = r / "no-audio"
+    (r / "folder.wav").mkdir()
+    write_audio(r / "folder.wav" / "inside.wav", speech, RATE)
+    c["folder.wav"] = r / "folder.wav"
+    audio("unreadable.wav", speech).chmod(0)
+
+    for folder, role, names in (("pos", "positive", TINY_POSITIVE), ("neg", "negative", TINY_NEGATIVE[:3])):
+        (r / folder).mkdir()
+        for n in names:
+            shutil.copy(EXAMPLE / role / n, r / folder / n)
+        c[folder] = r / folder
+    shutil.copytree(r / "pos", r / "pos é 日本")
+    for i, n in enumerate(sorted((r / "pos é 日本").iterdir())):
+        n.rename(n.with_name(f"clip {i} é 日本{n.suffix}"))
+    c["pos é 日本"] = r / "pos é 日本"
+    for i in range(3):
+        write_audio(r / "pos-short" / f"clip{i}.wav", speech_like(0.6, 16000, seed=i), 16000)
+        write_audio(r / "neg-silent" / f"clip{i}.wav", np.zeros(3 * 16000, np.float32), 16000)
+    c["pos-short"], c["neg-silent"] = r / "pos-short", r / "neg-silent"
+    for name, bad, data in (("pos-with-empty-file", "bad.wav", b""), ("pos-with-cut-flac", "bad.flac", flac[:len(flac) // 2]),
+                            ("pos-unreadable", "bad.wav", wav)):
+        shutil.copytree(r / "pos", r / name)
+        (r / name / bad).write_bytes(data)
+        c[name] = r / name
+    (r / "pos-unreadable" / "bad.wav").chmod(0)
+    make_models(c, tiny_model_dir)
+    return c
+
+
+# --- running the cases ----------------------------------------------------------------------------
+
+def run_case(case: Case, c: Corpus, out: Path) -> subprocess.CompletedProcess:
+    args = [str(a) for a in case.args(c, out)]
+    special = case.max_file_bytes or (case.unreadable and os.geteuid() == 0)
+    cmd = ([sys.executable, "-c", LAUNCHER, str(case.max_file_bytes), "1" if case.unreadable else "0", *args]
+           if special else [sys.executable, "-m", "speakertag", *args])
+    env = {k: v for k, v in os.environ.items() if k != "SPEAKERTAG_DEBUG"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no .pyc writes (the file size limit would refuse them)
+    env["OMP_NUM_THREADS"] = "1"  # JOBS processes at once: one thread each, not JOBS x cores spinning
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out, env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def runs(request, corpus) -> dict[str, tuple[Path, Future]]:
+    """Every selected case started in a pool, slow ones first: name -> (output folder, future)."""
+    wanted = set()  # the cases this session runs (all, or those picked with -k)
+    for item in request.session.items:
+        spec = getattr(item, "callspec", None)
+        if getattr(item, "module", None) is not None and item.module.__file__ == __file__ and spec is not None:
+            wanted.add(spec.params["case"].name)
+    pool = ThreadPoolExecutor(JOBS)
+    started = {}
+    for case in sorted((c for c in CASES if c.name in wanted), key=lambda c: not c.slow):
+        out = corpus.root / "out" / case.name
+        out.mkdir(parents=True)
+        started[case.name] = (out, pool.submit(run_case, case, corpus, out))
+    yield started
+    pool.shutdown(cancel_futures=True)
+
+
+def listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def test_case_names_are_unique():
+    assert len({c.name for c in CASES}) == len(CASES) >= 30
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_corpus(case: Case, corpus: Corpus, runs):
+    out, future = runs[case.name]
+    r = future.result()
+    if r.returncode == CANNOT_DROP_DAC and case.unreadable:
+        pytest.skip("running as root, and root's permission override cannot be dropped here")
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    assert r.returncode == case.exit_code, (r.returncode, r.stderr)
+    lines = r.stderr.splitlines()
+    if case.exit_code == 0:
+        assert not any(w in r.stderr.lower() for w in ("error", "warning")), r.stderr
+        model_files = {f"{case.output}/model.pt", f"{case.output}/memory.npz"} if case.output == "voice" else set()
+        assert listing(out) == {case.output} | model_files
+        if case.output.endswith(".json"):
+            doc = json.loads((out / case.output).read_text(), parse_constant=lambda s: pytest.fail(f"{s} in output"))
+            assert all(math.isfinite(s[k]) for s in doc["segments"] for k in ("start", "end", "score"))
+        return
+    assert r.stdout == ""
+    if case.exit_code == 2:  # click: "Usage: ...", "Try ...", "Error: <what>"
+        errors = [line for line in lines if line.startswith("Error:")]
+        assert len(errors) == 1 and case.phrase.lower() in errors[0].lower(), r.stderr
+    else:
+        assert len(lines) == 1, r.stderr
+        assert lines[0].startswith("speakertag: error: "), r.stderr
+        assert case.phrase.lower() in lines[0].lower(), r.stderr
+    assert listing(out) == set(), "partial output or temporary files left"
+    assert not corpus.marker.exists(), "a pickle payload ran"

@@ -253,11 +253,12 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, device, quiet)
     else:
         click.echo(f"encoder kept ({report.kept_why}); the new windows were added to the memories "
                    f"({len(memory.embeddings)} target, {len(memory.negatives)} other entries)")
-    c = report.calibration
+    fc = report.film_calibration
     click.echo(f"threshold {report.threshold_before:.3f} -> {memory.threshold:.3f}" + (
-        f" ({c.rule}: precision {c.precision:.2f}, recall {c.recall:.2f} on {c.n_positive} target + "
-        f"{c.n_negative} other windows)" if c else " (kept: no negative material to calibrate on)")
-        + f" in {report.seconds:.1f} s")
+        f": where the film's segments agree best with the corrections when the memories leave out its own "
+        f"material (F1 {fc.f1:.2f}, precision {fc.precision:.2f}, recall {fc.recall:.2f})" if fc else
+        " (calibrated on film-like windows of every clip)" if report.calibration else " (kept)")
+        + f"; {report.seconds:.1f} s in all")
     click.echo(f"model written to {out_dir}")
 
 

@@ -6,15 +6,26 @@ their audio from the film in one streaming pass, and then either
 
 - fine-tunes the encoder for a few steps on the new material plus everything the memory
   was built from (the training clips, the material of earlier corrections), and rebuilds
-  both memories and the threshold from all of it with the new encoder; or
+  both memories from all of it with the new encoder; or
 - when some of that earlier audio can no longer be read (or `steps` is 0), keeps the
   encoder: the stored embeddings cannot be re-embedded, and embeddings of an old encoder
   are meaningless to a new one. The new windows are embedded by the unchanged encoder and
-  added to the memories, and the threshold is recalibrated on the film's material.
+  added to the memories.
 
 Either way every stored embedding comes from the model it is saved with. The memory's
 info lists its sources (`positive_clips`, `negative_clips`, and `films`: each corrected
-film with the spans taken from it), so that a later refine can re-embed them again.
+film with the spans taken from it), so that a later refine can re-embed them again. A film
+corrected again: its latest labels replace its earlier corrected segments, and its earlier
+false alarms stay where the new labels do not contradict them (when the encoder is kept,
+the new material is only added).
+
+The threshold comes from the film itself: the new model tags it with the film's own material
+left out of the memories (as it would a film it has not heard), and the threshold is set
+where its segments agree best with the corrections (time-based F1, as `evaluate` scores).
+
+The film is read three times, streaming, never whole: to tag it with the current model, to
+cut the spans (a pass that holds only the spans' samples and stops after the last one), and
+to tag it with the new model.
 """
 
 from __future__ import annotations
@@ -23,35 +34,32 @@ import copy
 import csv
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from .audio import decode_blocks, probe
 from .augment import generated_backgrounds
 from .errors import SpeakertagError
+from .evaluate import score
 from .memory import Memory
 from .model import Model, resolve_device
-from .params import AudioParams, Params
-from .scoring import Calibration, calibrate_threshold, top_k_mean_excluding
-from .segments import cell_scores
+from .params import AudioParams, Params, TagParams
+from .scoring import Calibration
+from .segments import cell_scores, to_segments
 from .tagging import Voice, check_pair, tag
 from .train import (
     Backgrounds,
     Clip,
     StepInfo,
-    clip_windows,
-    degrade,
     embed_features,
     features,
     load_clips,
     memory_windows,
     train_on_clips,
-    window_clip_ids,
 )
 
 Span = tuple[float, float]  # (start_s, end_s)
@@ -70,6 +78,15 @@ class RefineOptions:
 
 
 @dataclass(frozen=True)
+class FilmCalibration:
+    threshold: float
+    f1: float  # time-based, against the corrected segments, at the threshold
+    precision: float
+    recall: float
+    best_f1_range: tuple[float, float]  # thresholds within 0.01 of the best F1
+
+
+@dataclass(frozen=True)
 class RefineReport:
     film: str
     duration_s: float
@@ -82,9 +99,11 @@ class RefineReport:
     kept_why: str  # why the encoder was kept; "" when fine-tuned
     steps: int
     threshold_before: float
-    calibration: Calibration | None  # None: too little material, the old threshold stays
+    calibration: Calibration | None  # as `train`'s, on film-like windows of every clip; None: encoder kept
+    film_calibration: FilmCalibration | None  # on this film, its material left out of the memory: the
+    #                                          threshold; None: the window calibration's is used
     seconds: float
-    notes: tuple[str, ...]  # corrected segments not used, and why
+    notes: tuple[str, ...]  # material not used, and why
 
     @property
     def detected_s(self) -> float:
@@ -361,7 +380,7 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
     # What the model finds now.
     result = tag(film, Voice(model, memory), stream=o.stream)
     check_inside(result.duration_s)
-    spans = [(s, min(e, result.duration_s)) for s, e in spans]
+    spans = [(s, min(e, result.duration_s)) for s, e in spans if s < result.duration_s]
     track = result.tracks[0]
     detected = [(seg.start_s, seg.end_s) for seg in track.segments]
     notes = [f"corrected segment {s:.3f} - {e:.3f} s: shorter than {o.min_span_s:g} s, not used"
@@ -378,6 +397,10 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
         part = cells[int(s / a.hop_s):max(int(s / a.hop_s) + 1, math.ceil(e / a.hop_s))]
         return float(part.mean()) if len(part) else 0.0
 
+    for what, found in (("corrected target speech", positives), ("false alarms", false_alarms)):
+        if sum(e - s for s, e in found) > o.max_new_s:
+            notes.append(f"{what}: {sum(e - s for s, e in found):.0f} s, the {o.max_new_s:.0f} s "
+                         f"{'the model missed most' if found is positives else 'scored highest'} are used")
     positives = cap_spans(positives, [(e - s) - overlap_s((s, e), detected) for s, e in positives], o.max_new_s)
     false_alarms = cap_spans(false_alarms, [mean_cell_score(s, e) for s, e in false_alarms], o.max_new_s)
     new = FilmMaterial(str(film.resolve()), o.stream,
@@ -385,8 +408,7 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
                        tuple((round(s, 3), round(e, 3)) for s, e in false_alarms))  # gets the same samples
 
     p = replace(model.params, train=replace(model.params.train, max_steps=max(o.steps, 1), seed=o.seed))
-    imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
-    kept_why = "--steps 0" if o.steps == 0 else ""
+    kept_why = "steps 0: no fine-tuning asked for" if o.steps == 0 else ""
     if not kept_why:
         try:
             pos_clips, neg_clips, films = _sources(model, memory, p)
@@ -395,17 +417,38 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
     if kept_why:
         films_info = [*memory.info.get("films", []), new.to_dict()]  # appended: old entries stay
         new_pos, new_neg = new.clips(a.sample_rate_hz)
-        new_model, new_memory, calib = _keep_encoder(model, memory, new_pos, new_neg, imp_clips, p, device)
+        new_model, new_memory, calib = replace(model), _add_to_memory(model, memory, new_pos, new_neg, p, device), None
         steps = 0
+        # this film's entries: the ones just added
+        film_pos = np.arange(len(new_memory.embeddings)) >= len(memory.embeddings)
+        film_neg = np.arange(len(new_memory.negatives)) >= len(memory.negatives)
     else:
         films = _merge_film(films, new, spans, guard_s, o.min_span_s)
         for m in films:  # one decoding pass per film; this film's new and earlier material together
-            film_pos, film_neg = m.clips(a.sample_rate_hz)
-            pos_clips, neg_clips = pos_clips + film_pos, neg_clips + film_neg
+            m_pos, m_neg = m.clips(a.sample_rate_hz)
+            pos_clips, neg_clips = pos_clips + m_pos, neg_clips + m_neg
+        imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
         new_model, new_memory, rep = train_on_clips(pos_clips, neg_clips, p, model, memory.name, progress, device,
                                                     imp_clips, validate=False)
         films_info = [m.to_dict() for m in films]
         calib, steps = rep.calibration, rep.steps
+        # this film's entries: those of its clips, the last ones (_merge_film puts it last)
+        film_pos = _entries_of(pos_clips, len(pos_clips) - len(m_pos), p)
+        film_neg = _entries_of(neg_clips, len(neg_clips) - len(m_neg), p)
+    # The threshold: the film is the best evidence of how real films score. The new model tags
+    # it with the film's own material left out of the memories (as it would a film it has not
+    # heard), and the threshold is where its segments agree best with the corrections. When
+    # the film cannot tell (no agreement at any threshold), the training's window calibration
+    # stays (the old threshold, when the encoder was kept).
+    film_calib = None
+    if film_pos.any() and not film_pos.all():
+        held_out = replace(new_memory, embeddings=new_memory.embeddings[~film_pos],
+                           negatives=new_memory.negatives[~film_neg])
+        window_scores = tag(film, Voice(new_model, held_out), stream=o.stream).tracks[0].window_scores
+        film_calib = film_threshold(window_scores, spans, result.duration_s, a, p.tag)
+        film_calib = film_calib if film_calib.f1 > 0 else None
+    if film_calib is not None:
+        new_memory = replace(new_memory, threshold=film_calib.threshold)
     positive_s = sum(e - s for s, e in new.positive_spans)
     false_alarm_s = sum(e - s for s, e in new.negative_spans)
     seconds = time.monotonic() - t0
@@ -414,62 +457,58 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
         "positive_s": round(positive_s, 3), "false_alarm_s": round(false_alarm_s, 3),
         "encoder": "kept" if kept_why else "fine-tuned", "steps": steps,
         "threshold_before": memory.threshold, "threshold": new_memory.threshold,
+        "threshold_from": "film" if film_calib else "windows",
+        "film_f1": round(film_calib.f1, 4) if film_calib else None,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 1)}]}
     new_memory = replace(new_memory, info={**memory.info, **({"calibration": calib.__dict__} if calib else {}),
+                                           "film_calibration": ({"film": new.film, **asdict(film_calib)}
+                                                                if film_calib else None),
                                            "films": films_info})
     report = RefineReport(str(film), result.duration_s, positive_s, false_alarm_s, len(new.positive_spans),
                           len(new.negative_spans), tuple(detected), "kept" if kept_why else "fine-tuned", kept_why,
-                          steps, memory.threshold, calib, seconds, tuple(notes))
+                          steps, memory.threshold, calib, film_calib, seconds, tuple(notes))
     return new_model, new_memory, report
 
 
-def _keep_encoder(model: Model, memory: Memory, new_pos: list[Clip], new_neg: list[Clip], imp_clips: list[Clip],
-                  p: Params, device: str | None) -> tuple[Model, Memory, Calibration | None]:
-    """The encoder stays: the new windows, embedded by it, join the memories (every entry
-    still comes from this encoder), and the threshold is recalibrated on the film's material,
-    leave-one-segment-out, against the false alarms and the impostor voices. With no
-    negative material at all the old threshold stays."""
+def _entries_of(clips: list[Clip], first: int, p: Params) -> np.ndarray:
+    """(n_entries,) bool: the memory entries (as memory_windows lays them out: every clean
+    window, then each degraded copy) that come from clips[first:]."""
+    counts = [_n_windows(len(c.samples), p.audio) for c in clips]
+    per_window = np.repeat(np.arange(len(clips)) >= first, counts)
+    return np.tile(per_window, 1 + p.train.augmented_memory_copies)
+
+
+def film_threshold(window_scores: np.ndarray, corrected: Sequence[Span], duration_s: float, a: AudioParams,
+                   tp: TagParams, collar_s: float = 0.25) -> FilmCalibration:
+    """The threshold that makes the film's segments agree best (time-based F1, as `evaluate`)
+    with its corrected segments: the middle of the thresholds within 0.01 of the best F1,
+    robust to small score shifts. window_scores: (n_windows,) the film's scores."""
+    cells = cell_scores(window_scores, a)
+    candidates = np.unique(np.quantile(cells, np.linspace(0.0, 1.0, 201)))
+    metrics = [score(corrected, [(g.start_s, g.end_s) for g in to_segments(window_scores, float(t), a, tp,
+                                                                           duration_s=duration_s)], collar_s)
+               for t in candidates]
+    f1 = np.array([m.f1 for m in metrics])
+    near = np.flatnonzero(f1 >= f1.max() - 0.01)
+    i = int(near[np.argmin(np.abs(candidates[near] - np.median(candidates[near])))])
+    return FilmCalibration(float(candidates[i]), float(f1[i]), metrics[i].precision, metrics[i].recall,
+                           (float(candidates[near].min()), float(candidates[near].max())))
+
+
+def _add_to_memory(model: Model, memory: Memory, new_pos: list[Clip], new_neg: list[Clip], p: Params,
+                   device: str | None) -> Memory:
+    """The encoder stays: the new clips' windows (clean and film-like copies, as `train` stores
+    them), embedded by it, join the memories, so that every entry still comes from it."""
     rng = np.random.default_rng(p.train.seed)
-    torch.manual_seed(p.train.seed)
     a, dev = p.audio, resolve_device(device)
+    bg = Backgrounds.of([c.samples for c in new_neg], generated_backgrounds(a.sample_rate_hz, rng))
     model = copy.deepcopy(model)
     model.encoder.to(dev)
-    bg = Backgrounds.of([c.samples for c in new_neg], generated_backgrounds(a.sample_rate_hz, rng))
 
-    def embed_windows(windows: np.ndarray) -> np.ndarray:
-        return embed_features(model, features(windows, a, dev))
+    def embedded(clips: list[Clip]) -> np.ndarray:
+        if not clips:
+            return np.zeros((0, p.encoder.embedding_dim), np.float32)
+        return embed_features(model, features(memory_windows(clips, bg, p, rng), a, dev))
 
-    pos_add = embed_windows(memory_windows(new_pos, bg, p, rng))
-    neg_add = embed_windows(memory_windows(new_neg, bg, p, rng)) if new_neg else np.zeros((0, memory.negatives.shape[1]), np.float32)
-    positives = np.concatenate([memory.embeddings, pos_add])
-    negatives = np.concatenate([memory.negatives, neg_add])
-    copies = 1 + p.train.augmented_memory_copies
-    pos_ids = window_clip_ids(new_pos, a)
-    neg_ids = window_clip_ids(new_neg, a) if new_neg else np.zeros(0, np.int64)
-    # Old entries belong to no new segment (-1): a query never excludes them.
-    pos_entry_ids = np.r_[np.full(len(memory.embeddings), -1), np.tile(pos_ids, copies)]
-    neg_entry_ids = np.r_[np.full(len(memory.negatives), -1), np.tile(neg_ids, copies)]
-    k, w = p.tag.top_k, p.tag.negative_weight
-
-    def scores(queries: np.ndarray, own_pos: np.ndarray, own_neg: np.ndarray) -> np.ndarray:
-        s = top_k_mean_excluding(queries, own_pos, positives, pos_entry_ids, k)
-        if w > 0 and len(negatives):
-            s = s - w * top_k_mean_excluding(queries, own_neg, negatives, neg_entry_ids, k)
-        return s
-
-    cal_pos = embed_windows(degrade(np.concatenate([clip_windows(new_pos, a)] * 2), bg, p, rng, 1.0))
-    pos_scores = scores(cal_pos, np.tile(pos_ids, 2), np.full(len(cal_pos), -2))
-    neg_scores = [np.zeros(0, np.float32)]
-    if new_neg:
-        cal_neg = embed_windows(degrade(clip_windows(new_neg, a), bg, p, rng, 0.7))
-        neg_scores.append(scores(cal_neg, np.full(len(cal_neg), -2), neg_ids))
-    if imp_clips:
-        cal_imp = embed_windows(degrade(clip_windows(imp_clips, a), bg, p, rng, 0.7))
-        neg_scores.append(scores(cal_imp, np.full(len(cal_imp), -2), np.full(len(cal_imp), -2)))
-    neg_all = np.concatenate(neg_scores)
-    calib = calibrate_threshold(pos_scores, neg_all, p.train.threshold_rule, p.train.target_precision) \
-        if len(neg_all) else None
-    model.encoder.cpu()
-    new_memory = replace(memory, embeddings=positives.astype(np.float32), negatives=negatives.astype(np.float32),
-                         threshold=calib.threshold if calib else memory.threshold)
-    return model, new_memory, calib
+    return replace(memory, embeddings=np.concatenate([memory.embeddings, embedded(new_pos)]),
+                   negatives=np.concatenate([memory.negatives, embedded(new_neg)]))

@@ -145,6 +145,7 @@ def test_refine_changes_model_memory_and_history(refined):
     assert entry["positive_s"] == pytest.approx(sum(e - s for s, e in spans), abs=0.01)
     assert entry["false_alarm_s"] == pytest.approx(report.false_alarm_s, abs=0.01) and entry["false_alarm_s"] > 0
     assert "time" in entry
+    assert entry["threshold_from"] == "film" and memory.threshold == report.film_calibration.threshold
     assert model.meta["history"][:-1] == before.model.meta["history"]  # the training's entry stays
     film = memory.info["films"][-1]
     assert [tuple(s) for s in film["positive_spans"]] == [(round(s, 3), round(e, 3)) for s, e in spans]

@@ -1,8 +1,9 @@
 """The bad-input corpus: every input a user can get wrong, through the real command line.
 
-Every file is generated here into a temporary folder, but for the fuzzer's findings that need
-their exact bytes (tests/fixtures/fuzz/). Each case runs `python -m speakertag ...` in a subprocess, in a fresh empty
-output folder, and names the exit code and a phrase of the expected error. A failure must
+Every file is generated here into a temporary folder, but for the fuzzer's findings that
+need their exact bytes (tests/fixtures/fuzz/). Each case runs `python -m speakertag ...` in a
+subprocess, in a fresh empty output folder, and names the exit code and a phrase of the
+expected error. A failure must
 give exactly one stderr line "speakertag: error: ..." (or, for an option error, click's usage
 text with one "Error:" line, exit code 2), no traceback, nothing on stdout, and leave the
 output folder empty: no partial output, no temporary file. The valid inputs (odd rates and
@@ -11,9 +12,9 @@ well-formed output.
 
 Decisions the corpus pins down: NaN samples are read as 0 and infinite ones as full scale
 (+-1), huge float samples are clipped to +-1e6 (speakertag.audio.MAX_ABS_SAMPLE), so such
-files are tagged, not refused. A truncated file gives what can be decoded (MP3, Matroska)
-or a "cannot decode" error (FLAC, whose decoder loses sync) or "cannot read" (MP4 without
-its index). A clip that cannot be decoded stops `train` with its name.
+files are tagged, not refused. A truncated MP3 gives what can be decoded, a truncated FLAC
+"cannot decode" (its decoder loses sync), an MP4 cut before or in its index "cannot read". A
+clip that cannot be decoded stops `train` with its name.
 
 Cases run two at a time (SPEAKERTAG_TEST_JOBS) as the tests ask for them: each pays for a
 Python start with torch, which is most of its time.
@@ -25,7 +26,6 @@ import io
 import json
 import math
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -121,7 +121,6 @@ CASES = [
     Case("wav-cut-in-header", tag("header-cut.wav"), "cannot read"),
     Case("flac-cut-in-header", tag("cut-40B.flac"), "cannot read"),
     Case("flac-cut-50pc", tag("cut-50pc.flac"), "cannot decode"),
-    Case("flac-cut-95pc", tag("cut-95pc.flac"), "cannot decode"),
     Case("mp3-cut-100B", tag("cut-100B.mp3"), "cannot read"),
     Case("mp3-cut-10pc", tag("cut-10pc.mp3"), "too short"),
     ok(tag("cut-60pc.mp3"), "mp3-cut-60pc-decodes-what-is-there"),
@@ -148,7 +147,6 @@ CASES = [
     ok(tag("8khz.wav"), "8-khz-mono"),
     ok(tag("96khz.wav"), "96-khz"),
     ok(tag("5.1.mkv"), "5.1-ac3-matroska"),
-    ok(tag("7.1.wav"), "7.1-wav"),
     ok(tag("nan-inf.wav"), "float-nan-inf-sanitised"),
     ok(tag("huge.wav"), "float-far-above-1"),
     ok(tag("film é 日本 (1).wav", out="résultat 日本.json"), "names-with-spaces-and-non-ascii",
@@ -167,7 +165,6 @@ CASES = [
     Case("threshold-not-a-number", tag("speech.wav", "--threshold", "high"), "invalid value for '--threshold'",
          exit_code=2),
     # --- models and memories --------------------------------------------------------------------
-    Case("model-folder-without-model", tag("speech.wav", model="model-no-weights"), "model.pt is missing"),
     Case("model-folder-without-memory", tag("speech.wav", model="model-no-memory"), "memory.npz is missing"),
     Case("model-unknown-version", tag("speech.wav", model="model-v99"), "format version 99"),
     Case("memory-unknown-version", lambda c, o: ["memory", "inspect", c["memory-v99.npz"]], "format version 99"),
@@ -175,8 +172,6 @@ CASES = [
     Case("model-tampered", tag("speech.wav", model="model-tampered"), "failed its checksum"),
     Case("memory-tampered", lambda c, o: ["memory", "inspect", c["memory-tampered.npz"]], "failed its checksum"),
     Case("model-pickle-payload", tag("speech.wav", model="model-pickle"), "refused to load"),
-    Case("model-legacy-pickle-payload", tag("speech.wav", model="model-legacy-pickle"),
-         "not a valid speakertag model file"),
     Case("memory-pickle-payload", lambda c, o: ["memory", "inspect", c["memory-pickle.npz"]],
          "not a valid speakertag memory file"),
     Case("model-random-bytes", tag("speech.wav", model="model-random"), "not a valid speakertag model file"),
@@ -261,7 +256,6 @@ def make_models(c: Corpus, model: Path) -> None:
         c[name] = d
         return d
 
-    model_dir("model-no-weights")
     model_dir("model-no-memory", payload, memory=False)
     model_dir("model-v99", {**payload, "format_version": 99})
     state = dict(payload["state_dict"])
@@ -269,8 +263,6 @@ def make_models(c: Corpus, model: Path) -> None:
     state[first] = state[first] + 0.01
     model_dir("model-tampered", {**payload, "state_dict": state})
     model_dir("model-pickle", {**payload, "meta": {"note": Payload(c.marker)}})
-    with open(model_dir("model-legacy-pickle") / "model.pt", "wb") as f:
-        pickle.dump({**payload, "meta": Payload(c.marker)}, f)
     model_dir("model-random", np.random.default_rng(1).bytes(5000))
 
     c["memory-v99.npz"] = rewrite_npz(model / "memory.npz", r / "memory-v99.npz",
@@ -281,7 +273,6 @@ def make_models(c: Corpus, model: Path) -> None:
                                          lambda a, h: a.update(embeddings=np.array([Payload(c.marker)], dtype=object)))
     # The payloads are real: loaded unsafely, each one runs.
     for unsafe_load in (lambda: torch.load(c["model-pickle"] / "model.pt", weights_only=False),
-                        lambda: pickle.loads((c["model-legacy-pickle"] / "model.pt").read_bytes()),
                         lambda: np.load(c["memory-pickle.npz"], allow_pickle=True)["embeddings"]):
         unsafe_load()
         assert c.marker.exists()
@@ -327,8 +318,7 @@ def corpus(tmp_path_factory, tiny_model_dir) -> Corpus:
     put("header-cut.wav", wav[:30])
     flac = encoded(speech_like(6.0, 16000), 16000, "FLAC")
     put("cut-40B.flac", flac[:40])
-    for pc in (10, 50, 95):
-        put(f"cut-{pc}pc.flac", flac[:len(flac) * pc // 100])
+    put("cut-50pc.flac", flac[:len(flac) // 2])
     mp3 = encoded(speech_like(8.0, RATE), RATE, "MP3")
     put("cut-100B.mp3", mp3[:100])
     for pc in (10, 60):
@@ -338,11 +328,10 @@ def corpus(tmp_path_factory, tiny_model_dir) -> Corpus:
     damaged[len(mp3) // 3:len(mp3) // 3 + 400] = bytes(400)
     put("damaged-mp3.wav", bytes(damaged))
     mp4 = write_container(r / "full.mp4", [("aac", speech_like(4.0, 48000), 48000)], video=True).read_bytes()
-    for pc in (1, 50, 99):
+    for pc in (50, 99):
         put(f"cut-{pc}pc.mp4", mp4[:len(mp4) * pc // 100])
     rng = np.random.default_rng(0)
     put("random.wav", rng.bytes(4000))
-    put("random.mp3", rng.bytes(4000))
     put("text.mkv", b"this is not a film\n" * 50)
     c["video-only.mp4"] = write_container(r / "video-only.mp4", [], video=True)
     c["two-tracks.mkv"] = write_container(r / "two-tracks.mkv", [("aac", speech_like(3.0, 48000), 48000),
@@ -353,8 +342,6 @@ def corpus(tmp_path_factory, tiny_model_dir) -> Corpus:
     audio("96khz.wav", speech_like(3.0, 96000), 96000)
     s48 = speech_like(3.0, 48000)
     c["5.1.mkv"] = write_container(r / "5.1.mkv", [("ac3", np.stack([s48, s48, s48, 0.1 * s48, s48, s48]), 48000)])
-    audio("7.1.wav", np.repeat(speech_like(3.0, 44100)[:, None], 8, axis=1), 44100)
-    c["7.1.mkv"] = write_container(r / "7.1.mkv", [("flac", np.repeat(s48[None], 8, axis=0), 48000)])
     c["7.1-opus.mkv"] = write_container(r / "7.1-opus.mkv", [("libopus", np.repeat(s48[None], 8, axis=0), 48000)])
     c["aac-46-planar-channels.aac"] = FUZZ / "aac-46-planar-channels.aac"
     x = speech_like(3.0, RATE)
@@ -362,7 +349,6 @@ def corpus(tmp_path_factory, tiny_model_dir) -> Corpus:
     audio("nan-inf.wav", x, subtype="FLOAT")
     audio("all-nan.wav", np.full(3 * RATE, np.nan, np.float32), subtype="FLOAT")
     audio("huge.wav", speech_like(3.0, RATE) * np.float32(1e30), subtype="FLOAT")
-    audio("int16-scale.wav", speech_like(3.0, RATE) * np.float32(32767), subtype="FLOAT")
     audio("film é 日本 (1).wav", speech)
     (r / "no-audio").mkdir()
     (r / "no-audio" / "notes.txt").write_text("not audio")
@@ -377,15 +363,10 @@ def corpus(tmp_path_factory, tiny_model_dir) -> Corpus:
         for n in names:
             shutil.copy(EXAMPLE / role / n, r / folder / n)
         c[folder] = r / folder
-    shutil.copytree(r / "pos", r / "pos é 日本")
-    for i, n in enumerate(sorted((r / "pos é 日本").iterdir())):
-        n.rename(n.with_name(f"clip {i} é 日本{n.suffix}"))
-    c["pos é 日本"] = r / "pos é 日本"
     for i in range(3):
         write_audio(r / "pos-short" / f"clip{i}.wav", speech_like(0.6, 16000, seed=i), 16000)
-        write_audio(r / "neg-silent" / f"clip{i}.wav", np.zeros(3 * 16000, np.float32), 16000)
-    c["pos-short"], c["neg-silent"] = r / "pos-short", r / "neg-silent"
-    for name, bad, data in (("pos-with-empty-file", "bad.wav", b""), ("pos-with-cut-flac", "bad.flac", flac[:len(flac) // 2]),
+    c["pos-short"] = r / "pos-short"
+    for name, bad, data in (("pos-with-empty-file", "bad.wav", b""),
                             ("pos-unreadable", "bad.wav", wav)):
         shutil.copytree(r / "pos", r / name)
         (r / name / bad).write_bytes(data)

@@ -18,7 +18,7 @@ suffix) and its report is in OUT/stderr-of-last-input.txt. Without atheris, a pl
 mutator (bit flips, byte changes, cuts, splices) runs instead. Not run by CI: the findings
 become cases of tests/test_corpus.py.
 
-Last run (2 CPU cores, shared): see README.md, "Robustness".
+Runs, findings and fixes so far: README.md, "Robustness".
 """
 
 from __future__ import annotations

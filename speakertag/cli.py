@@ -262,12 +262,13 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, device, quiet)
     click.echo(f"model written to {out_dir}")
 
 
-def _tag_with_bar(film: Path, voices, threshold, stream, quiet: bool):
-    """tagging.tag with a progress bar on stderr (hidden when quiet or not a terminal)."""
+def _tag_with_bar(film: Path, voices, threshold, stream, quiet: bool, info=None):
+    """tagging.tag with a progress bar on stderr (hidden when quiet or not a terminal).
+    info: the film's probe() result, if the caller has it."""
     from .audio import probe
     from .tagging import tag as tag_film
 
-    info = probe(film, stream)
+    info = info or probe(film, stream)
     started = time.monotonic()
     with click.progressbar(length=int(info.duration_s or 0) or 1, label=film.name, file=sys.stderr,
                            hidden=not _progress_enabled(quiet), item_show_func=lambda s: s) as bar:
@@ -370,11 +371,14 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
 def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
              report: Path | None = None, report_audio: str = "link", plot: Path | None = None) -> None:
     """One film to stdout or to `out`, and its report and plot if asked; a failure is the command's error."""
-    voices = spec.load()
+    from .audio import probe
+
     for path in (out, report, plot):
         if path is not None and not path.parent.exists():
             raise SpeakertagError(f"output folder does not exist: {path.parent}")
-    result = _tag_with_bar(film, voices, threshold, stream, quiet)
+    info = probe(film, stream)  # a bad film fails here, before torch and the model load
+    voices = spec.load()
+    result = _tag_with_bar(film, voices, threshold, stream, quiet, info)
     text = _render(fmt, film, result, spec)
     visuals = _visuals(film, result, report, report_audio, plot, stream, quiet) if report or plot else {}
     if out is None:

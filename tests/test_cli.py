@@ -312,24 +312,3 @@ def test_evaluate_reference_against_itself(example):
 def test_evaluate_missing_file(example, tmp_path):
     r = run_cli("evaluate", "--reference", example / "ref" / "movie01.target.csv", "--hypothesis", tmp_path / "x.json")
     assert_fails(r, "no such file")
-
-
-def _interrupt_after(args, seconds: float, tmp_path: Path) -> subprocess.CompletedProcess:
-    """Start the CLI, send SIGTERM after `seconds`, return the finished process."""
-    import signal
-    import time
-
-    p = subprocess.Popen([sys.executable, "-m", "speakertag", *map(str, args)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    time.sleep(seconds)
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=60)
-    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
-
-
-def test_interrupted_tag_leaves_no_output(example, tiny_model_dir, tmp_path):
-    out = tmp_path / "movie01.json"
-    r = _interrupt_after(["tag", example / "movie01.mp4", "--model", tiny_model_dir, "--format", "json",
-                          "--out", out, "-q"], 4.0, tmp_path)
-    assert r.returncode in (0, 130) and "Traceback" not in r.stderr
-    assert list(tmp_path.iterdir()) == ([out] if r.returncode == 0 else [])

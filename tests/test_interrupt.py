@@ -12,12 +12,14 @@ the record at each step and before writing.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,20 @@ class Run:
             return
         assert self.seen.wait(timeout_s), f"no line matching {pattern!r} within {timeout_s} s"
         assert self.p.poll() is None, f"ended before {pattern!r}: {self.lines}"
+
+    def wait_for_open(self, path: Path, timeout_s: float = 120) -> None:
+        """Block until the process has `path` open (Linux /proc): it is reading that input."""
+        deadline = time.monotonic() + timeout_s
+        fds = Path(f"/proc/{self.p.pid}/fd")
+        while time.monotonic() < deadline:
+            assert self.p.poll() is None, f"ended before opening {path}: {self.lines}"
+            try:
+                if any(os.readlink(fd) == str(path) for fd in fds.iterdir()):
+                    return
+            except OSError:  # an fd closed while listing
+                pass
+            time.sleep(0.02)
+        raise AssertionError(f"{path} not opened within {timeout_s} s")
 
     def stop(self, sig: int, timeout_s: float = 60) -> int:
         """Send `sig`, wait for the process to end; returns its exit code."""
@@ -134,6 +150,20 @@ def test_folder_swap_finishes_before_a_signal(tmp_path, monkeypatch):
     with pytest.raises(cli.Interrupted):
         cli._replace_dir(new, target)
     assert files_of(tmp_path) == {"voice": b"<dir>", "voice/model.pt": b"new"}
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc to see the film being read")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_tag(tiny_model_dir, tmp_path, sig):
+    """A film interrupted while it is being read leaves no output, not even a temporary file."""
+    film = sparse_silent_wav(tmp_path / "long.wav", 4 * 3600).resolve()  # minutes of work
+    out = tmp_path / "out"
+    out.mkdir()
+    run = Run(["tag", film, "--model", tiny_model_dir, "--format", "json", "--out", out / "long.json"], cwd=tmp_path)
+    run.wait_for_open(film)
+    code = run.stop(sig)
+    assert_interrupted(run, code, r"^$")
+    assert files_of(out) == {}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

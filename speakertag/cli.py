@@ -557,10 +557,11 @@ def memory_merge(first, second, out):
 @click.option("--hypothesis", required=True, type=click.Path(path_type=Path),
               help="speakertag output (JSON, CSV or RTTM).")
 @click.option("--speaker", help="Speaker to score in a reference with several.")
+@click.option("--voice", help="Voice to score in a hypothesis with several (tag --model A --model B).")
 @click.option("--collar", type=click.FloatRange(0), default=0.25, show_default=True,
               help="Seconds around each reference boundary left out of scoring.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def evaluate(reference, hypothesis, speaker, collar, as_json):
+def evaluate(reference, hypothesis, speaker, voice, collar, as_json):
     """Time-based precision, recall, F1 and detection error of a hypothesis."""
     from dataclasses import asdict
 
@@ -570,7 +571,7 @@ def evaluate(reference, hypothesis, speaker, collar, as_json):
         if not path.is_file():
             raise SpeakertagError(f"no such file: {path}")
     try:
-        m = score(read_reference(reference, speaker), read_hypothesis(hypothesis), collar)
+        m = score(read_reference(reference, speaker), read_hypothesis(hypothesis, voice), collar)
     except ValueError as e:
         raise SpeakertagError(str(e)) from None
     click.echo(json.dumps(asdict(m)) if as_json else format_metrics(m))

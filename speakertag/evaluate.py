@@ -195,7 +195,8 @@ def read_reference(path: str | Path, speaker: str | None = None) -> list[Span]:
     return [(s, e) for s, e, k in rows if k == speaker]
 
 
-def _json_spans(path: str | Path, text: str) -> list[Span]:
+def _json_rows(path: str | Path, text: str) -> list[tuple[float, float, str | None]]:
+    """(start_s, end_s, label or None) of each segment of a JSON hypothesis."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -203,7 +204,7 @@ def _json_spans(path: str | Path, text: str) -> list[Span]:
     items = doc.get("segments") if isinstance(doc, dict) else doc
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a JSON list of segments or an object with a \"segments\" list")
-    spans = []
+    rows = []
     for n, it in enumerate(items):
         try:
             start, end = (it["start"], it["end"]) if isinstance(it, dict) else (it[0], it[1])
@@ -211,17 +212,35 @@ def _json_spans(path: str | Path, text: str) -> list[Span]:
         except (KeyError, IndexError, TypeError, ValueError):
             raise ValueError(f"{path}: segment {n}: expected {{\"start\": s, \"end\": s}} or [start, end], "
                              f"got {it!r}") from None
-        spans.append(_span(path, f"segment {n}", start_s, end_s))
-    return spans
+        label = it.get("label") if isinstance(it, dict) else None
+        rows.append((*_span(path, f"segment {n}", start_s, end_s), None if label is None else str(label)))
+    return rows
 
 
-def read_hypothesis(path: str | Path) -> list[Span]:
+def _csv_label(rest: list[str]) -> str | None:
+    """The label of a CSV row start,end[,score][,label] (speakertag's own CSV has a score first)."""
+    text = [f.strip() for f in rest if f.strip() and not _is_float(f)]
+    return text[0] if text else None
+
+
+def read_hypothesis(path: str | Path, voice: str | None = None) -> list[Span]:
     """Detected spans (seconds) from speakertag JSON ({"segments": [...]}), a JSON list of
-    {"start", "end"} objects or [start, end] pairs, a CSV start,end[,score[,label]], or RTTM
-    (every SPEAKER line, whatever its label)."""
+    {"start", "end"} objects or [start, end] pairs, a CSV start,end[,score[,label]], or RTTM.
+
+    `voice` selects the segments with that label; it is required when the file has several
+    (speakertag tags several voices in one pass)."""
     text = _read(path)
     if text.lstrip().startswith(("[", "{")):
-        return _json_spans(path, text)
-    if _is_rttm(path, text):
-        return [(s, e) for s, e, _ in _rttm_rows(path, text)]
-    return [(s, e) for s, e, _ in _csv_rows(path, text)]
+        rows = _json_rows(path, text)
+    elif _is_rttm(path, text):
+        rows = _rttm_rows(path, text)
+    else:
+        rows = [(s, e, _csv_label(rest)) for s, e, rest in _csv_rows(path, text)]
+    labels = sorted({k for _, _, k in rows if k is not None})
+    if voice is None:
+        if len(labels) > 1:
+            raise ValueError(f"hypothesis {path} has several voices ({', '.join(labels)}); choose one with --voice")
+        return [(s, e) for s, e, _ in rows]
+    if voice not in labels:
+        raise ValueError(f"voice {voice!r} not in hypothesis {path} (voices: {', '.join(labels) or 'none'})")
+    return [(s, e) for s, e, k in rows if k == voice]

@@ -154,7 +154,7 @@ def test_reference_csv_variants(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "rttm"])
 def test_reads_speakertag_outputs(tmp_path, fmt):
-    segments = [Segment(1.0, 2.5, 0.9), Segment(10.0, 12.25, 0.7, label="other voice")]
+    segments = [Segment(1.0, 2.5, 0.9, label="a voice"), Segment(10.0, 12.25, 0.7, label="a voice")]
     path = tmp_path / f"hyp.{fmt}"
     path.write_text(render(fmt, segments, input_path="a b.mkv"))
     assert read_hypothesis(path) == [(1.0, 2.5), (10.0, 12.25)]
@@ -194,3 +194,19 @@ def test_not_utf8(tmp_path):
     path.write_bytes(b"\xff\xfe1,2\n")
     with pytest.raises(ValueError, match="not a UTF-8 text file"):
         read_hypothesis(path)
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "rttm"])
+def test_hypothesis_with_several_voices_needs_one_chosen(fmt, tmp_path):
+    from speakertag.segments import Segment
+    from speakertag.writers import SUFFIX, render
+
+    segments = [Segment(1.0, 2.5, 0.8, "alice"), Segment(2.0, 4.0, 0.7, "bob"), Segment(10.0, 12.25, 0.9, "alice")]
+    path = tmp_path / f"two{SUFFIX[fmt]}"
+    path.write_text(render(fmt, segments, input_path="film.mkv"))
+    with pytest.raises(ValueError, match="several voices \\(alice, bob\\); choose one with --voice"):
+        read_hypothesis(path)
+    assert read_hypothesis(path, "alice") == [(1.0, 2.5), (10.0, 12.25)]
+    assert read_hypothesis(path, "bob") == [(2.0, 4.0)]
+    with pytest.raises(ValueError, match="voice 'carol' not in hypothesis"):
+        read_hypothesis(path, "carol")

@@ -9,6 +9,7 @@ echo "== training on data/example/positive (target) and data/example/negative (o
 $st train --positive data/example/positive --negative data/example/negative --out out/example-model
 echo "== tagging data/example/movie01.mp4"
 $st tag data/example/movie01.mp4 --model out/example-model --format csv --out out/movie01.csv --quiet
-$st tag data/example/movie01.mp4 --model out/example-model --quiet
+$st tag data/example/movie01.mp4 --model out/example-model --quiet --report out/movie01.report.html
 echo "== scoring against the ground truth (data/example/ref/movie01.target.csv)"
 $st evaluate --reference data/example/ref/movie01.target.csv --hypothesis out/movie01.csv
+echo "== open out/movie01.report.html in a browser: the score over time, the segments, a player"

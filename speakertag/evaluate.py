@@ -173,6 +173,19 @@ def _csv_rows(path: str | Path, text: str) -> list[tuple[float, float, list[str]
     return rows
 
 
+def _spans_of(rows: list[tuple[float, float, str | None]], name: str | None, what: str, kind: str,
+              hint: str) -> list[Span]:
+    """The spans labelled `name`; every span when `name` is None and the rows carry at most one label."""
+    names = sorted({k for _, _, k in rows if k is not None})
+    if name is None:
+        if len(names) > 1:
+            raise ValueError(f"{what} has several {kind}s ({', '.join(names)}); {hint}")
+        return [(s, e) for s, e, _ in rows]
+    if name not in names:
+        raise ValueError(f"{kind} {name!r} not in {what} ({kind}s: {', '.join(names) or 'none'})")
+    return [(s, e) for s, e, k in rows if k == name]
+
+
 def read_reference(path: str | Path, speaker: str | None = None) -> list[Span]:
     """Target spans (seconds) from an RTTM file (SPEAKER lines) or a CSV start,end[,speaker].
 
@@ -185,14 +198,7 @@ def read_reference(path: str | Path, speaker: str | None = None) -> list[Span]:
         # as score.py: a numeric or empty third column is no speaker name
         rows = [(s, e, rest[0].strip() if rest and rest[0].strip() and not _is_float(rest[0]) else None)
                 for s, e, rest in _csv_rows(path, text)]
-    speakers = sorted({k for _, _, k in rows if k is not None})
-    if speaker is None:
-        if len(speakers) > 1:
-            raise ValueError(f"reference {path} has several speakers ({', '.join(speakers)}); choose one")
-        return [(s, e) for s, e, _ in rows]
-    if speaker not in speakers:
-        raise ValueError(f"speaker {speaker!r} not in reference {path} (speakers: {', '.join(speakers) or 'none'})")
-    return [(s, e) for s, e, k in rows if k == speaker]
+    return _spans_of(rows, speaker, f"reference {path}", "speaker", "choose one")
 
 
 def _json_rows(path: str | Path, text: str) -> list[tuple[float, float, str | None]]:
@@ -236,11 +242,4 @@ def read_hypothesis(path: str | Path, voice: str | None = None) -> list[Span]:
         rows = _rttm_rows(path, text)
     else:
         rows = [(s, e, _csv_label(rest)) for s, e, rest in _csv_rows(path, text)]
-    labels = sorted({k for _, _, k in rows if k is not None})
-    if voice is None:
-        if len(labels) > 1:
-            raise ValueError(f"hypothesis {path} has several voices ({', '.join(labels)}); choose one with --voice")
-        return [(s, e) for s, e, _ in rows]
-    if voice not in labels:
-        raise ValueError(f"voice {voice!r} not in hypothesis {path} (voices: {', '.join(labels) or 'none'})")
-    return [(s, e) for s, e, k in rows if k == voice]
+    return _spans_of(rows, voice, f"hypothesis {path}", "voice", "choose one with --voice")

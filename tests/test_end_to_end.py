@@ -46,12 +46,18 @@ def test_tag_example_film_matches_ground_truth(trained, tmp_path):
 
 
 def test_evaluate_command_agrees(trained, tmp_path):
-    hyp = tmp_path / "movie01.csv"
-    assert run("tag", str(EXAMPLE / "movie01.mp4"), "--model", str(trained), "--format", "csv",
-               "--out", str(hyp), "--quiet").returncode == 0
-    r = run("evaluate", "--reference", str(EXAMPLE / "ref" / "movie01.target.csv"), "--hypothesis", str(hyp), "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["f1"] >= F1_FLOOR
+    """`evaluate` scores the CSV and the RTTM output of the same tagging identically."""
+    figures = {}
+    for fmt in ("csv", "rttm"):
+        hyp = tmp_path / f"movie01.{fmt}"
+        assert run("tag", str(EXAMPLE / "movie01.mp4"), "--model", str(trained), "--format", fmt,
+                   "--out", str(hyp), "--quiet").returncode == 0
+        r = run("evaluate", "--reference", str(EXAMPLE / "ref" / "movie01.target.csv"), "--hypothesis", str(hyp),
+                "--json")
+        assert r.returncode == 0, r.stderr
+        figures[fmt] = json.loads(r.stdout)
+    assert figures["csv"] == figures["rttm"]
+    assert figures["csv"]["f1"] >= F1_FLOOR
 
 
 @pytest.fixture(scope="module")

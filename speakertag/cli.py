@@ -41,12 +41,6 @@ def _progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def default_base_model() -> Path | None:
-    """The base encoder shipped in the repository's models/ folder, if present."""
-    path = Path(__file__).resolve().parent.parent / "models" / "base"
-    return path if (path / "model.pt").exists() else None
-
-
 class Interrupted(BaseException):
     """Raised in the main thread by SIGINT (Ctrl-C) or SIGTERM. A BaseException, like
     KeyboardInterrupt, so that no `except Exception` swallows it; unlike KeyboardInterrupt,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.signal import resample_poly
 
 from speakertag.audio import find_media_files, load_audio
 from speakertag.augment import film_like, generated_backgrounds, random_crop
@@ -42,6 +43,22 @@ def load_corpus(root: Path, sample_rate_hz: int) -> dict[str, list[np.ndarray]]:
         files = find_media_files([spk])
         corpus[spk.name] = [load_audio(f, sample_rate_hz) for f in files]
     return corpus
+
+
+def change_speed(clip: np.ndarray, factor: float) -> np.ndarray:
+    """clip played `factor` times faster: tempo, pitch and formants all scale by factor."""
+    up = 100
+    return resample_poly(clip, up, round(up * factor)).astype(np.float32)
+
+
+def with_speed_speakers(corpus: dict[str, list[np.ndarray]], factors: list[float]) -> dict[str, list[np.ndarray]]:
+    """corpus plus, for each factor, a speed-changed copy of every speaker as a new speaker:
+    pitch and formants move together, so the copy sounds like another person of the same
+    recording (speaker augmentation; the corpus has only ~13 s per speaker)."""
+    out = dict(corpus)
+    for f in factors:
+        out.update({f"{name}@{f:g}": [change_speed(c, f) for c in clips] for name, clips in corpus.items()})
+    return out
 
 
 def provenance(root: Path, corpus: dict[str, list[np.ndarray]], sample_rate_hz: int) -> dict:
@@ -94,6 +111,8 @@ def main() -> None:
     ap.add_argument("--windows-per-speaker", type=int, default=3)
     ap.add_argument("--held-out", type=int, default=15, help="speakers kept for validation")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--speed-factors", type=float, nargs="*", default=[0.9, 1.1],
+                    help="speed-changed copies of each training speaker, added as new speakers")
     args = ap.parse_args()
 
     p = Params()
@@ -104,11 +123,13 @@ def main() -> None:
     order = rng.permutation(len(names))
     val_names = [names[i] for i in order[:args.held_out]]
     train_names = [names[i] for i in order[args.held_out:]]
-    print(f"{len(train_names)} training speakers, {len(val_names)} held out", file=sys.stderr)
+    train_corpus = with_speed_speakers({n: corpus[n] for n in train_names}, args.speed_factors)
+    train_names = sorted(train_corpus)
+    print(f"{len(train_names)} training speakers (with speed copies), {len(val_names)} held out", file=sys.stderr)
 
     model = new_model(p, {"name": "base", "pretraining": {
         **provenance(args.corpus, corpus, p.audio.sample_rate_hz), "script": "scripts/pretrain.py",
-        "seed": args.seed, "held_out_speakers": val_names}})
+        "seed": args.seed, "speed_factors": args.speed_factors, "held_out_speakers": val_names}})
     generated = generated_backgrounds(p.audio.sample_rate_hz, rng, seconds=30.0)
     enc = model.encoder
     opt = torch.optim.AdamW(enc.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -120,7 +141,7 @@ def main() -> None:
         for g in opt.param_groups:
             g["lr"] = 2e-3 * max(lr_scale, 0.02)
         enc.train()
-        windows, labels = sample_batch(corpus, train_names, args.speakers_per_batch, args.windows_per_speaker,
+        windows, labels = sample_batch(train_corpus, train_names, args.speakers_per_batch, args.windows_per_speaker,
                                        generated, p, rng)
         emb = enc(log_mel(torch.from_numpy(windows), p.audio))
         loss = batch_all_triplet_loss(emb, torch.from_numpy(labels), p.train.margin)

@@ -55,10 +55,10 @@ from .train import (
     Backgrounds,
     Clip,
     StepInfo,
-    embed_features,
-    features,
+    Windows,
+    embed_chunks,
     load_clips,
-    memory_windows,
+    memory_chunks,
     train_on_clips,
 )
 
@@ -291,7 +291,7 @@ class FilmMaterial:
 
 
 def _n_windows(n_samples: int, a: AudioParams) -> int:
-    """Windows that clip_windows makes of an n_samples clip (a short one is tiled to one window)."""
+    """Windows that Windows.of makes of an n_samples clip (a short one is tiled to one window)."""
     return 1 + (max(n_samples, a.window_samples) - a.window_samples) // (a.hop_frames * a.hop_length)
 
 
@@ -471,7 +471,7 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
 
 
 def _entries_of(clips: list[Clip], first: int, p: Params) -> np.ndarray:
-    """(n_entries,) bool: the memory entries (as memory_windows lays them out: every clean
+    """(n_entries,) bool: the memory entries (as memory_chunks lays them out: every clean
     window, then each degraded copy) that come from clips[first:]."""
     counts = [_n_windows(len(c.samples), p.audio) for c in clips]
     per_window = np.repeat(np.arange(len(clips)) >= first, counts)
@@ -508,7 +508,7 @@ def _add_to_memory(model: Model, memory: Memory, new_pos: list[Clip], new_neg: l
     def embedded(clips: list[Clip]) -> np.ndarray:
         if not clips:
             return np.zeros((0, p.encoder.embedding_dim), np.float32)
-        return embed_features(model, features(memory_windows(clips, bg, p, rng), a, dev))
+        return embed_chunks(model, memory_chunks(Windows.of(clips, a), bg, p, rng), dev)
 
     return replace(memory, embeddings=np.concatenate([memory.embeddings, embedded(new_pos)]),
                    negatives=np.concatenate([memory.negatives, embedded(new_neg)]))

@@ -11,7 +11,7 @@ import copy
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -86,22 +86,56 @@ def split_clips(clips: list[Clip], fraction: float, rng: np.random.Generator) ->
     return train, val
 
 
-def clip_windows(clips: list[Clip], a: AudioParams) -> np.ndarray:
-    """Every window of every clip at the tagging hop: (n_windows, window_samples) float32.
-    Clips shorter than a window are tiled to fill one."""
-    if not clips:
-        return np.zeros((0, a.window_samples), np.float32)
-    hop = a.hop_frames * a.hop_length
-    out = []
-    for c in clips:
-        x = tile_to(c.samples, a.window_samples)
-        starts = range(0, len(x) - a.window_samples + 1, hop)
-        out.extend(x[s:s + a.window_samples] for s in starts)
-    return np.stack(out).astype(np.float32)
+MAX_POOL_WINDOWS = 2048  # mining and validation pools: a random subset of larger clip sets
+CHUNK_WINDOWS = 256  # windows cut, degraded and embedded at a time when building memories
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The windows of some clips at the tagging hop, cut only when asked for: memories and
+    pools of thousands of clips are built a chunk at a time instead of from all windows at
+    once (a 2 s window is 176 kB of audio and 88 kB of log-mel). Clips shorter than a
+    window are tiled to fill one."""
+    clips: tuple[np.ndarray, ...]  # (n_samples,) float32 each, at least `width` long
+    clip_index: np.ndarray  # (n_windows,) the clip each window is cut from
+    start: np.ndarray  # (n_windows,) its first sample
+    width: int  # window length in samples
+
+    @classmethod
+    def of(cls, clips: list[Clip], a: AudioParams) -> "Windows":
+        hop = a.hop_frames * a.hop_length
+        tiled = tuple(tile_to(c.samples, a.window_samples) for c in clips)
+        starts = [np.arange(0, len(x) - a.window_samples + 1, hop, dtype=np.int64) for x in tiled]
+        clip_index = np.repeat(np.arange(len(tiled)), [len(st) for st in starts])
+        return cls(tiled, clip_index, np.concatenate([np.zeros(0, np.int64), *starts]), a.window_samples)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def cut(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """(len(indices), width) float32: the windows at `indices`, default all."""
+        idx = np.arange(len(self)) if indices is None else indices
+        out = np.empty((len(idx), self.width), np.float32)
+        for row, i in enumerate(idx):
+            out[row] = self.clips[self.clip_index[i]][self.start[i]:self.start[i] + self.width]
+        return out
+
+    def chunks(self, size: int = CHUNK_WINDOWS) -> Iterator[np.ndarray]:
+        """Every window in order, (<= size, width) at a time."""
+        for i in range(0, len(self), size):
+            yield self.cut(np.arange(i, min(i + size, len(self))))
+
+    def subset(self, limit: int, rng: np.random.Generator) -> "Windows":
+        """At most `limit` windows, drawn at random when there are more; rng is untouched
+        otherwise, so trainings on small clip sets do not depend on the limit."""
+        if len(self) <= limit:
+            return self
+        keep = np.sort(rng.choice(len(self), size=limit, replace=False))
+        return replace(self, clip_index=self.clip_index[keep], start=self.start[keep])
 
 
 def window_clip_ids(clips: list[Clip], a: AudioParams, windows_per_part: int = 16) -> np.ndarray:
-    """(n_windows,) index of the clip each window of clip_windows(clips) comes from; with a
+    """(n_windows,) index of the clip each window of Windows.of(clips) comes from; with a
     single clip, of its 8 s part instead, so that leave-one-out still leaves something."""
     hop = a.hop_frames * a.hop_length
     counts = [1 + (max(len(c.samples), a.window_samples) - a.window_samples) // hop for c in clips]
@@ -144,11 +178,34 @@ def embed_features(model: Model, feats: torch.Tensor, batch: int = 512) -> np.nd
     return torch.cat(out).numpy() if out else np.zeros((0, model.params.encoder.embedding_dim), np.float32)
 
 
-def memory_windows(clips: list[Clip], bg: Backgrounds, p: Params, rng: np.random.Generator) -> np.ndarray:
-    """Windows stored in a memory: every clean window plus film-like copies of each."""
-    clean = clip_windows(clips, p.audio)
-    copies = [degrade(clean, bg, p, rng, probability=1.0) for _ in range(p.train.augmented_memory_copies)]
-    return np.concatenate([clean, *copies])
+def memory_chunks(windows: Windows, bg: Backgrounds, p: Params, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """The windows a memory stores, a chunk at a time: every clean window, then each round
+    of film-like copies of them (p.train.augmented_memory_copies rounds)."""
+    yield from windows.chunks()
+    for _ in range(p.train.augmented_memory_copies):
+        for chunk in windows.chunks():
+            yield degrade(chunk, bg, p, rng, probability=1.0)
+
+
+def degraded_chunks(windows: Windows, repeats: int, bg: Backgrounds, p: Params, rng: np.random.Generator,
+                    probability: float | None = None) -> Iterator[np.ndarray]:
+    """`repeats` rounds of film-like copies of the windows, a chunk at a time."""
+    for _ in range(repeats):
+        for chunk in windows.chunks():
+            yield degrade(chunk, bg, p, rng, probability)
+
+
+def chunk_features(chunks: Iterable[np.ndarray], a: AudioParams, device: torch.device) -> torch.Tensor:
+    """Windows given a chunk at a time -> (n, n_mels, window_frames) log-mel on `device`."""
+    out = [features(c, a, device) for c in chunks]
+    return torch.cat(out) if out else torch.zeros(0, a.n_mels, a.window_frames, device=device)
+
+
+def embed_chunks(model: Model, chunks: Iterable[np.ndarray], device: torch.device) -> np.ndarray:
+    """Windows given a chunk at a time -> (n, dim) float32 embeddings: only one chunk's
+    audio and features are held at once."""
+    out = [embed_features(model, features(c, model.params.audio, device)) for c in chunks]
+    return np.concatenate(out) if out else np.zeros((0, model.params.encoder.embedding_dim), np.float32)
 
 
 def train(positive: list[str | Path], negative: list[str | Path], params: Params | None = None,
@@ -214,12 +271,17 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     # Validation looks like film audio: every positive window degraded, held-back noise too.
     # Its features are computed once; each evaluation only runs the encoder.
     if validate:
-        val_pos = features(degrade(np.concatenate([clip_windows(pos_val, a)] * 2), all_bg, p, rng, 1.0), a, dev)
-        val_neg = features(degrade(clip_windows(neg_val + imp_clips, a), all_bg, p, rng, 0.7), a, dev)
-        val_memory_pos = features(memory_windows(pos_train, bg, p, rng), a, dev)
+        cap = MAX_POOL_WINDOWS
+        val_pos = chunk_features(degraded_chunks(Windows.of(pos_val, a).subset(cap // 2, rng), 2, all_bg, p, rng, 1.0),
+                                 a, dev)
+        val_neg = chunk_features(degraded_chunks(Windows.of(neg_val + imp_clips, a).subset(cap, rng), 1, all_bg, p,
+                                                 rng, 0.7), a, dev)
+        copies = 1 + tp.augmented_memory_copies
+        val_memory_pos = chunk_features(memory_chunks(Windows.of(pos_train, a).subset(cap // copies, rng), bg, p, rng),
+                                        a, dev)
         use_negatives = p.tag.negative_weight > 0
-        val_memory_neg = features(memory_windows(neg_train, bg, p, rng) if use_negatives
-                                  else np.zeros((0, a.window_samples), np.float32), a, dev)
+        val_memory_neg = chunk_features(memory_chunks(Windows.of(neg_train if use_negatives else [], a)
+                                                      .subset(cap // copies, rng), bg, p, rng), a, dev)
 
     def validation_scores() -> tuple[np.ndarray, np.ndarray]:
         scorer = Scorer(embed_features(model, val_memory_pos), embed_features(model, val_memory_neg),
@@ -228,8 +290,7 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
 
     opt = torch.optim.AdamW(enc.parameters(), lr=tp.learning_rate, weight_decay=tp.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, tp.max_steps))
-    pos_pool_clean = clip_windows(pos_train, a)
-    neg_pool_clean = clip_windows(neg_train, a)
+    pos_train_windows, neg_train_windows = Windows.of(pos_train, a), Windows.of(neg_train, a)
     best = (-1.0, 0, copy.deepcopy(enc.state_dict()))
     evals_without_gain, step, val_f1, loss_value = 0, 0, None, float("nan")
     b = tp.batch_size
@@ -237,8 +298,11 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
         if (step - 1) % tp.mining_every_steps == 0:
             # Refresh the pools: fresh degradations of every window, embedded by the current
             # model, so that mining sees which negatives still violate the margin now.
-            pos_pool = features(degrade(pos_pool_clean, bg, p, rng), a, dev)
-            neg_pool = features(degrade(neg_pool_clean, bg, p, rng), a, dev)
+            # Beyond MAX_POOL_WINDOWS windows, each refresh draws another random subset.
+            pos_pool = chunk_features(degraded_chunks(pos_train_windows.subset(MAX_POOL_WINDOWS, rng), 1, bg, p, rng),
+                                      a, dev)
+            neg_pool = chunk_features(degraded_chunks(neg_train_windows.subset(MAX_POOL_WINDOWS, rng), 1, bg, p, rng),
+                                      a, dev)
             pos_emb = torch.from_numpy(embed_features(model, pos_pool))
             neg_emb = torch.from_numpy(embed_features(model, neg_pool))
             centroid = torch.nn.functional.normalize(pos_emb.mean(0, keepdim=True), dim=-1)
@@ -273,20 +337,18 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     else:
         best = (None, step, None)
 
-    def embed_windows(windows: np.ndarray) -> np.ndarray:
-        return embed_features(model, features(windows, a, dev))
-
     copies = 1 + tp.augmented_memory_copies
-    positives = embed_windows(memory_windows(pos_clips, all_bg, p, rng))
-    negatives = embed_windows(memory_windows(neg_clips, all_bg, p, rng))
+    pos_windows, neg_windows = Windows.of(pos_clips, a), Windows.of(neg_clips, a)
+    positives = embed_chunks(model, memory_chunks(pos_windows, all_bg, p, rng), dev)
+    negatives = embed_chunks(model, memory_chunks(neg_windows, all_bg, p, rng), dev)
     pos_ids, neg_ids = window_clip_ids(pos_clips, a), window_clip_ids(neg_clips, a)
     # Calibrate on every clip, leave-one-clip-out: fresh film-like degradations of each
     # clip's windows, scored against the final memories without that clip's own entries,
     # plus the unseen impostor voices. Far more windows than the held-back split alone,
     # so the threshold no longer swings with which clips were held back.
-    cal_pos = embed_windows(degrade(np.concatenate([clip_windows(pos_clips, a)] * 2), all_bg, p, rng, 1.0))
-    cal_neg = embed_windows(degrade(clip_windows(neg_clips, a), all_bg, p, rng, 0.7))
-    cal_imp = embed_windows(degrade(clip_windows(imp_clips, a), all_bg, p, rng, 0.7))  # may be empty
+    cal_pos = embed_chunks(model, degraded_chunks(pos_windows, 2, all_bg, p, rng, 1.0), dev)
+    cal_neg = embed_chunks(model, degraded_chunks(neg_windows, 1, all_bg, p, rng, 0.7), dev)
+    cal_imp = embed_chunks(model, degraded_chunks(Windows.of(imp_clips, a), 1, all_bg, p, rng, 0.7), dev)
     k, w = p.tag.top_k, p.tag.negative_weight
     pos_memory_ids, neg_memory_ids = np.tile(pos_ids, copies), np.tile(neg_ids, copies)
 

@@ -7,7 +7,7 @@ from speakertag.errors import SpeakertagError
 from speakertag.memory import load_memory
 from speakertag.model import load_model
 from speakertag.params import Params
-from speakertag.train import Clip, clip_windows, load_clips, split_clips
+from speakertag.train import Clip, Windows, load_clips, split_clips
 from conftest import speech_like, train_tiny
 
 
@@ -34,7 +34,7 @@ def test_clip_windows_tile_short_clips():
     a = Params().audio
     short = Clip("short", speech_like(1.2, a.sample_rate_hz))
     long = Clip("long", speech_like(5.0, a.sample_rate_hz))
-    w = clip_windows([short, long], a)
+    w = Windows.of([short, long], a).cut()
     assert w.shape[1] == a.window_samples
     hop = a.hop_frames * a.hop_length
     assert len(w) == 1 + (1 + (len(long.samples) - a.window_samples) // hop)
@@ -56,3 +56,17 @@ def test_clips_too_short_or_silent_are_refused(write_wav, tmp_path):
     write_wav("pos/silent.wav", np.zeros(22050 * 3, np.float32))
     with pytest.raises(SpeakertagError, match="no usable positive clips"):
         load_clips([tmp_path / "pos"], "positive", p)
+
+
+def test_windows_cut_in_chunks_and_subsets():
+    a = Params().audio
+    clips = [Clip(str(i), speech_like(d, a.sample_rate_hz, seed=i)) for i, d in enumerate((1.2, 5.0, 3.3))]
+    w = Windows.of(clips, a)
+    every = w.cut()
+    assert np.array_equal(np.concatenate(list(w.chunks(3))), every)
+    rng = np.random.default_rng(0)
+    assert w.subset(len(w), rng) is w and rng.random() == np.random.default_rng(0).random()
+    sub = w.subset(4, rng)
+    assert len(sub) == 4
+    rows = [i for i in range(len(w)) if any(np.array_equal(every[i], s) for s in sub.cut())]
+    assert len(rows) == 4

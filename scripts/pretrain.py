@@ -93,7 +93,7 @@ def sample_batch(corpus: dict[str, list[np.ndarray]], names: list[str], n_speake
 
 def nn_accuracy(model, corpus, names, generated, p: Params, rng: np.random.Generator) -> float:
     """Held-out speakers: share of degraded windows whose nearest other window is the same speaker."""
-    windows, labels = sample_batch(corpus, names, len(names), 4, generated, p, rng)
+    windows, labels = sample_batch(corpus, names, len(names), 8, generated, p, rng)
     emb = torch.cat([embed(model, log_mel(torch.from_numpy(windows[i:i + 128]), p.audio))
                      for i in range(0, len(windows), 128)])
     sim = emb @ emb.T

@@ -86,7 +86,7 @@ def split_clips(clips: list[Clip], fraction: float, rng: np.random.Generator) ->
     return train, val
 
 
-MAX_POOL_WINDOWS = 2048  # mining and validation pools: a random subset of larger clip sets
+MAX_POOL_WINDOWS = 1024  # mining and validation pools: a random subset of larger clip sets
 CHUNK_WINDOWS = 256  # windows cut, degraded and embedded at a time when building memories
 
 
@@ -94,9 +94,9 @@ CHUNK_WINDOWS = 256  # windows cut, degraded and embedded at a time when buildin
 class Windows:
     """The windows of some clips at the tagging hop, cut only when asked for: memories and
     pools of thousands of clips are built a chunk at a time instead of from all windows at
-    once (a 2 s window is 176 kB of audio and 88 kB of log-mel). Clips shorter than a
-    window are tiled to fill one."""
-    clips: tuple[np.ndarray, ...]  # (n_samples,) float32 each, at least `width` long
+    once (a 2 s window is 176 kB of audio and 88 kB of log-mel). A clip shorter than a
+    window is tiled to fill one when it is cut."""
+    clips: tuple[np.ndarray, ...]  # (n_samples,) float32 each, the clips themselves (not copied)
     clip_index: np.ndarray  # (n_windows,) the clip each window is cut from
     start: np.ndarray  # (n_windows,) its first sample
     width: int  # window length in samples
@@ -104,10 +104,11 @@ class Windows:
     @classmethod
     def of(cls, clips: list[Clip], a: AudioParams) -> "Windows":
         hop = a.hop_frames * a.hop_length
-        tiled = tuple(tile_to(c.samples, a.window_samples) for c in clips)
-        starts = [np.arange(0, len(x) - a.window_samples + 1, hop, dtype=np.int64) for x in tiled]
-        clip_index = np.repeat(np.arange(len(tiled)), [len(st) for st in starts])
-        return cls(tiled, clip_index, np.concatenate([np.zeros(0, np.int64), *starts]), a.window_samples)
+        starts = [np.arange(0, max(len(c.samples), a.window_samples) - a.window_samples + 1, hop, dtype=np.int64)
+                  for c in clips]
+        clip_index = np.repeat(np.arange(len(clips)), [len(st) for st in starts])
+        return cls(tuple(c.samples for c in clips), clip_index, np.concatenate([np.zeros(0, np.int64), *starts]),
+                   a.window_samples)
 
     def __len__(self) -> int:
         return len(self.start)
@@ -117,7 +118,7 @@ class Windows:
         idx = np.arange(len(self)) if indices is None else indices
         out = np.empty((len(idx), self.width), np.float32)
         for row, i in enumerate(idx):
-            out[row] = self.clips[self.clip_index[i]][self.start[i]:self.start[i] + self.width]
+            out[row] = tile_to(self.clips[self.clip_index[i]], self.width)[self.start[i]:self.start[i] + self.width]
         return out
 
     def chunks(self, size: int = CHUNK_WINDOWS) -> Iterator[np.ndarray]:
@@ -166,7 +167,7 @@ def degrade(windows: np.ndarray, bg: Backgrounds, p: Params, rng: np.random.Gene
                      if rng.random() < prob else w for w in windows])
 
 
-def features(windows: np.ndarray, a: AudioParams, device: torch.device, batch: int = 256) -> torch.Tensor:
+def features(windows: np.ndarray, a: AudioParams, device: torch.device, batch: int = 32) -> torch.Tensor:
     """(n, window_samples) audio -> (n, n_mels, window_frames) log-mel on `device`."""
     out = [log_mel(torch.from_numpy(windows[i:i + batch]).to(device), a) for i in range(0, len(windows), batch)]
     return torch.cat(out) if out else torch.zeros(0, a.n_mels, a.window_frames, device=device)
@@ -260,8 +261,10 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     else:
         pos_train, pos_val, neg_train, neg_val = pos_clips, [], neg_clips, []
     generated = generated_backgrounds(a.sample_rate_hz, rng)
-    bg = Backgrounds.of([c.samples for c in neg_train], generated)
     all_bg = Backgrounds.of([c.samples for c in neg_clips], generated)
+    # The training clips' unit-RMS copies are all_bg's own where the clips are the same.
+    unit = {id(c): x for c, x in zip(neg_clips, all_bg.clips)}
+    bg = Backgrounds([unit[id(c)] if id(c) in unit else c.samples / rms(c.samples) for c in neg_train], generated)
 
     model = copy.deepcopy(base) if base is not None else new_model(p)
     model.params = p

@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Rebuild the shipped base encoder (models/base) from a corpus of many speakers.
 
-    python scripts/pretrain.py CORPUS_DIR --out models/base [--minutes 12] [--seed 0]
+    OMP_NUM_THREADS=1 python scripts/pretrain.py CORPUS_DIR --out models/base [--minutes 58] [--seed 0]
 
 CORPUS_DIR holds one folder per speaker with that speaker's audio files (the layout of
-the project's pretraining corpus: 155 LibriSpeech train-clean-100 readers). Each step
+the project's pretraining corpus: 155 LibriSpeech train-clean-100 readers). Speed-changed
+copies of every training speaker (x0.85, x0.9, x1.1, x1.15: pitch, formants and tempo move
+together) join as new speakers: 5 times as many voices. On the development set, mean pooled
+F1 over 3 seeds: 0.86 without copies (45 min) or with x0.9/x1.1 only (58 min), 0.89 with
+all four (58 min). Each step
 draws P speakers x K windows, degrades every window like film audio (other speakers'
 voices, coloured noise, synthetic music, reverberation, band limits, levels) and applies
 the cosine triplet loss over all valid triplets of the batch (batch-all: batch-hard
@@ -105,13 +109,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("corpus", type=Path)
     ap.add_argument("--out", type=Path, default=Path("models/base"))
-    ap.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget")
+    ap.add_argument("--minutes", type=float, default=58.0, help="wall-clock budget (the shipped model: 58 min, one thread)")
     ap.add_argument("--steps", type=int, default=100_000)
     ap.add_argument("--speakers-per-batch", type=int, default=24)
     ap.add_argument("--windows-per-speaker", type=int, default=3)
     ap.add_argument("--held-out", type=int, default=15, help="speakers kept for validation")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--speed-factors", type=float, nargs="*", default=[0.9, 1.1],
+    ap.add_argument("--speed-factors", type=float, nargs="*", default=[0.85, 0.9, 1.1, 1.15],
                     help="speed-changed copies of each training speaker, added as new speakers")
     args = ap.parse_args()
 

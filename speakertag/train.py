@@ -138,11 +138,8 @@ class Windows:
 def window_clip_ids(clips: list[Clip], a: AudioParams, windows_per_part: int = 16) -> np.ndarray:
     """(n_windows,) index of the clip each window of Windows.of(clips) comes from; with a
     single clip, of its 8 s part instead, so that leave-one-out still leaves something."""
-    hop = a.hop_frames * a.hop_length
-    counts = [1 + (max(len(c.samples), a.window_samples) - a.window_samples) // hop for c in clips]
-    if len(clips) == 1:
-        return np.arange(counts[0]) // windows_per_part
-    return np.repeat(np.arange(len(clips)), counts)
+    ids = Windows.of(clips, a).clip_index
+    return np.arange(len(ids)) // windows_per_part if len(clips) == 1 else ids
 
 
 @dataclass(frozen=True)

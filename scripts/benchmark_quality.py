@@ -33,10 +33,11 @@ from speakertag.io_utils import atomic_write_text
 def best_threshold(result, voice: Voice, reference) -> tuple[float, float]:
     """(threshold, F1) of the best threshold for this film: a diagnostic, never used to tag."""
     a, tp = voice.model.params.audio, voice.params
-    window_scores = result.tracks[0].window_scores
+    track = result.tracks[0]
     best = (0.0, -1.0)
-    for thr in np.unique(np.round(window_scores, 3)):
-        segs = to_segments(window_scores, float(thr), a, tp, duration_s=result.duration_s)
+    for thr in np.unique(np.round(track.window_scores, 3)):
+        segs = to_segments(track.window_scores, float(thr), a, tp, duration_s=result.duration_s,
+                           cell_db=result.cell_db, edge_threshold=track.edge_threshold)
         f1 = score(reference, [(s.start_s, s.end_s) for s in segs]).f1
         if f1 > best[1]:
             best = (float(thr), f1)

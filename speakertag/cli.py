@@ -514,6 +514,9 @@ def memory_inspect(path, as_json):
     click.echo(f"threshold    {m.threshold:.4f}" + (
         f" ({calib['rule']}: precision {calib['precision']:.2f}, recall {calib['recall']:.2f} on calibration windows)"
         if calib else ""))
+    if m.edge_threshold is not None:
+        click.echo(f"edges        segments widen over windows scoring {m.edge_threshold:.4f} or more "
+                   f"(the target's lower quartile)")
     a = m.params.audio
     click.echo(f"front end    {a.sample_rate_hz} Hz, {a.n_mels} mels, windows {a.window_s:.2f} s every {a.hop_s:.2f} s")
     clips = m.info.get("positive_clips", [])

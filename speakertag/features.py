@@ -50,6 +50,26 @@ def log_mel(samples: torch.Tensor, p: AudioParams) -> torch.Tensor:
     return torch.log(mel + p.log_floor).reshape(*lead, p.n_mels, -1)
 
 
+SPEECH_BAND_HZ = (250.0, 4000.0)  # where voiced speech has most of its energy
+
+
+@lru_cache(maxsize=8)
+def _speech_bins(p: AudioParams) -> torch.Tensor:
+    """(n_mels,) bool: mel bins whose filter peaks inside SPEECH_BAND_HZ."""
+    peaks_hz = _mel_basis(p).argmax(dim=1) * (p.sample_rate_hz / p.n_fft)
+    return (peaks_hz > SPEECH_BAND_HZ[0]) & (peaks_hz < SPEECH_BAND_HZ[1])
+
+
+def cell_levels_db(windows: torch.Tensor, p: AudioParams) -> torch.Tensor:
+    """(n, n_mels, window_frames) log-mel windows -> (n, window_frames // hop_frames) level of
+    each hop-long cell of each window: 10 log10 of its mean speech-band mel power. Window j's
+    cell i is the input's cell j + i."""
+    cells = p.window_frames // p.hop_frames
+    power = (windows[:, _speech_bins(p)].exp() - p.log_floor).clamp_min(0).sum(1)  # (n, frames)
+    per_cell = power[:, :cells * p.hop_frames].reshape(len(windows), cells, p.hop_frames).mean(-1)
+    return 10 * torch.log10(per_cell + p.log_floor)
+
+
 def n_windows(n_frames: int, p: AudioParams) -> int:
     """Number of whole windows in `n_frames` frames."""
     return 0 if n_frames < p.window_frames else 1 + (n_frames - p.window_frames) // p.hop_frames

@@ -39,6 +39,7 @@ class Memory:
     threshold: float
     name: str = "target"
     info: dict = field(default_factory=dict)  # calibration figures, sources: JSON-able
+    edge_threshold: float | None = None  # windows scoring this much may widen a segment; None: no edge refinement
 
     def header(self) -> dict:
         return {
@@ -47,6 +48,7 @@ class Memory:
             "params": self.params.to_dict(),
             "model_fingerprint": self.model_fingerprint,
             "threshold": self.threshold,
+            "edge_threshold": self.edge_threshold,
             "name": self.name,
             "info": self.info,
             "n_entries": int(len(self.embeddings)),
@@ -107,7 +109,8 @@ def load_memory(path: str | Path) -> Memory:
     try:
         params = Params.from_dict(header["params"])
         memory = Memory(embeddings.astype(np.float32), negatives.astype(np.float32), params, header["model_fingerprint"],
-                        float(header["threshold"]), header.get("name", "target"), header.get("info", {}))
+                        float(header["threshold"]), header.get("name", "target"), header.get("info", {}),
+                        None if header.get("edge_threshold") is None else float(header["edge_threshold"]))
     except (KeyError, ValueError, TypeError) as e:
         raise SpeakertagError(f"memory {file} is damaged: {e}") from None
     for a in (embeddings, negatives):

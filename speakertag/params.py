@@ -77,7 +77,9 @@ class TagParams:
     top_k: int = 5  # score = mean of the top-k cosine similarities in the memory
     negative_weight: float = 0.25  # minus this times the top-k mean in the negative memory (dev: 0.25 > 0.5 > 0)
     threshold: float = 0.7  # used until a calibrated one exists
-    hysteresis: float = 0.03  # extend segments over cells scoring at least threshold - this
+    hysteresis: float = 0.0  # extend segments over cells scoring at least threshold - this (0.03 was worse
+    # on the development set once edges grow with edge_db)
+    edge_db: float = 10.0  # segment edges grow over target-like cells at most this far below the core's level
     min_gap_s: float = 0.5  # merge segments separated by less than this
     min_duration_s: float = 0.5  # drop segments shorter than this
     batch_windows: int = 256  # windows embedded per encoder call

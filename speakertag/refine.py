@@ -50,7 +50,7 @@ from .model import Model, resolve_device
 from .params import AudioParams, Params, TagParams
 from .scoring import Calibration
 from .segments import cell_scores, to_segments
-from .tagging import Voice, check_pair, tag
+from .tagging import TagResult, Voice, check_pair, tag
 from .train import (
     Backgrounds,
     Clip,
@@ -444,8 +444,7 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
     if film_pos.any() and not film_pos.all():
         held_out = replace(new_memory, embeddings=new_memory.embeddings[~film_pos],
                            negatives=new_memory.negatives[~film_neg])
-        window_scores = tag(film, Voice(new_model, held_out), stream=o.stream).tracks[0].window_scores
-        film_calib = film_threshold(window_scores, spans, result.duration_s, a, p.tag)
+        film_calib = film_threshold(tag(film, Voice(new_model, held_out), stream=o.stream), spans, a, p.tag)
         film_calib = film_calib if film_calib.f1 > 0 else None
     if film_calib is not None:
         new_memory = replace(new_memory, threshold=film_calib.threshold)
@@ -478,16 +477,17 @@ def _entries_of(clips: list[Clip], first: int, p: Params) -> np.ndarray:
     return np.tile(per_window, 1 + p.train.augmented_memory_copies)
 
 
-def film_threshold(window_scores: np.ndarray, corrected: Sequence[Span], duration_s: float, a: AudioParams,
-                   tp: TagParams, collar_s: float = 0.25) -> FilmCalibration:
-    """The threshold that makes the film's segments agree best (time-based F1, as `evaluate`)
-    with its corrected segments: the middle of the thresholds within 0.01 of the best F1,
-    robust to small score shifts. window_scores: (n_windows,) the film's scores."""
-    cells = cell_scores(window_scores, a)
+def film_threshold(result: TagResult, corrected: Sequence[Span], a: AudioParams, tp: TagParams,
+                   collar_s: float = 0.25) -> FilmCalibration:
+    """The threshold that makes the film's segments (its first voice's) agree best
+    (time-based F1, as `evaluate`) with its corrected segments: the middle of the thresholds
+    within 0.01 of the best F1, robust to small score shifts."""
+    track = result.tracks[0]
+    cells = cell_scores(track.window_scores, a)
     candidates = np.unique(np.quantile(cells, np.linspace(0.0, 1.0, 201)))
-    metrics = [score(corrected, [(g.start_s, g.end_s) for g in to_segments(window_scores, float(t), a, tp,
-                                                                           duration_s=duration_s)], collar_s)
-               for t in candidates]
+    metrics = [score(corrected, [(g.start_s, g.end_s) for g in to_segments(
+        track.window_scores, float(t), a, tp, duration_s=result.duration_s, cell_db=result.cell_db,
+        edge_threshold=track.edge_threshold)], collar_s) for t in candidates]
     f1 = np.array([m.f1 for m in metrics])
     near = np.flatnonzero(f1 >= f1.max() - 0.01)
     i = int(near[np.argmin(np.abs(candidates[near] - np.median(candidates[near])))])

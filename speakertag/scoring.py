@@ -59,6 +59,10 @@ class Calibration:
     f1: float
     n_positive: int
     n_negative: int
+    edge_threshold: float  # the lower quartile of the target's scores: a window that looks like the target
+
+
+EDGE_QUANTILE = 0.25  # of the target's validation scores; dev: 0.2-0.3 alike, 0.05 spread false alarms
 
 
 def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: str = "f1",
@@ -68,6 +72,7 @@ def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: st
 
     Positives are weighted so that both classes count as much as they would in a film
     where the target speaks a third of the time (prior 1/3), whatever the sample sizes.
+    The edge threshold (segments.to_segments) is the positives' lower quartile.
     """
     if len(pos_scores) == 0 or len(neg_scores) == 0:
         raise ValueError("calibration needs positive and negative validation scores")
@@ -96,5 +101,6 @@ def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: st
     # Put the threshold half-way to the next lower score: robust to small score shifts.
     below = scores[i + 1] if i + 1 < len(scores) else scores[i] - 0.01
     threshold = float((scores[i] + below) / 2)
+    edge_threshold = float(np.quantile(pos_scores, EDGE_QUANTILE))
     return Calibration(threshold, name, float(precision[i]), float(recall[i]), float(f1[i]),
-                       len(pos_scores), len(neg_scores))
+                       len(pos_scores), len(neg_scores), edge_threshold)

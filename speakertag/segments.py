@@ -2,8 +2,17 @@
 
 Windows overlap (a 2 s window every 0.5 s), so every 0.5 s cell of the input is covered
 by several windows. A cell's score is the mean score of the windows covering it: a cell
-is only marked when most of the windows around it agree, which keeps segment edges
-within about one hop of the speech instead of a whole window wide.
+is only marked when most of the windows around it agree. That finds the segments' cores
+reliably but cuts their edges short: a window half over the target and half over another
+voice or music scores low, so the cells near a turn's first and last words average in
+low windows (on the development films, about 1.5 s was lost at each edge).
+
+The edges are then refined with the windows themselves and the frame-level sound level:
+a core grows cell by cell while some window covering the next cell still looks like the
+target (scores at least `edge_threshold`, calibrated on the target's own film-like
+windows) and the cell is about as loud in the speech band as the core (within
+`tag.edge_db`), so that a segment stops where the speech stops and does not spread into
+the quieter background between sentences.
 """
 
 from __future__ import annotations
@@ -47,17 +56,59 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
 
 
+def max_cell_scores(window_scores: np.ndarray, p: AudioParams) -> np.ndarray:
+    """(n_windows,) -> (n_cells,) the best score among the windows covering each cell."""
+    r = max(1, round(p.window_frames / p.hop_frames))
+    if len(window_scores) == 0:
+        return np.zeros(0, np.float32)
+    pad = np.full(r - 1, -np.inf, np.float32)
+    padded = np.concatenate([pad, window_scores.astype(np.float32), pad])
+    return np.lib.stride_tricks.sliding_window_view(padded, r).max(axis=1)
+
+
+def grow_edges(core: list[tuple[int, int]], can_grow: np.ndarray, cell_db: np.ndarray, edge_db: float
+               ) -> list[tuple[int, int]]:
+    """Widen each [a, b) run of core cells over neighbouring cells where can_grow is True and
+    the level is at least the core's median level (dB) minus edge_db; runs that meet join."""
+    n = len(can_grow)
+    grown = []
+    for a, b in core:
+        floor_db = float(np.median(cell_db[a:b])) - edge_db
+        while a > 0 and can_grow[a - 1] and cell_db[a - 1] >= floor_db:
+            a -= 1
+        while b < n and can_grow[b] and cell_db[b] >= floor_db:
+            b += 1
+        if grown and a <= grown[-1][1]:
+            grown[-1] = (grown[-1][0], max(b, grown[-1][1]))
+        else:
+            grown.append((a, b))
+    return grown
+
+
 def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams, tag: TagParams,
-                label: str = "target", duration_s: float | None = None) -> list[Segment]:
-    """Window scores -> merged, length-filtered segments (seconds), clipped to duration_s."""
+                label: str = "target", duration_s: float | None = None, cell_db: np.ndarray | None = None,
+                edge_threshold: float | None = None) -> list[Segment]:
+    """Window scores -> merged, length-filtered segments (seconds), clipped to duration_s.
+
+    cell_db: (n_cells,) speech-band level of each hop-long cell (features.cell_levels_db);
+    with it and edge_threshold, the segments' edges are refined (see the module's text):
+    a cell joins a neighbouring segment when a window covering it scores at least
+    max(threshold, edge_threshold). Without them, segments are the runs of cells whose mean
+    score reaches the threshold.
+    """
     cells = cell_scores(window_scores, audio)
     hop_s = audio.hop_s
     limit = duration_s if duration_s is not None else len(cells) * hop_s
     # Hysteresis: a run of cells above threshold - hysteresis counts when it reaches the
-    # threshold somewhere; its quieter edges (the first and last words) are kept.
+    # threshold somewhere.
     high = cells >= threshold
-    spans = [(a * hop_s, min(b * hop_s, limit), a, b) for a, b in runs(cells >= threshold - tag.hysteresis)
-             if high[a:b].any()]
+    found = [(a, b) for a, b in runs(cells >= threshold - tag.hysteresis) if high[a:b].any()]
+    if cell_db is not None and edge_threshold is not None and len(cells):
+        if len(cell_db) != len(cells):
+            raise ValueError(f"cell_db has {len(cell_db)} cells, the scores {len(cells)}")
+        can_grow = max_cell_scores(window_scores, audio) >= max(threshold, edge_threshold)
+        found = grow_edges(found, can_grow, cell_db, tag.edge_db)
+    spans = [(a * hop_s, min(b * hop_s, limit), a, b) for a, b in found]
     merged: list[list] = []
     for start, end, a, b in spans:
         if merged and start - merged[-1][1] < tag.min_gap_s:

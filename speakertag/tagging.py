@@ -13,7 +13,7 @@ import numpy as np
 
 from .audio import decode_blocks
 from .errors import SpeakertagError
-from .features import stream_windows
+from .features import cell_levels_db, stream_windows
 from .memory import Memory, load_memory
 from .model import Model, embed, load_model
 from .params import TagParams
@@ -103,6 +103,7 @@ class VoiceTrack:
     """What one voice's pass over a film found."""
     name: str
     threshold: float
+    edge_threshold: float | None  # windows scoring this much can widen a segment (None: no edge refinement)
     window_scores: np.ndarray  # (n_windows,) score of window j, which starts at j * hop_s
     segments: list[Segment]
 
@@ -113,6 +114,7 @@ class TagResult:
     duration_s: float
     window_s: float  # each window score covers [j * hop_s, j * hop_s + window_s)
     hop_s: float
+    cell_db: np.ndarray  # (n_windows + cells per window - 1,) speech-band level of each hop-long cell, dB
     tracks: list[VoiceTrack]  # one per voice, in the order the voices were given
     stage_s: dict[str, float]  # wall seconds spent in decode, features, encoder, search
 
@@ -162,7 +164,13 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
 
     blocks = measured(_timed(_prefetch(decode_blocks(path, a.sample_rate_hz, stream)), stage_s, "decode"))
     scores: list[list[np.ndarray]] = [[] for _ in voices]
+    levels, last_levels = [], np.zeros(0, np.float32)  # cell j's level from window j; the last window's others
     for first, windows in _timed(stream_windows(blocks, a, voices[0].params.batch_windows), stage_s, "features"):
+        t = time.perf_counter()
+        window_levels = cell_levels_db(windows, a).numpy()
+        levels.append(window_levels[:, 0])
+        last_levels = window_levels[-1, 1:]
+        stage_s["features"] += time.perf_counter() - t
         t = time.perf_counter()
         emb = {id(m): embed(m, windows, a.hop_frames).numpy() for m in encoders}
         stage_s["encoder"] += time.perf_counter() - t
@@ -178,10 +186,12 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
         raise SpeakertagError(f"{path} is silent: its audio track holds only digital silence")
     if not scores[0]:
         raise SpeakertagError(f"{path} is too short: {duration_s:.2f} s, one window is {a.window_s:.2f} s")
+    cell_db = np.concatenate(levels + [last_levels])
     tracks = []
     for v, parts in zip(voices, scores):
         window_scores = np.concatenate(parts)
         thr = v.memory.threshold if threshold is None else threshold
-        tracks.append(VoiceTrack(v.name, thr, window_scores,
-                                 to_segments(window_scores, thr, a, v.params, v.name, duration_s)))
-    return TagResult(str(path), duration_s, a.window_s, a.hop_s, tracks, stage_s)
+        edge = v.memory.edge_threshold
+        tracks.append(VoiceTrack(v.name, thr, edge, window_scores,
+                                 to_segments(window_scores, thr, a, v.params, v.name, duration_s, cell_db, edge)))
+    return TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s)

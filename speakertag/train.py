@@ -369,7 +369,7 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
         tp.threshold_rule, tp.target_precision)
     model.encoder.cpu()
     memory = Memory(positives, negatives, p, model.fingerprint, calib.threshold, name, {
-        "calibration": calib.__dict__, "source": name})
+        "calibration": calib.__dict__, "source": name}, calib.edge_threshold)
     report = TrainReport(len(pos_clips), len(neg_clips),
                          sum(len(c.samples) for c in pos_clips) / a.sample_rate_hz,
                          sum(len(c.samples) for c in neg_clips) / a.sample_rate_hz,

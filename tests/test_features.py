@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import sine, speech_like
-from speakertag.features import log_mel, n_windows, slice_windows, stream_windows, tile_to
+from speakertag.features import cell_levels_db, log_mel, n_windows, slice_windows, stream_windows, tile_to
 from speakertag.params import AudioParams
 
 P = AudioParams()
@@ -84,3 +84,23 @@ def test_stream_windows_equal_whole(sizes_s, batch):
 def test_stream_windows_too_short():
     x = speech_like(1.0, RATE)
     assert list(stream_windows([x[:5000], x[5000:]], P, 8)) == []
+
+
+def test_cell_levels_follow_speech_band_loudness():
+    """A 1 kHz tone 20 dB louder in its second half: the cells say so, in dB; a 6 kHz tone
+    (outside the speech band) and silence stay far below."""
+    n = P.window_samples + 3 * P.hop_frames * P.hop_length
+    tone = sine(n / RATE + 0.1, RATE, 1000.0)[:n]
+    half = n // 2
+    x = np.concatenate([0.01 * tone[:half], 0.1 * tone[half:]]).astype(np.float32)
+    windows = slice_windows(log_mel(torch.from_numpy(x), P), P)
+    levels = cell_levels_db(windows, P)
+    assert levels.shape == (len(windows), P.window_frames // P.hop_frames)
+    first, last = float(levels[0, 0]), float(levels[-1, -1])
+    assert last - first == pytest.approx(20.0, abs=1.0)
+    # window j's cell i is window j + 1's cell i - 1
+    torch.testing.assert_close(levels[1:, :-1], levels[:-1, 1:])
+    high = cell_levels_db(slice_windows(log_mel(torch.from_numpy(0.1 * sine(3.0, RATE, 6000.0)), P), P), P)
+    assert float(high.max()) < last - 30.0
+    quiet = cell_levels_db(slice_windows(log_mel(torch.zeros(3 * RATE), P), P), P)
+    assert float(quiet.max()) < last - 30.0

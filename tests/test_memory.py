@@ -23,15 +23,16 @@ def unit_rows(n, seed=0, dim=DIM):
 def make_memory(n=20, seed=0, fingerprint="0123456789abcdef", **changes):
     m = Memory(embeddings=unit_rows(n, seed), negatives=unit_rows(7, seed + 100), params=P,
                model_fingerprint=fingerprint, threshold=0.61, name="alice",
-               info={"source": f"alice-{seed}", "calibration": {"rule": "f1", "precision": 0.9, "recall": 0.8}})
+               info={"source": f"alice-{seed}", "calibration": {"rule": "f1", "precision": 0.9, "recall": 0.8}},
+               edge_threshold=0.72)
     return replace(m, **changes)
 
 
 def assert_same(a: Memory, b: Memory):
     np.testing.assert_array_equal(a.embeddings, b.embeddings)
     np.testing.assert_array_equal(a.negatives, b.negatives)
-    assert (a.params, a.model_fingerprint, a.threshold, a.name, a.info) == \
-        (b.params, b.model_fingerprint, b.threshold, b.name, b.info)
+    assert (a.params, a.model_fingerprint, a.threshold, a.name, a.info, a.edge_threshold) == \
+        (b.params, b.model_fingerprint, b.threshold, b.name, b.info, b.edge_threshold)
 
 
 def test_round_trip(tmp_path):
@@ -41,6 +42,9 @@ def test_round_trip(tmp_path):
     back = load_memory(path)
     assert_same(back, m)
     assert back.embeddings.dtype == np.float32
+    # memories written before edge refinement load without it
+    no_edge = replace(m, edge_threshold=None)
+    assert load_memory(save_memory(no_edge, tmp_path / "old.npz")).edge_threshold is None
 
 
 def test_folder_path_uses_memory_npz(tmp_path):

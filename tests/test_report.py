@@ -37,8 +37,9 @@ def make_result(names=("alice",), duration_s: float = 60.0, input_path: str = "f
             j = int(start_s / HOP_S)
             scores[j:j + 8] = 0.8
             segments.append(Segment(start_s, start_s + 4.5, 0.8, name))
-        tracks.append(VoiceTrack(name, 0.5, scores, segments))
-    return TagResult(input_path, duration_s, WINDOW_S, HOP_S, tracks, {})
+        tracks.append(VoiceTrack(name, 0.5, None, scores, segments))
+    cell_db = np.full(n_windows + round(WINDOW_S / HOP_S) - 1, -20.0, np.float32)
+    return TagResult(input_path, duration_s, WINDOW_S, HOP_S, cell_db, tracks, {})
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -64,7 +65,7 @@ def test_clocks():
 ])
 def test_track_cells_lie_in_the_film(duration_s, end_s):
     r = make_result(duration_s=60.3)
-    r = TagResult(r.input, duration_s, r.window_s, r.hop_s, r.tracks, {})
+    r = TagResult(r.input, duration_s, r.window_s, r.hop_s, r.cell_db, r.tracks, {})
     edges_s, scores = track_cells(r, r.tracks[0])
     assert len(edges_s) == len(scores) + 1
     assert edges_s[0] == 0.0 and edges_s[-1] == pytest.approx(end_s)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from speakertag.params import AudioParams, TagParams
-from speakertag.segments import Segment, cell_scores, runs, to_segments
+from speakertag.segments import Segment, cell_scores, grow_edges, max_cell_scores, runs, to_segments
 
 A = AudioParams()  # windows of 4 hops: 172 frames every 43
 HOP = A.hop_s
@@ -88,3 +88,72 @@ def test_clipped_to_duration():
 def test_nothing_above_threshold():
     assert to_segments(np.full(30, 0.2), 0.5, A, TP) == []
     assert to_segments(np.zeros(0), 0.5, A, TP) == []
+
+
+# --- edge refinement --------------------------------------------------------------------------
+
+def test_max_cell_scores_by_hand():
+    w = np.array([0.1, 0.9, 0.2, 0.3, 0.0, 0.4])
+    mx = max_cell_scores(w, A)
+    assert len(mx) == len(cell_scores(w, A))
+    np.testing.assert_allclose(mx, [max(w[max(0, c - 3):c + 1]) for c in range(len(mx))])
+    assert max_cell_scores(np.zeros(0), A).shape == (0,)
+
+
+def test_grow_edges_stops_at_quiet_cells_and_weak_windows():
+    can_grow = np.zeros(20, bool)
+    can_grow[2:12] = True
+    level_db = np.zeros(20)
+    level_db[3] = -15.0  # background between sentences, 15 dB under the core
+    assert grow_edges([(6, 9)], can_grow, level_db, 10.0) == [(4, 12)]
+    assert grow_edges([(6, 9)], can_grow, level_db, 20.0) == [(2, 12)]
+    assert grow_edges([(6, 9)], np.zeros(20, bool), level_db, 10.0) == [(6, 9)]
+    # runs that grow into each other join
+    assert grow_edges([(4, 6), (9, 11)], can_grow, level_db, 10.0) == [(4, 12)]
+
+
+def film_like_scores(n_windows: int, target_cells: tuple[int, int]) -> np.ndarray:
+    """Scores as the encoder gives them: high (0.8) only for windows wholly inside the
+    target's cells, low (0.1) as soon as another voice fills part of the window."""
+    r = 4  # cells per window
+    starts = np.arange(n_windows)
+    inside = (starts >= target_cells[0]) & (starts + r <= target_cells[1])
+    return np.where(inside, 0.8, 0.1).astype(np.float32)
+
+
+def test_edges_reach_the_target_turn_when_its_neighbours_are_as_loud():
+    target = (20, 40)  # cells: 10 to 20 s
+    w = film_like_scores(60, target)
+    n_cells = len(cell_scores(w, A))
+    loud = np.zeros(n_cells)  # another voice before and after, as loud as the target
+    plain = to_segments(w, 0.5, A, TP)
+    assert len(plain) == 1  # the mean of the covering windows loses a second at each end
+    assert plain[0].start_s >= (target[0] + 2) * HOP - 1e-3 and plain[0].end_s <= (target[1] - 2) * HOP + 1e-3
+    refined = to_segments(w, 0.5, A, TP, cell_db=loud, edge_threshold=0.7)
+    assert len(refined) == 1
+    assert refined[0].start_s == pytest.approx(target[0] * HOP, abs=1e-3)
+    assert refined[0].end_s == pytest.approx(target[1] * HOP, abs=1e-3)
+    # windows under the edge threshold do not widen it, nor does a threshold over the windows
+    assert to_segments(w, 0.5, A, TP, cell_db=loud, edge_threshold=0.9) == plain
+    assert to_segments(w, 0.5, A, TP, cell_db=loud, edge_threshold=None) == plain
+
+
+def test_edges_stop_where_the_speech_stops():
+    """A short sentence in quiet background: windows that hold it score high although they
+    are mostly background; the level keeps the segment on the sentence."""
+    w = np.full(40, 0.1, np.float32)
+    w[18:21] = 0.8  # the windows holding cells 20-21 (10-11 s) whole
+    level_db = np.full(len(cell_scores(w, A)), -30.0)
+    level_db[20:22] = 0.0
+    segs = to_segments(w, 0.5, A, TagParams(min_gap_s=0.5, min_duration_s=0.0), cell_db=level_db,
+                       edge_threshold=0.7)
+    assert [(s.start_s, s.end_s) for s in segs] == [(pytest.approx(20 * HOP, abs=1e-3), pytest.approx(22 * HOP, abs=1e-3))]
+    # without the levels, the windows' whole span would be marked
+    wide = to_segments(w, 0.5, A, TagParams(min_gap_s=0.5, min_duration_s=0.0), cell_db=np.zeros_like(level_db),
+                       edge_threshold=0.7)
+    assert (wide[0].start_s, wide[0].end_s) == (pytest.approx(18 * HOP, abs=1e-3), pytest.approx(24 * HOP, abs=1e-3))
+
+
+def test_cell_levels_must_match_the_cells():
+    with pytest.raises(ValueError, match="cells"):
+        to_segments(np.ones(10), 0.5, A, TP, cell_db=np.zeros(5), edge_threshold=0.5)

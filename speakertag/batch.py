@@ -26,6 +26,7 @@ class VoiceSpec:
     device: str | None = None
     min_gap_s: float | None = None  # None: each model's own tag params
     min_duration_s: float | None = None
+    edge_db: float | None = None
 
     def load(self) -> list[Voice]:
         from .memory import load_memory
@@ -41,7 +42,8 @@ class VoiceSpec:
                 check_pair(voice.model, voice.memory)
             tp = voice.params
             tp = replace(tp, min_gap_s=tp.min_gap_s if self.min_gap_s is None else self.min_gap_s,
-                         min_duration_s=tp.min_duration_s if self.min_duration_s is None else self.min_duration_s)
+                         min_duration_s=tp.min_duration_s if self.min_duration_s is None else self.min_duration_s,
+                         edge_db=tp.edge_db if self.edge_db is None else self.edge_db)
             voices.append(replace(voice, tag_params=tp))
         names = [v.name for v in voices]
         if len(set(names)) < len(names):  # voices trained under the same name: label them by folder
@@ -110,6 +112,7 @@ def run_settings(spec: VoiceSpec, fmt: str, threshold: float | None, stream: int
         "stream": stream,
         "min_gap_s": spec.min_gap_s,
         "min_duration_s": spec.min_duration_s,
+        "edge_db": spec.edge_db,
         "voices": [{"folder": str(d), "model_sha256": _sha256_of_file(m), "memory_sha256": _sha256_of_file(mem)}
                    for d, m, mem in voice_files(spec)],
     }

@@ -318,6 +318,9 @@ def _error_message(e: BaseException) -> str:
               help="With --out-dir: tag every film again, also those whose output is up to date.")
 @click.option("--min-gap", type=click.FloatRange(0), help="Merge segments closer than this (s).")
 @click.option("--min-duration", type=click.FloatRange(0), help="Drop segments shorter than this (s).")
+@click.option("--edge-db", type=click.FloatRange(0),
+              help="Segment edges grow over cells that a target-like window covers and that are at most this "
+                   "many dB quieter (250-4000 Hz) than the segment (default 10).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available, else the CPU.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
@@ -329,8 +332,8 @@ def _error_message(e: BaseException) -> str:
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
               help="One input: also write the score plot as PNG here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no line per finished file.")
-def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jobs, min_gap, min_duration, device,
-        report, report_audio, plot, quiet, engine, ray_address, force):
+def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jobs, min_gap, min_duration, edge_db,
+        device, report, report_audio, plot, quiet, engine, ray_address, force):
     """Find where each model's voice speaks in each FILM (any audio or video file, or a folder
     searched recursively). Several inputs or a folder need --out-dir; a file that fails is
     reported and the others go on (exit code 1 if any failed)."""
@@ -355,7 +358,7 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
                                "CPUs decide how many run at once")
     from .batch import VoiceSpec
 
-    spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration)
+    spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db)
     if out_dir is None:
         _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot)
     else:

@@ -330,7 +330,9 @@ def render_html(result: TagResult, plot: PlotImage, audio: ReportAudio, version:
  data-left="{plot.axes_left_frac:.5f}" data-right="{plot.axes_right_frac:.5f}" data-end="{plot.end_s:.3f}"
  alt="Score over time for each voice, with its threshold and segments">
 <figcaption>Score of each 0.5 s of the film (the mean of the 2 s windows covering it); where it
-stays above the dashed threshold the voice is tagged (shaded). Click the plot or a row to listen.</figcaption>
+stays above the dashed threshold the voice is tagged (shaded). A tagged stretch reaches a little
+beyond that where a single window still sounds like the voice and the sound is as loud as the
+speech inside. Click the plot or a row to listen.</figcaption>
 </figure>
 <div class="player">
 {source}

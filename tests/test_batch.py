@@ -12,8 +12,8 @@ def test_output_paths_are_unique_and_ordered(tmp_path):
 
 
 def test_voice_spec_applies_options(tiny_model_dir):
-    (voice,) = VoiceSpec((tiny_model_dir,), min_gap_s=2.5).load()
-    assert voice.params.min_gap_s == 2.5
+    (voice,) = VoiceSpec((tiny_model_dir,), min_gap_s=2.5, edge_db=4.0).load()
+    assert voice.params.min_gap_s == 2.5 and voice.params.edge_db == 4.0
     assert voice.params.min_duration_s == voice.model.params.tag.min_duration_s
 
 

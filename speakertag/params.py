@@ -81,7 +81,7 @@ class TagParams:
     # on the development set once edges grow with edge_db)
     edge_db: float = 10.0  # segment edges grow over target-like cells at most this far below the core's level
     min_gap_s: float = 0.5  # merge segments separated by less than this
-    min_duration_s: float = 0.5  # drop segments shorter than this
+    min_duration_s: float = 1.0  # drop segments shorter than this: half a window (dev: 1.0-1.5 > 0.5, 2.0)
     batch_windows: int = 256  # windows embedded per encoder call
 
 

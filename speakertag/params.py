@@ -77,8 +77,7 @@ class TagParams:
     top_k: int = 5  # score = mean of the top-k cosine similarities in the memory
     negative_weight: float = 0.25  # minus this times the top-k mean in the negative memory (dev: 0.25 > 0.5 > 0)
     threshold: float = 0.7  # used until a calibrated one exists
-    hysteresis: float = 0.0  # extend segments over cells scoring at least threshold - this (0.03 was worse
-    # on the development set once edges grow with edge_db)
+    hysteresis: float = 0.0  # extend segments over cells scoring at least threshold - this (dev: 0 > 0.03)
     edge_db: float = 10.0  # segment edges grow over target-like cells at most this far below the core's level
     min_gap_s: float = 0.5  # merge segments separated by less than this
     min_duration_s: float = 1.0  # drop segments shorter than this: half a window (dev: 1.0-1.5 > 0.5, 2.0)

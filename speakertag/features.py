@@ -60,13 +60,13 @@ def _speech_bins(p: AudioParams) -> torch.Tensor:
     return (peaks_hz > SPEECH_BAND_HZ[0]) & (peaks_hz < SPEECH_BAND_HZ[1])
 
 
-def cell_levels_db(windows: torch.Tensor, p: AudioParams) -> torch.Tensor:
-    """(n, n_mels, window_frames) log-mel windows -> (n, window_frames // hop_frames) level of
-    each hop-long cell of each window: 10 log10 of its mean speech-band mel power. Window j's
-    cell i is the input's cell j + i."""
-    cells = p.window_frames // p.hop_frames
-    power = (windows[:, _speech_bins(p)].exp() - p.log_floor).clamp_min(0).sum(1)  # (n, frames)
-    per_cell = power[:, :cells * p.hop_frames].reshape(len(windows), cells, p.hop_frames).mean(-1)
+def cell_levels_db(frames: torch.Tensor, p: AudioParams) -> torch.Tensor:
+    """(n, n_mels, k * hop_frames) log-mel frames -> (n, k) level of each hop-long cell:
+    10 log10 of its mean speech-band mel power. A window's cell i is the input's cell j + i
+    for window j."""
+    n, k = len(frames), frames.shape[-1] // p.hop_frames
+    power = (frames[:, _speech_bins(p), :k * p.hop_frames].exp() - p.log_floor).clamp_min(0).sum(1)  # (n, frames)
+    per_cell = power.reshape(n, k, p.hop_frames).mean(-1)
     return 10 * torch.log10(per_cell + p.log_floor)
 
 

@@ -167,9 +167,8 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     levels, last_levels = [], np.zeros(0, np.float32)  # cell j's level from window j; the last window's others
     for first, windows in _timed(stream_windows(blocks, a, voices[0].params.batch_windows), stage_s, "features"):
         t = time.perf_counter()
-        window_levels = cell_levels_db(windows, a).numpy()
-        levels.append(window_levels[:, 0])
-        last_levels = window_levels[-1, 1:]
+        levels.append(cell_levels_db(windows[:, :, :a.hop_frames], a).numpy()[:, 0])
+        last_levels = cell_levels_db(windows[-1:, :, a.hop_frames:], a).numpy()[0]
         stage_s["features"] += time.perf_counter() - t
         t = time.perf_counter()
         emb = {id(m): embed(m, windows, a.hop_frames).numpy() for m in encoders}

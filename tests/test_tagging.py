@@ -10,7 +10,9 @@ import torch
 import speakertag.tagging
 from speakertag.audio import decode_blocks, load_audio
 from speakertag.errors import SpeakertagError
+from speakertag.features import cell_levels_db, log_mel
 from speakertag.memory import load_memory
+from speakertag.segments import cell_scores
 from speakertag.tagging import Voice, check_pair, load_voice, tag
 from conftest import train_tiny
 
@@ -27,6 +29,21 @@ def test_tag_example_film(tiny_model_dir, example):
     for s in r.segments:
         assert 0 <= s.start_s < s.end_s <= r.duration_s and s.label == "tiny"
     assert set(r.stage_s) == {"decode", "features", "encoder", "search"}
+    assert track.edge_threshold == voice.memory.edge_threshold is not None
+
+
+def test_cell_levels_of_a_film(tiny_model_dir, minute_of_film):
+    """The levels tag() streams are those of the whole input's frames, one per scored cell;
+    the target's speech (50.96-69.09 s of the film) is louder than the quiet stretch before it."""
+    voice = load_voice(tiny_model_dir)
+    r = tag(minute_of_film, voice)
+    a = voice.model.params.audio
+    assert len(r.cell_db) == len(cell_scores(r.tracks[0].window_scores, a))
+    frames = log_mel(torch.from_numpy(load_audio(minute_of_film, a.sample_rate_hz)), a)
+    whole = cell_levels_db(frames[None, :, :len(r.cell_db) * a.hop_frames], a)[0].numpy()
+    np.testing.assert_allclose(r.cell_db, whole, atol=1e-3)
+    speech = r.cell_db[int(12 / a.hop_s):int(28 / a.hop_s)]
+    assert np.median(speech) > np.median(r.cell_db[:int(10 / a.hop_s)])
 
 
 def test_threshold_orders_segments(tiny_model_dir, example):
@@ -71,6 +88,7 @@ def test_streaming_equals_whole_file(tiny_model_dir, minute_of_film, monkeypatch
     assert n_blocks == {3.7: 17, 1000.0: 1}
     many, one = results[3.7], results[1000.0]
     np.testing.assert_allclose(many.tracks[0].window_scores, one.tracks[0].window_scores, atol=1e-5)
+    np.testing.assert_allclose(many.cell_db, one.cell_db, atol=1e-3)
     # Same segments; a segment's mean score may differ in the 7th digit (windows batched differently).
     assert one.segments and [(s.start_s, s.end_s, s.label) for s in many.segments] == \
         [(s.start_s, s.end_s, s.label) for s in one.segments]

@@ -28,7 +28,7 @@ from .params import AudioParams, TagParams
 class Segment:
     start_s: float  # seconds from the start of the input
     end_s: float
-    score: float  # mean cell score inside the segment
+    score: float  # mean score of the segment's cells at or above the threshold (its cores)
     label: str = "target"  # the voice's name
 
     @property
@@ -115,5 +115,7 @@ def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams,
             merged[-1][1], merged[-1][3] = end, b
         else:
             merged.append([start, end, a, b])
-    return [Segment(round(s, 3), round(e, 3), float(cells[a:b].mean()), label)
+    # A segment's score is that of its cores: grown edges and merged gaps score under the
+    # threshold by construction and would make a sure segment look doubtful.
+    return [Segment(round(s, 3), round(e, 3), float(cells[a:b][high[a:b]].mean()), label)
             for s, e, a, b in merged if e - s >= tag.min_duration_s]

@@ -54,10 +54,10 @@ def test_gap_merging():
     assert len(merged) == 2
     assert (merged[0].start_s, merged[0].end_s) == (base[0].start_s, base[1].end_s)
     assert merged[1] == base[2]
-    # the merged score is the mean over all its cells, gap included
+    # the merged score is the mean over its cells at or above the threshold, not over the gap
     cells = cell_scores(w, A)
     a, b = round(base[0].start_s / HOP), round(base[1].end_s / HOP)
-    assert merged[0].score == pytest.approx(cells[a:b].mean(), abs=1e-6)
+    assert merged[0].score == pytest.approx(cells[a:b][cells[a:b] >= 0.99].mean(), abs=1e-6)
     # the gap must be strictly shorter than min_gap_s (times are rounded to ms: compare unrounded)
     assert len(to_segments(w, 0.99, A, TagParams(min_gap_s=4 * HOP - 1e-6, min_duration_s=0.0))) == 3
     assert len(to_segments(w, 0.99, A, TagParams(min_gap_s=4 * HOP + 1e-6, min_duration_s=0.0))) == 2
@@ -133,6 +133,7 @@ def test_edges_reach_the_target_turn_when_its_neighbours_are_as_loud():
     assert len(refined) == 1
     assert refined[0].start_s == pytest.approx(target[0] * HOP, abs=1e-3)
     assert refined[0].end_s == pytest.approx(target[1] * HOP, abs=1e-3)
+    assert refined[0].score == plain[0].score >= 0.5  # the cores' score, not lowered by the edges
     # windows under the edge threshold do not widen it, nor does a threshold over the windows
     assert to_segments(w, 0.5, A, TP, cell_db=loud, edge_threshold=0.9) == plain
     assert to_segments(w, 0.5, A, TP, cell_db=loud, edge_threshold=None) == plain

@@ -107,10 +107,13 @@ def cli():
 @click.option("--steps", type=click.IntRange(0), help="Maximum training steps (0: keep the base encoder, only build the memory).")
 @click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True),
               help="Choose the lowest threshold reaching this validation precision instead of best F1.")
+@click.option("--target-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Share of a recording's time the target is expected to speak, which weights the threshold "
+                   "calibration; default 0.2 (a film's character). Raise it for a podcast host.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available, else the CPU.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train(positive, negative, out_dir, name, base, seed, steps, target_precision, device, quiet):
+def train(positive, negative, out_dir, name, base, seed, steps, target_precision, target_share, device, quiet):
     """Learn a voice from positive and negative clips."""
     from .audio import find_media_files
 
@@ -136,6 +139,8 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
         changes["max_steps"] = steps
     if target_precision:
         changes.update(threshold_rule="precision", target_precision=target_precision)
+    if target_share:
+        changes["target_share"] = target_share
     p = replace(p, train=replace(p.train, **changes))
 
     bar_on = _progress_enabled(quiet)
@@ -170,7 +175,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
                f"({report.steps} steps, best at {report.best_step}; "
                f"{f'fine-tuned from {base_path}' if base_path else 'from scratch'})")
     click.echo(f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} target + {c.n_negative} other film-like "
-               f"windows, leave-one-clip-out): precision {c.precision:.2f}, recall {c.recall:.2f} on those "
+               f"windows, leave-one-clip-out, the target speaking {c.target_share:.0%} of the time): precision {c.precision:.2f}, recall {c.recall:.2f} on those "
                f"windows (real films, with unseen voices and louder backgrounds, score lower)")
     click.echo(f"model written to {out_dir}")
 
@@ -514,9 +519,12 @@ def memory_inspect(path, as_json):
     click.echo(f"entries      {len(m.embeddings)} target + {len(m.negatives)} negative windows, "
                f"{m.embeddings.shape[1]} dims")
     click.echo(f"model        {m.model_fingerprint}")
-    click.echo(f"threshold    {m.threshold:.4f}" + (
-        f" ({calib['rule']}: precision {calib['precision']:.2f}, recall {calib['recall']:.2f} on calibration windows)"
-        if calib else ""))
+    line = f"threshold    {m.threshold:.4f}"
+    if calib:
+        share = f" for a target speaking {calib['target_share']:.0%} of the time" if "target_share" in calib else ""
+        line += (f" ({calib['rule']}{share}: precision {calib['precision']:.2f}, recall {calib['recall']:.2f}"
+                 " on calibration windows)")
+    click.echo(line)
     if m.edge_threshold is not None:
         click.echo(f"edges        segments widen over windows scoring {m.edge_threshold:.4f} or more "
                    f"(the target's lower quartile)")

@@ -67,6 +67,8 @@ class TrainParams:
     snr_db_range: tuple[float, float] = (0.0, 20.0)  # augmentation mixing range
     augment_probability: float = 0.8
     augmented_memory_copies: int = 1  # noisy copies of each positive window in the memory
+    calibration_rounds: int = 2  # film-like copies of each other window scored for calibration, twice as many of the target's (dev: 2 > 1, a steadier threshold)
+    target_share: float = 0.2  # share of a film's time the target is assumed to speak, weighting calibration (dev films: 0.13-0.21; 0.15-0.25 > 1/3)
     threshold_rule: str = "f1"  # "f1" or "precision"
     target_precision: float = 0.95  # used by the "precision" rule
     seed: int = 0

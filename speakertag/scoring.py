@@ -60,25 +60,28 @@ class Calibration:
     n_positive: int
     n_negative: int
     edge_threshold: float  # the lower quartile of the target's scores: a window that looks like the target
+    target_share: float  # of a film's time, that weighted the classes
 
 
 EDGE_QUANTILE = 0.25  # of the target's validation scores; dev: 0.2-0.3 alike, 0.05 spread false alarms
 
 
 def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: str = "f1",
-                        target_precision: float = 0.95) -> Calibration:
+                        target_precision: float = 0.95, target_share: float = 0.2) -> Calibration:
     """Pick the threshold that maximises F1 (rule "f1"), or the lowest threshold whose
     precision reaches `target_precision` (rule "precision"), on validation window scores.
 
     Positives are weighted so that both classes count as much as they would in a film
-    where the target speaks a third of the time (prior 1/3), whatever the sample sizes.
+    where the target speaks `target_share` of the time, whatever the sample sizes.
     The edge threshold (segments.to_segments) is the positives' lower quartile.
     """
     if len(pos_scores) == 0 or len(neg_scores) == 0:
         raise ValueError("calibration needs positive and negative validation scores")
+    if not 0 < target_share < 1:
+        raise ValueError(f"target share must be between 0 and 1, not {target_share}")
     scores = np.concatenate([pos_scores, neg_scores])
     is_pos = np.concatenate([np.ones(len(pos_scores), bool), np.zeros(len(neg_scores), bool)])
-    w = np.where(is_pos, 1.0 / len(pos_scores), 2.0 / len(neg_scores))
+    w = np.where(is_pos, target_share / len(pos_scores), (1 - target_share) / len(neg_scores))
     order = np.argsort(-scores, kind="stable")
     scores, is_pos, w = scores[order], is_pos[order], w[order]
     tp = np.cumsum(np.where(is_pos, w, 0.0))  # threshold at scores[i]: windows 0..i positive
@@ -103,4 +106,4 @@ def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: st
     threshold = float((scores[i] + below) / 2)
     edge_threshold = float(np.quantile(pos_scores, EDGE_QUANTILE))
     return Calibration(threshold, name, float(precision[i]), float(recall[i]), float(f1[i]),
-                       len(pos_scores), len(neg_scores), edge_threshold)
+                       len(pos_scores), len(neg_scores), edge_threshold, target_share)

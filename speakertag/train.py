@@ -322,7 +322,7 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
         sched.step()
         loss_value = float(loss.detach())
         if validate and (step % tp.eval_every_steps == 0 or step == tp.max_steps):
-            val_f1 = calibrate_threshold(*validation_scores()).f1
+            val_f1 = calibrate_threshold(*validation_scores(), target_share=tp.target_share).f1
             if val_f1 > best[0] + 1e-4:
                 best, evals_without_gain = (val_f1, step, copy.deepcopy(enc.state_dict())), 0
             else:
@@ -346,9 +346,10 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     # clip's windows, scored against the final memories without that clip's own entries,
     # plus the unseen impostor voices. Far more windows than the held-back split alone,
     # so the threshold no longer swings with which clips were held back.
-    cal_pos = embed_chunks(model, degraded_chunks(pos_windows, 2, all_bg, p, rng, 1.0), dev)
-    cal_neg = embed_chunks(model, degraded_chunks(neg_windows, 1, all_bg, p, rng, 0.7), dev)
-    cal_imp = embed_chunks(model, degraded_chunks(Windows.of(imp_clips, a), 1, all_bg, p, rng, 0.7), dev)
+    rounds = tp.calibration_rounds
+    cal_pos = embed_chunks(model, degraded_chunks(pos_windows, 2 * rounds, all_bg, p, rng, 1.0), dev)
+    cal_neg = embed_chunks(model, degraded_chunks(neg_windows, rounds, all_bg, p, rng, 0.7), dev)
+    cal_imp = embed_chunks(model, degraded_chunks(Windows.of(imp_clips, a), rounds, all_bg, p, rng, 0.7), dev)
     k, w = p.tag.top_k, p.tag.negative_weight
     pos_memory_ids, neg_memory_ids = np.tile(pos_ids, copies), np.tile(neg_ids, copies)
 
@@ -363,10 +364,10 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
         return s
 
     calib = calibrate_threshold(
-        calibration_scores(cal_pos, own_pos_clip=np.tile(pos_ids, 2)),
-        np.concatenate([calibration_scores(cal_neg, own_neg_clip=neg_ids),
+        calibration_scores(cal_pos, own_pos_clip=np.tile(pos_ids, 2 * rounds)),
+        np.concatenate([calibration_scores(cal_neg, own_neg_clip=np.tile(neg_ids, rounds)),
                         calibration_scores(cal_imp) if len(cal_imp) else np.zeros(0, np.float32)]),
-        tp.threshold_rule, tp.target_precision)
+        tp.threshold_rule, tp.target_precision, tp.target_share)
     model.encoder.cpu()
     memory = Memory(positives, negatives, p, model.fingerprint, calib.threshold, name, {
         "calibration": calib.__dict__, "source": name}, calib.edge_threshold)

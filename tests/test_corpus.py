@@ -192,6 +192,9 @@ CASES = [
     Case("train-output-is-a-file", lambda c, o: ["train", "--positive", c["pos"], "--negative", c["neg"], "--out",
                                                  c["speech.wav"]], "is a file", exit_code=2),
     Case("train-negative-steps", train("pos", "neg", "--steps", "-5"), "invalid value for '--steps'", exit_code=2),
+    Case("train-target-share-above-1", train("pos", "neg", "--target-share", "1.5"), "invalid value for '--target-share'",
+         exit_code=2),
+    ok(train("pos", "neg", "--target-share", "0.5"), "train-target-share-of-a-podcast-host", output="voice"),
     Case("disk-full-train", train("pos"), "cannot write the model", max_file_bytes=100_000, slow=True),
 ]
 

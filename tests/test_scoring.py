@@ -46,10 +46,11 @@ def test_calibrate_separable():
     assert (c.rule, c.n_positive, c.n_negative) == ("best F1", 4, 6)
 
 
-def weighted_precision(pos, neg, threshold):
-    """Precision with the positives weighted to a 1/3 prior, as calibrate_threshold documents."""
-    tp = np.mean(pos >= threshold) * 1.0
-    fp = np.mean(neg >= threshold) * 2.0
+def weighted_precision(pos, neg, threshold, share=0.2):
+    """Precision with the positives weighted to the target's share of film time, as
+    calibrate_threshold documents (default share 0.2)."""
+    tp = np.mean(pos >= threshold) * share
+    fp = np.mean(neg >= threshold) * (1 - share)
     return tp / (tp + fp) if tp + fp else 0.0
 
 
@@ -87,14 +88,25 @@ def test_f1_rule_beats_other_cuts():
 
 def test_calibrate_ties_and_errors():
     # equal scores in both classes are never split: the cut falls between distinct values
-    # cuts: 0.7 (precision 1, recall 1/3, F1 0.5) or 0.3 (precision 0.5, recall 1, F1 0.67)
-    c = calibrate_threshold(np.array([0.9, 0.5, 0.5]), np.array([0.5, 0.1]))
+    # share 1/3, cuts: 0.7 (precision 1, recall 1/3, F1 0.5) or 0.3 (precision 0.5, recall 1, F1 0.67)
+    c = calibrate_threshold(np.array([0.9, 0.5, 0.5]), np.array([0.5, 0.1]), target_share=1 / 3)
     assert c.threshold == pytest.approx(0.3)
     assert c.f1 == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="unknown threshold rule"):
         calibrate_threshold(np.array([0.9]), np.array([0.1]), "recall")
     with pytest.raises(ValueError):
         calibrate_threshold(np.array([]), np.array([0.1]))
+    with pytest.raises(ValueError, match="target share"):
+        calibrate_threshold(np.array([0.9]), np.array([0.1]), target_share=1.0)
+
+
+def test_rarer_target_gets_a_stricter_threshold():
+    """The less of the film the target is expected to fill, the more each false alarm costs:
+    the best-F1 threshold never falls as the share falls."""
+    rng = np.random.default_rng(2)
+    pos, neg = rng.normal(0.6, 0.12, 400), rng.normal(0.4, 0.12, 800)
+    ths = [calibrate_threshold(pos, neg, target_share=s).threshold for s in (0.5, 1 / 3, 0.2, 0.1)]
+    assert ths == sorted(ths) and ths[-1] > ths[0]
 
 
 def test_top_k_mean_excluding_skips_own_group():

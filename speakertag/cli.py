@@ -175,8 +175,9 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
                f"({report.steps} steps, best at {report.best_step}; "
                f"{f'fine-tuned from {base_path}' if base_path else 'from scratch'})")
     click.echo(f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} target + {c.n_negative} other film-like "
-               f"windows, leave-one-clip-out, the target speaking {c.target_share:.0%} of the time): precision {c.precision:.2f}, recall {c.recall:.2f} on those "
-               f"windows (real films, with unseen voices and louder backgrounds, score lower)")
+               f"windows, leave-one-clip-out, the target speaking {c.target_share:.0%} of the time): "
+               f"precision {c.precision:.2f}, recall {c.recall:.2f} on those windows "
+               f"(real films, with unseen voices and louder backgrounds, score lower)")
     click.echo(f"model written to {out_dir}")
 
 

@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 
 from .memory import build_index
+from .params import TrainParams
 
 
 def top_k_mean(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndarray:
@@ -67,7 +68,8 @@ EDGE_QUANTILE = 0.25  # of the target's validation scores; dev: 0.2-0.3 alike, 0
 
 
 def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: str = "f1",
-                        target_precision: float = 0.95, target_share: float = 0.2) -> Calibration:
+                        target_precision: float = 0.95,
+                        target_share: float = TrainParams.target_share) -> Calibration:
     """Pick the threshold that maximises F1 (rule "f1"), or the lowest threshold whose
     precision reaches `target_precision` (rule "precision"), on validation window scores.
 

@@ -72,6 +72,8 @@ class TrainParams:
     threshold_rule: str = "f1"  # "f1" or "precision"
     target_precision: float = 0.95  # used by the "precision" rule
     seed: int = 0
+    fine_tuned_share: float = 0.5  # the encoder kept: this share of the fine-tuned weights, the rest the base's
+    # (weight-space ensembling; dev, mean pooled F1 over seeds 0-4: 0.5 0.943, 0.7 0.940, 0.3 0.938, 1.0 0.935)
 
 
 @dataclass(frozen=True)

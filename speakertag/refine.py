@@ -407,7 +407,10 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
                        tuple((round(s, 3), round(e, 3)) for s, e in positives),  # as recorded: a later cut
                        tuple((round(s, 3), round(e, 3)) for s, e in false_alarms))  # gets the same samples
 
-    p = replace(model.params, train=replace(model.params.train, max_steps=max(o.steps, 1), seed=o.seed))
+    # The corrections' fine-tuning is kept whole (fine_tuned_share 1): the model it starts from
+    # is already the user's target model, not the generic base.
+    p = replace(model.params, train=replace(model.params.train, max_steps=max(o.steps, 1), seed=o.seed,
+                                            fine_tuned_share=1.0))
     kept_why = "steps 0: no fine-tuning asked for" if o.steps == 0 else ""
     if not kept_why:
         try:

@@ -206,6 +206,16 @@ def embed_chunks(model: Model, chunks: Iterable[np.ndarray], device: torch.devic
     return np.concatenate(out) if out else np.zeros((0, model.params.encoder.embedding_dim), np.float32)
 
 
+def blend_weights(fine_tuned: dict[str, torch.Tensor], base: dict[str, torch.Tensor], share: float
+                  ) -> dict[str, torch.Tensor]:
+    """Two state dicts of one architecture -> share * fine_tuned + (1 - share) * base for every
+    floating-point tensor (weights, biases, batch-norm statistics); integer buffers (batch-norm's
+    step counts) are the fine-tuned ones. Weight-space ensembling of a fine-tuned model and its
+    base, as in WiSE-FT (Wortsman et al., 2022)."""
+    return {k: share * v + (1.0 - share) * base[k].to(v.device) if v.is_floating_point() else v
+            for k, v in fine_tuned.items()}
+
+
 def train(positive: list[str | Path], negative: list[str | Path], params: Params | None = None,
           base: Model | None = None, name: str = "target", progress: Callable[[StepInfo], None] | None = None,
           device: str | None = None, impostors: list[str | Path] | None = None) -> tuple[Model, Memory, TrainReport]:
@@ -336,6 +346,10 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
         enc.load_state_dict(best[2])
     else:
         best = (None, step, None)
+    if base is not None and tp.fine_tuned_share < 1.0:
+        # Halfway back to the base: the fine-tuned weights know the target, the base's the many
+        # voices of pretraining; their mix scores a film more steadily than the fine-tuned weights alone.
+        enc.load_state_dict(blend_weights(enc.state_dict(), base.encoder.state_dict(), tp.fine_tuned_share))
 
     copies = 1 + tp.augmented_memory_copies
     pos_windows, neg_windows = Windows.of(pos_clips, a), Windows.of(neg_clips, a)

@@ -1,14 +1,17 @@
 """Training on real example clips: outputs, repeatability, calibration, bad clip sets."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 from speakertag.errors import SpeakertagError
 from speakertag.memory import load_memory
-from speakertag.model import load_model
+from speakertag.model import load_model, new_model
 from speakertag.params import Params
-from speakertag.train import Clip, Windows, load_clips, split_clips
-from conftest import speech_like, train_tiny
+from speakertag.train import Clip, Windows, blend_weights, load_clips, split_clips, train
+from conftest import TINY_NEGATIVE, TINY_POSITIVE, speech_like, train_tiny
 
 
 def test_tiny_model_is_consistent(tiny_model_dir):
@@ -28,6 +31,36 @@ def test_tiny_model_is_consistent(tiny_model_dir):
 def test_same_seed_same_model(tmp_path, tiny_model_dir):
     again = train_tiny(tmp_path / "again", tmp_path / "clips")
     assert load_model(again).fingerprint == load_model(tiny_model_dir).fingerprint
+
+
+def test_blend_mixes_float_tensors_and_keeps_step_counts():
+    torch.manual_seed(0)
+    a = new_model(Params()).encoder
+    a(torch.randn(4, 128, 172))  # batch-norm statistics and step counts move away from the fresh ones
+    b = new_model(Params()).encoder.state_dict()
+    mixed = blend_weights(a.state_dict(), b, 0.25)
+    assert mixed.keys() == b.keys()
+    for k, v in a.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(mixed[k], 0.25 * v + 0.75 * b[k])
+        else:
+            assert torch.equal(mixed[k], v)
+    assert any(not torch.equal(mixed[k], b[k]) for k in b if "num_batches_tracked" in k)
+    assert all(torch.equal(x, y) for x, y in zip(blend_weights(a.state_dict(), b, 1.0).values(),
+                                                  a.state_dict().values()))
+
+
+@pytest.mark.parametrize("share, same_as_base", [(0.0, True), (0.5, False)])
+def test_fine_tuning_keeps_the_share_of_its_own_weights(tiny_model_dir, example, share, same_as_base):
+    """Fine-tuning a base on real clips: share 0 gives the base back, 0.5 a new encoder."""
+    base = load_model(tiny_model_dir)
+    p = replace(base.params, train=replace(base.params.train, max_steps=2, eval_every_steps=2, batch_size=8,
+                                           fine_tuned_share=share))
+    pos = [example / "positive" / n for n in TINY_POSITIVE]
+    neg = [example / "negative" / n for n in TINY_NEGATIVE]
+    model, _, _ = train(pos, neg, p, base=base)
+    mine, theirs = model.encoder.state_dict(), base.encoder.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in theirs.items() if v.is_floating_point()) == same_as_base
 
 
 def test_clip_windows_tile_short_clips():

@@ -307,7 +307,8 @@ def _error_message(e: BaseException) -> str:
               help="Use this memory file instead of the model folder's (one model only).")
 @click.option("--threshold", type=float, help="Score threshold; default: the memory's calibrated one.")
 @click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first); default: the default track.")
-@click.option("--format", "fmt", type=click.Choice(writers.FORMATS), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(writers.FORMATS),
+              help="Default: the one --out's name asks for (.json, .csv, .rttm, .srt, .vtt, .labels.txt), else text.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               help="One input: write here instead of stdout.")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False),
@@ -364,6 +365,7 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
                                "CPUs decide how many run at once")
     from .batch import VoiceSpec
 
+    fmt = fmt or (writers.format_of(out) if out is not None else None) or "text"
     spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db)
     if out_dir is None:
         _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot)

@@ -24,6 +24,16 @@ SUFFIX: dict[str, str] = {
 FORMATS: tuple[str, ...] = tuple(SUFFIX)
 
 
+def format_of(path: Path) -> str | None:
+    """The format an output file's name asks for (film.csv -> "csv", film.labels.txt ->
+    "audacity", film.txt -> "text"), or None for a name no format writes."""
+    name = path.name.lower()
+    for fmt, suffix in sorted(SUFFIX.items(), key=lambda kv: -len(kv[1])):  # .labels.txt before .txt
+        if name.endswith(suffix):
+            return fmt
+    return None
+
+
 def _clock(seconds: float, digits: int, sep: str) -> str:
     """Clock time HH:MM:SS<sep>F with `digits` fraction digits; rounds once, so 59.96 s never shows as 60."""
     if seconds < 0:

@@ -110,7 +110,7 @@ def test_train_without_negative(inputs, tmp_path):
 
 def test_tag_json(tiny_model_dir, inputs, tmp_path):
     out = tmp_path / "film.json"
-    r = run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--format", "json", "--out", out)
+    r = run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--out", out)  # JSON: the name asks for it
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
     doc = json.loads(out.read_text())

@@ -3,11 +3,12 @@ import html
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from speakertag.segments import Segment
-from speakertag.writers import FORMATS, SUFFIX, format_timestamp, render
+from speakertag.writers import FORMATS, SUFFIX, format_of, format_timestamp, render
 
 META = dict(input_path="/films/My Film.mkv", voices=[{"name": "alice", "model": "models/voice", "threshold": 0.62}])
 ONE_LABEL = [Segment(0.0, 1.2345, 0.9), Segment(186.5, 192.0, 0.83), Segment(3725.0456, 3731.9994, 0.7071)]
@@ -92,6 +93,13 @@ TOLERANCE_S = dict(text=0.05)  # the text format shows tenths of a second; every
 def test_formats_and_suffixes():
     assert set(FORMATS) == set(PARSERS) == set(SUFFIX)
     assert SUFFIX["audacity"] == ".labels.txt" and SUFFIX["rttm"] == ".rttm"
+
+
+@pytest.mark.parametrize("name, fmt", [("film.csv", "csv"), ("a.b/Film.JSON", "json"), ("film.rttm", "rttm"),
+                                       ("film.labels.txt", "audacity"), ("film.txt", "text"), ("film.srt", "srt"),
+                                       ("film.vtt", "vtt"), ("film.xml", None), ("film", None)])
+def test_format_of_an_output_name(name, fmt):
+    assert format_of(Path(name)) == fmt
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

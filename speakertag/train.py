@@ -347,8 +347,8 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     else:
         best = (None, step, None)
     if base is not None and tp.fine_tuned_share < 1.0:
-        # Halfway back to the base: the fine-tuned weights know the target, the base's the many
-        # voices of pretraining; their mix scores a film more steadily than the fine-tuned weights alone.
+        # Part of the way back to the base: the fine-tuned weights know the target, the base's the
+        # many voices of pretraining; their mix scores films more steadily than the fine-tuned alone.
         enc.load_state_dict(blend_weights(enc.state_dict(), base.encoder.state_dict(), tp.fine_tuned_share))
 
     copies = 1 + tp.augmented_memory_copies

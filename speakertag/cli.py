@@ -19,6 +19,7 @@ import click
 from . import writers
 from .errors import SpeakertagError
 from .io_utils import atomic_write_bytes, atomic_write_text
+from .params import TrainParams
 
 GREEDY_OPTIONS = ("--positive", "--negative")
 
@@ -109,7 +110,8 @@ def cli():
               help="Choose the lowest threshold reaching this validation precision instead of best F1.")
 @click.option("--target-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of a recording's time the target is expected to speak, which weights the threshold "
-                   "calibration; default 0.2 (a film's character). Raise it for a podcast host.")
+                   f"calibration; default {TrainParams.target_share:g} (a film's character). "
+                   "Raise it for a podcast host.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available, else the CPU.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -308,7 +310,7 @@ def _error_message(e: BaseException) -> str:
 @click.option("--threshold", type=float, help="Score threshold; default: the memory's calibrated one.")
 @click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first); default: the default track.")
 @click.option("--format", "fmt", type=click.Choice(writers.FORMATS),
-              help="Default: the one --out's name asks for (.json, .csv, .rttm, .srt, .vtt, .labels.txt), else text.")
+              help=f"Default: the one --out's name asks for ({', '.join(writers.SUFFIX.values())}), else text.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
               help="One input: write here instead of stdout.")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False),

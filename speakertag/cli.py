@@ -137,7 +137,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     base_model = load_model(base_path) if base_path else None
     p = Params()
     changes = {"seed": seed}
-    if steps:
+    if steps is not None:
         changes["max_steps"] = steps
     if target_precision:
         changes.update(threshold_rule="precision", target_precision=target_precision)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import speech_like, write_audio, write_container
 
@@ -104,6 +105,21 @@ def test_train_without_negative(inputs, tmp_path):
     r = run_cli("train", "--positive", inputs / "excerpt.wav", "--out", tmp_path / "voice")
     assert_fails(r, "missing option '--negative'", exit_code=2)
     assert listing(tmp_path) == set()
+
+
+def test_train_zero_steps_keeps_the_base_encoder(tiny_model_dir, example, tmp_path):
+    """--steps 0: no fine-tuning, only the memory and the threshold are built."""
+    from speakertag.model import load_model
+
+    out = tmp_path / "voice"
+    r = run_cli("train", "--positive", example / "positive" / "ls_2609__2609-156975-0001.flac", "--negative",
+                example / "negative" / "nonspeech__music_lounge_2.flac", "--base", tiny_model_dir, "--steps", "0",
+                "--out", out, "-q")
+    assert r.returncode == 0, r.stderr
+    assert "(0 steps" in r.stdout
+    mine, base = load_model(out).encoder.state_dict(), load_model(tiny_model_dir).encoder.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in base.items())
+    assert (out / "memory.npz").is_file()
 
 
 # --- tagging ----------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
         click.echo(f"skipped {s}", err=True)
     click.echo(f"trained on {report.n_positive_clips} positive clips ({report.positive_s:.0f} s) and "
                f"{report.n_negative_clips} negative clips ({report.negative_s:.0f} s) in {report.seconds:.1f} s "
-               f"({report.steps} steps, best at {report.best_step}; "
+               f"({report.steps} steps, validation best at step {report.best_step}; "
                f"{f'fine-tuned from {base_path}' if base_path else 'from scratch'})")
     click.echo(f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} target + {c.n_negative} other film-like "
                f"windows, leave-one-clip-out, the target speaking {c.target_share:.0%} of the time): "

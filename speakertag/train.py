@@ -1,8 +1,9 @@
 """Clips -> a trained encoder, a positive memory and a calibrated threshold.
 
 Reads top to bottom as one function, `train`: load clips, hold some back, sample film-like
-triplets, mine hard negatives from the whole negative pool, evaluate, stop early, build
-the memories, calibrate the threshold leave-one-clip-out on every clip.
+triplets, mine hard negatives from the whole negative pool, evaluate, stop early, average
+the checkpoints and mix them with the base, build the memories, calibrate the threshold
+leave-one-clip-out on every clip.
 """
 
 from __future__ import annotations
@@ -206,14 +207,17 @@ def embed_chunks(model: Model, chunks: Iterable[np.ndarray], device: torch.devic
     return np.concatenate(out) if out else np.zeros((0, model.params.encoder.embedding_dim), np.float32)
 
 
-def blend_weights(fine_tuned: dict[str, torch.Tensor], base: dict[str, torch.Tensor], share: float
-                  ) -> dict[str, torch.Tensor]:
-    """Two state dicts of one architecture -> share * fine_tuned + (1 - share) * base for every
+def average_weights(state_dicts: list[dict[str, torch.Tensor]], weights: list[float] | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """State dicts of one architecture -> their weighted mean (default: equal weights) for every
     floating-point tensor (weights, biases, batch-norm statistics); integer buffers (batch-norm's
-    step counts) are the fine-tuned ones. Weight-space ensembling of a fine-tuned model and its
-    base, as in WiSE-FT (Wortsman et al., 2022)."""
-    return {k: share * v + (1.0 - share) * base[k].to(v.device) if v.is_floating_point() else v
-            for k, v in fine_tuned.items()}
+    step counts) are the first dict's. Serves checkpoint averaging along a training run (as in
+    SWA, Izmailov et al., 2018) and the mix of a fine-tuned model with its base (WiSE-FT,
+    Wortsman et al., 2022)."""
+    weights = [1.0 / len(state_dicts)] * len(state_dicts) if weights is None else weights
+    first = state_dicts[0]
+    return {k: sum(w * sd[k].to(v.device) for w, sd in zip(weights, state_dicts)) if v.is_floating_point() else v
+            for k, v in first.items()}
 
 
 def train(positive: list[str | Path], negative: list[str | Path], params: Params | None = None,
@@ -301,8 +305,8 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     opt = torch.optim.AdamW(enc.parameters(), lr=tp.learning_rate, weight_decay=tp.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, tp.max_steps))
     pos_train_windows, neg_train_windows = Windows.of(pos_train, a), Windows.of(neg_train, a)
-    best = (-1.0, 0, copy.deepcopy(enc.state_dict()))
-    evals_without_gain, step, val_f1, loss_value = 0, 0, None, float("nan")
+    best_f1, best_step, evals_without_gain, step, val_f1, loss_value = -1.0, 0, 0, 0, None, float("nan")
+    checkpoints = []  # the weights at every evaluation
     b = tp.batch_size
     for step in range(1, tp.max_steps + 1):
         if (step - 1) % tp.mining_every_steps == 0:
@@ -333,8 +337,9 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
         loss_value = float(loss.detach())
         if validate and (step % tp.eval_every_steps == 0 or step == tp.max_steps):
             val_f1 = calibrate_threshold(*validation_scores(), target_share=tp.target_share).f1
-            if val_f1 > best[0] + 1e-4:
-                best, evals_without_gain = (val_f1, step, copy.deepcopy(enc.state_dict())), 0
+            checkpoints.append(copy.deepcopy(enc.state_dict()))
+            if val_f1 > best_f1 + 1e-4:
+                best_f1, best_step, evals_without_gain = val_f1, step, 0
             else:
                 evals_without_gain += 1
         if progress:
@@ -342,14 +347,17 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
         if evals_without_gain >= tp.patience_evals:
             break
 
-    if validate:
-        enc.load_state_dict(best[2])
-    else:
-        best = (None, step, None)
+    if checkpoints:
+        # The mean of the checkpoints, not the one that validated best: a validation F1 on a
+        # fifth of a minute of clips is too noisy to pick one (dev: fewer bad seeds, see README).
+        enc.load_state_dict(average_weights(checkpoints[::-1]))
+    if not validate:
+        best_step = step
     if base is not None and tp.fine_tuned_share < 1.0:
         # Part of the way back to the base: the fine-tuned weights know the target, the base's the
         # many voices of pretraining; their mix scores films more steadily than the fine-tuned alone.
-        enc.load_state_dict(blend_weights(enc.state_dict(), base.encoder.state_dict(), tp.fine_tuned_share))
+        share = tp.fine_tuned_share
+        enc.load_state_dict(average_weights([enc.state_dict(), base.encoder.state_dict()], [share, 1.0 - share]))
 
     copies = 1 + tp.augmented_memory_copies
     pos_windows, neg_windows = Windows.of(pos_clips, a), Windows.of(neg_clips, a)
@@ -388,5 +396,5 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     report = TrainReport(len(pos_clips), len(neg_clips),
                          sum(len(c.samples) for c in pos_clips) / a.sample_rate_hz,
                          sum(len(c.samples) for c in neg_clips) / a.sample_rate_hz,
-                         step, best[1], time.monotonic() - t0, calib, ())
+                         step, best_step, time.monotonic() - t0, calib, ())
     return model, memory, report

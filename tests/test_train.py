@@ -10,7 +10,7 @@ from speakertag.errors import SpeakertagError
 from speakertag.memory import load_memory
 from speakertag.model import load_model, new_model
 from speakertag.params import Params
-from speakertag.train import Clip, Windows, blend_weights, load_clips, split_clips, train
+from speakertag.train import Clip, Windows, average_weights, load_clips, split_clips, train
 from conftest import TINY_NEGATIVE, TINY_POSITIVE, speech_like, train_tiny
 
 
@@ -33,21 +33,22 @@ def test_same_seed_same_model(tmp_path, tiny_model_dir):
     assert load_model(again).fingerprint == load_model(tiny_model_dir).fingerprint
 
 
-def test_blend_mixes_float_tensors_and_keeps_step_counts():
+def test_average_weights_mixes_float_tensors_and_keeps_the_first_step_counts():
     torch.manual_seed(0)
     a = new_model(Params()).encoder
     a(torch.randn(4, 128, 172))  # batch-norm statistics and step counts move away from the fresh ones
-    b = new_model(Params()).encoder.state_dict()
-    mixed = blend_weights(a.state_dict(), b, 0.25)
-    assert mixed.keys() == b.keys()
-    for k, v in a.state_dict().items():
+    a, b, c = a.state_dict(), new_model(Params()).encoder.state_dict(), new_model(Params()).encoder.state_dict()
+    mixed = average_weights([a, b], [0.25, 0.75])
+    mean = average_weights([a, b, c])
+    assert mixed.keys() == mean.keys() == b.keys()
+    for k, v in a.items():
         if v.is_floating_point():
             assert torch.allclose(mixed[k], 0.25 * v + 0.75 * b[k])
+            assert torch.allclose(mean[k], (v + b[k] + c[k]) / 3)
         else:
-            assert torch.equal(mixed[k], v)
+            assert torch.equal(mixed[k], v) and torch.equal(mean[k], v)
     assert any(not torch.equal(mixed[k], b[k]) for k in b if "num_batches_tracked" in k)
-    assert all(torch.equal(x, y) for x, y in zip(blend_weights(a.state_dict(), b, 1.0).values(),
-                                                  a.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(average_weights([a, b], [1.0, 0.0]).values(), a.values()))
 
 
 @pytest.mark.parametrize("share, same_as_base", [(0.0, True), (0.5, False)])

@@ -11,9 +11,9 @@ from speakertag.evaluate import read_reference, score
 from speakertag.model import load_model
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "data" / "example"
-# Measured on this example (task d3 of the development set): F1 0.965-0.983 over seeds 0-4
+# Measured on this example (task d3 of the development set): F1 0.965-0.983 over seeds 0-7
 # with the shipped base encoder; the floor leaves room for platform differences.
-F1_FLOOR = 0.93
+F1_FLOOR = 0.95
 SECOND_VOICE_F1_FLOOR = 0.9  # measured 0.96 (seed 0) for reader 3005 in the two-voice test
 
 

@@ -14,6 +14,7 @@ is from the best one for that film.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import replace
@@ -52,6 +53,8 @@ def main() -> None:
     ap.add_argument("--no-impostors", action="store_true", help="calibrate without the shipped unseen voices")
     ap.add_argument("--steps", type=int, help="override max training steps")
     ap.add_argument("--out", type=Path, help="folder for the hypotheses (CSV)")
+    ap.add_argument("--param", action="append", default=[], metavar="GROUP.NAME=VALUE",
+                    help="override a train or tag param, e.g. train.fine_tune_layers=all (repeatable)")
     args = ap.parse_args()
 
     tasks = sorted(d for d in args.dataset.iterdir() if (d / "train" / "positive").is_dir())
@@ -61,6 +64,12 @@ def main() -> None:
     params = Params()
     if args.steps is not None:
         params = replace(params, train=replace(params.train, max_steps=args.steps))
+    for item in args.param:
+        key, value = item.split("=", 1)
+        group, name = key.split(".")
+        old = getattr(getattr(params, group), name)
+        new = value if isinstance(old, str) else type(old)(json.loads(value))
+        params = replace(params, **{group: replace(getattr(params, group), **{name: new})})
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
 
@@ -73,7 +82,7 @@ def main() -> None:
             p = replace(params, train=replace(params.train, seed=seed))
             t0 = time.monotonic()
             model, memory, _ = train([task / "train" / "positive"], [task / "train" / "negative"], p, base,
-                                     impostors=[] if args.no_impostors else impostors_of(shipped_base_dir()))
+                                     impostors=[] if args.no_impostors else impostors_of(Path(args.base) if base else shipped_base_dir()))
             train_s = time.monotonic() - t0
             voice = Voice(model, memory)
             film = task / "test" / "movie01.mp4"

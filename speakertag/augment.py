@@ -4,6 +4,7 @@ changes, reverberation, band limiting. Pure functions of (audio, rng) on numpy a
 
 from __future__ import annotations
 
+import librosa
 import numpy as np
 from scipy.signal import fftconvolve
 
@@ -60,6 +61,15 @@ def low_pass(x: np.ndarray, sample_rate_hz: int, cutoff_hz: float) -> np.ndarray
     spec = np.fft.rfft(x)
     spec[int(cutoff_hz / sample_rate_hz * len(x)):] = 0
     return np.fft.irfft(spec, len(x)).astype(np.float32)
+
+
+def change_speed(x: np.ndarray, factor: float) -> np.ndarray:
+    """x played `factor` times faster, (round(len(x) / factor),) float32: pitch, formants and
+    tempo scale together, so the copy sounds like another person of the same recording (a
+    pseudo-speaker). Resampled with soxr, as librosa does by default."""
+    if factor == 1.0:
+        return x
+    return librosa.resample(x, orig_sr=factor, target_sr=1.0).astype(np.float32)
 
 
 def random_crop(clip: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:

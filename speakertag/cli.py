@@ -134,6 +134,9 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
 
     from_scratch = base is not None and str(base).lower() == "none"
     base_path = None if from_scratch else (base or shipped_base_dir())
+    if not from_scratch and base_path is None:
+        raise SpeakertagError("the shipped base encoder is missing from this installation (speakertag/base_model): "
+                              "reinstall speakertag, or give --base DIR, or --base none to train from scratch")
     base_model = load_model(base_path) if base_path else None
     p = Params()
     changes = {"seed": seed}
@@ -156,7 +159,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
             if log_on and (info.step % p.train.eval_every_steps == 0 or info.step == info.max_steps):
                 click.echo(f"step {info.step}/{info.max_steps}: loss {info.loss:.3f}, validation F1 {val}", err=True)
         model, memory, report = train_voice(positive, negative, p, base_model, name, progress, device,
-                                            impostors_of(shipped_base_dir()))
+                                            impostors_of(base_path) or impostors_of(shipped_base_dir()))
 
     _raise_if_interrupted()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")

@@ -9,6 +9,7 @@ memory made with the model, and free-form metadata (voice name, provenance, hist
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import io
 import pickle
 import re
@@ -29,9 +30,17 @@ IMPOSTORS_DIR = "impostors"  # clips of voices the model never heard, for calibr
 
 
 def shipped_base_dir() -> Path | None:
-    """The base encoder shipped in the repository's models/base folder, if present."""
-    path = Path(__file__).resolve().parent.parent / "models" / "base"
-    return path if (path / MODEL_FILE).exists() else None
+    """The shipped base encoder's folder: the package's `speakertag.base_model` (the
+    repository's models/base, carried into every wheel), else models/base beside an
+    uninstalled checkout; None when neither holds a model."""
+    try:
+        installed = Path(str(importlib.resources.files("speakertag.base_model")))
+    except (ModuleNotFoundError, TypeError):  # TypeError: a namespace package without a location
+        installed = None
+    for path in (installed, Path(__file__).resolve().parent.parent / "models" / "base"):
+        if path is not None and (path / MODEL_FILE).is_file():
+            return path
+    return None
 
 
 def impostors_of(model_dir: Path | None) -> list[Path]:
@@ -40,61 +49,103 @@ def impostors_of(model_dir: Path | None) -> list[Path]:
 
 
 class Encoder(nn.Module):
-    """Log-mel windows -> unit-length speaker embeddings.
+    """Log-mel windows -> unit-length speaker embeddings (a small ECAPA-style TDNN).
 
-    Per-window mean normalisation of every mel bin (removes level and channel colour),
-    blocks of conv1d/batch-norm/ReLU/max-pool over time with mel bins as channels,
-    mean + standard-deviation pooling over time, a linear layer, L2 normalisation.
+    Every layer before the pooling works frame by frame on a fixed neighbourhood, so a film's
+    overlapping windows share it (`forward_overlapping`):
+    - each frame minus its mean over the mel bins: a gain (a constant in log-mel) changes nothing;
+    - batch-norm of every mel bin, a conv1d (kernel `first_kernel`) to `channels` channels;
+    - residual blocks of dilated conv1d (kernel 3) / batch-norm / ReLU, one per dilation;
+    - the blocks' outputs stacked (multi-layer aggregation, 3 x channels);
+    - attentive statistics pooling: per-channel attention over the window's frames, the
+      attention-weighted mean and standard deviation;
+    - batch-norm, a linear layer, L2 normalisation.
+    The convolutions are unpadded: a window of n frames yields n - 2 * context_frames frame
+    features, each from real frames only, so that a window's embedding is the same whether it
+    is embedded alone or as part of a film.
     """
 
     def __init__(self, audio: AudioParams, enc: EncoderParams):
         super().__init__()
-        layers: list[nn.Module] = [nn.BatchNorm1d(audio.n_mels)]
-        in_ch = audio.n_mels
-        for ch, k, pool in zip(enc.channels, enc.kernel_sizes, enc.pool_sizes):
-            layers += [nn.Conv1d(in_ch, ch, k, padding=k // 2, bias=False), nn.BatchNorm1d(ch), nn.ReLU()]
-            if pool > 1:
-                layers.append(nn.MaxPool1d(pool))
-            in_ch = ch
-        self.blocks = nn.Sequential(*layers)
-        self.head = nn.Linear(2 * in_ch, enc.embedding_dim)
+        ch = enc.channels
+        self.input_norm = nn.BatchNorm1d(audio.n_mels)
+        self.first = nn.Sequential(nn.Conv1d(audio.n_mels, ch, enc.first_kernel, bias=False),
+                                   nn.BatchNorm1d(ch), nn.ReLU())
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv1d(ch, ch, 3, dilation=d, bias=False),
+                                                  nn.BatchNorm1d(ch), nn.ReLU()) for d in enc.dilations)
+        self.dilations = tuple(enc.dilations)
+        stacked = ch * len(enc.dilations)
+        self.attention = nn.Sequential(nn.Conv1d(stacked, enc.attention_channels, 1), nn.ReLU(),
+                                       nn.BatchNorm1d(enc.attention_channels),
+                                       nn.Conv1d(enc.attention_channels, stacked, 1))
+        self.pool_norm = nn.BatchNorm1d(2 * stacked)
+        self.head = nn.Linear(2 * stacked, enc.embedding_dim)
+        self.context_frames = (enc.first_kernel - 1) // 2 + sum(self.dilations)
+
+    def frame_features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, n_mels, n) log-mel -> frame features and attention logits, each
+        (batch, 3 x channels, n - 2 * context_frames)."""
+        x = self.input_norm(frames - frames.mean(dim=1, keepdim=True))
+        x = self.first(x)
+        outs = []
+        for d, block in zip(self.dilations, self.blocks):
+            x = x[:, :, d:-d] + block(x)
+            outs.append(x)
+        n = outs[-1].shape[-1]
+        h = torch.cat([o[:, :, (o.shape[-1] - n) // 2:(o.shape[-1] - n) // 2 + n] for o in outs], dim=1)
+        return h, self.attention(h)
+
+    @staticmethod
+    def pooled_stats(h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Frame features and attention logits (batch, C, n) -> (batch, 2 C): the attention-
+        weighted mean and standard deviation of every channel over the frames."""
+        w = torch.softmax(logits, dim=-1)
+        mean = (w * h).sum(-1)
+        std = ((w * h.square()).sum(-1) - mean.square()).clamp_min(1e-6).sqrt()
+        return torch.cat([mean, std], dim=1)
+
+    def embed_stats(self, stats: torch.Tensor) -> torch.Tensor:
+        """(batch, 2 C) pooled statistics -> (batch, embedding_dim) unit embeddings: the head,
+        the only part that fine-tuning on a user's clips changes."""
+        return F.normalize(self.head(self.pool_norm(stats)), dim=-1)
+
+    def stats(self, windows: torch.Tensor) -> torch.Tensor:
+        """(batch, n_mels, n_frames) log-mel -> (batch, 2 C) pooled statistics."""
+        return self.pooled_stats(*self.frame_features(windows))
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        """windows: (batch, n_mels, n_frames) log-mel -> (batch, embedding_dim), unit L2 norm."""
-        x = windows - windows.mean(dim=-1, keepdim=True)
-        return self._finish(self.blocks(x))
+        """windows: (batch, n_mels, n_frames) log-mel, n_frames > 2 * context_frames
+        -> (batch, embedding_dim), unit L2 norm."""
+        return self.embed_stats(self.stats(windows))
 
-    def _finish(self, h: torch.Tensor) -> torch.Tensor:
-        """(batch, channels, frames) last block output -> unit embeddings."""
-        stats = torch.cat([h.mean(dim=-1), h.std(dim=-1)], dim=1)
-        return F.normalize(self.head(stats), dim=-1)
+    @staticmethod
+    def sliding_pooled_stats(h: torch.Tensor, logits: torch.Tensor, width: int, hop: int) -> torch.Tensor:
+        """pooled_stats of every window [j * hop, j * hop + width) of one long stretch of frame
+        features and logits (C, n_frames) -> (n_windows, 2 C), from running sums: each frame's
+        weight is computed once, not once per window that covers it. In float64, with each
+        channel's largest logit subtracted (softmax is unchanged by a shift)."""
+        e = torch.exp((logits - logits.max(dim=1, keepdim=True).values).double())
+        eh = e * h.double()
+        starts = torch.arange(0, h.shape[1] - width + 1, hop, device=h.device)
+
+        def window_sums(x: torch.Tensor) -> torch.Tensor:  # (C, n_frames) -> (C, n_windows)
+            c = F.pad(x.cumsum(dim=1), (1, 0))
+            return c[:, starts + width] - c[:, starts]
+
+        s0 = window_sums(e).clamp_min(1e-300)
+        mean = window_sums(eh) / s0
+        std = (window_sums(eh * h.double()) / s0 - mean.square()).clamp_min(1e-6).sqrt()
+        return torch.cat([mean, std], dim=0).T.to(h.dtype)
 
     @torch.inference_mode()
     def forward_overlapping(self, windows: torch.Tensor, hop_frames: int) -> torch.Tensor:
         """The same as forward() in eval mode, for consecutive windows `hop_frames` apart
-        (a film's windows), about twice as fast: the first convolution, the costliest layer,
-        runs once over the frames the windows share instead of once per window.
-
-        It is linear: conv(BN0(x - m)) = conv(BN0(x)) - (sum of taps) @ (BN0 scale * m) for a
-        window's mean m, except at the window's two edges, where per-window zero padding
-        hides the neighbouring frames; those few outputs are computed per window.
-        """
-        bn0, conv, rest = self.blocks[0], self.blocks[1], self.blocks[2:]
-        n, _, width = windows.shape
-        pad = conv.padding[0]
-        scale = bn0.weight / torch.sqrt(bn0.running_var + bn0.eps)  # BN0(x) = scale * x + shift
-        shift = bn0.bias - scale * bn0.running_mean
-        # The contiguous frames behind the windows: the first window, then each one's new hop.
-        frames = torch.cat([windows[0], windows[1:, :, width - hop_frames:].permute(1, 0, 2).reshape(windows.shape[1], -1)], 1)
-        shared = F.conv1d(scale[:, None] * frames + shift[:, None], conv.weight)  # (ch, n_frames - 2 pad)
-        interior = shared.unfold(1, width - 2 * pad, hop_frames).permute(1, 0, 2)  # (n, ch, width - 2 pad)
-        mean = windows.mean(dim=-1)  # (n, n_mels)
-        interior = interior - (conv.weight.sum(-1) @ (scale * mean).T).T[:, :, None]
-        z_left = scale[:, None] * (windows[:, :, :2 * pad] - mean[:, :, None]) + shift[:, None]
-        z_right = scale[:, None] * (windows[:, :, width - 2 * pad:] - mean[:, :, None]) + shift[:, None]
-        left = F.conv1d(F.pad(z_left, (pad, 0)), conv.weight)  # outputs 0 .. pad - 1
-        right = F.conv1d(F.pad(z_right, (0, pad)), conv.weight)  # the last pad outputs
-        return self._finish(rest(torch.cat([left, interior, right], dim=2)))
+        (a film's windows): every layer before the pooling runs once over the frames the
+        windows share (a quarter of the work at a 0.5 s hop), and the pooling from running sums."""
+        n, n_mels, width = windows.shape
+        frames = torch.cat([windows[0], windows[1:, :, width - hop_frames:].permute(1, 0, 2).reshape(n_mels, -1)], 1)
+        h, logits = self.frame_features(frames[None])
+        return self.embed_stats(self.sliding_pooled_stats(h[0], logits[0], width - 2 * self.context_frames, hop_frames))
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = 1  # version of model and memory files; bump on incompatible change
+FORMAT_VERSION = 2  # version of model and memory files; bump on incompatible change
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,10 @@ class AudioParams:
 
 @dataclass(frozen=True)
 class EncoderParams:
-    channels: tuple[int, ...] = (128, 128, 128)  # conv1d channels of each block
-    kernel_sizes: tuple[int, ...] = (5, 3, 3)
-    pool_sizes: tuple[int, ...] = (2, 2, 1)  # max-pool over time after each block
+    channels: int = 192  # conv1d channels of the first layer and of each residual block
+    first_kernel: int = 5  # frames seen by the first conv1d
+    dilations: tuple[int, ...] = (2, 3, 4)  # one residual block (kernel 3) per dilation
+    attention_channels: int = 64  # hidden channels of the attentive pooling
     embedding_dim: int = 128
 
 
@@ -68,10 +69,14 @@ class TrainParams:
     augment_probability: float = 0.8
     augmented_memory_copies: int = 1  # noisy copies of each positive window in the memory
     calibration_rounds: int = 2  # film-like copies of each other window scored for calibration, twice as many of the target's (dev: 2 > 1, a steadier threshold)
+    impostor_speed_factors: tuple[float, ...] = (0.9, 1.1)  # speed copies of each impostor, as more unseen voices
+    calibration_impostors: int = 16  # impostor voices most like the target that join the calibration's negatives
     target_share: float = 0.2  # share of a film's time the target is assumed to speak, weighting calibration (dev films: 0.13-0.21; 0.15-0.25 > 1/3)
     threshold_rule: str = "f1"  # "f1" or "precision"
     target_precision: float = 0.95  # used by the "precision" rule
     seed: int = 0
+    fine_tune_layers: str = "head"  # fine-tuning a base trains "head" (pooled-statistics batch-norm and linear
+    # layer; the frame layers keep the base's) or "all"
     fine_tuned_share: float = 0.5  # the encoder kept: this share of the fine-tuned weights, the rest the base's
     # (weight-space ensembling; dev, mean pooled F1 over seeds 0-4: 0.5 0.943, 0.7 0.940, 0.3 0.938, 1.0 0.935)
 

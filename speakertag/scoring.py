@@ -51,6 +51,15 @@ class Scorer:
         return s
 
 
+def nearest_groups(scores: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
+    """(m,) bool: the windows of the `n` groups (voices) whose mean score is highest.
+    scores, groups: (m,) window scores and integer group ids."""
+    ids, inverse = np.unique(groups, return_inverse=True)
+    mean = np.bincount(inverse, weights=scores) / np.bincount(inverse)
+    nearest = np.argsort(-mean, kind="stable")[:n]
+    return np.isin(inverse, nearest)
+
+
 @dataclass(frozen=True)
 class Calibration:
     threshold: float

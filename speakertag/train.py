@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from .audio import find_media_files, load_audio
-from .augment import film_like, generated_backgrounds, rms
+from .augment import change_speed, film_like, generated_backgrounds, rms
 from .errors import SpeakertagError
 from .features import log_mel, tile_to
 from .losses import mine_hard_negatives, triplet_loss
 from .memory import Memory
 from .model import Model, embed, new_model, resolve_device
 from .params import AudioParams, Params
-from .scoring import Calibration, Scorer, calibrate_threshold, top_k_mean_excluding
+from .scoring import Calibration, Scorer, calibrate_threshold, nearest_groups, top_k_mean_excluding
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def features(windows: np.ndarray, a: AudioParams, device: torch.device, batch: i
     return torch.cat(out) if out else torch.zeros(0, a.n_mels, a.window_frames, device=device)
 
 
-def embed_features(model: Model, feats: torch.Tensor, batch: int = 512) -> np.ndarray:
+def embed_features(model: Model, feats: torch.Tensor, batch: int = 64) -> np.ndarray:
     """(n, n_mels, window_frames) -> (n, dim) float32 embeddings, eval mode, no gradients."""
     out = [embed(model, feats[i:i + batch]) for i in range(0, len(feats), batch)]
     return torch.cat(out).numpy() if out else np.zeros((0, model.params.encoder.embedding_dim), np.float32)
@@ -281,28 +281,51 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     model.params = p
     model.meta = {**model.meta, "name": name}
     enc = model.encoder.to(dev)
+    # Fine-tuning a base trains its head only: the frame layers and the attention keep what
+    # pretraining on hundreds of voices taught them, and every window's pooled statistics are
+    # computed once per pool instead of at every step.
+    head_only = base is not None and tp.fine_tune_layers == "head"
+
+    @torch.no_grad()
+    def inputs(feats: torch.Tensor) -> torch.Tensor:
+        """What the training steps feed the encoder: log-mel windows, or their pooled statistics."""
+        if not head_only:
+            return feats
+        enc.eval()
+        out = [enc.stats(feats[i:i + 64]) for i in range(0, len(feats), 64)]
+        return torch.cat(out) if out else feats.new_zeros(0, enc.head.in_features)
+
+    forward = enc.embed_stats if head_only else enc
+
+    @torch.no_grad()
+    def embed_inputs(x: torch.Tensor) -> np.ndarray:
+        """Eval-mode embeddings of what `inputs` returns, (n, dim) float32."""
+        if not head_only:
+            return embed_features(model, x)
+        enc.eval()
+        return enc.embed_stats(x).float().cpu().numpy()
 
     # Validation looks like film audio: every positive window degraded, held-back noise too.
     # Its features are computed once; each evaluation only runs the encoder.
     if validate:
         cap = MAX_POOL_WINDOWS
-        val_pos = chunk_features(degraded_chunks(Windows.of(pos_val, a).subset(cap // 2, rng), 2, all_bg, p, rng, 1.0),
-                                 a, dev)
-        val_neg = chunk_features(degraded_chunks(Windows.of(neg_val + imp_clips, a).subset(cap, rng), 1, all_bg, p,
-                                                 rng, 0.7), a, dev)
+        val_pos = inputs(chunk_features(degraded_chunks(Windows.of(pos_val, a).subset(cap // 2, rng), 2, all_bg, p,
+                                                        rng, 1.0), a, dev))
+        val_neg = inputs(chunk_features(degraded_chunks(Windows.of(neg_val + imp_clips, a).subset(cap, rng), 1, all_bg,
+                                                        p, rng, 0.7), a, dev))
         copies = 1 + tp.augmented_memory_copies
-        val_memory_pos = chunk_features(memory_chunks(Windows.of(pos_train, a).subset(cap // copies, rng), bg, p, rng),
-                                        a, dev)
+        val_memory_pos = inputs(chunk_features(memory_chunks(Windows.of(pos_train, a).subset(cap // copies, rng), bg,
+                                                             p, rng), a, dev))
         use_negatives = p.tag.negative_weight > 0
-        val_memory_neg = chunk_features(memory_chunks(Windows.of(neg_train if use_negatives else [], a)
-                                                      .subset(cap // copies, rng), bg, p, rng), a, dev)
+        val_memory_neg = inputs(chunk_features(memory_chunks(Windows.of(neg_train if use_negatives else [], a)
+                                                             .subset(cap // copies, rng), bg, p, rng), a, dev))
 
     def validation_scores() -> tuple[np.ndarray, np.ndarray]:
-        scorer = Scorer(embed_features(model, val_memory_pos), embed_features(model, val_memory_neg),
-                        p.tag.top_k, p.tag.negative_weight)
-        return scorer(embed_features(model, val_pos)), scorer(embed_features(model, val_neg))
+        scorer = Scorer(embed_inputs(val_memory_pos), embed_inputs(val_memory_neg), p.tag.top_k, p.tag.negative_weight)
+        return scorer(embed_inputs(val_pos)), scorer(embed_inputs(val_neg))
 
-    opt = torch.optim.AdamW(enc.parameters(), lr=tp.learning_rate, weight_decay=tp.weight_decay)
+    trained = [*enc.pool_norm.parameters(), *enc.head.parameters()] if head_only else list(enc.parameters())
+    opt = torch.optim.AdamW(trained, lr=tp.learning_rate, weight_decay=tp.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, tp.max_steps))
     pos_train_windows, neg_train_windows = Windows.of(pos_train, a), Windows.of(neg_train, a)
     best_f1, best_step, evals_without_gain, step, val_f1, loss_value = -1.0, 0, 0, 0, None, float("nan")
@@ -313,12 +336,12 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
             # Refresh the pools: fresh degradations of every window, embedded by the current
             # model, so that mining sees which negatives still violate the margin now.
             # Beyond MAX_POOL_WINDOWS windows, each refresh draws another random subset.
-            pos_pool = chunk_features(degraded_chunks(pos_train_windows.subset(MAX_POOL_WINDOWS, rng), 1, bg, p, rng),
-                                      a, dev)
-            neg_pool = chunk_features(degraded_chunks(neg_train_windows.subset(MAX_POOL_WINDOWS, rng), 1, bg, p, rng),
-                                      a, dev)
-            pos_emb = torch.from_numpy(embed_features(model, pos_pool))
-            neg_emb = torch.from_numpy(embed_features(model, neg_pool))
+            pos_pool = inputs(chunk_features(degraded_chunks(pos_train_windows.subset(MAX_POOL_WINDOWS, rng), 1, bg, p,
+                                                             rng), a, dev))
+            neg_pool = inputs(chunk_features(degraded_chunks(neg_train_windows.subset(MAX_POOL_WINDOWS, rng), 1, bg, p,
+                                                             rng), a, dev))
+            pos_emb = torch.from_numpy(embed_inputs(pos_pool))
+            neg_emb = torch.from_numpy(embed_inputs(neg_pool))
             centroid = torch.nn.functional.normalize(pos_emb.mean(0, keepdim=True), dim=-1)
         ai = rng.integers(len(pos_pool), size=b)
         pi = (ai + rng.integers(1, max(2, len(pos_pool)), size=b)) % len(pos_pool)  # another window
@@ -327,7 +350,7 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
         hard = mine_hard_negatives(pos_emb[ai], ap_sim, neg_emb, tp.margin, 16, gen).numpy()
         ri = rng.integers(len(neg_pool), size=b)
         enc.train()
-        emb = enc(torch.cat([pos_pool[ai], pos_pool[pi], neg_pool[hard], neg_pool[ri]]))
+        emb = forward(torch.cat([pos_pool[ai], pos_pool[pi], neg_pool[hard], neg_pool[ri]]))
         e_a, e_p, e_hard, e_rand = emb.split(b)
         loss = triplet_loss(e_a, e_p, e_hard, tp.margin) + triplet_loss(e_a, e_p, e_rand, tp.margin)
         opt.zero_grad()
@@ -371,7 +394,11 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     rounds = tp.calibration_rounds
     cal_pos = embed_chunks(model, degraded_chunks(pos_windows, 2 * rounds, all_bg, p, rng, 1.0), dev)
     cal_neg = embed_chunks(model, degraded_chunks(neg_windows, rounds, all_bg, p, rng, 0.7), dev)
-    cal_imp = embed_chunks(model, degraded_chunks(Windows.of(imp_clips, a), rounds, all_bg, p, rng, 0.7), dev)
+    # The impostors, with speed copies of each as more voices; only the voices most like the
+    # target count: a target with look-alikes gets a stricter threshold, one without keeps its recall.
+    imp_voices = Windows.of([Clip(f"{c.name}@{f:g}", change_speed(c.samples, f))
+                             for c in imp_clips for f in (1.0, *tp.impostor_speed_factors)], a)
+    cal_imp = embed_chunks(model, degraded_chunks(imp_voices, 1, all_bg, p, rng, 0.7), dev)
     k, w = p.tag.top_k, p.tag.negative_weight
     pos_memory_ids, neg_memory_ids = np.tile(pos_ids, copies), np.tile(neg_ids, copies)
 
@@ -385,10 +412,13 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
                                              negatives, neg_memory_ids, k)
         return s
 
+    def nearest_impostor_scores(scores: np.ndarray) -> np.ndarray:
+        return scores[nearest_groups(scores, imp_voices.clip_index, tp.calibration_impostors)]
+
     calib = calibrate_threshold(
         calibration_scores(cal_pos, own_pos_clip=np.tile(pos_ids, 2 * rounds)),
         np.concatenate([calibration_scores(cal_neg, own_neg_clip=np.tile(neg_ids, rounds)),
-                        calibration_scores(cal_imp) if len(cal_imp) else np.zeros(0, np.float32)]),
+                        nearest_impostor_scores(calibration_scores(cal_imp))]),
         tp.threshold_rule, tp.target_precision, tp.target_share)
     model.encoder.cpu()
     memory = Memory(positives, negatives, p, model.fingerprint, calib.threshold, name, {

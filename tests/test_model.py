@@ -6,7 +6,7 @@ import torch
 
 from speakertag.errors import SpeakertagError
 from speakertag.model import MODEL_FILE, embed, load_model, new_model, save_model
-from speakertag.params import Params
+from speakertag.params import FORMAT_VERSION, Params
 
 P = Params()
 
@@ -117,7 +117,7 @@ class RunsCode:
 def test_code_in_a_model_file_is_refused_and_not_run(tmp_path, how):
     marker = tmp_path / "MARKER"
     path = tmp_path / MODEL_FILE
-    payload = {"format": "speakertag-model", "format_version": 1, "evil": RunsCode(marker)}
+    payload = {"format": "speakertag-model", "format_version": FORMAT_VERSION, "evil": RunsCode(marker)}
     if how == "pickle":
         path.write_bytes(pickle.dumps(payload))
     else:

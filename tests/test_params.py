@@ -10,11 +10,11 @@ from speakertag.params import AudioParams, Params
 
 def test_round_trip_through_json():
     p = Params()
-    p = replace(p, encoder=replace(p.encoder, channels=(64, 96), kernel_sizes=(3, 5), pool_sizes=(2, 1)),
+    p = replace(p, encoder=replace(p.encoder, channels=64, dilations=(2, 5)),
                 train=replace(p.train, snr_db_range=(5.0, 15.0), max_steps=7))
     back = Params.from_dict(json.loads(json.dumps(p.to_dict())))  # lists come back as tuples
     assert back == p
-    assert back.encoder.channels == (64, 96)
+    assert back.encoder.dilations == (2, 5)
     assert back.train.snr_db_range == (5.0, 15.0)
 
 

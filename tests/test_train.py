@@ -64,6 +64,19 @@ def test_fine_tuning_keeps_the_share_of_its_own_weights(tiny_model_dir, example,
     assert all(torch.equal(mine[k], v) for k, v in theirs.items() if v.is_floating_point()) == same_as_base
 
 
+@pytest.mark.parametrize("layers", ["head", "all"])
+def test_fine_tuning_trains_the_head_only_unless_asked(tiny_model_dir, example, layers):
+    """The frame layers and the attention keep the base's weights; the head learns."""
+    base = load_model(tiny_model_dir)
+    p = replace(base.params, train=replace(base.params.train, max_steps=2, eval_every_steps=2, batch_size=8,
+                                           fine_tune_layers=layers))
+    model, _, _ = train([example / "positive" / n for n in TINY_POSITIVE],
+                        [example / "negative" / n for n in TINY_NEGATIVE], p, base=base)
+    mine, theirs = model.encoder.state_dict(), base.encoder.state_dict()
+    changed = {k.split(".")[0] for k, v in theirs.items() if v.is_floating_point() and not torch.equal(mine[k], v)}
+    assert changed == ({"pool_norm", "head"} if layers == "head" else {k.split(".")[0] for k in theirs})
+
+
 def test_clip_windows_tile_short_clips():
     a = Params().audio
     short = Clip("short", speech_like(1.2, a.sample_rate_hz))

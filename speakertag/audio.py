@@ -24,6 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from .errors import SpeakertagError, first_line
+from .io_utils import file_kind
 
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".w64", ".caf"}
 CONTAINER_SUFFIXES = {
@@ -55,13 +56,22 @@ class AudioInfo:
     stream_index: int | None  # audio stream number among the file's audio streams (PyAV only)
 
 
-def find_media_files(paths: list[str | Path]) -> list[Path]:
-    """Files named directly, plus media files found recursively in named folders, sorted."""
+def find_media_files(paths: list[str | Path], unreadable: list[Path] | None = None) -> list[Path]:
+    """Files named directly, plus media files found recursively in named folders, sorted.
+
+    A folder that cannot be listed (permission denied) is appended to `unreadable` when
+    given (a batch names it and goes on), else refused with a SpeakertagError."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            inside = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES)
-            if not inside:
+            errors: list[OSError] = []
+            inside = sorted(Path(root) / name for root, _, names in os.walk(p, onerror=errors.append) for name in names
+                            if Path(name).suffix.lower() in MEDIA_SUFFIXES and (Path(root) / name).is_file())
+            if errors:
+                if unreadable is None:
+                    raise SpeakertagError(f"cannot read folder {errors[0].filename}: {errors[0].strerror or errors[0]}")
+                unreadable.extend(Path(e.filename) for e in errors)
+            elif not inside:
                 raise SpeakertagError(f"no audio or video files in folder: {p}")
             found.extend(inside)
         elif p.exists():
@@ -76,6 +86,10 @@ def _check_readable(path: Path) -> None:
         raise SpeakertagError(f"no such file: {path}")
     if path.is_dir():
         raise SpeakertagError(f"expected a file, got a folder: {path}")
+    kind = file_kind(path)
+    if kind:  # st_size of a pipe is 0: it would be called empty
+        raise SpeakertagError(f"cannot read {path}: it is {kind}, not a regular file; speakertag reads films "
+                              "and clips from files only")
     if not os.access(path, os.R_OK):
         raise SpeakertagError(f"cannot read (permission denied): {path}")
     if path.stat().st_size == 0:

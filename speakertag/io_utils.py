@@ -1,18 +1,82 @@
-"""Atomic file writes: readers never see a half-written output file."""
+"""Output files: atomic writes (readers never see a half-written file), and the checks that
+keep an output from destroying anything of the user's."""
 import contextlib
 import os
+import stat
+import sys
 import uuid
 from pathlib import Path
+from typing import Iterable
+
+from .errors import SpeakertagError
+
+STDOUT = "-"  # as an output path: standard output
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """What `path` is when it exists and is not a regular file ("a folder", "a pipe", "a
+    device or socket"), following symlinks; None for a regular file or no file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return "a folder" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+
+
+def followed(path: str | os.PathLike) -> Path:
+    """The path a symlink points to, through any chain of links; any other path as it is."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, an output file that is one of `inputs` (the same file, by
+    os.path.samefile) or that exists and is not a regular file (a folder, a device, a pipe;
+    a symlink counts as what it points to). Standard output ("-") is always fine."""
+    if str(out) == STDOUT:
+        return
+    kind = file_kind(out)
+    if kind:
+        raise SpeakertagError(f"cannot write to {out}: it is {kind}, not a regular file")
+    for i in inputs:
+        if _same_file(Path(out), Path(i)):
+            raise SpeakertagError(f"{out} is an input of this command ({i}) and would be overwritten; "
+                                  "write the output to another file")
+
+
+def check_output_folder(folder: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse a folder that is replaced whole (a model folder) while it holds one of `inputs`."""
+    inside = Path(os.path.realpath(folder))
+    for i in inputs:
+        if Path(os.path.realpath(i)).is_relative_to(inside):
+            raise SpeakertagError(f"the output folder {folder} holds an input of this command ({i}), which "
+                                  "writing the model there would delete; write it to another folder")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder, fsync, then os.replace.
 
-    The temporary file is removed if anything fails. Raises FileNotFoundError (an OSError)
-    "output folder does not exist: <dir>" when the parent folder is missing, and an OSError
-    naming `path` when it cannot be written (a full disk: "No space left on device: <path>").
+    "-" writes to standard output instead. A symlink is followed: its target is written,
+    the link stays. Refuses (SpeakertagError) a path that is not a regular file, as
+    check_output does. The temporary file is removed if anything fails. Raises
+    FileNotFoundError (an OSError) "output folder does not exist: <dir>" when the parent
+    folder is missing, and an OSError naming `path` when it cannot be written (a full
+    disk: "No space left on device: <path>").
     """
-    path = Path(path)
+    if str(path) == STDOUT:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    check_output(path)
+    path = followed(path)
     folder = path.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {folder}")

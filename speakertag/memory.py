@@ -18,7 +18,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import SpeakertagError, check_format, first_line
+from .errors import SpeakertagError, check_format
 from .io_utils import atomic_write_bytes
 from .params import FORMAT_VERSION, Params
 
@@ -86,14 +86,21 @@ def save_memory(memory: Memory, path: str | Path) -> Path:
     return path
 
 
+def memory_file(path: str | Path) -> Path:
+    """The memory file that `path` names: itself, or a model folder's memory.npz."""
+    path = Path(path)
+    return path / MEMORY_FILE if path.is_dir() else path
+
+
 def load_memory(path: str | Path) -> Memory:
     """Read a memory file (or a model folder's memory.npz); verifies version and checksum."""
-    path = Path(path)
-    file = path / MEMORY_FILE if path.is_dir() else path
+    file = memory_file(path)
     if not file.exists():
         raise SpeakertagError(f"no memory at {path}: {file.name} is missing")
     if not file.is_file():
         raise SpeakertagError(f"not a valid speakertag memory file: {file} (a folder)")
+    if not zipfile.is_zipfile(file):
+        raise SpeakertagError(f"not a valid speakertag memory file: {file} (not a NumPy .npz archive)")
     try:
         with np.load(file, allow_pickle=False) as z:
             # The sizes first, from the arrays' headers: a huge memory is refused before it is read.
@@ -101,7 +108,9 @@ def load_memory(path: str | Path) -> Memory:
             embeddings, negatives = z["embeddings"], z["negatives"]
             header = json.loads(z["header"].tobytes().decode())
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise SpeakertagError(f"not a valid speakertag memory file: {file} ({first_line(e)})") from None
+        # numpy's own words would invite an unsafe load ("allow_pickle=True"): say what it is instead
+        why = "it holds pickled objects, which speakertag never loads" if "pickle" in str(e) else "damaged or incomplete"
+        raise SpeakertagError(f"not a valid speakertag memory file: {file} ({why})") from None
     check_format(header, "memory", file, FORMAT_VERSION)
     stored = header.pop("checksum", None)
     if stored != _checksum(embeddings, negatives, header):
@@ -130,15 +139,27 @@ def _stored_rows(z, key: str) -> int:
     return shape[0] if shape else 1
 
 
+def _join_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a's rows, then those of b's rows that are not already there (exact copies added once)."""
+    rows = np.concatenate([a, b])
+    if not len(rows):
+        return rows
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    keep = first[inverse.reshape(-1)] == np.arange(len(rows))  # the first row of each value
+    keep[:len(a)] = True  # a stays as it is
+    return rows[keep]
+
+
 def merge_memories(a: Memory, b: Memory) -> Memory:
-    """Join two memories of the same model; keeps a's threshold and name."""
+    """Join two memories of the same model; keeps a's threshold and name. An entry of b
+    that a already holds (merging a memory with itself, or twice) is not added again."""
     if a.model_fingerprint != b.model_fingerprint or a.params != b.params:
         raise SpeakertagError("cannot merge memories of different models "
                               f"(fingerprints {a.model_fingerprint} and {b.model_fingerprint})")
-    check_entries(sum(len(m.embeddings) + len(m.negatives) for m in (a, b)), "the merged memory would hold")
+    embeddings, negatives = _join_rows(a.embeddings, b.embeddings), _join_rows(a.negatives, b.negatives)
+    check_entries(len(embeddings) + len(negatives), "the merged memory would hold")
     info = {**a.info, "merged_from": [a.info.get("source", a.name), b.info.get("source", b.name)]}
-    return replace(a, embeddings=np.concatenate([a.embeddings, b.embeddings]),
-                   negatives=np.concatenate([a.negatives, b.negatives]), info=info)
+    return replace(a, embeddings=embeddings, negatives=negatives, info=info)
 
 
 def build_index(embeddings: np.ndarray) -> faiss.Index:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -117,6 +118,7 @@ class TagResult:
     cell_db: np.ndarray  # (n_windows + cells per window - 1,) speech-band level of each hop-long cell, dB
     tracks: list[VoiceTrack]  # one per voice, in the order the voices were given
     stage_s: dict[str, float]  # wall seconds spent in decode, features, encoder, search
+    note: str = ""  # one line for the user about the film (shorter than one window), or ""
 
     @property
     def segments(self) -> list[Segment]:
@@ -183,14 +185,17 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     duration_s = n_samples / a.sample_rate_hz
     if peak == 0.0:
         raise SpeakertagError(f"{path} is silent: its audio track holds only digital silence")
-    if not scores[0]:
-        raise SpeakertagError(f"{path} is too short: {duration_s:.2f} s, one window is {a.window_s:.2f} s")
+    note = ""
+    if not scores[0]:  # a valid film in which nothing can be found: no segments, and a note saying why
+        # Rounded down and up, so that the figures never contradict the comparison.
+        note = (f"{path}: {math.floor(duration_s * 1000 + 1e-6) / 1000:.3f} s of audio, shorter than one window "
+                f"({math.ceil(a.window_samples / a.sample_rate_hz * 1000) / 1000:.3f} s): no segments")
     cell_db = np.concatenate(levels + [last_levels])
     tracks = []
     for v, parts in zip(voices, scores):
-        window_scores = np.concatenate(parts)
+        window_scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         thr = v.memory.threshold if threshold is None else threshold
         edge = v.memory.edge_threshold
         tracks.append(VoiceTrack(v.name, thr, edge, window_scores,
                                  to_segments(window_scores, thr, a, v.params, v.name, duration_s, cell_db, edge)))
-    return TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s)
+    return TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s, note)

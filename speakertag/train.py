@@ -9,6 +9,7 @@ leave-one-clip-out on every clip.
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -238,6 +239,18 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
         p = replace(p, audio=base.params.audio, encoder=base.params.encoder)
     pos_clips, skipped_pos = load_clips(positive, "positive", p)
     neg_clips, skipped_neg = load_clips(negative, "negative", p)
+
+    def audio_hash(c: Clip) -> bytes:
+        return hashlib.sha256(c.samples.tobytes()).digest()
+
+    # The same clip on both sides (the same file, or a copy of it) leaves no voice to learn.
+    positive_audio = {audio_hash(c): c.name for c in pos_clips}
+    for c in neg_clips:
+        twin = positive_audio.get(audio_hash(c))
+        if twin is not None:
+            what = ("is given as both a positive and a negative clip" if twin == c.name else
+                    f"(a negative clip) has the same audio as the positive clip {twin}")
+            raise SpeakertagError(f"{c.name} {what}: a clip cannot be both the target and another voice")
     imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
     model, memory, report = train_on_clips(pos_clips, neg_clips, p, base, name, progress, device, imp_clips)
     model.meta = {**model.meta, "history": [*model.meta.get("history", []), {

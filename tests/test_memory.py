@@ -122,7 +122,7 @@ def test_entry_limit_on_save_merge_and_load(tmp_path, monkeypatch):
         save_memory(make_memory(40), tmp_path / "big.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.npz"]
     with pytest.raises(SpeakertagError, match="the merged memory would hold 54 entries, more than the limit of 40"):
-        merge_memories(small, small)
+        merge_memories(small, make_memory(20, seed=1))
     monkeypatch.setattr(speakertag.memory, "MAX_MEMORY_ENTRIES", 26)
     with pytest.raises(SpeakertagError, match="small.npz holds 27 entries, more than the limit of 26"):
         load_memory(path)

@@ -9,7 +9,6 @@ memory made with the model, and free-form metadata (voice name, provenance, hist
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import io
 import pickle
 import re
@@ -30,15 +29,12 @@ IMPOSTORS_DIR = "impostors"  # clips of voices the model never heard, for calibr
 
 
 def shipped_base_dir() -> Path | None:
-    """The shipped base encoder's folder: the package's `speakertag.base_model` (the
-    repository's models/base, carried into every wheel), else models/base beside an
-    uninstalled checkout; None when neither holds a model."""
-    try:
-        installed = Path(str(importlib.resources.files("speakertag.base_model")))
-    except (ModuleNotFoundError, TypeError):  # TypeError: a namespace package without a location
-        installed = None
-    for path in (installed, Path(__file__).resolve().parent.parent / "models" / "base"):
-        if path is not None and (path / MODEL_FILE).is_file():
+    """The shipped base encoder's folder: speakertag/base_model inside an installed wheel (the
+    repository's models/base, carried as package data), else models/base beside the package in
+    a checkout or an editable install; None when neither holds a model."""
+    here = Path(__file__).resolve().parent
+    for path in (here / "base_model", here.parent / "models" / "base"):
+        if (path / MODEL_FILE).is_file():
             return path
     return None
 

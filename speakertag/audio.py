@@ -56,11 +56,12 @@ class AudioInfo:
     stream_index: int | None  # audio stream number among the file's audio streams (PyAV only)
 
 
-def find_media_files(paths: list[str | Path], unreadable: list[Path] | None = None) -> list[Path]:
+def find_media_files(paths: list[str | Path], unreadable: list[OSError] | None = None) -> list[Path]:
     """Files named directly, plus media files found recursively in named folders, sorted.
 
-    A folder that cannot be listed (permission denied) is appended to `unreadable` when
-    given (a batch names it and goes on), else refused with a SpeakertagError."""
+    A folder that cannot be listed (permission denied) is refused with a SpeakertagError,
+    or, when `unreadable` is given, its error (naming it) is appended there: a batch names
+    it and goes on."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -70,7 +71,7 @@ def find_media_files(paths: list[str | Path], unreadable: list[Path] | None = No
             if errors:
                 if unreadable is None:
                     raise SpeakertagError(f"cannot read folder {errors[0].filename}: {errors[0].strerror or errors[0]}")
-                unreadable.extend(Path(e.filename) for e in errors)
+                unreadable.extend(errors)
             elif not inside:
                 raise SpeakertagError(f"no audio or video files in folder: {p}")
             found.extend(inside)

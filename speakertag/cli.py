@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -18,10 +19,23 @@ import click
 
 from . import writers
 from .errors import SpeakertagError
-from .io_utils import atomic_write_bytes, atomic_write_text
+from .io_utils import STDOUT, atomic_write_bytes, atomic_write_text, check_output_folder, check_outputs, followed
 from .params import TrainParams
 
 GREEDY_OPTIONS = ("--positive", "--negative")
+# A window's score is its top-k mean cosine to the target's memory minus 0.5 (the negative
+# weight) times that to the other sounds: it lies in [-1.5, 1.5].
+SCORE_RANGE = (-1.5, 1.5)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan (which compares false with both bounds)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def _expand_greedy(argv: list[str]) -> list[str]:
@@ -120,19 +134,21 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     from .audio import find_media_files
 
     # What can be checked in a moment is checked before loading torch and training.
+    out_dir = followed(out_dir)  # a symlink: the model goes where it points, the link stays
     if not out_dir.parent.is_dir():
         raise SpeakertagError(f"output folder does not exist: {out_dir.parent}")
     if not os.access(out_dir.parent, os.W_OK):
         raise SpeakertagError(f"cannot write to the output folder (permission denied): {out_dir.parent}")
-    find_media_files(list(positive))  # a missing name or a folder without audio fails here
-    find_media_files(list(negative))
+    from_scratch = base is not None and str(base).lower() == "none"
+    # a missing name or a folder without audio fails here
+    clips = find_media_files(list(positive)) + find_media_files(list(negative))
+    check_output_folder(out_dir, clips + ([base] if base is not None and not from_scratch else []))
 
     from .memory import save_memory
     from .model import impostors_of, load_model, save_model, shipped_base_dir
     from .params import Params
     from .train import train as train_voice
 
-    from_scratch = base is not None and str(base).lower() == "none"
     base_path = None if from_scratch else (base or shipped_base_dir())
     if not from_scratch and base_path is None:
         raise SpeakertagError("the shipped base encoder is missing from this installation (speakertag/base_model): "
@@ -235,6 +251,8 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, device, quiet)
 
     if not model_dir.is_dir():
         raise SpeakertagError(f"no such model folder: {model_dir}")
+    if out_dir is not None and not (out_dir.is_dir() and os.path.samefile(out_dir, model_dir)):
+        check_output_folder(out_dir, [film, labels, model_dir])  # in place, the folder's files are kept
     voice = load_voice(model_dir, device)
     spans = read_corrections(labels, voice.memory.name)
     options = RefineOptions(seed=seed, stream=stream)
@@ -294,6 +312,13 @@ def _render(fmt: str, film: Path, result, spec) -> str:
     return writers.render(fmt, result.segments, input_path=str(film), voices=voices)
 
 
+def _voice_inputs(spec) -> list[Path]:
+    """The model and memory files the voices of `spec` are loaded from."""
+    from .batch import voice_files
+
+    return [f for _, model, memory in voice_files(spec) for f in (model, memory)]
+
+
 def _error_message(e: BaseException) -> str:
     """One line for a failure: our own message, an OS error with its file, or the exception type."""
     if isinstance(e, SpeakertagError):
@@ -310,12 +335,13 @@ def _error_message(e: BaseException) -> str:
                    "voices in one pass; segments are labelled with each voice's name.")
 @click.option("--memory", "memory_file", type=click.Path(path_type=Path),
               help="Use this memory file instead of the model folder's (one model only).")
-@click.option("--threshold", type=float, help="Score threshold; default: the memory's calibrated one.")
+@click.option("--threshold", type=FiniteFloatRange(*SCORE_RANGE),
+              help=f"Score threshold, {SCORE_RANGE[0]:g} to {SCORE_RANGE[1]:g}; default: the memory's calibrated one.")
 @click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first); default: the default track.")
 @click.option("--format", "fmt", type=click.Choice(writers.FORMATS),
               help=f"Default: the one --out's name asks for ({', '.join(writers.SUFFIX.values())}), else text.")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
-              help="One input: write here instead of stdout.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="One input: write here instead of stdout ('-': stdout).")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Write one file per input here, named after the input (needed for several inputs or folders).")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
@@ -349,6 +375,8 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
     """Find where each model's voice speaks in each FILM (any audio or video file, or a folder
     searched recursively). Several inputs or a folder need --out-dir; a file that fails is
     reported and the others go on (exit code 1 if any failed)."""
+    if Path(STDOUT) in films:
+        raise SpeakertagError("reading a film from standard input is not supported: name the film's file")
     if report_audio is not None and report is None:
         raise click.UsageError("--report-audio needs --report")
     if (report or plot) and (out_dir is not None or len(films) > 1 or any(f.is_dir() for f in films)):
@@ -370,6 +398,7 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
                                "CPUs decide how many run at once")
     from .batch import VoiceSpec
 
+    out = None if out == Path(STDOUT) else out
     fmt = fmt or (writers.format_of(out) if out is not None else None) or "text"
     spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db)
     if out_dir is None:
@@ -383,13 +412,17 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
     """One film to stdout or to `out`, and its report and plot if asked; a failure is the command's error."""
     from .audio import probe
 
-    for path in (out, report, plot):
-        if path is not None and not path.parent.exists():
+    outputs = [path for path in (out, report, plot) if path is not None]
+    check_outputs(outputs, [film, *_voice_inputs(spec)])
+    for path in outputs:
+        if not path.parent.exists():
             raise SpeakertagError(f"output folder does not exist: {path.parent}")
     info = probe(film, stream)  # a bad film fails here, before torch and the model load
     voices = spec.load()
     result = _tag_with_bar(film, voices, threshold, stream, quiet, info)
     text = _render(fmt, film, result, spec)
+    if result.note:
+        click.echo(result.note, err=True)
     visuals = _visuals(film, result, report, report_audio, plot, stream, quiet) if report or plot else {}
     if out is None:
         click.echo(text, nl=False)
@@ -440,10 +473,14 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
 
         import_ray()  # not installed: say so before anything else
     unique: dict[Path, Path] = {}  # each file once, however often it was named
-    for f in find_media_files(list(films)):
+    unreadable: list[OSError] = []  # folders that could not be listed: named, and the others go on
+    for f in find_media_files(list(films), unreadable):
         unique.setdefault(f.resolve(), f)
     inputs = list(unique.values())
     out_for = dict(zip(inputs, output_paths(inputs, out_dir, writers.SUFFIX[fmt])))
+    check_outputs(out_for.values(), [*inputs, *_voice_inputs(spec)])
+    for e in unreadable:
+        click.echo(f"speakertag: error: {e.filename}: cannot read folder ({e.strerror or e})", err=True)
     n_workers = min(jobs, len(inputs))
     if engine == "ray" or n_workers > 1:  # workers load the model; a bad model fails once, here
         if engine == "local":
@@ -479,6 +516,8 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
             failed.append(film)
             click.echo(f"speakertag: error: {film}: {_error_message(e)}", err=True)
             return
+        if result.note:
+            click.echo(result.note, err=True)
         if not quiet:
             click.echo(f"{film}: {len(result.segments)} segments written to {out_for[film]}", err=True)
 
@@ -498,9 +537,12 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
         notes.append(f"{len(inputs) - len(todo)} up to date")
     if failed:
         notes.append(f"{len(failed)} failed")
+    if unreadable:
+        notes.append(f"{len(unreadable)} folder{'s' if len(unreadable) > 1 else ''} could not be read: "
+                     + ", ".join(str(e.filename) for e in unreadable))
     click.echo(f"tagged {len(todo) - len(failed)} of {len(inputs)} files" + (f" ({', '.join(notes)})" if notes else ""),
                err=True)
-    if failed:
+    if failed or unreadable:
         sys.exit(1)
 
 
@@ -543,28 +585,36 @@ def memory_inspect(path, as_json):
         click.echo(f"clips        {len(clips)}: " + ", ".join(Path(c).name for c in clips[:5]) + (" ..." if len(clips) > 5 else ""))
 
 
+def _named(out: Path) -> str:
+    return "standard output" if out == Path(STDOUT) else str(out)
+
+
 @memory.command("export")
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="The memory file to write ('-': stdout).")
 def memory_export(model_dir, out):
     """Write the memory of MODEL_DIR to a standalone file."""
-    from .memory import load_memory, save_memory
+    from .memory import load_memory, memory_file, save_memory
 
+    check_outputs([out], [memory_file(model_dir)])
     save_memory(load_memory(model_dir), out)
-    click.echo(f"memory written to {out}", err=True)
+    click.echo(f"memory written to {_named(out)}", err=True)
 
 
 @memory.command("merge")
 @click.argument("first", type=click.Path(path_type=Path))
 @click.argument("second", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="The memory file to write ('-': stdout).")
 def memory_merge(first, second, out):
-    """Join two memories made by the same model into one."""
-    from .memory import load_memory, merge_memories, save_memory
+    """Join two memories made by the same model into one; entries already in FIRST are not added twice."""
+    from .memory import load_memory, memory_file, merge_memories, save_memory
 
+    check_outputs([out], [memory_file(first), memory_file(second)])
     merged = merge_memories(load_memory(first), load_memory(second))
     save_memory(merged, out)
-    click.echo(f"{len(merged.embeddings)} entries written to {out}", err=True)
+    click.echo(f"{len(merged.embeddings)} target entries written to {_named(out)}", err=True)
 
 
 @cli.command()

@@ -30,26 +30,27 @@ def followed(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
-
-
-def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
-    """Refuse, before any work, an output file that is one of `inputs` (the same file, by
-    os.path.samefile) or that exists and is not a regular file (a folder, a device, a pipe;
-    a symlink counts as what it points to). Standard output ("-") is always fine."""
-    if str(out) == STDOUT:
-        return
-    kind = file_kind(out)
-    if kind:
-        raise SpeakertagError(f"cannot write to {out}: it is {kind}, not a regular file")
+def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, an output file that is one of `inputs` (the same file, as
+    os.path.samefile tells: device and inode, through any link) or that exists and is not a
+    regular file (a folder, a device, a pipe; a symlink counts as what it points to).
+    Standard output ("-") is always fine."""
+    ids = {}
     for i in inputs:
-        if _same_file(Path(out), Path(i)):
-            raise SpeakertagError(f"{out} is an input of this command ({i}) and would be overwritten; "
-                                  "write the output to another file")
+        with contextlib.suppress(OSError):  # an input that does not exist cannot be overwritten
+            st = os.stat(i)
+            ids[st.st_dev, st.st_ino] = i
+    for out in outputs:
+        if str(out) == STDOUT:
+            continue
+        kind = file_kind(out)
+        if kind:
+            raise SpeakertagError(f"cannot write to {out}: it is {kind}, not a regular file")
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(out)
+            if (st.st_dev, st.st_ino) in ids:
+                raise SpeakertagError(f"{out} is an input of this command ({ids[st.st_dev, st.st_ino]}) and would "
+                                      "be overwritten; write the output to another file")
 
 
 def check_output_folder(folder: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
@@ -57,8 +58,8 @@ def check_output_folder(folder: str | os.PathLike, inputs: Iterable[str | os.Pat
     inside = Path(os.path.realpath(folder))
     for i in inputs:
         if Path(os.path.realpath(i)).is_relative_to(inside):
-            raise SpeakertagError(f"the output folder {folder} holds an input of this command ({i}), which "
-                                  "writing the model there would delete; write it to another folder")
+            raise SpeakertagError(f"the output folder {folder} is or holds an input of this command ({i}), "
+                                  "which writing the model there would delete; write it to another folder")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -66,7 +67,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
     "-" writes to standard output instead. A symlink is followed: its target is written,
     the link stays. Refuses (SpeakertagError) a path that is not a regular file, as
-    check_output does. The temporary file is removed if anything fails. Raises
+    check_outputs does. The temporary file is removed if anything fails. Raises
     FileNotFoundError (an OSError) "output folder does not exist: <dir>" when the parent
     folder is missing, and an OSError naming `path` when it cannot be written (a full
     disk: "No space left on device: <path>").
@@ -75,7 +76,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    check_output(path)
+    check_outputs([path])
     path = followed(path)
     folder = path.parent
     if not folder.is_dir():

@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 
 from .errors import SpeakertagError, check_format
-from .io_utils import atomic_write_bytes
+from .io_utils import atomic_write_bytes, file_kind
 from .params import FORMAT_VERSION, Params
 
 MEMORY_FILE = "memory.npz"
@@ -98,7 +98,7 @@ def load_memory(path: str | Path) -> Memory:
     if not file.exists():
         raise SpeakertagError(f"no memory at {path}: {file.name} is missing")
     if not file.is_file():
-        raise SpeakertagError(f"not a valid speakertag memory file: {file} (a folder)")
+        raise SpeakertagError(f"not a valid speakertag memory file: {file} (it is {file_kind(file)})")
     if not zipfile.is_zipfile(file):
         raise SpeakertagError(f"not a valid speakertag memory file: {file} (not a NumPy .npz archive)")
     try:

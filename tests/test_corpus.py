@@ -5,10 +5,16 @@ need their exact bytes (tests/fixtures/fuzz/). Each case runs `python -m speaker
 subprocess, in a fresh empty output folder, and names the exit code and a phrase of the
 expected error. A failure must
 give exactly one stderr line "speakertag: error: ..." (or, for an option error, click's usage
-text with one "Error:" line, exit code 2), no traceback, nothing on stdout, and leave the
+text with one "Error:" line, exit code 2; for a batch, an error line per film or folder it
+could not tag and the summary naming them), no traceback, nothing on stdout, and leave the
 output folder empty: no partial output, no temporary file. The valid inputs (odd rates and
-channel counts, odd names, damaged samples that are sanitised) must work: exit code 0 and a
-well-formed output.
+channel counts, odd names, damaged samples that are sanitised, a film shorter than one
+window) must work: exit code 0 and a well-formed output.
+
+No output destroys an input: an output that is an input of the same command (the film, a
+model's files, a memory, a model folder holding the clips) or that is not a regular file (a
+device, a pipe) is refused before any work; a symlink is followed, not replaced. Those cases
+aim at copies (victim*), so that a regression cannot spoil the inputs of the other cases.
 
 Decisions the corpus pins down: NaN samples are read as 0 and infinite ones as full scale
 (+-1), huge float samples are clipped to +-1e6 (speakertag.audio.MAX_ABS_SAMPLE), so such
@@ -95,6 +101,8 @@ class Case:
     max_file_bytes: int = 0  # a full disk
     unreadable: bool = False  # as root, run without the permission override that makes chmod 000 moot
     slow: bool = False  # started first
+    batch: bool = False  # tag --out-dir that goes on after failures: phrase is in its summary line
+    check: Callable[[Corpus, Path, subprocess.CompletedProcess], None] | None = None  # more to verify
 
 
 def tag(film: str, *extra, model: str = "model", out: str = "out.json") -> Build:
@@ -108,9 +116,37 @@ def train(positive: str, negative: str = "neg", *extra) -> Build:
                          "--steps", "1", "-q", *extra]
 
 
-def ok(build: Build, name: str, output: str = "out.json", slow: bool = False) -> Case:
-    """A valid input: exit code 0 and `output` in the output folder."""
-    return Case(name, build, "", exit_code=0, output=output, slow=slow)
+def ok(build: Build, name: str, output: str = "out.json", slow: bool = False, phrase: str = "",
+       check: Callable | None = None) -> Case:
+    """A valid input: exit code 0, `output` in the output folder ("": nothing there) and
+    `phrase` on stderr."""
+    return Case(name, build, phrase, exit_code=0, output=output, slow=slow, check=check)
+
+
+def tag_onto(option: str, target: str, film: str = "victim.wav", model: str = "victim-model") -> Build:
+    """`tag` of corpus file `film` with output `option` (--out, --report, --plot) naming corpus file `target`."""
+    return lambda c, o: ["tag", c[film], "--model", c[model], "--format", "json", option, c[target], "-q"]
+
+
+def memory_unchanged(c: Corpus, o: Path, r) -> None:
+    """memory merge of a memory with itself: o/m.npz holds the same entries, none twice."""
+    from speakertag.memory import load_memory
+
+    merged, original = load_memory(o / "m.npz"), load_memory(c["model"])
+    np.testing.assert_array_equal(merged.embeddings, original.embeddings)
+    np.testing.assert_array_equal(merged.negatives, original.negatives)
+
+
+def written_through_link(c: Corpus, o: Path, r) -> None:
+    assert c["link.json"].is_symlink() and os.readlink(c["link.json"]) == "link-target.json"
+    assert isinstance(json.loads(c["link-target.json"].read_text())["segments"], list)
+
+
+def batch_wrote(*names: str) -> Callable:
+    """The batch wrote these outputs (and their stamps) in o/tags, nothing else."""
+    def check(c: Corpus, o: Path, r) -> None:
+        assert listing(o / "tags") == {*names, ".speakertag", *(f".speakertag/{n}.stamp" for n in names)}
+    return check
 
 
 CASES = [
@@ -122,7 +158,7 @@ CASES = [
     Case("flac-cut-in-header", tag("cut-40B.flac"), "cannot read"),
     Case("flac-cut-50pc", tag("cut-50pc.flac"), "cannot decode"),
     Case("mp3-cut-100B", tag("cut-100B.mp3"), "cannot read"),
-    Case("mp3-cut-10pc", tag("cut-10pc.mp3"), "too short"),
+    ok(tag("cut-10pc.mp3"), "mp3-cut-10pc-shorter-than-a-window", phrase="shorter than one window"),
     ok(tag("cut-60pc.mp3"), "mp3-cut-60pc-decodes-what-is-there"),
     Case("mp4-cut-50pc", tag("cut-50pc.mp4"), "cannot read"),
     Case("mp4-cut-in-index", tag("cut-99pc.mp4"), "cannot read"),
@@ -132,7 +168,19 @@ CASES = [
     Case("stream-out-of-range", tag("two-tracks.mkv", "--stream", "5"), "--stream 5 does not exist"),
     Case("silent-2-hours", tag("silence-2h.wav"), "silent", slow=True),
     Case("all-nan-is-silent", tag("all-nan.wav"), "silent"),
-    Case("shorter-than-a-window", tag("one-second.wav"), "too short"),
+    ok(tag("one-second.wav"), "shorter-than-a-window", phrase="1.000 s of audio, shorter than one window (2.032 s)"),
+    # 2.01 s is more than a window's 172 frames (2.00 s), less than the 2.03 s of samples they need
+    ok(tag("2.01-seconds.wav"), "2.01-s-shorter-than-the-samples-of-a-window",
+       phrase="2.009 s of audio, shorter than one window (2.032 s)"),
+    ok(lambda c, o: ["tag", c["films-one-short"], "--model", c["model"], "--format", "json", "--out-dir", o / "tags"],
+       "batch-with-a-film-shorter-than-a-window", output="tags", phrase="tagged 2 of 2 files",
+       check=batch_wrote("one-second.json", "speech.json")),
+    Case("film-from-stdin", lambda c, o: ["tag", "-", "--model", c["model"]], "standard input is not supported"),
+    Case("film-is-a-pipe", tag("fifo.wav"), "it is a pipe, not a regular file"),
+    Case("batch-with-an-unreadable-folder",
+         lambda c, o: ["tag", c["films-one-locked"], "--model", c["model"], "--format", "json", "--out-dir", o / "tags",
+                       "-q"], "1 folder could not be read: ", output="tags", unreadable=True, batch=True,
+         check=batch_wrote("speech.json")),
     Case("folder-without-audio", lambda c, o: ["tag", c["no-audio"], "--model", c["model"], "--out-dir", o / "tags"],
          "no audio or video files in folder"),
     Case("unreadable-file", tag("unreadable.wav"), "is not readable", exit_code=2, unreadable=True),
@@ -158,12 +206,31 @@ CASES = [
     Case("folder-as-the-film", lambda c, o: ["tag", c["folder.wav"], "--model", c["model"], "--out", o / "x.json"],
          "need --out-dir", exit_code=2),
     Case("disk-full-tag", tag("speech.wav"), "file too large", max_file_bytes=16),
+    Case("output-is-the-film", tag_onto("--out", "victim.wav"), "is an input of this command"),
+    Case("report-is-the-film", tag_onto("--report", "victim.wav"), "is an input of this command"),
+    Case("plot-is-the-film", tag_onto("--plot", "victim.wav"), "is an input of this command"),
+    Case("output-links-to-the-film", tag_onto("--out", "victim-link.json"), "is an input of this command"),
+    Case("output-is-the-models-memory", tag_onto("--out", "victim-model/memory.npz"), "is an input of this command"),
+    Case("out-dir-output-is-the-film", lambda c, o: ["tag", c["victim-txt/film.txt"], "--model", c["model"],
+                                                     "--format", "text", "--out-dir", c["victim-txt"]],
+         "is an input of this command"),
+    Case("output-is-a-device", lambda c, o: ["tag", c["speech.wav"], "--model", c["model"], "--out", "/dev/null"],
+         "it is a device or socket, not a regular file"),
+    Case("output-is-a-pipe", tag_onto("--out", "fifo.json", film="speech.wav", model="model"),
+         "it is a pipe, not a regular file"),
+    ok(tag_onto("--out", "link.json", film="speech.wav", model="model"), "output-symlink-followed-not-replaced",
+       output="", check=written_through_link),
+    ok(lambda c, o: ["tag", c["speech.wav"], "--model", c["model"], "--format", "json", "--out", "-"],
+       "output-dash-is-stdout", output="", check=lambda c, o, r: json.loads(r.stdout)),
     # --- options --------------------------------------------------------------------------------
     Case("negative-stream", tag("speech.wav", "--stream", "-1"), "invalid value for '--stream'", exit_code=2),
     Case("unknown-format", lambda c, o: ["tag", c["speech.wav"], "--model", c["model"], "--format", "xml"],
          "invalid value for '--format'", exit_code=2),
     Case("threshold-not-a-number", tag("speech.wav", "--threshold", "high"), "invalid value for '--threshold'",
          exit_code=2),
+    # a score is a top-5 mean cosine minus 0.5 x the negatives' one: within [-1.5, 1.5]
+    *(Case(f"threshold-{name}", tag("speech.wav", "--threshold", value), "invalid value for '--threshold'",
+           exit_code=2) for name, value in (("2", "2"), ("minus-5", "-5"), ("nan", "nan"), ("inf", "inf"))),
     # --- models and memories --------------------------------------------------------------------
     Case("model-folder-without-memory", tag("speech.wav", model="model-no-memory"), "memory.npz is missing"),
     Case("model-unknown-version", tag("speech.wav", model="model-v99"), "format version 99"),
@@ -182,6 +249,16 @@ CASES = [
                                                   o / "m.npz"], "different models"),
     Case("disk-full-memory-export", lambda c, o: ["memory", "export", c["model"], "--out", o / "m.npz"],
          "file too large", max_file_bytes=1000),
+    Case("merge-with-a-text-file", lambda c, o: ["memory", "merge", c["model"], c["text.mkv"], "--out", o / "m.npz"],
+         "text.mkv (not a NumPy .npz archive)"),
+    ok(lambda c, o: ["memory", "merge", c["model"], c["model"], "--out", o / "m.npz"], "merge-with-itself",
+       output="m.npz", check=memory_unchanged),
+    Case("memory-export-onto-its-source", lambda c, o: ["memory", "export", c["victim-model"], "--out",
+                                                        c["victim-model/memory.npz"]], "is an input of this command"),
+    Case("memory-merge-onto-an-input", lambda c, o: ["memory", "merge", c["model"], c["victim-memory.npz"], "--out",
+                                                     c["victim-memory.npz"]], "is an input of this command"),
+    ok(lambda c, o: ["memory", "export", c["model"], "--out", "-"], "memory-export-to-stdout", output="",
+       check=lambda c, o, r: r.stdout.startswith("PK\x03\x04")),
     # --- train ----------------------------------------------------------------------------------
     Case("train-positive-folder-without-audio", train("no-audio"), "no audio or video files in folder"),
     Case("train-positive-missing", train("missing.wav"), "no such file or folder"),
@@ -195,6 +272,17 @@ CASES = [
     Case("train-target-share-above-1", train("pos", "neg", "--target-share", "1.5"), "invalid value for '--target-share'",
          exit_code=2),
     ok(train("pos", "neg", "--target-share", "0.5"), "train-target-share-of-a-podcast-host", output="voice"),
+    Case("train-output-is-the-positive-folder",
+         lambda c, o: ["train", "--positive", c["victim-pos"], "--negative", c["neg"], "--out", c["victim-pos"],
+                       "--steps", "1", "-q"], "is or holds an input of this command"),
+    Case("train-output-is-the-base-model",
+         lambda c, o: ["train", "--positive", c["pos"], "--negative", c["neg"], "--base", c["victim-model"],
+                       "--out", c["victim-model"], "--steps", "1", "-q"],
+         "is or holds an input of this command"),
+    Case("train-same-file-both-sides", lambda c, o: train("pos")(c, o) + ["--negative", c["pos"] / TINY_POSITIVE[0]],
+         "is given as both a positive and a negative clip"),
+    Case("train-copy-of-a-positive-as-negative", train("pos", "neg-with-a-positive-copy"),
+         "has the same audio as the positive clip"),
     Case("disk-full-train", train("pos"), "cannot write the model", max_file_bytes=100_000, slow=True),
 ]
 
@@ -375,6 +463,28 @@ def corpus(tmp_path_factory, tiny_model_dir) -> Corpus:
         (r / name / bad).write_bytes(data)
         c[name] = r / name
     (r / "pos-unreadable" / "bad.wav").chmod(0)
+    write_audio(r / "neg-with-a-positive-copy" / "copy.wav", sf.read(r / "pos" / TINY_POSITIVE[0])[0], 16000)
+    for n in TINY_NEGATIVE[:3]:
+        shutil.copy(r / "neg" / n, r / "neg-with-a-positive-copy" / n)
+    c["neg-with-a-positive-copy"] = r / "neg-with-a-positive-copy"
+    audio("2.01-seconds.wav", speech_like(2.01, RATE))
+    for folder, other in (("films-one-short", "one-second.wav"), ("films-one-locked", "locked/inside.wav")):
+        write_audio(r / folder / "speech.wav", speech, RATE)
+        write_audio(r / folder / other, speech, RATE)
+        c[folder] = r / folder
+    (r / "films-one-locked" / "locked").chmod(0)
+    for name in ("fifo.wav", "fifo.json"):
+        os.mkfifo(r / name)
+        c[name] = r / name
+    (r / "link.json").symlink_to("link-target.json")  # not there yet: written through the link
+    # Copies for the cases whose output names an input: a regression spoils only its own case.
+    shutil.copy(c["speech.wav"], r / "victim.wav")
+    (r / "victim-link.json").symlink_to("victim.wav")
+    (r / "victim-txt").mkdir()
+    shutil.copy(c["speech.wav"], r / "victim-txt" / "film.txt")
+    shutil.copytree(tiny_model_dir, r / "victim-model")
+    shutil.copy(tiny_model_dir / "memory.npz", r / "victim-memory.npz")
+    shutil.copytree(r / "pos", r / "victim-pos")
     make_models(c, tiny_model_dir)
     return c
 
@@ -389,7 +499,9 @@ def run_case(case: Case, c: Corpus, out: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "SPEAKERTAG_DEBUG"}
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # no .pyc writes (the file size limit would refuse them)
     env["OMP_NUM_THREADS"] = "1"  # JOBS processes at once: one thread each, not JOBS x cores spinning
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out, env=env, check=False)
+    # errors="replace": memory export --out - writes binary to stdout
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600, cwd=out, env=env,
+                          check=False)
 
 
 @pytest.fixture(scope="module")
@@ -427,10 +539,14 @@ def test_corpus(case: Case, corpus: Corpus, runs):
     assert "Traceback" not in r.stderr + r.stdout, r.stderr
     assert r.returncode == case.exit_code, (r.returncode, r.stderr)
     lines = r.stderr.splitlines()
+    written = {case.output} if case.output else set()
+    if case.check:
+        case.check(corpus, out, r)
     if case.exit_code == 0:
         assert not any(w in r.stderr.lower() for w in ("error", "warning")), r.stderr
+        assert case.phrase.lower() in r.stderr.lower(), r.stderr
         model_files = {f"{case.output}/model.pt", f"{case.output}/memory.npz"} if case.output == "voice" else set()
-        assert listing(out) == {case.output} | model_files
+        assert {p for p in listing(out) if case.output != "tags" or "/" not in p} == written | model_files
         if case.output.endswith(".json"):
             doc = json.loads((out / case.output).read_text(), parse_constant=lambda s: pytest.fail(f"{s} in output"))
             assert all(math.isfinite(s[k]) for s in doc["segments"] for k in ("start", "end", "score"))
@@ -439,9 +555,13 @@ def test_corpus(case: Case, corpus: Corpus, runs):
     if case.exit_code == 2:  # click: "Usage: ...", "Try ...", "Error: <what>"
         errors = [line for line in lines if line.startswith("Error:")]
         assert len(errors) == 1 and case.phrase.lower() in errors[0].lower(), r.stderr
+    elif case.batch:  # an error line per film or folder it could not tag, then the summary naming them
+        *errors, summary = lines
+        assert errors and all(line.startswith("speakertag: error: ") for line in errors), r.stderr
+        assert summary.startswith("tagged ") and case.phrase.lower() in summary.lower(), r.stderr
     else:
         assert len(lines) == 1, r.stderr
         assert lines[0].startswith("speakertag: error: "), r.stderr
         assert case.phrase.lower() in lines[0].lower(), r.stderr
-    assert listing(out) == set(), "partial output or temporary files left"
+    assert {p for p in listing(out) if "/" not in p} == written, "partial output or temporary files left"
     assert not corpus.marker.exists(), "a pickle payload ran"

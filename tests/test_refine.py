@@ -160,7 +160,7 @@ def test_refine_improves_tagging_of_the_corrected_film(refined, example):
     m_after = score(reference, [(s.start_s, s.end_s) for s in after.segments])
     print(f"F1 {m_before.f1:.3f} -> {m_after.f1:.3f}, false alarm {m_before.false_alarm_s:.1f} -> "
           f"{m_after.false_alarm_s:.1f} s, recall {m_before.recall:.3f} -> {m_after.recall:.3f}")
-    assert m_after.f1 >= m_before.f1 + 0.2
+    assert m_after.f1 >= min(m_before.f1 + 0.2, 0.95)  # a base that starts high can only get near 1
     assert m_after.false_alarm_s <= 0.5 * m_before.false_alarm_s
     assert m_after.recall >= 0.8
 

@@ -175,7 +175,7 @@ def test_report_in_missing_folder(tiny_model_dir, clip, tmp_path):
 
 
 def test_plot_and_report_files(tiny_model_dir, clip, tmp_path):
-    r = run_cli("tag", clip, "--model", tiny_model_dir, "--threshold", "-2", "--plot", tmp_path / "p.png",
+    r = run_cli("tag", clip, "--model", tiny_model_dir, "--threshold", "-1.5", "--plot", tmp_path / "p.png",
                 "--report", tmp_path / "r.html", "-q")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("\n") == 1  # the usual text output, one segment
@@ -289,7 +289,7 @@ def test_report_in_browser(browser, tiny_model_dir, example, tmp_path):
 
 def test_report_with_embedded_audio_in_browser(browser, tiny_model_dir, clip, tmp_path):
     page = tmp_path / "r.html"
-    r = run_cli("tag", clip, "--model", tiny_model_dir, "--threshold", "-2", "--report", page,
+    r = run_cli("tag", clip, "--model", tiny_model_dir, "--threshold", "-1.5", "--report", page,
                 "--report-audio", "embed", "-q")
     assert r.returncode == 0, r.stderr
     open_report(browser, page)

@@ -3,8 +3,19 @@
 soundfile reads plain audio files (wav, flac, ogg, aiff, ...); PyAV (FFmpeg) reads every
 container and codec FFmpeg knows (mp3, mkv, mp4, ts, webm; AAC, AC-3, DTS, Opus, ...). MP3
 goes to FFmpeg: soundfile's mpg123 prints warnings about damaged files on stderr. Channels
-are averaged (PyAV's own mono downmix sums at -3 dB), then one streaming resampler brings
-the audio to the model rate. Nothing here holds a whole file at its source rate.
+are mixed to mono as `channels` asks (CHANNEL_CHOICES; mono and stereo are always
+averaged), then one streaming resampler brings the audio to the model rate. Nothing here
+holds a whole file at its source rate.
+
+Films carry 5.1 and 7.1 with the dialogue in the centre channel (FC). `centre` hears it
+alone, `centre-weighted` hears (FC + w * (FL + FR)) / (1 + 2w) (w: params.CHANNELS.front_weight),
+`average` the mean of all channels, and `auto` picks params.CHANNELS.auto for layouts with
+a centre and at least params.CHANNELS.auto_min_channels channels, `average` for the others.
+A layout without channel names (FFmpeg's "6 channels") has no centre: it is averaged. For
+`average` of more than two channels, the AC-3, E-AC-3, DTS and TrueHD decoders mix down
+themselves (their `downmix` option, DECODER_DOWNMIX), running their inverse transforms on
+fewer channels: their mix leaves out the LFE and follows the stream's mix levels, a gain
+the features do not see (the encoder subtracts each frame's mean log-mel).
 
 Float files can hold any value: NaN samples become 0, infinite ones full scale (+-1), and
 samples are clipped to +-MAX_ABS_SAMPLE, so that what reaches the features is finite.
@@ -25,6 +36,7 @@ import soundfile as sf
 
 from .errors import SpeakertagError, first_line
 from .io_utils import file_kind
+from .params import CHANNELS, ChannelParams
 
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".w64", ".caf"}
 CONTAINER_SUFFIXES = {
@@ -44,6 +56,51 @@ MAX_ABS_SAMPLE = 1e6
 MAX_PLANAR_CHANNELS = 7
 # Source rates outside this range are damaged headers: 1 Hz audio would be upsampled 22050x.
 MIN_RATE_HZ, MAX_RATE_HZ = 1000, 1_000_000
+
+
+CHANNEL_CHOICES = ("auto", "centre", "centre-weighted", "average")  # see the module docstring
+# Decoders that mix down themselves when asked (their "downmix" option), and the layout asked
+# for: AC-3 and E-AC-3 give mono; DTS and TrueHD document stereo only (averaged here).
+DECODER_DOWNMIX = {"ac3": "mono", "ac3_fixed": "mono", "eac3": "mono", "dca": "stereo", "truehd": "stereo",
+                   "mlp": "stereo"}
+# PyAV sample formats (packed names) read plane by plane when only some channels are kept.
+PLANE_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64, "flt": np.float32,
+                "dbl": np.float64}
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How one layout's channels become mono: keep `channels` (indices into the layout; None:
+    all) and weight them by `weights` (None: their mean)."""
+    choice: str  # "average", "centre" or "centre-weighted": what was applied
+    channels: tuple[int, ...] | None = None
+    weights: tuple[float, ...] | None = None
+
+
+def check_channels(choice: str) -> str:
+    if choice not in CHANNEL_CHOICES:
+        raise SpeakertagError(f"unknown channel choice {choice!r}: one of {', '.join(CHANNEL_CHOICES)}")
+    return choice
+
+
+def channel_mix(names: tuple[str, ...], choice: str, p: ChannelParams = CHANNELS) -> Mix:
+    """The mix of a layout whose channels are `names` (FFmpeg's: FL, FR, FC, LFE, ...; a
+    layout without names gives none of these) for `choice`, one of CHANNEL_CHOICES.
+    Mono and stereo are averaged whatever the choice; so is a layout without a centre."""
+    check_channels(choice)
+    if len(names) <= 2 or "FC" not in names:  # FFmpeg's mono layout is FC alone
+        return Mix("average")
+    if choice == "auto":
+        choice = p.auto if len(names) >= p.auto_min_channels else "average"
+    centre = names.index("FC")
+    if choice == "centre":
+        return Mix("centre", (centre,), (1.0,))
+    if choice == "centre-weighted":
+        fronts = tuple(names.index(n) for n in ("FL", "FR") if n in names)
+        total = 1.0 + p.front_weight * len(fronts)
+        return Mix("centre-weighted", (centre, *fronts),
+                   (1.0 / total, *(p.front_weight / total for _ in fronts)))
+    return Mix("average")
 
 
 @dataclass(frozen=True)
@@ -188,10 +245,18 @@ def _to_float(x: np.ndarray) -> np.ndarray:
     return (x.astype(np.float64) / full).astype(np.float32)
 
 
-def _clean(block: np.ndarray) -> np.ndarray:
-    """Channel-average a (channels, n) block to float32 mono with finite samples in
-    [-MAX_ABS_SAMPLE, MAX_ABS_SAMPLE]: NaN becomes 0, +-inf full scale."""
-    mono = np.nan_to_num(block.astype(np.float32, copy=False).mean(axis=0), nan=0.0, posinf=1.0, neginf=-1.0)
+def _clean(block: np.ndarray, weights: tuple[float, ...] | None = None) -> np.ndarray:
+    """Mix a (channels, n) block to float32 mono (the channels' mean, or weighted by
+    `weights`, one per row) with finite samples in [-MAX_ABS_SAMPLE, MAX_ABS_SAMPLE]: NaN
+    becomes 0, +-inf full scale."""
+    block = block.astype(np.float32, copy=False)
+    if weights is None:
+        mono = block.mean(axis=0)
+    else:  # a sum, not a matrix product: BLAS threads left spinning would slow the decoder down
+        mono = block[0] * np.float32(weights[0])
+        for row, w in zip(block[1:], weights[1:]):
+            mono += row * np.float32(w)
+    mono = np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
     return np.clip(mono, -MAX_ABS_SAMPLE, MAX_ABS_SAMPLE, out=mono)
 
 
@@ -200,7 +265,9 @@ def _soundfile_reason(e: Exception) -> str:
     return first_line(e).removeprefix("Error : ").rstrip(".")
 
 
-def _soundfile_blocks(path: Path, block_s: float) -> Iterator[tuple[np.ndarray, int]]:
+def _soundfile_blocks(path: Path, block_s: float) -> Iterator[tuple[np.ndarray, int, tuple[float, ...] | None]]:
+    """(channels, n) blocks, their rate and mix weights (None: averaged; soundfile gives no
+    channel layout, so a 5.1 WAV is averaged)."""
     try:
         f = sf.SoundFile(str(path))
     except Exception as e:  # noqa: BLE001 - soundfile raises several types
@@ -214,7 +281,7 @@ def _soundfile_blocks(path: Path, block_s: float) -> Iterator[tuple[np.ndarray, 
                 raise SpeakertagError(f"cannot decode {path}: {_soundfile_reason(e)} (damaged or truncated file)") from None
             if len(data) == 0:
                 return
-            yield data.T, f.samplerate
+            yield data.T, f.samplerate, None
 
 
 def _safe_frames(frames: Iterator) -> Iterator:
@@ -244,57 +311,80 @@ def _safe_frames(frames: Iterator) -> Iterator:
         yield from repack.resample(None)
 
 
-def _pyav_blocks(path: Path, stream: int | None, block_s: float) -> Iterator[tuple[np.ndarray, int]]:
+def _pyav_blocks(path: Path, stream: int | None, block_s: float,
+                 channels: str) -> Iterator[tuple[np.ndarray, int, tuple[float, ...] | None]]:
+    """(k, n) blocks of the channels the mix keeps, their rate and their mix weights (None:
+    averaged). The mix is chosen per layout: a TV channel's 5.1 can turn stereo mid-stream."""
     container = _open_container(path)
     with container:
         s, _ = _pick_stream(container, path, stream)
+        names = tuple(c.name for c in s.layout.channels) if s.layout else ()
+        downmix = DECODER_DOWNMIX.get(s.codec_context.name)
+        if downmix and s.channels > 2 and channel_mix(names, channels).choice == "average":
+            s.codec_context.options = {"downmix": downmix}  # before the first packet opens the decoder
+            channels = "average"  # whatever layout it gives: a DTS without mix levels stays 5.1
         pending: list[np.ndarray] = []
-        pending_n, rate, packed, n_channels = 0, 0, False, 1
+        pending_n, rate, packed, n_channels, layout, mix, dtype = 0, 0, False, 1, "", Mix("average"), None
 
         def join() -> np.ndarray:
+            if dtype is not None:  # the kept planes, frame after frame: channel j at pending[j::k]
+                k = len(mix.channels)
+                return _to_float(np.stack([np.concatenate(pending[j::k]) for j in range(k)]))
             x = np.concatenate(pending, axis=1)
             if packed:  # interleaved: (1, n * channels)
                 x = x.reshape(-1, n_channels).T
+                if mix.channels is not None:
+                    x = x[list(mix.channels)]
             return _to_float(x)  # decoders output s16/s32 as well as float
 
         try:
             # The per-frame work is kept to a minimum: a film has hundreds of thousands of frames.
             for frame in _safe_frames(container.decode(s)):
-                if pending and (frame.sample_rate != rate or frame.layout.nb_channels != n_channels):
-                    yield join(), rate  # the format changed (a TV channel's 5.1 ends): close the block
+                if pending and (frame.sample_rate != rate or frame.layout.name != layout):
+                    yield join(), rate, mix.weights  # the format changed (a TV channel's 5.1 ends): close the block
                     pending, pending_n = [], 0
                 if not pending:
-                    rate, n_channels = frame.sample_rate, frame.layout.nb_channels
+                    rate, layout = frame.sample_rate, frame.layout.name
+                    n_channels = frame.layout.nb_channels
                     packed = not frame.format.is_planar
-                pending.append(frame.to_ndarray())
+                    mix = channel_mix(tuple(c.name for c in frame.layout.channels), channels)
+                    # Planar: read only the planes the mix keeps (the centre: 1 of 6), copied at join().
+                    dtype = None if packed or mix.channels is None else PLANE_DTYPES.get(frame.format.packed.name)
+                if dtype is not None:
+                    pending.extend(np.frombuffer(frame.planes[i], dtype, frame.samples) for i in mix.channels)
+                else:
+                    x = frame.to_ndarray()
+                    pending.append(x if packed or mix.channels is None else x[list(mix.channels)])
                 pending_n += frame.samples
                 if pending_n >= block_s * rate:
-                    yield join(), rate
+                    yield join(), rate, mix.weights
                     pending, pending_n = [], 0
         except av.error.FFmpegError as e:
             raise SpeakertagError(f"cannot decode {path}: {e.strerror or e}") from None
         if pending:
-            yield join(), rate
+            yield join(), rate, mix.weights
 
 
 def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = None,
-                  block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
+                  block_s: float = BLOCK_S, channels: str = "auto") -> Iterator[np.ndarray]:
     """Yield consecutive mono float32 blocks of `path` resampled to `sample_rate_hz`.
 
     Each block is 1-D, about `block_s` seconds; their concatenation is the whole track.
+    channels: how a 5.1 or 7.1 track becomes mono, one of CHANNEL_CHOICES (module docstring).
     Raises SpeakertagError for unreadable files, missing streams and decode failures.
     """
     path = Path(path)
+    check_channels(channels)
     _check_readable(path)
     if _use_soundfile(path):
         if stream not in (None, 0):
             raise SpeakertagError(f"--stream {stream} does not exist in {path}: it has 1 audio stream")
         source = _soundfile_blocks(path, block_s)
     else:
-        source = _pyav_blocks(path, stream, block_s)
+        source = _pyav_blocks(path, stream, block_s, channels)
     resample = None
     try:
-        for block, rate in source:
+        for block, rate, weights in source:
             if resample is None or rate != resample.source_rate_hz:
                 if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
                     raise SpeakertagError(f"cannot decode {path}: its sample rate of {rate} Hz is not one of "
@@ -302,7 +392,7 @@ def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = No
                 if resample is not None:  # the source changed rate mid-stream: flush the old filter
                     yield resample(None)
                 resample = _Resampler(rate, sample_rate_hz)
-            out = resample(_clean(block))
+            out = resample(_clean(block, weights))
             if len(out):
                 yield out
         if resample is None:
@@ -315,7 +405,8 @@ def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = No
         yield tail
 
 
-def load_audio(path: str | Path, sample_rate_hz: int, stream: int | None = None) -> np.ndarray:
+def load_audio(path: str | Path, sample_rate_hz: int, stream: int | None = None,
+               channels: str = "auto") -> np.ndarray:
     """A whole (short) file as one mono float32 array at `sample_rate_hz`, shape (n_samples,)."""
-    blocks = list(decode_blocks(path, sample_rate_hz, stream))
+    blocks = list(decode_blocks(path, sample_rate_hz, stream, channels=channels))
     return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)

@@ -95,6 +95,19 @@ class TagParams:
 
 
 @dataclass(frozen=True)
+class ChannelParams:
+    """How the channels of a film with a centre channel (5.1, 7.1) become the mono the model
+    hears (`--channels`, audio.CHANNEL_CHOICES). A choice per film made when decoding, not
+    saved with models. Mono and stereo are always averaged."""
+    auto: str = "centre"  # what --channels auto picks for such a film (set by measurement on the 5.1 dev films)
+    auto_min_channels: int = 5  # ... for layouts with a centre (FC) and at least this many channels; else average
+    front_weight: float = 0.5  # centre-weighted = (FC + w * (FL + FR)) / (1 + 2 * w); surrounds and LFE left out
+
+
+CHANNELS = ChannelParams()  # the one in use: change `auto` here to change the default choice
+
+
+@dataclass(frozen=True)
 class Params:
     audio: AudioParams = field(default_factory=AudioParams)
     encoder: EncoderParams = field(default_factory=EncoderParams)

@@ -36,7 +36,7 @@ import soundfile as sf
 
 from .errors import SpeakertagError, first_line
 from .io_utils import file_kind
-from .params import CHANNELS, ChannelParams
+from .params import CHANNEL_CHOICES, CHANNELS, ChannelParams
 
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".w64", ".caf"}
 CONTAINER_SUFFIXES = {
@@ -58,7 +58,6 @@ MAX_PLANAR_CHANNELS = 7
 MIN_RATE_HZ, MAX_RATE_HZ = 1000, 1_000_000
 
 
-CHANNEL_CHOICES = ("auto", "centre", "centre-weighted", "average")  # see the module docstring
 # Decoders that mix down themselves when asked (their "downmix" option), and the layout asked
 # for: AC-3 and E-AC-3 give mono; DTS and TrueHD document stereo only (averaged here).
 DECODER_DOWNMIX = {"ac3": "mono", "ac3_fixed": "mono", "eac3": "mono", "dca": "stereo", "truehd": "stereo",

@@ -95,7 +95,8 @@ def voice_files(spec: VoiceSpec) -> list[tuple[Path, Path, Path]]:
     return [(d, d / MODEL_FILE, spec.memory_file or d / MEMORY_FILE) for d in model_folders(spec.model_dirs)]
 
 
-def run_settings(spec: VoiceSpec, fmt: str, threshold: float | None, stream: int | None) -> dict:
+def run_settings(spec: VoiceSpec, fmt: str, threshold: float | None, stream: int | None,
+                 channels: str = "auto") -> dict:
     """Everything besides the film that decides an output's contents: the model and memory
     files (by SHA-256 of their bytes), the options, the format and speakertag's version.
     JSON-able; two runs with equal settings write the same output for the same film."""
@@ -110,6 +111,7 @@ def run_settings(spec: VoiceSpec, fmt: str, threshold: float | None, stream: int
         "format": fmt,
         "threshold": threshold,
         "stream": stream,
+        "channels": channels,
         "min_gap_s": spec.min_gap_s,
         "min_duration_s": spec.min_duration_s,
         "edge_db": spec.edge_db,
@@ -168,19 +170,19 @@ def _init_worker(spec: VoiceSpec, n_threads: int) -> None:
     _worker["voices"] = spec.load()
 
 
-def _work(film: Path, threshold: float | None, stream: int | None) -> TagResult:
-    return tag(film, _worker["voices"], threshold, stream)
+def _work(film: Path, threshold: float | None, stream: int | None, channels: str) -> TagResult:
+    return tag(film, _worker["voices"], threshold, stream, channels=channels)
 
 
 def tag_in_pool(films: list[Path], n_workers: int, spec: VoiceSpec, threshold: float | None, stream: int | None,
-                done: Callable[[Path, TagResult | BaseException], None]) -> None:
+                done: Callable[[Path, TagResult | BaseException], None], channels: str = "auto") -> None:
     """Tag films in n_workers spawned processes (spawn: safe with CUDA and threads), each
     loading the voices once and using its share of the CPU cores. done(film, TagResult or
     exception) is called in this process as each film finishes."""
     pool = ProcessPoolExecutor(n_workers, multiprocessing.get_context("spawn"), initializer=_init_worker,
                                initargs=(spec, max(1, cpu_count() // n_workers)))
     try:
-        futures = {pool.submit(_work, film, threshold, stream): film for film in films}
+        futures = {pool.submit(_work, film, threshold, stream, channels): film for film in films}
         for future in as_completed(futures):
             try:
                 result = future.result()

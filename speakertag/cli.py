@@ -20,9 +20,14 @@ import click
 from . import writers
 from .errors import SpeakertagError
 from .io_utils import STDOUT, atomic_write_bytes, atomic_write_text, check_output_folder, check_outputs, followed
-from .params import TrainParams
+from .params import CHANNEL_CHOICES, CHANNELS, TrainParams
 
 GREEDY_OPTIONS = ("--positive", "--negative")
+CHANNELS_OPTION = click.option(
+    "--channels", type=click.Choice(CHANNEL_CHOICES), default="auto", show_default=True,
+    help="What the model hears of a 5.1/7.1 film: the centre channel (the dialogue) alone, centre-weighted "
+         "(centre + half of front left and right), or the average of all; auto: "
+         f"{CHANNELS.auto} where there is a centre. Mono and stereo are always averaged.")
 # A window's score is its top-k mean cosine to the target's memory minus 0.5 (the negative
 # weight) times that to the other sounds: it lies in [-1.5, 1.5].
 SCORE_RANGE = (-1.5, 1.5)
@@ -237,10 +242,11 @@ def _write_model_folder(source: Path, out_dir: Path, model, memory) -> None:
               help="Fine-tuning steps, default 30 (0: keep the encoder, only add to the memories and recalibrate).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--stream", type=click.IntRange(0), help="Audio track number of the film (0 = first).")
+@CHANNELS_OPTION
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available, else the CPU.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def refine(model_dir, film, labels, out_dir, steps, seed, stream, device, quiet):
+def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, device, quiet):
     """Learn from corrected labels of FILM: the corrected segments become new target
     material, what the model detects outside them new negatives; the model is fine-tuned
     briefly, its memories rebuilt and its threshold recalibrated."""
@@ -255,7 +261,7 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, device, quiet)
         check_output_folder(out_dir, [film, labels, model_dir])  # in place, the folder's files are kept
     voice = load_voice(model_dir, device)
     spans = read_corrections(labels, voice.memory.name)
-    options = RefineOptions(seed=seed, stream=stream)
+    options = RefineOptions(seed=seed, stream=stream, channels=channels)
     options = options if steps is None else replace(options, steps=steps)
     with click.progressbar(length=max(options.steps, 1), label="refining", file=sys.stderr,
                            hidden=not _progress_enabled(quiet), item_show_func=lambda s: s) as bar:
@@ -285,7 +291,7 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, device, quiet)
     click.echo(f"model written to {out_dir}")
 
 
-def _tag_with_bar(film: Path, voices, threshold, stream, quiet: bool, info=None):
+def _tag_with_bar(film: Path, voices, threshold, stream, quiet: bool, info=None, channels: str = "auto"):
     """tagging.tag with a progress bar on stderr (hidden when quiet or not a terminal).
     info: the film's probe() result, if the caller has it."""
     from .audio import probe
@@ -298,7 +304,7 @@ def _tag_with_bar(film: Path, voices, threshold, stream, quiet: bool, info=None)
         def progress(seconds):
             speed = seconds / max(time.monotonic() - started, 1e-6)
             bar.update(min(int(seconds), bar.length) - bar.pos, f"{seconds / 60:.1f} min, {speed:.0f}x real time")
-        result = tag_film(film, voices, threshold, stream, progress)
+        result = tag_film(film, voices, threshold, stream, progress, channels)
         bar.update(bar.length - bar.pos)  # the audio after the last whole window counts as done
         return result
 
@@ -338,6 +344,7 @@ def _error_message(e: BaseException) -> str:
 @click.option("--threshold", type=FiniteFloatRange(*SCORE_RANGE),
               help=f"Score threshold, {SCORE_RANGE[0]:g} to {SCORE_RANGE[1]:g}; default: the memory's calibrated one.")
 @click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first); default: the default track.")
+@CHANNELS_OPTION
 @click.option("--format", "fmt", type=click.Choice(writers.FORMATS),
               help=f"Default: the one --out's name asks for ({', '.join(writers.SUFFIX.values())}), else text.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
@@ -370,8 +377,8 @@ def _error_message(e: BaseException) -> str:
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
               help="One input: also write the score plot as PNG here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no line per finished file.")
-def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jobs, min_gap, min_duration, edge_db,
-        device, report, report_audio, plot, quiet, engine, ray_address, force):
+def tag(films, model_dirs, memory_file, threshold, stream, channels, fmt, out, out_dir, jobs, min_gap, min_duration,
+        edge_db, device, report, report_audio, plot, quiet, engine, ray_address, force):
     """Find where each model's voice speaks in each FILM (any audio or video file, or a folder
     searched recursively). Several inputs or a folder need --out-dir; a file that fails is
     reported and the others go on (exit code 1 if any failed)."""
@@ -402,13 +409,14 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
     fmt = fmt or (writers.format_of(out) if out is not None else None) or "text"
     spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db)
     if out_dir is None:
-        _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot)
+        _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot, channels)
     else:
-        _tag_many(films, out_dir, fmt, jobs, spec, threshold, stream, quiet, engine, ray_address, force)
+        _tag_many(films, out_dir, fmt, jobs, spec, threshold, stream, quiet, engine, ray_address, force, channels)
 
 
 def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
-             report: Path | None = None, report_audio: str = "link", plot: Path | None = None) -> None:
+             report: Path | None = None, report_audio: str = "link", plot: Path | None = None,
+             channels: str = "auto") -> None:
     """One film to stdout or to `out`, and its report and plot if asked; a failure is the command's error."""
     from .audio import probe
 
@@ -419,11 +427,11 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
             raise SpeakertagError(f"output folder does not exist: {path.parent}")
     info = probe(film, stream)  # a bad film fails here, before torch and the model load
     voices = spec.load()
-    result = _tag_with_bar(film, voices, threshold, stream, quiet, info)
+    result = _tag_with_bar(film, voices, threshold, stream, quiet, info, channels)
     text = _render(fmt, film, result, spec)
     if result.note:
         click.echo(result.note, err=True)
-    visuals = _visuals(film, result, report, report_audio, plot, stream, quiet) if report or plot else {}
+    visuals = _visuals(film, result, report, report_audio, plot, stream, quiet, channels) if report or plot else {}
     if out is None:
         click.echo(text, nl=False)
     else:
@@ -435,7 +443,7 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
 
 
 def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: Path | None, stream,
-             quiet: bool) -> dict[Path, tuple[str, bytes]]:
+             quiet: bool, channels: str = "auto") -> dict[Path, tuple[str, bytes]]:
     """The report page and plot image of one tagged film, made before anything is written."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -447,7 +455,8 @@ def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: P
         if report_audio == "embed":
             with click.progressbar(length=max(1, int(result.duration_s)), label="report audio", file=sys.stderr,
                                    hidden=not _progress_enabled(quiet)) as bar:
-                audio = visual.embed_audio(film, stream, lambda s: bar.update(min(int(s), bar.length) - bar.pos))
+                audio = visual.embed_audio(film, stream, lambda s: bar.update(min(int(s), bar.length) - bar.pos),
+                                           channels)
         else:
             audio = visual.link_audio(film, report)
         try:
@@ -459,7 +468,8 @@ def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: P
 
 
 def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec, threshold, stream,
-              quiet: bool, engine: str = "local", ray_address: str | None = None, force: bool = False) -> None:
+              quiet: bool, engine: str = "local", ray_address: str | None = None, force: bool = False,
+              channels: str = "auto") -> None:
     """Files and folders to one output each in out_dir. A film whose output is up to date (its
     stamp records the same film and settings) is skipped unless `force`. A film that fails is
     reported on one line and the others go on; a summary line ends the run, exit code 1 if any
@@ -488,7 +498,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
         replace(spec, device="cpu").load()
     else:
         voices = spec.load()
-    settings = run_settings(spec, fmt, threshold, stream)
+    settings = run_settings(spec, fmt, threshold, stream, channels)
     state: dict[Path, dict | None] = {}  # taken before tagging: a film changed meanwhile is tagged next time
     for film in inputs:
         try:
@@ -522,13 +532,13 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
             click.echo(f"{film}: {len(result.segments)} segments written to {out_for[film]}", err=True)
 
     if engine == "ray" and todo:
-        tag_on_ray(todo, spec, threshold, stream, done, ray_address)
+        tag_on_ray(todo, spec, threshold, stream, done, ray_address, channels)
     elif n_workers > 1 and todo:
-        tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, done)
+        tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, done, channels)
     else:
         for film in todo:
             try:
-                result = _tag_with_bar(film, voices, threshold, stream, quiet)
+                result = _tag_with_bar(film, voices, threshold, stream, quiet, channels=channels)
             except Exception as e:  # noqa: BLE001 - reported by done()
                 result = e
             done(film, result)

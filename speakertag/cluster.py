@@ -76,7 +76,8 @@ class ShippedVoices:
 _worker_voices: dict[str, list[Voice]] = {}  # in a Ray worker process: the voices of the last run, by key
 
 
-def _tag_task(key: str, shipped: list, film: Path, threshold: float | None, stream: int | None) -> TagResult:
+def _tag_task(key: str, shipped: list, film: Path, threshold: float | None, stream: int | None,
+              channels: str = "auto") -> TagResult:
     """One film, in a Ray worker. `shipped` is [ObjectRef of ShippedVoices], in a list so that
     Ray does not fetch it for every film: a worker loads the voices on its first film only."""
     import ray
@@ -87,7 +88,7 @@ def _tag_task(key: str, shipped: list, film: Path, threshold: float | None, stre
         _worker_voices[key] = ray.get(shipped[0]).load()
         torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     try:
-        return tag(film, _worker_voices[key], threshold, stream)
+        return tag(film, _worker_voices[key], threshold, stream, channels=channels)
     except (SpeakertagError, OSError):
         raise
     except Exception as e:  # noqa: BLE001 - sent back as one line: any other exception may not unpickle
@@ -131,7 +132,8 @@ def _failure(ray, e: Exception) -> BaseException:
 
 
 def tag_on_ray(films: list[Path], spec: VoiceSpec, threshold: float | None, stream: int | None,
-               done: Callable[[Path, TagResult | BaseException], None], address: str | None = None) -> None:
+               done: Callable[[Path, TagResult | BaseException], None], address: str | None = None,
+               channels: str = "auto") -> None:
     """Tag each film as a Ray task taking one CPU, and one GPU with spec.device "cuda" (Ray
     hides the GPUs from tasks that ask for none: "auto" runs on the CPU). done(film, TagResult
     or exception) is called in this process as each film finishes. address: as for
@@ -145,7 +147,7 @@ def tag_on_ray(films: list[Path], spec: VoiceSpec, threshold: float | None, stre
             raise SpeakertagError("--device cuda asked for, but the Ray cluster has no GPU")
         shipped_ref = ray.put(shipped)  # once: every task gets a reference, each worker fetches it once
         task = ray.remote(num_cpus=1, num_gpus=n_gpus)(_tag_task)
-        pending = {task.remote(shipped.key, [shipped_ref], film, threshold, stream): film for film in films}
+        pending = {task.remote(shipped.key, [shipped_ref], film, threshold, stream, channels): film for film in films}
         try:
             while pending and not signals:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)

@@ -94,10 +94,13 @@ class TagParams:
     batch_windows: int = 256  # windows embedded per encoder call
 
 
+CHANNEL_CHOICES = ("auto", "centre", "centre-weighted", "average")  # --channels; see speakertag/audio.py
+
+
 @dataclass(frozen=True)
 class ChannelParams:
     """How the channels of a film with a centre channel (5.1, 7.1) become the mono the model
-    hears (`--channels`, audio.CHANNEL_CHOICES). A choice per film made when decoding, not
+    hears (`--channels`, CHANNEL_CHOICES). A choice per film made when decoding, not
     saved with models. Mono and stereo are always averaged."""
     auto: str = "centre"  # what --channels auto picks for such a film (set by measurement on the 5.1 dev films)
     auto_min_channels: int = 5  # ... for layouts with a centre (FC) and at least this many channels; else average

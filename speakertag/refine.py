@@ -71,6 +71,7 @@ class RefineOptions:
     steps: int = 30  # fine-tuning steps; 0 keeps the encoder and only updates memories and threshold
     seed: int = 0
     stream: int | None = None  # the film's audio track (0 = first); None: its default track
+    channels: str = "auto"  # how a 5.1 or 7.1 track becomes mono (audio.CHANNEL_CHOICES)
     min_span_s: float = 0.5  # shorter corrected segments and false alarms are not used
     max_new_s: float = 600.0  # at most this much new positive and this much false-alarm audio
     guard_s: float | None = None  # detections this close to a corrected segment are not false alarms
@@ -269,15 +270,18 @@ class FilmMaterial:
     stream: int | None
     positive_spans: tuple[Span, ...]  # corrected target segments
     negative_spans: tuple[Span, ...]  # false alarms
+    channels: str = "average"  # how its 5.1 or 7.1 was heard (audio.CHANNEL_CHOICES); before there was a
+    #                            choice, always the average
 
     def to_dict(self) -> dict:
-        return {"film": self.film, "stream": self.stream, "positive_spans": [list(s) for s in self.positive_spans],
+        return {"film": self.film, "stream": self.stream, "channels": self.channels,
+                "positive_spans": [list(s) for s in self.positive_spans],
                 "negative_spans": [list(s) for s in self.negative_spans]}
 
     @classmethod
     def from_dict(cls, d: dict) -> FilmMaterial:
         return cls(str(d["film"]), d.get("stream"), tuple((float(s), float(e)) for s, e in d["positive_spans"]),
-                   tuple((float(s), float(e)) for s, e in d["negative_spans"]))
+                   tuple((float(s), float(e)) for s, e in d["negative_spans"]), str(d.get("channels", "average")))
 
     def same_film(self, other: FilmMaterial) -> bool:
         return (self.film, self.stream) == (other.film, other.stream)
@@ -285,7 +289,7 @@ class FilmMaterial:
     def clips(self, sample_rate_hz: int) -> tuple[list[Clip], list[Clip]]:
         """Positive and negative clips, cut from the film in one pass."""
         spans = [*self.positive_spans, *self.negative_spans]
-        samples = cut_spans(decode_blocks(self.film, sample_rate_hz, self.stream), spans, sample_rate_hz)
+        samples = cut_spans(decode_blocks(self.film, sample_rate_hz, self.stream, channels=self.channels), spans, sample_rate_hz)
         clips = [Clip(f"{self.film}@{s:.3f}-{e:.3f}", x) for (s, e), x in zip(spans, samples)]
         return clips[:len(self.positive_spans)], clips[len(self.positive_spans):]
 
@@ -378,7 +382,7 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
 
     check_inside(probe(film, o.stream).duration_s)  # before the long work, when the container says
     # What the model finds now.
-    result = tag(film, Voice(model, memory), stream=o.stream)
+    result = tag(film, Voice(model, memory), stream=o.stream, channels=o.channels)
     check_inside(result.duration_s)
     spans = [(s, min(e, result.duration_s)) for s, e in spans if s < result.duration_s]
     track = result.tracks[0]
@@ -405,7 +409,8 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
     false_alarms = cap_spans(false_alarms, [mean_cell_score(s, e) for s, e in false_alarms], o.max_new_s)
     new = FilmMaterial(str(film.resolve()), o.stream,
                        tuple((round(s, 3), round(e, 3)) for s, e in positives),  # as recorded: a later cut
-                       tuple((round(s, 3), round(e, 3)) for s, e in false_alarms))  # gets the same samples
+                       tuple((round(s, 3), round(e, 3)) for s, e in false_alarms),  # gets the same samples
+                       o.channels)
 
     # The corrections' fine-tuning is kept whole (fine_tuned_share 1): the model it starts from
     # is already the user's target model, not the generic base.
@@ -447,7 +452,7 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
     if film_pos.any() and not film_pos.all():
         held_out = replace(new_memory, embeddings=new_memory.embeddings[~film_pos],
                            negatives=new_memory.negatives[~film_neg])
-        film_calib = film_threshold(tag(film, Voice(new_model, held_out), stream=o.stream), spans, a, p.tag)
+        film_calib = film_threshold(tag(film, Voice(new_model, held_out), stream=o.stream, channels=o.channels), spans, a, p.tag)
         film_calib = film_calib if film_calib.f1 > 0 else None
     if film_calib is not None:
         new_memory = replace(new_memory, threshold=film_calib.threshold)
@@ -455,7 +460,7 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
     false_alarm_s = sum(e - s for s, e in new.negative_spans)
     seconds = time.monotonic() - t0
     new_model.meta = {**model.meta, "history": [*model.meta.get("history", []), {
-        "action": "refine", "film": new.film, "stream": o.stream,
+        "action": "refine", "film": new.film, "stream": o.stream, "channels": o.channels,
         "positive_s": round(positive_s, 3), "false_alarm_s": round(false_alarm_s, 3),
         "encoder": "kept" if kept_why else "fine-tuned", "steps": steps,
         "threshold_before": memory.threshold, "threshold": new_memory.threshold,

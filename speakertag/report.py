@@ -175,10 +175,11 @@ def link_audio(film: str | Path, report: str | Path) -> ReportAudio:
 
 
 def embed_audio(film: str | Path, stream: int | None = None,
-                progress: Callable[[float], None] | None = None) -> ReportAudio:
+                progress: Callable[[float], None] | None = None, channels: str = "auto") -> ReportAudio:
     """The film's soundtrack as mono EMBED_RATE_HZ Opus in WebM, encoded block by block.
 
-    Uses the same decoder as tagging, so the player's time matches the segments' times.
+    Uses the same decoder and channels as tagging, so the player's time matches the segments'
+    times and a 5.1 film sounds as the model heard it.
     progress(seconds_done) is called after each block. Raises SpeakertagError like decoding.
     """
     import av
@@ -191,7 +192,7 @@ def embed_audio(film: str | Path, stream: int | None = None,
         out.bit_rate = EMBED_BIT_RATE
         out.codec_context.options = {"compression_level": str(EMBED_COMPRESSION_LEVEL)}
         n_samples = 0
-        for block in decode_blocks(film, EMBED_RATE_HZ, stream):
+        for block in decode_blocks(film, EMBED_RATE_HZ, stream, channels=channels):
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block, np.float32)[None, :], format="flt",
                                                layout="mono")
             frame.sample_rate, frame.pts = EMBED_RATE_HZ, n_samples

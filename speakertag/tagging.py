@@ -140,12 +140,14 @@ def _check_voices(voices: Sequence[Voice]) -> None:
 
 
 def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | None = None,
-        stream: int | None = None, progress: Callable[[float], None] | None = None) -> TagResult:
+        stream: int | None = None, progress: Callable[[float], None] | None = None,
+        channels: str = "auto") -> TagResult:
     """Find where each voice speaks in the audio of `path`, in one decode and one pass.
 
     Every window is embedded once per distinct encoder and scored against every voice's
     memory. threshold: None uses each memory's calibrated one; a number applies to all.
-    progress(seconds_done) is called after each batch of windows. Memory use is bounded by
+    progress(seconds_done) is called after each batch of windows. channels: how a 5.1 or 7.1
+    track becomes mono (audio.CHANNEL_CHOICES). Memory use is bounded by
     one decoded block and one batch.
     """
     voices = [voices] if isinstance(voices, Voice) else list(voices)
@@ -164,7 +166,7 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
             n_samples += len(block)
             yield block
 
-    blocks = measured(_timed(_prefetch(decode_blocks(path, a.sample_rate_hz, stream)), stage_s, "decode"))
+    blocks = measured(_timed(_prefetch(decode_blocks(path, a.sample_rate_hz, stream, channels=channels)), stage_s, "decode"))
     scores: list[list[np.ndarray]] = [[] for _ in voices]
     levels, last_levels = [], np.zeros(0, np.float32)  # cell j's level from window j; the last window's others
     for first, windows in _timed(stream_windows(blocks, a, voices[0].params.batch_windows), stage_s, "features"):

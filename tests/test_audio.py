@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 
 from conftest import sine, speech_like, write_audio, write_container
-from speakertag.audio import decode_blocks, find_media_files, load_audio, probe
+from speakertag.audio import channel_mix, decode_blocks, find_media_files, load_audio, probe
 from speakertag.errors import SpeakertagError
 
 RATE = 22050
@@ -69,6 +69,123 @@ def test_container_stereo_is_averaged_at_full_scale(tmp_path, codec):
     assert dominant_hz(middle) == pytest.approx(440, abs=3)
     path = write_container(tmp_path / f"anti.{codec}.mkv", [(codec, np.stack([s, -s]), 48000)])
     assert rms(load_audio(path, RATE)) < 0.01 * rms(s)
+
+
+# 5.1 AC-3 with one tone per channel (write_container's 5.1: FL FR FC LFE BL BR)
+TONES_HZ = (300.0, 500.0, 1000.0, 60.0, 1500.0, 2500.0)
+
+
+def tone_levels(x: np.ndarray) -> dict[float, float]:
+    """Spectrum magnitude of x at each of TONES_HZ, relative to the largest."""
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1 / RATE)
+    levels = {f: float(spec[np.abs(freqs - f) < 5].max()) for f in TONES_HZ}
+    top = max(levels.values())
+    return {f: v / top for f, v in levels.items()}
+
+
+@pytest.fixture(scope="module")
+def five_one(tmp_path_factory):
+    six = np.stack([sine(2.0, 48000, f, 0.2) for f in TONES_HZ])
+    return write_container(tmp_path_factory.mktemp("51") / "tones.51.mkv", [("ac3", six, 48000)])
+
+
+def test_five_one_centre_picks_the_centre(five_one):
+    x = load_audio(five_one, RATE, channels="centre")[2000:-2000]
+    levels = tone_levels(x)
+    assert levels[1000.0] == 1.0 and all(v < 0.01 for f, v in levels.items() if f != 1000.0), levels
+    np.testing.assert_array_equal(load_audio(five_one, RATE), load_audio(five_one, RATE, channels="centre"))  # auto
+
+
+def test_seven_one_centre_picks_the_centre(tmp_path):
+    codec = "flac"  # packed samples (PyAV cannot write 8 planes; a PCM track in Matroska has no layout)
+    freqs = (300.0, 500.0, 1000.0, 60.0, 1500.0, 2500.0, 700.0, 3500.0)
+    path = write_container(tmp_path / f"71.{codec}.mkv", [(codec, np.stack([sine(1.0, 48000, f, 0.1) for f in freqs]),
+                                                           48000)])
+    x = load_audio(path, RATE, channels="centre")[2000:-2000]
+    assert dominant_hz(x) == pytest.approx(1000, abs=3)
+    assert rms(x) == pytest.approx(0.1 / np.sqrt(2), rel=0.05)  # the centre alone, at its own level
+
+
+def test_five_one_centre_weighted(five_one):
+    levels = tone_levels(load_audio(five_one, RATE, channels="centre-weighted")[2000:-2000])
+    # (FC + 0.5 FL + 0.5 FR) / 2: the fronts at half the centre, the surrounds and LFE left out
+    assert levels[1000.0] == 1.0
+    assert levels[300.0] == pytest.approx(0.5, abs=0.05) and levels[500.0] == pytest.approx(0.5, abs=0.05)
+    assert max(levels[60.0], levels[1500.0], levels[2500.0]) < 0.01, levels
+
+
+def test_five_one_average_is_the_decoders_downmix_of_every_channel(five_one):
+    x = load_audio(five_one, RATE, channels="average")
+    levels = tone_levels(x[2000:-2000])
+    assert all(levels[f] > 0.2 for f in (300.0, 500.0, 1000.0, 1500.0, 2500.0)), levels
+    assert levels[60.0] < 0.01  # the AC-3 decoder's own downmix leaves out the LFE: it did the mixing
+
+
+def test_decoder_downmix_is_nearly_the_channel_mean(tmp_path):
+    # The same voice in every channel at different levels, and a little noise of its own in each.
+    import av
+
+    voice = speech_like(3.0, 48000)
+    rng = np.random.default_rng(0)
+    six = np.stack([g * voice + 0.01 * rng.standard_normal(len(voice)) for g in (0.8, 0.7, 1.0, 0.3, 0.5, 0.4)])
+    path = write_container(tmp_path / "voice.51.mkv", [("ac3", six.astype(np.float32), 48000)])
+    downmixed = load_audio(path, RATE, channels="average")
+    with av.open(str(path)) as c:  # today's path: all six channels decoded and averaged
+        full = np.concatenate([f.to_ndarray() for f in c.decode(c.streams.audio[0])], axis=1).mean(axis=0)
+    resampled = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+    frame = av.AudioFrame.from_ndarray(full[None, :].astype(np.float32), format="flt", layout="mono")
+    frame.sample_rate = 48000
+    mean = np.concatenate([f.to_ndarray()[0] for f in [*resampled.resample(frame), *resampled.resample(None)]])
+    n = min(len(mean), len(downmixed))
+    assert abs(n - len(downmixed)) <= 1
+    assert np.corrcoef(mean[:n], downmixed[:n])[0, 1] > 0.99  # the same signal up to a gain
+
+
+@pytest.mark.parametrize("n_channels", [1, 2])
+def test_mono_and_stereo_are_the_same_for_every_choice(tmp_path, n_channels):
+    s = speech_like(2.0, 48000)
+    samples = np.stack([s, 0.3 * s[::-1]][:n_channels])
+    path = write_container(tmp_path / f"{n_channels}.mkv", [("ac3", samples, 48000)])
+    today = load_audio(path, RATE, channels="average")
+    for choice in ("auto", "centre", "centre-weighted"):
+        np.testing.assert_array_equal(load_audio(path, RATE, channels=choice), today)
+
+
+def test_six_channels_without_a_layout_are_averaged(tmp_path):
+    import av
+
+    x = (np.random.default_rng(0).standard_normal((6, 4800)) * 3000).astype(np.int16)
+    path = tmp_path / "unnamed.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=48000, layout="6 channels")
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x.T.reshape(1, -1)), format="s16",
+                                           layout="6 channels")
+        frame.sample_rate, frame.pts = 48000, 0
+        for packet in [*s.encode(frame), *s.encode(None)]:
+            c.mux(packet)
+    average = load_audio(path, RATE, channels="average")
+    for choice in ("auto", "centre", "centre-weighted"):
+        np.testing.assert_array_equal(load_audio(path, RATE, channels=choice), average)
+
+
+def test_channel_mix():
+    seven_one = ("FL", "FR", "FC", "LFE", "BL", "BR", "SL", "SR")
+    assert channel_mix(seven_one, "auto").choice == "centre"
+    assert channel_mix(seven_one, "centre").channels == (2,)
+    m = channel_mix(seven_one, "centre-weighted")
+    assert m.channels == (2, 0, 1) and m.weights == pytest.approx((0.5, 0.25, 0.25))
+    assert channel_mix(("FL", "FR", "FC"), "auto").choice == "average"  # 3.0: fewer than 5 channels
+    assert channel_mix(("FL", "FR", "FC"), "centre").channels == (2,)  # asked for: the centre
+    assert channel_mix(("FC",), "centre").choice == "average"  # FFmpeg's mono layout
+    assert channel_mix(("FL", "FR", "LFE", "BL", "BR"), "centre").choice == "average"  # no centre
+    with pytest.raises(SpeakertagError, match="unknown channel choice"):
+        channel_mix(seven_one, "left")
+
+
+def test_unknown_channel_choice_is_refused(five_one):
+    with pytest.raises(SpeakertagError, match="unknown channel choice 'left'"):
+        load_audio(five_one, RATE, channels="left")
 
 
 def test_nan_samples_become_finite(tmp_path):

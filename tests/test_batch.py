@@ -47,6 +47,7 @@ def test_skip_rule(tiny_model_dir, tmp_path):
     # other options, another model folder, a changed memory: tagged again
     assert not is_up_to_date(out, state, run_settings(spec, "json", 0.5, None))
     assert not is_up_to_date(out, state, run_settings(spec, "json", None, 1))
+    assert not is_up_to_date(out, state, run_settings(spec, "json", None, None, "centre"))
     assert not is_up_to_date(out, state, run_settings(replace(spec, min_gap_s=2.0), "json", None, None))
     copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")
     assert not is_up_to_date(out, state, run_settings(VoiceSpec((copy,)), "json", None, None))

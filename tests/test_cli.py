@@ -159,6 +159,31 @@ def test_tag_text_to_stdout_from_a_track(tiny_model_dir, inputs):
     assert re.fullmatch(r"00:00:00\.0 - 00:00:0\d\.\d  score -?\d\.\d\d", lines[0])
 
 
+@pytest.fixture(scope="module")
+def five_one_film(inputs):
+    """5.1 AC-3: the excerpt's speech in the centre, other speech-like voices on every other channel."""
+    from speakertag.audio import load_audio
+
+    path = inputs / "dialogue.51.mkv"
+    if not path.exists():
+        speech = load_audio(inputs / "excerpt.wav", 48000)[:10 * 48000]
+        others = [0.5 * speech_like(10.0, 48000, seed=i) for i in range(5)]
+        write_container(path, [("ac3", np.stack([others[0], others[1], speech, *others[2:]]), 48000)])
+    return path
+
+
+def test_tag_channels(tiny_model_dir, five_one_film):
+    runs = {c: run_cli("tag", five_one_film, "--model", tiny_model_dir, "--channels", c, "--format", "csv",
+                       "--threshold", "-1.5", "--min-duration", "0", "-q") for c in ("centre", "average")}
+    for r in runs.values():
+        assert r.returncode == 0, r.stderr
+    assert runs["centre"].stdout != runs["average"].stdout  # the choice reaches the decoder
+    assert_fails(run_cli("tag", five_one_film, "--model", tiny_model_dir, "--channels", "left"),
+                 "invalid value for '--channels'", exit_code=2)
+    assert_fails(run_cli("refine", "--model", tiny_model_dir, "--film", five_one_film, "--labels", "x.csv",
+                         "--channels", "left"), "invalid value for '--channels'", exit_code=2)
+
+
 # --- several films ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,15 @@
 """Train, tag and score every task of a data set; print one table.
 
     python scripts/benchmark_quality.py DATASET_DIR [--seeds 0 1 2] [--base models/base|none]
+        [--film movie01.51.mkv] [--channels auto|centre|centre-weighted|average]
 
 DATASET_DIR holds task folders laid out as train/positive, train/negative,
 test/movie01.mp4, ref/movie01.target.csv. For each task and seed: `train` on the clips
 (threshold chosen from the training clips only), `tag` the film, and only then read the
 reference and score it (collar 0.25 s). Nothing is tuned on the test film: the "best thr"
 columns are a diagnostic computed after the fact, showing how far the calibrated threshold
-is from the best one for that film.
+is from the best one for that film. --film picks another rendition of the test film (the
+5.1 AC-3 one, same reference) and --channels how its channels become mono.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from speakertag.evaluate import Metrics, pool, read_reference, score
 from speakertag.model import impostors_of, load_model, shipped_base_dir
+from speakertag.params import CHANNEL_CHOICES
 from speakertag.params import Params
 from speakertag.segments import to_segments
 from speakertag.tagging import Voice, tag
@@ -52,12 +55,18 @@ def main() -> None:
     ap.add_argument("--base", default=str(shipped_base_dir()), help="base model folder, or 'none'")
     ap.add_argument("--no-impostors", action="store_true", help="calibrate without the shipped unseen voices")
     ap.add_argument("--steps", type=int, help="override max training steps")
+    ap.add_argument("--film", default="movie01.mp4", help="the test film's file name in each task's test/ folder, "
+                    "e.g. movie01.51.mkv (the 5.1 rendition, same reference)")
+    ap.add_argument("--channels", choices=CHANNEL_CHOICES, default="auto", help="how a 5.1/7.1 film becomes mono")
     ap.add_argument("--out", type=Path, help="folder for the hypotheses (CSV)")
     ap.add_argument("--param", action="append", default=[], metavar="GROUP.NAME=VALUE",
                     help="override a train or tag param, e.g. train.fine_tune_layers=all (repeatable)")
     args = ap.parse_args()
 
     tasks = sorted(d for d in args.dataset.iterdir() if (d / "train" / "positive").is_dir())
+    missing = [t.name for t in tasks if not (t / "test" / args.film).is_file()]
+    if missing:
+        sys.exit(f"no test/{args.film} in {', '.join(missing)}")
     if not tasks:
         sys.exit(f"no task folders in {args.dataset}")
     base = None if args.base == "none" else load_model(args.base)
@@ -85,9 +94,9 @@ def main() -> None:
                                      impostors=[] if args.no_impostors else impostors_of(Path(args.base) if base else shipped_base_dir()))
             train_s = time.monotonic() - t0
             voice = Voice(model, memory)
-            film = task / "test" / "movie01.mp4"
+            film = task / "test" / args.film
             t0 = time.monotonic()
-            result = tag(film, voice)
+            result = tag(film, voice, channels=args.channels)
             tag_s = time.monotonic() - t0
             if args.out:
                 atomic_write_text(args.out / f"{task.name}.seed{seed}.csv",

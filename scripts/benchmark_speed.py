@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """How fast is tagging a long film, and how much memory does it need?
 
-    python scripts/benchmark_speed.py [--model DIR] [--hours 2 4] [--train]
+    python scripts/benchmark_speed.py [--model DIR] [--hours 2 4] [--film FILE ...] [--channels auto] [--train]
 
 Builds films with AC-3 audio (5.1 by default, or --layout stereo) in Matroska (the
 example film's soundtrack repeated to the length asked, encoded with PyAV) in a temporary
 folder, then tags each in a fresh process and prints: wall seconds, audio seconds per wall
 second ("x real time"), peak RSS, and the split of the time between decode (waiting for the
-decoding thread), features, encoder and search. It also times
-decoding alone (the floor for the whole run). With --train it times `train` on the
-example clips. It prints figures and asserts nothing.
+decoding thread), features, encoder and search. It also times decoding alone (the floor for
+the whole run), in the same run, and prints the ratio tag / decode. --film measures existing
+files as well (or instead, with --hours 0); --channels is passed to both. With --train it
+times `train` on the example clips. It prints figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ t0 = time.perf_counter()
 from speakertag.tagging import load_voice, tag
 voice = load_voice(sys.argv[2])
 t1 = time.perf_counter()
-r = tag(sys.argv[1], voice)
+r = tag(sys.argv[1], voice, channels=sys.argv[3])
 t2 = time.perf_counter()
 print(json.dumps({"wall_s": t2 - t1, "startup_s": t1 - t0, "duration_s": r.duration_s,
                   "stages_s": r.stage_s, "segments": len(r.segments),
@@ -87,7 +88,7 @@ print(json.dumps({"wall_s": t2 - t1, "startup_s": t1 - t0, "duration_s": r.durat
 DECODE_ONLY = r"""
 import json, sys, time
 from speakertag.audio import decode_blocks
-t = time.perf_counter(); n = sum(len(b) for b in decode_blocks(sys.argv[1], 22050))
+t = time.perf_counter(); n = sum(len(b) for b in decode_blocks(sys.argv[1], 22050, channels=sys.argv[2]))
 print(json.dumps({"wall_s": time.perf_counter() - t, "duration_s": n / 22050,
                   "peak_rss_mb": PEAK_RSS}))
 """.replace("PEAK_RSS", PEAK_RSS)
@@ -100,11 +101,27 @@ def run_child(code: str, *args: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def measure(film: Path, model: Path, channels: str) -> dict:
+    """Decode alone, then tag, each in a fresh process; print both and their ratio."""
+    dec = run_child(DECODE_ONLY, str(film), channels)
+    print(f"  decode + downmix + resample alone: {dec['wall_s']:.1f} s = {dec['duration_s'] / dec['wall_s']:.0f}x real time "
+          f"(the floor), peak RSS {dec['peak_rss_mb']:.0f} MB")
+    r = run_child(CHILD, str(film), str(model), channels)
+    print(f"  tag: {r['wall_s']:.1f} s wall = {r['duration_s'] / r['wall_s']:.0f}x real time, "
+          f"peak RSS {r['peak_rss_mb']:.0f} MB, {r['segments']} segments (+{r['startup_s']:.1f} s start-up)")
+    print("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["stages_s"].items()))
+    print(f"  decode {dec['wall_s']:.2f} s, tag {r['wall_s']:.2f} s: tag / decode = {r['wall_s'] / dec['wall_s']:.2f}")
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="model folder; default: train one on the example clips")
     ap.add_argument("--hours", type=float, nargs="+", default=[2.0, 4.0])
     ap.add_argument("--layout", choices=["5.1", "stereo"], default="5.1", help="AC-3 channel layout")
+    ap.add_argument("--film", type=Path, nargs="+", default=[], help="also measure these files")
+    ap.add_argument("--channels", choices=["auto", "centre", "centre-weighted", "average"], default="auto",
+                    help="how a 5.1 film becomes mono (speakertag --channels)")
     ap.add_argument("--train", action="store_true", help="also time training on the example clips")
     args = ap.parse_args()
     st = [sys.executable, "-m", "speakertag"]
@@ -120,21 +137,17 @@ def main() -> None:
             model = model or tmp / "model"
         stereo = example_soundtrack()
         rss = {}
-        for hours in args.hours:
+        for hours in [h for h in args.hours if h > 0]:
             film = tmp / f"film_{hours:g}h.mkv"
             t = time.perf_counter()
             build_film(film, hours, stereo, args.layout)
             print(f"\nbuilt {film.name}: {hours:g} h of AC-3 {args.layout} 48 kHz in {time.perf_counter() - t:.0f} s "
                   f"({film.stat().st_size / 1e6:.0f} MB)")
-            dec = run_child(DECODE_ONLY, str(film))
-            print(f"  decode + downmix + resample alone: {dec['wall_s']:.1f} s = {dec['duration_s'] / dec['wall_s']:.0f}x real time "
-                  f"(the floor), peak RSS {dec['peak_rss_mb']:.0f} MB")
-            r = run_child(CHILD, str(film), str(model))
-            rss[hours] = r["peak_rss_mb"]
-            print(f"  tag: {r['wall_s']:.1f} s wall = {r['duration_s'] / r['wall_s']:.0f}x real time, "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB, {r['segments']} segments (+{r['startup_s']:.1f} s start-up)")
-            print("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["stages_s"].items()))
+            rss[hours] = measure(film, model, args.channels)["peak_rss_mb"]
             film.unlink()
+        for film in args.film:
+            print(f"\n{film}:")
+            measure(film, model, args.channels)
         if len(rss) > 1:
             hs = sorted(rss)
             print(f"\npeak RSS {hs[-1]:g} h vs {hs[0]:g} h: {100 * (rss[hs[-1]] / rss[hs[0]] - 1):+.1f}%")

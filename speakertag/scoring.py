@@ -78,21 +78,31 @@ EDGE_QUANTILE = 0.25  # of the target's validation scores; dev: 0.2-0.3 alike, 0
 
 def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: str = "f1",
                         target_precision: float = 0.95,
-                        target_share: float = TrainParams.target_share) -> Calibration:
+                        target_share: float = TrainParams.target_share,
+                        impostor_scores: np.ndarray | None = None,
+                        impostor_share: float = TrainParams.impostor_share) -> Calibration:
     """Pick the threshold that maximises F1 (rule "f1"), or the lowest threshold whose
     precision reaches `target_precision` (rule "precision"), on validation window scores.
 
     Positives are weighted so that both classes count as much as they would in a film
     where the target speaks `target_share` of the time, whatever the sample sizes.
+    `impostor_scores` (windows of unseen voices) take `impostor_share` of the other
+    windows' weight, the user's negatives the rest, whatever the sample sizes.
     The edge threshold (segments.to_segments) is the positives' lower quartile.
     """
+    imp = np.zeros(0) if impostor_scores is None or impostor_share == 0 else np.asarray(impostor_scores)
     if len(pos_scores) == 0 or len(neg_scores) == 0:
         raise ValueError("calibration needs positive and negative validation scores")
     if not 0 < target_share < 1:
         raise ValueError(f"target share must be between 0 and 1, not {target_share}")
-    scores = np.concatenate([pos_scores, neg_scores])
-    is_pos = np.concatenate([np.ones(len(pos_scores), bool), np.zeros(len(neg_scores), bool)])
-    w = np.where(is_pos, target_share / len(pos_scores), (1 - target_share) / len(neg_scores))
+    if not 0 <= impostor_share < 1:
+        raise ValueError(f"impostor share must be in [0, 1), not {impostor_share}")
+    u = impostor_share if len(imp) else 0.0
+    scores = np.concatenate([pos_scores, neg_scores, imp])
+    is_pos = np.concatenate([np.ones(len(pos_scores), bool), np.zeros(len(neg_scores) + len(imp), bool)])
+    w = np.concatenate([np.full(len(pos_scores), target_share / len(pos_scores)),
+                        np.full(len(neg_scores), (1 - target_share) * (1 - u) / len(neg_scores)),
+                        np.full(len(imp), (1 - target_share) * u / max(len(imp), 1))])
     order = np.argsort(-scores, kind="stable")
     scores, is_pos, w = scores[order], is_pos[order], w[order]
     tp = np.cumsum(np.where(is_pos, w, 0.0))  # threshold at scores[i]: windows 0..i positive
@@ -117,4 +127,4 @@ def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: st
     threshold = float((scores[i] + below) / 2)
     edge_threshold = float(np.quantile(pos_scores, EDGE_QUANTILE))
     return Calibration(threshold, name, float(precision[i]), float(recall[i]), float(f1[i]),
-                       len(pos_scores), len(neg_scores), edge_threshold, target_share)
+                       len(pos_scores), len(neg_scores) + len(imp), edge_threshold, target_share)

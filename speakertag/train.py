@@ -430,9 +430,9 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
 
     calib = calibrate_threshold(
         calibration_scores(cal_pos, own_pos_clip=np.tile(pos_ids, 2 * rounds)),
-        np.concatenate([calibration_scores(cal_neg, own_neg_clip=np.tile(neg_ids, rounds)),
-                        nearest_impostor_scores(calibration_scores(cal_imp))]),
-        tp.threshold_rule, tp.target_precision, tp.target_share)
+        calibration_scores(cal_neg, own_neg_clip=np.tile(neg_ids, rounds)),
+        tp.threshold_rule, tp.target_precision, tp.target_share,
+        nearest_impostor_scores(calibration_scores(cal_imp)), tp.impostor_share)
     model.encoder.cpu()
     memory = Memory(positives, negatives, p, model.fingerprint, calib.threshold, name, {
         "calibration": calib.__dict__, "source": name}, calib.edge_threshold)

@@ -118,3 +118,22 @@ def test_top_k_mean_excluding_skips_own_group():
     assert top_k_mean_excluding(q, np.array([0]), entries, groups, 1)[0] == pytest.approx(0.0)
     # Fewer than k entries outside the group count as -1.
     assert top_k_mean_excluding(q, np.array([0]), entries, groups, 3)[0] == pytest.approx((0 + 0 - 1) / 3)
+
+
+def test_impostors_carry_their_share_whatever_their_count():
+    """Impostor windows weigh `impostor_share` of the non-target mass: a thousand copies of
+    the same impostor windows give the threshold that ten give; share 0 ignores them, and a
+    larger share of close impostors never lowers the threshold."""
+    rng = np.random.default_rng(3)
+    pos, neg = rng.normal(0.6, 0.1, 300), rng.normal(0.2, 0.1, 600)
+    imp = rng.normal(0.5, 0.05, 10)
+
+    def thr(impostors, share):
+        return calibrate_threshold(pos, neg, impostor_scores=impostors, impostor_share=share).threshold
+
+    assert thr(np.repeat(imp, 100), 0.2) == pytest.approx(thr(imp, 0.2))
+    assert thr(imp, 0.0) == calibrate_threshold(pos, neg).threshold == thr(None, 0.5)
+    ths = [thr(imp, s) for s in (0.0, 0.1, 0.3, 0.6)]
+    assert ths == sorted(ths) and ths[-1] > ths[0]
+    with pytest.raises(ValueError, match="impostor share"):
+        thr(imp, 1.0)

@@ -131,3 +131,43 @@ def render(fmt: str, segments: Sequence[Segment], *, input_path: str, voices: Se
     if fmt not in writers:
         raise ValueError(f"unknown output format {fmt!r}; choose from: {', '.join(FORMATS)}")
     return writers[fmt]()
+
+
+SCORE_FORMATS: dict[str, str] = {".csv": "csv", ".npz": "npz"}  # --scores FILE: format by suffix
+
+
+def scores_format_of(path: Path) -> str | None:
+    """"csv" or "npz" for a --scores file name, None for any other suffix."""
+    return SCORE_FORMATS.get(path.suffix.lower())
+
+
+def render_scores(fmt: str, curves: Sequence[tuple[str, float, "np.ndarray", "np.ndarray"]]) -> bytes:
+    """The score curves of one film as a file: fmt "csv" or "npz".
+
+    curves: one (voice name, threshold, edges_s (n + 1,), scores (n,)) per voice, all with the
+    same cells; cell i spans [edges_s[i], edges_s[i + 1]) s (report.track_cells).
+    CSV: a header `time_s,voice,score,threshold`, then one row per cell and voice, by time
+    (time_s: the cell's start). npz: time_s (n,) cell starts and end_s (n,) ends, voices
+    (n_voices,) names, scores (n_voices, n) float32, thresholds (n_voices,) float32.
+    """
+    import numpy as np
+
+    if fmt == "csv":
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["time_s", "voice", "score", "threshold"])
+        if curves:
+            edges_s = curves[0][2]
+            for i in range(len(curves[0][3])):
+                for name, threshold, _, scores in curves:
+                    w.writerow([f"{edges_s[i]:.3f}", name, f"{scores[i]:.6f}", f"{threshold:.6f}"])
+        return out.getvalue().encode("utf-8")
+    if fmt == "npz":
+        edges_s = curves[0][2] if curves else np.zeros(1)
+        buf = io.BytesIO()
+        np.savez(buf, time_s=np.asarray(edges_s[:-1], np.float64), end_s=np.asarray(edges_s[1:], np.float64),
+                 voices=np.array([c[0] for c in curves], dtype=str),
+                 scores=np.array([c[3] for c in curves], np.float32).reshape(len(curves), -1),
+                 thresholds=np.array([c[1] for c in curves], np.float32))
+        return buf.getvalue()
+    raise ValueError(f"unknown scores format {fmt!r}; choose from: {', '.join(SCORE_FORMATS.values())}")

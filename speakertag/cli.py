@@ -359,6 +359,8 @@ def _error_message(e: BaseException) -> str:
 @click.option("--edge-db", type=click.FloatRange(0),
               help="Segment edges grow over cells that a target-like window covers and that are at most this "
                    "many dB quieter (250-4000 Hz) than the segment (default 10).")
+@click.option("--exclusive", is_flag=True,
+              help="Several voices: each moment goes to at most one, the one scoring furthest above its threshold.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available, else the CPU.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
@@ -369,9 +371,12 @@ def _error_message(e: BaseException) -> str:
                    "'embed' puts a compressed soundtrack in the page (about 16 MB per hour; plays any film).")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
               help="One input: also write the score plot as PNG here.")
+@click.option("--scores", type=click.Path(path_type=Path, dir_okay=False),
+              help="One input: also write each voice's score of every 0.5 s cell (the plot's numbers) and its "
+                   "threshold here: .csv (time_s,voice,score,threshold) or .npz.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no line per finished file.")
 def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jobs, min_gap, min_duration, edge_db,
-        device, report, report_audio, plot, quiet, engine, ray_address, force):
+        device, report, report_audio, plot, quiet, engine, ray_address, force, scores, exclusive):
     """Find where each model's voice speaks in each FILM (any audio or video file, or a folder
     searched recursively). Several inputs or a folder need --out-dir; a file that fails is
     reported and the others go on (exit code 1 if any failed)."""
@@ -379,11 +384,13 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
         raise SpeakertagError("reading a film from standard input is not supported: name the film's file")
     if report_audio is not None and report is None:
         raise click.UsageError("--report-audio needs --report")
-    if (report or plot) and (out_dir is not None or len(films) > 1 or any(f.is_dir() for f in films)):
-        raise click.UsageError("--report and --plot take a single input file (no folder, no --out-dir)")
-    named = [p.resolve() for p in (out, report, plot) if p is not None]
+    if (report or plot or scores) and (out_dir is not None or len(films) > 1 or any(f.is_dir() for f in films)):
+        raise click.UsageError("--report, --plot and --scores take a single input file (no folder, no --out-dir)")
+    if scores is not None and writers.scores_format_of(scores) is None:
+        raise click.UsageError(f"--scores {scores}: the name must end in .csv or .npz")
+    named = [p.resolve() for p in (out, report, plot, scores) if p is not None]
     if len(set(named)) < len(named):
-        raise click.UsageError("--out, --report and --plot must name different files")
+        raise click.UsageError("--out, --report, --plot and --scores must name different files")
     if out is not None and out_dir is not None:
         raise click.UsageError("--out and --out-dir exclude each other")
     if out_dir is None and (len(films) > 1 or any(f.is_dir() for f in films)):
@@ -400,19 +407,22 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
 
     out = None if out == Path(STDOUT) else out
     fmt = fmt or (writers.format_of(out) if out is not None else None) or "text"
-    spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db)
+    spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db, exclusive)
     if out_dir is None:
-        _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot)
+        _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot, scores)
     else:
         _tag_many(films, out_dir, fmt, jobs, spec, threshold, stream, quiet, engine, ray_address, force)
 
 
 def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
-             report: Path | None = None, report_audio: str = "link", plot: Path | None = None) -> None:
-    """One film to stdout or to `out`, and its report and plot if asked; a failure is the command's error."""
+             report: Path | None = None, report_audio: str = "link", plot: Path | None = None,
+             scores: Path | None = None) -> None:
+    """One film to stdout or to `out`, and its report, plot and scores if asked; a failure is the command's error."""
     from .audio import probe
+    from .report import track_cells
+    from .tagging import exclusive
 
-    outputs = [path for path in (out, report, plot) if path is not None]
+    outputs = [path for path in (out, report, plot, scores) if path is not None]
     check_outputs(outputs, [film, *_voice_inputs(spec)])
     for path in outputs:
         if not path.parent.exists():
@@ -420,10 +430,14 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
     info = probe(film, stream)  # a bad film fails here, before torch and the model load
     voices = spec.load()
     result = _tag_with_bar(film, voices, threshold, stream, quiet, info)
+    result = exclusive(result) if spec.exclusive else result
     text = _render(fmt, film, result, spec)
     if result.note:
         click.echo(result.note, err=True)
     visuals = _visuals(film, result, report, report_audio, plot, stream, quiet) if report or plot else {}
+    if scores:
+        visuals[scores] = ("scores", writers.render_scores(writers.scores_format_of(scores), [
+            (t.name, t.threshold, *track_cells(result, t)) for t in result.tracks]))
     if out is None:
         click.echo(text, nl=False)
     else:
@@ -467,6 +481,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
     from .audio import find_media_files
     from .batch import film_state, is_up_to_date, output_paths, run_settings, tag_in_pool, write_stamp
     from .model import resolve_device
+    from .tagging import exclusive
 
     if engine == "ray":
         from .cluster import import_ray, tag_on_ray
@@ -507,6 +522,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
         try:
             if isinstance(result, BaseException):
                 raise result
+            result = exclusive(result) if spec.exclusive else result
             text = _render(fmt, film, result, spec)
             out_dir.mkdir(parents=True, exist_ok=True)  # with the first output: a run that writes none leaves none
             atomic_write_text(out_for[film], text)

@@ -18,6 +18,7 @@ the quieter background between sentences.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -85,6 +86,46 @@ def grow_edges(core: list[tuple[int, int]], can_grow: np.ndarray, cell_db: np.nd
     return grown
 
 
+def segment_runs(window_scores: np.ndarray, threshold: float, audio: AudioParams, tag: TagParams,
+                 cell_db: np.ndarray | None = None, edge_threshold: float | None = None
+                 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Window scores -> (cells (n_cells,) cell scores, [a, b) runs of cells the voice holds),
+    before merging and the length filter; see to_segments."""
+    cells = cell_scores(window_scores, audio)
+    # Hysteresis: a run of cells above threshold - hysteresis counts when it reaches the
+    # threshold somewhere.
+    high = cells >= threshold
+    found = [(a, b) for a, b in runs(cells >= threshold - tag.hysteresis) if high[a:b].any()]
+    if cell_db is not None and edge_threshold is not None and len(cells):
+        if len(cell_db) != len(cells):
+            raise ValueError(f"cell_db has {len(cell_db)} cells, the scores {len(cells)}")
+        can_grow = max_cell_scores(window_scores, audio) >= max(threshold, edge_threshold)
+        found = grow_edges(found, can_grow, cell_db, tag.edge_db)
+    return cells, found
+
+
+def runs_to_segments(found: list[tuple[int, int]], cells: np.ndarray, threshold: float, hop_s: float,
+                     limit_s: float, tag: TagParams, label: str = "target",
+                     blocked: np.ndarray | None = None) -> list[Segment]:
+    """[a, b) cell runs -> segments (seconds, clipped to limit_s): runs closer than
+    tag.min_gap_s merge unless a cell between them is `blocked` (bool (n_cells,), held by
+    another voice); runs without a cell at the threshold and those shorter than
+    tag.min_duration_s are dropped."""
+    high = cells >= threshold
+    merged: list[list] = []
+    for a, b in found:
+        start, end = a * hop_s, min(b * hop_s, limit_s)
+        if (merged and start - merged[-1][1] < tag.min_gap_s
+                and (blocked is None or not blocked[merged[-1][3]:a].any())):
+            merged[-1][1], merged[-1][3] = end, b
+        else:
+            merged.append([start, end, a, b])
+    # A segment's score is that of its cores: grown edges and merged gaps score under the
+    # threshold by construction and would make a sure segment look doubtful.
+    return [Segment(round(s, 3), round(e, 3), float(cells[a:b][high[a:b]].mean()), label)
+            for s, e, a, b in merged if e - s >= tag.min_duration_s and high[a:b].any()]
+
+
 def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams, tag: TagParams,
                 label: str = "target", duration_s: float | None = None, cell_db: np.ndarray | None = None,
                 edge_threshold: float | None = None) -> list[Segment]:
@@ -96,26 +137,30 @@ def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams,
     max(threshold, edge_threshold). Without them, segments are the runs of cells whose mean
     score reaches the threshold.
     """
-    cells = cell_scores(window_scores, audio)
-    hop_s = audio.hop_s
-    limit = duration_s if duration_s is not None else len(cells) * hop_s
-    # Hysteresis: a run of cells above threshold - hysteresis counts when it reaches the
-    # threshold somewhere.
-    high = cells >= threshold
-    found = [(a, b) for a, b in runs(cells >= threshold - tag.hysteresis) if high[a:b].any()]
-    if cell_db is not None and edge_threshold is not None and len(cells):
-        if len(cell_db) != len(cells):
-            raise ValueError(f"cell_db has {len(cell_db)} cells, the scores {len(cells)}")
-        can_grow = max_cell_scores(window_scores, audio) >= max(threshold, edge_threshold)
-        found = grow_edges(found, can_grow, cell_db, tag.edge_db)
-    spans = [(a * hop_s, min(b * hop_s, limit), a, b) for a, b in found]
-    merged: list[list] = []
-    for start, end, a, b in spans:
-        if merged and start - merged[-1][1] < tag.min_gap_s:
-            merged[-1][1], merged[-1][3] = end, b
-        else:
-            merged.append([start, end, a, b])
-    # A segment's score is that of its cores: grown edges and merged gaps score under the
-    # threshold by construction and would make a sure segment look doubtful.
-    return [Segment(round(s, 3), round(e, 3), float(cells[a:b][high[a:b]].mean()), label)
-            for s, e, a, b in merged if e - s >= tag.min_duration_s]
+    cells, found = segment_runs(window_scores, threshold, audio, tag, cell_db, edge_threshold)
+    limit = duration_s if duration_s is not None else len(cells) * audio.hop_s
+    return runs_to_segments(found, cells, threshold, audio.hop_s, limit, tag, label)
+
+
+def exclusive_segments(voices: Sequence[tuple[np.ndarray, float, list[tuple[int, int]], TagParams, str]],
+                       hop_s: float, limit_s: float) -> list[list[Segment]]:
+    """Each cell to at most one voice, then each voice's segments re-formed.
+
+    voices: per voice (cells (n_cells,), threshold, its runs from segment_runs, its tag
+    params, its label), all with the same cells. A cell several voices' runs hold goes to
+    the one whose cell score is furthest above its own threshold (the first voice on a
+    tie). Returns each voice's segments, in the order given; no two overlap.
+    """
+    if not voices:
+        return []
+    margin = np.full((len(voices), len(voices[0][0])), -np.inf)
+    for v, (cells, threshold, found, _, _) in enumerate(voices):
+        for a, b in found:
+            margin[v, a:b] = cells[a:b] - threshold
+    owner = np.where(np.isfinite(margin).any(axis=0), margin.argmax(axis=0), -1)
+    out = []
+    for v, (cells, threshold, _, tag, label) in enumerate(voices):
+        held = runs(owner == v)
+        out.append(runs_to_segments(held, cells, threshold, hop_s, limit_s, tag, label,
+                                    blocked=(owner >= 0) & (owner != v)))
+    return out

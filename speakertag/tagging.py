@@ -6,7 +6,7 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -17,9 +17,9 @@ from .errors import SpeakertagError
 from .features import cell_levels_db, stream_windows
 from .memory import Memory, load_memory
 from .model import Model, embed, load_model
-from .params import TagParams
+from .params import AudioParams, TagParams
 from .scoring import Scorer
-from .segments import Segment, to_segments
+from .segments import Segment, exclusive_segments, segment_runs, to_segments
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ class VoiceTrack:
     edge_threshold: float | None  # windows scoring this much can widen a segment (None: no edge refinement)
     window_scores: np.ndarray  # (n_windows,) score of window j, which starts at j * hop_s
     segments: list[Segment]
+    params: TagParams | None = None  # the rules its segments were formed with
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class TagResult:
     tracks: list[VoiceTrack]  # one per voice, in the order the voices were given
     stage_s: dict[str, float]  # wall seconds spent in decode, features, encoder, search
     note: str = ""  # one line for the user about the film (shorter than one window), or ""
+    audio: AudioParams | None = None  # the front end the windows were cut with
 
     @property
     def segments(self) -> list[Segment]:
@@ -197,5 +199,21 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
         thr = v.memory.threshold if threshold is None else threshold
         edge = v.memory.edge_threshold
         tracks.append(VoiceTrack(v.name, thr, edge, window_scores,
-                                 to_segments(window_scores, thr, a, v.params, v.name, duration_s, cell_db, edge)))
-    return TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s, note)
+                                 to_segments(window_scores, thr, a, v.params, v.name, duration_s, cell_db, edge),
+                                 v.params))
+    return TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s, note, a)
+
+
+def exclusive(result: TagResult) -> TagResult:
+    """`result` with each moment given to at most one voice: where several voices' segments
+    meet, the voice whose cell score is furthest above its own threshold keeps the cell, and
+    every voice's segments are re-formed from the cells it kept (merged, length-filtered).
+    No two segments of the result overlap; one voice's result is returned as it is."""
+    if len(result.tracks) < 2 or not len(result.tracks[0].window_scores):
+        return result
+    a = result.audio
+    per_voice = [(*segment_runs(t.window_scores, t.threshold, a, t.params, result.cell_db, t.edge_threshold),
+                  t) for t in result.tracks]
+    formed = exclusive_segments([(cells, t.threshold, found, t.params, t.name) for cells, found, t in per_voice],
+                                a.hop_s, result.duration_s)
+    return replace(result, tracks=[replace(t, segments=s) for t, s in zip(result.tracks, formed)])

@@ -562,6 +562,39 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("film", type=click.Path(path_type=Path))
+@click.argument("subs", type=click.Path(path_type=Path))
+@click.option("--model", "model_dirs", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Model folder (or a folder of them); repeat for several voices.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="The labelled subtitle file to write (.srt or .vtt; '-': stdout in SUBS's format).")
+@click.option("--threshold", type=FiniteFloatRange(*SCORE_RANGE), help="Score threshold; default: each memory's.")
+@click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def subtitles(film, subs, model_dirs, out, threshold, stream, device, quiet):
+    """Write SUBS (SRT or WebVTT) with the speaking voice's name before each cue's text
+    ("ALICE: ..."): the voice whose segments cover at least half of the cue's time. Other
+    cues are left as they were; SUBS itself is not changed."""
+    from .batch import VoiceSpec
+    from .params import SubtitleParams
+    from .subtitles import format_of, read_subtitles, render, speakers
+    from .tagging import exclusive
+
+    fmt = format_of(subs) if out == Path(STDOUT) else format_of(out)
+    if fmt is None:
+        raise click.UsageError(f"--out {out}: the name must end in .srt or .vtt")
+    spec = VoiceSpec(tuple(model_dirs), device=device, exclusive=True)
+    check_outputs([out], [film, subs, *_voice_inputs(spec)])
+    cues = read_subtitles(subs)
+    result = exclusive(_tag_with_bar(film, spec.load(), threshold, stream, quiet))
+    labels = speakers(cues.cues, result.segments, SubtitleParams().min_share)
+    atomic_write_text(out, render(cues, labels, fmt))
+    click.echo(f"{sum(x is not None for x in labels)} of {len(labels)} cues labelled, written to {_named(out)}",
+               err=True)
+
+
 @cli.group()
 def memory():
     """Inspect, export and merge positive memories."""

@@ -120,3 +120,8 @@ class Params:
             values = {k: tuple(v) if isinstance(v, list) else v for k, v in d[name].items()}
             built[name] = klass(**values)
         return cls(**built)
+
+
+@dataclass(frozen=True)
+class SubtitleParams:
+    min_share: float = 0.5  # a cue is labelled with a voice whose segments cover at least this share of its time

@@ -164,3 +164,176 @@ def exclusive_segments(voices: Sequence[tuple[np.ndarray, float, list[tuple[int,
         out.append(runs_to_segments(held, cells, threshold, hop_s, limit_s, tag, label,
                                     blocked=(owner >= 0) & (owner != v)))
     return out
+
+
+class SegmentStream:
+    """to_segments for a stream: window scores go in as they are computed, and each segment
+    comes out as soon as nothing that follows can change it. On a whole film it gives the
+    segments to_segments gives (cell scores summed in another order may differ in the last
+    bit of a float64).
+
+    A cell is final once the last window covering it is in (window c, for cell c). A core
+    (a run of cells at the threshold) is known when a cell below it arrives, its edges when
+    growth stops, and the segment when no later run could join it: a later core can grow
+    back only as far as the last cell no window covering it looks like the voice (a cell
+    that cannot grow), so the segment is final once such a cell lies at least min_gap_s
+    after its end. Only the cells from the earliest of those points on are kept.
+
+    max_delay_s: when the windows so far cover this much audio after a segment's end and it
+    is not settled yet, it is settled anyway (a live stream waits no longer): a later run that
+    would have joined it then starts a new segment at its end. None: always exact.
+    """
+
+    def __init__(self, threshold: float, audio: AudioParams, tag: TagParams, label: str = "target",
+                 edge_threshold: float | None = None, max_delay_s: float | None = None):
+        # Cells are float32 and compared in float32, as NumPy compares them in to_segments.
+        self.tag, self.label, self.hop_s = tag, label, audio.hop_s
+        self.threshold = float(np.float32(threshold))
+        self.low = float(np.float32(threshold - tag.hysteresis))
+        self.grow_at = None if edge_threshold is None else float(np.float32(max(threshold, edge_threshold)))
+        self.r = max(1, round(audio.window_frames / audio.hop_frames))
+        self.recent: list[float] = []  # the last r - 1 window scores
+        self.base = 0  # index of the first kept cell
+        self.m: list[float] = []  # kept cells: mean score of the windows covering each
+        self.can_grow: list[bool] = []
+        self.db: list[float] = []
+        self.n = 0  # final cells
+        self.last_barrier = -1  # last final cell that cannot grow
+        self.open: tuple[int, bool, int] | None = None  # the run at the threshold - hysteresis: start, holds a high cell, last barrier before it
+        self.cores: list[tuple[int, int, float, int]] = []  # known cores, growing to the right: a (grown), b, floor dB, b grown so far
+        self.grown: list[int] | None = None  # the last grown run [a, b), later runs may still join
+        self.merged: list | None = None  # [start_s, end_s, a, b] the segment it belongs to
+        self.window_s, self.max_delay_s = audio.window_s, max_delay_s
+        self.settled_b = 0  # cells before this are in segments already given out
+        self.forced = 0  # segments settled by max_delay_s
+
+    def _cell(self, i: int) -> tuple[float, bool, float]:
+        j = i - self.base
+        return self.m[j], self.can_grow[j], self.db[j]
+
+    def _add_cell(self, mean: float, best: float, db: float) -> None:
+        c = self.n
+        grows = self.grow_at is not None and best >= self.grow_at
+        self.m.append(mean)
+        self.can_grow.append(grows)
+        self.db.append(db)
+        self.n += 1
+        if mean >= self.low:
+            if self.open is None:
+                self.open = (c, False, self.last_barrier)
+            if mean >= self.threshold:
+                self.open = (self.open[0], True, self.open[2])
+        elif self.open is not None:
+            self._close_core(c)
+        if not grows:
+            self.last_barrier = c
+
+    def _close_core(self, b: int) -> None:
+        a, high, _ = self.open
+        self.open = None
+        if not high:
+            return
+        if self.grow_at is None:
+            self.cores.append((a, b, 0.0, b))
+            return
+        floor = float(np.float32(float(np.median(np.asarray(self.db[a - self.base:b - self.base], np.float32)))
+                                 - self.tag.edge_db))
+        while a > 0 and self._cell(a - 1)[1] and self._cell(a - 1)[2] >= floor:
+            a -= 1
+        self.cores.append((a, b, floor, b))
+
+    def _advance(self, final: bool, limit_s: float | None = None) -> list[Segment]:
+        """Grow the known cores over the final cells, join runs, and emit what is settled."""
+        out: list[Segment] = []
+        while self.cores:
+            a, b, floor, y = self.cores[0]
+            if self.grow_at is not None:
+                while y < self.n and self._cell(y)[1] and self._cell(y)[2] >= floor:
+                    y += 1
+                if y == self.n and not final:
+                    self.cores[0] = (a, b, floor, y)
+                    break
+            self.cores.pop(0)
+            a = max(a, self.settled_b)
+            if self.grown is not None and a <= self.grown[1]:
+                self.grown[1] = max(y, self.grown[1])
+            else:
+                self._join(out, limit_s)
+                self.grown = [a, y]
+        if self.grown is not None and not self.cores:
+            # the earliest cell a later run can start at
+            if self.grow_at is None:
+                earliest = self.open[0] if self.open else self.n
+            else:
+                earliest = (self.open[2] if self.open else self.last_barrier) + 1
+            exact = earliest > self.grown[1] and earliest * self.hop_s - self.grown[1] * self.hop_s >= self.tag.min_gap_s
+            # A run at the threshold that has begun is a core that will join or follow it: no need to wait for it
+            late = (self.max_delay_s is not None and not (self.open and self.open[1])
+                    and (self.n - 1) * self.hop_s + self.window_s - self.grown[1] * self.hop_s >= self.max_delay_s)
+            if final or exact or late:
+                self.forced += int(not (final or exact))
+                self.settled_b = self.grown[1]
+                self._join(out, limit_s)
+                self.grown = None
+                self._emit(out, limit_s)
+        self._trim()
+        return out
+
+    def _join(self, out: list[Segment], limit_s: float | None) -> None:
+        """Hand the last grown run to the gap merge (runs_to_segments' rule)."""
+        if self.grown is None:
+            return
+        a, b = self.grown
+        start, end = a * self.hop_s, b * self.hop_s if limit_s is None else min(b * self.hop_s, limit_s)
+        if self.merged and start - self.merged[1] < self.tag.min_gap_s:
+            self.merged[1], self.merged[3] = end, b
+        else:
+            self._emit(out, limit_s)
+            self.merged = [start, end, a, b]
+
+    def _emit(self, out: list[Segment], limit_s: float | None) -> None:
+        if self.merged is None:
+            return
+        s, e, a, b = self.merged
+        self.merged = None
+        cells = np.asarray(self.m[a - self.base:b - self.base], np.float32)
+        high = cells >= self.threshold
+        if e - s >= self.tag.min_duration_s and high.any():
+            out.append(Segment(round(s, 3), round(e, 3), float(cells[high].mean()), self.label))
+
+    def _trim(self) -> None:
+        keep = [self.n, self.last_barrier]
+        if self.open:
+            keep += [self.open[0], self.open[2]]
+        keep += [c[0] for c in self.cores]
+        if self.grown:
+            keep.append(self.grown[0])
+        if self.merged:
+            keep.append(self.merged[2])
+        drop = max(0, min(keep)) - self.base
+        if drop > 256:  # in bulk: deleting from the front of a list costs its length
+            del self.m[:drop], self.can_grow[:drop], self.db[:drop]
+            self.base += drop
+
+    def push(self, window_scores: np.ndarray, cell_db: np.ndarray) -> list[Segment]:
+        """The next windows' scores (k,) and the levels (k,) of their first cells (cell j of
+        window j, features.cell_levels_db) -> the segments this settles, by start time."""
+        for score, db in zip(np.asarray(window_scores, np.float64).tolist(), np.asarray(cell_db).tolist()):
+            self.recent.append(score)
+            cover = self.recent[-self.r:]
+            self._add_cell(float(np.float32(sum(cover) / len(cover))), float(np.float32(max(cover))), db)
+            self.recent = self.recent[-(self.r - 1):] if self.r > 1 else []
+        return self._advance(False)
+
+    def finish(self, last_cell_db: np.ndarray, duration_s: float) -> list[Segment]:
+        """The stream has ended: last_cell_db (r - 1,) the levels of the last window's other
+        cells (empty when no window came) -> the remaining segments, clipped to duration_s."""
+        if self.n:
+            n_windows = self.n
+            first = n_windows - len(self.recent)  # the window recent[0] is
+            for i, db in enumerate(np.asarray(last_cell_db).tolist()):
+                cover = self.recent[max(0, n_windows + i - self.r + 1 - first):]
+                self._add_cell(float(np.float32(sum(cover) / len(cover))), float(np.float32(max(cover))), db)
+        if self.open is not None:
+            self._close_core(self.n)
+        return self._advance(True, duration_s)

@@ -374,14 +374,23 @@ def _error_message(e: BaseException) -> str:
 @click.option("--scores", type=click.Path(path_type=Path, dir_okay=False),
               help="One input: also write each voice's score of every 0.5 s cell (the plot's numbers) and its "
                    "threshold here: .csv (time_s,voice,score,threshold) or .npz.")
+@click.option("--follow", is_flag=True,
+              help="FILM is still being written (a recording): keep reading as it grows, give out each segment as "
+                   "it closes, stop when it has not grown for --follow-timeout seconds or on Ctrl-C.")
+@click.option("--follow-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="With --follow: seconds without growth that end the recording.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no line per finished file.")
 def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jobs, min_gap, min_duration, edge_db,
-        device, report, report_audio, plot, quiet, engine, ray_address, force, scores, exclusive):
+        device, report, report_audio, plot, quiet, engine, ray_address, force, scores, exclusive, follow,
+        follow_timeout):
     """Find where each model's voice speaks in each FILM (any audio or video file, or a folder
     searched recursively). Several inputs or a folder need --out-dir; a file that fails is
-    reported and the others go on (exit code 1 if any failed)."""
-    if Path(STDOUT) in films:
-        raise SpeakertagError("reading a film from standard input is not supported: name the film's file")
+    reported and the others go on (exit code 1 if any failed). FILM '-' reads a stream
+    (Matroska, MPEG-TS, ...) from standard input and, like --follow, gives out each segment as it closes."""
+    if (Path(STDOUT) in films or follow) and (len(films) > 1 or out_dir or report or plot or scores or exclusive
+                                              or (follow and films[0] == Path(STDOUT))):
+        raise click.UsageError("live input ('-' or --follow) takes one input (a file with --follow), and none of "
+                               "--out-dir, --report, --plot, --scores, --exclusive")
     if report_audio is not None and report is None:
         raise click.UsageError("--report-audio needs --report")
     if (report or plot or scores) and (out_dir is not None or len(films) > 1 or any(f.is_dir() for f in films)):
@@ -408,7 +417,9 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
     out = None if out == Path(STDOUT) else out
     fmt = fmt or (writers.format_of(out) if out is not None else None) or "text"
     spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db, exclusive)
-    if out_dir is None:
+    if films[0] == Path(STDOUT) or follow:
+        _tag_live(films[0], out, fmt, spec, threshold, stream, quiet, follow_timeout if follow else None)
+    elif out_dir is None:
         _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot, scores)
     else:
         _tag_many(films, out_dir, fmt, jobs, spec, threshold, stream, quiet, engine, ray_address, force)
@@ -446,6 +457,61 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
     for path, (what, data) in visuals.items():
         atomic_write_bytes(path, data)
         click.echo(f"{what} written to {path}", err=True)
+
+
+def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
+              follow_timeout_s: float | None) -> None:
+    """Standard input or a growing file: each segment printed (to stderr when --out is given)
+    and, in formats that allow it, added to the output as soon as it closes; JSON, SRT and
+    WebVTT are written whole at the end. Ctrl-C ends the input: what was found is kept."""
+    import torch
+
+    from .live import GrowingFile, StdinSource
+    from .params import LiveParams
+    from .tagging import LiveTagger
+
+    check_outputs([out] if out else [], ([] if film == Path(STDOUT) else [film]) + _voice_inputs(spec))
+    if out is not None and not out.parent.exists():
+        raise SpeakertagError(f"output folder does not exist: {out.parent}")
+    live_params = LiveParams()
+    voices = spec.load()
+    torch.set_num_threads(1)  # a window or two at a time: threads cost more than they give (4x here)
+    source = StdinSource() if film == Path(STDOUT) else GrowingFile(
+        film, follow_timeout_s, live_params.poll_s, stop=lambda: bool(_signals_received))
+    live = LiveTagger(voices, threshold, live_params)
+    appendable, several = fmt in writers.APPENDABLE, len(voices) > 1
+    sink = open(out, "w", encoding="utf-8") if out is not None and appendable else None  # noqa: SIM115
+    found: list = []
+
+    def emit(segments) -> None:
+        if appendable and segments:
+            text = writers.render(fmt, segments, input_path=str(source), with_label=several, header=False)
+            (sink or sys.stdout).write(text)
+            (sink or sys.stdout).flush()
+        found.extend(segments)
+        for s in segments if out is not None and not quiet else ():
+            click.echo(f"{writers.format_timestamp(s.start_s)} - {writers.format_timestamp(s.end_s)}  {s.label}  "
+                       f"(closed at {live.duration_s:.1f} s)", err=True)
+
+    interrupted = False
+    try:
+        if fmt == "csv":  # the header first, the rows as they come
+            (sink or sys.stdout).write(writers.render(fmt, [], input_path="", with_label=several))
+        for _, windows in live.windows(source, stream):
+            with _uninterrupted():  # the voices' segment streams are never left half-updated
+                emit(live.add(windows))
+    except Interrupted:
+        interrupted = True
+    emit(live.finish())
+    if sink is not None:
+        sink.close()
+    elif not appendable:
+        text = writers.render(fmt, found, input_path=str(source), voices=[
+            {"name": v.name, "threshold": round(t, 4)} for v, t in zip(voices, live.thresholds)])
+        atomic_write_text(out or STDOUT, text)
+    if not quiet or interrupted:
+        click.echo(f"{len(found)} segments in {live.duration_s:.1f} s of {source}"
+                   + (" (interrupted)" if interrupted else "") + (f", written to {out}" if out else ""), err=True)
 
 
 def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: Path | None, stream,

@@ -22,6 +22,7 @@ SUFFIX: dict[str, str] = {
     "audacity": ".labels.txt",
 }
 FORMATS: tuple[str, ...] = tuple(SUFFIX)
+APPENDABLE: tuple[str, ...] = ("text", "csv", "rttm", "audacity")  # a live run adds segments to these as they come
 
 
 def format_of(path: Path) -> str | None:
@@ -58,8 +59,7 @@ def _several_labels(segments: Sequence[Segment]) -> bool:
     return len({s.label for s in segments}) > 1
 
 
-def _text(segments: Sequence[Segment]) -> str:
-    with_label = _several_labels(segments)
+def _text(segments: Sequence[Segment], with_label: bool) -> str:
     return "".join(
         f"{format_timestamp(s.start_s)} - {format_timestamp(s.end_s)}  score {s.score:.2f}"
         + (f"  {s.label}" if with_label else "") + "\n"
@@ -76,11 +76,11 @@ def _json(segments: Sequence[Segment], input_path: str, voices: Sequence[dict]) 
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
-def _csv(segments: Sequence[Segment]) -> str:
-    with_label = _several_labels(segments)
+def _csv(segments: Sequence[Segment], with_label: bool, header: bool) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["start", "end", "score"] + (["label"] if with_label else []))
+    if header:
+        w.writerow(["start", "end", "score"] + (["label"] if with_label else []))
     for s in segments:
         w.writerow([f"{s.start_s:.3f}", f"{s.end_s:.3f}", f"{s.score:.4f}"] + ([s.label] if with_label else []))
     return out.getvalue()
@@ -116,13 +116,17 @@ def _audacity(segments: Sequence[Segment]) -> str:
     return "".join(f"{s.start_s:.6f}\t{s.end_s:.6f}\t{s.label}\n" for s in segments)
 
 
-def render(fmt: str, segments: Sequence[Segment], *, input_path: str, voices: Sequence[dict] = ()) -> str:
+def render(fmt: str, segments: Sequence[Segment], *, input_path: str, voices: Sequence[dict] = (),
+           with_label: bool | None = None, header: bool = True) -> str:
     """The whole output file for `segments` (times in seconds) in format `fmt`, one of FORMATS.
-    voices: what the JSON header says of each voice, e.g. {"name", "model", "threshold"}."""
+    voices: what the JSON header says of each voice, e.g. {"name", "model", "threshold"}.
+    with_label: whether text and CSV name each segment's voice (None: when several labels
+    occur); header: False leaves out the CSV header (a live run's later segments)."""
+    with_label = _several_labels(segments) if with_label is None else with_label
     writers = {
-        "text": lambda: _text(segments),
+        "text": lambda: _text(segments, with_label),
         "json": lambda: _json(segments, input_path, voices),
-        "csv": lambda: _csv(segments),
+        "csv": lambda: _csv(segments, with_label, header),
         "rttm": lambda: _rttm(segments, input_path),
         "srt": lambda: _srt(segments),
         "vtt": lambda: _vtt(segments),

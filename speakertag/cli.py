@@ -91,6 +91,18 @@ def _uninterrupted():
     _raise_if_interrupted()
 
 
+@contextlib.contextmanager
+def _signals_noted():
+    """Signals arriving inside are only noted in _signals_received: the block looks and ends itself
+    (a live input's reader waits inside FFmpeg, which would print and drop an exception)."""
+    global _defer_signals
+    _defer_signals = True
+    try:
+        yield
+    finally:
+        _defer_signals = False
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Move a finished folder into place; an older folder is kept until the new one is there.
     Not interruptible: a signal never leaves the target missing or an old copy behind."""
@@ -463,7 +475,8 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
               follow_timeout_s: float | None) -> None:
     """Standard input or a growing file: each segment printed (to stderr when --out is given)
     and, in formats that allow it, added to the output as soon as it closes; JSON, SRT and
-    WebVTT are written whole at the end. Ctrl-C ends the input: what was found is kept."""
+    WebVTT are written whole at the end. Ctrl-C ends the input (a pipe: at its next data), and
+    what was found is kept; a second Ctrl-C then stops at once."""
     import torch
 
     from .live import GrowingFile, StdinSource
@@ -476,8 +489,11 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
     live_params = LiveParams()
     voices = spec.load()
     torch.set_num_threads(1)  # a window or two at a time: threads cost more than they give (4x here)
-    source = StdinSource() if film == Path(STDOUT) else GrowingFile(
-        film, follow_timeout_s, live_params.poll_s, stop=lambda: bool(_signals_received))
+    def stop() -> bool:
+        return bool(_signals_received)
+
+    source = StdinSource(stop=stop) if film == Path(STDOUT) else GrowingFile(film, follow_timeout_s,
+                                                                            live_params.poll_s, stop)
     live = LiveTagger(voices, threshold, live_params)
     appendable, several = fmt in writers.APPENDABLE, len(voices) > 1
     sink = open(out, "w", encoding="utf-8") if out is not None and appendable else None  # noqa: SIM115
@@ -493,15 +509,14 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
             click.echo(f"{writers.format_timestamp(s.start_s)} - {writers.format_timestamp(s.end_s)}  {s.label}  "
                        f"(closed at {live.duration_s:.1f} s)", err=True)
 
-    interrupted = False
-    try:
-        if fmt == "csv":  # the header first, the rows as they come
-            (sink or sys.stdout).write(writers.render(fmt, [], input_path="", with_label=several))
+    if fmt == "csv":  # the header first, the rows as they come
+        (sink or sys.stdout).write(writers.render(fmt, [], input_path="", with_label=several))
+    with _signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
         for _, windows in live.windows(source, stream):
-            with _uninterrupted():  # the voices' segment streams are never left half-updated
-                emit(live.add(windows))
-    except Interrupted:
-        interrupted = True
+            emit(live.add(windows))
+            if stop():
+                break
+    interrupted = stop()
     emit(live.finish())
     if sink is not None:
         sink.close()

@@ -20,11 +20,12 @@ class StdinSource:
     """Standard input as PyAV reads it: front to back from a pipe; a file redirected to it
     (`< film.mp4`) can be sought in, so any format FFmpeg reads works then."""
 
-    def __init__(self, stream: BinaryIO | None = None):
-        self.f = stream or sys.stdin.buffer
+    def __init__(self, stream: BinaryIO | None = None, stop: Callable[[], bool] | None = None):
+        self.f, self.stop = stream or sys.stdin.buffer, stop
 
     def read(self, n: int = -1) -> bytes:
-        return self.f.read(n)
+        """The next bytes, or b"" (the end) once stop() says so: a pipe's read waits for data."""
+        return b"" if self.stop and self.stop() else self.f.read(n)
 
     def seekable(self) -> bool:
         return self.f.seekable()

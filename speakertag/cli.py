@@ -521,8 +521,11 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
     if sink is not None:
         sink.close()
     elif not appendable:
+        from .batch import model_folders
+
         text = writers.render(fmt, found, input_path=str(source), voices=[
-            {"name": v.name, "threshold": round(t, 4)} for v, t in zip(voices, live.thresholds)])
+            {"name": v.name, "model": str(d), "threshold": round(t, 4)}
+            for v, d, t in zip(voices, model_folders(spec.model_dirs), live.thresholds)])
         atomic_write_text(out or STDOUT, text)
     if not quiet or interrupted:
         click.echo(f"{len(found)} segments in {live.duration_s:.1f} s of {source}"

@@ -406,12 +406,13 @@ def tag(films, model_dirs, memory_file, threshold, stream, fmt, out, out_dir, jo
     if report_audio is not None and report is None:
         raise click.UsageError("--report-audio needs --report")
     if (report or plot or scores) and (out_dir is not None or len(films) > 1 or any(f.is_dir() for f in films)):
-        raise click.UsageError("--report, --plot and --scores take a single input file (no folder, no --out-dir)")
+        raise click.UsageError("--report and --plot take a single input file (no folder, no --out-dir), "
+                               "and so does --scores")
     if scores is not None and writers.scores_format_of(scores) is None:
         raise click.UsageError(f"--scores {scores}: the name must end in .csv or .npz")
     named = [p.resolve() for p in (out, report, plot, scores) if p is not None]
     if len(set(named)) < len(named):
-        raise click.UsageError("--out, --report, --plot and --scores must name different files")
+        raise click.UsageError("--out, --report and --plot must name different files (and --scores)")
     if out is not None and out_dir is not None:
         raise click.UsageError("--out and --out-dir exclude each other")
     if out_dir is None and (len(films) > 1 or any(f.is_dir() for f in films)):

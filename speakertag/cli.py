@@ -497,21 +497,28 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
                                                                             live_params.poll_s, stop)
     live = LiveTagger(voices, threshold, live_params)
     appendable, several = fmt in writers.APPENDABLE, len(voices) > 1
-    sink = open(out, "w", encoding="utf-8") if out is not None and appendable else None  # noqa: SIM115
     found: list = []
+    sinks: list = []  # the --out file, opened with the first segment (a stream that cannot be read leaves none)
+
+    def write(text: str) -> None:
+        if out is not None and not sinks:
+            sinks.append(open(out, "w", encoding="utf-8"))  # noqa: SIM115 - closed below
+            if fmt == "csv":  # the header first, the rows as they come
+                sinks[0].write(writers.render(fmt, [], input_path="", with_label=several))
+        f = sinks[0] if sinks else sys.stdout
+        f.write(text)
+        f.flush()
 
     def emit(segments) -> None:
         if appendable and segments:
-            text = writers.render(fmt, segments, input_path=str(source), with_label=several, header=False)
-            (sink or sys.stdout).write(text)
-            (sink or sys.stdout).flush()
+            write(writers.render(fmt, segments, input_path=str(source), with_label=several, header=False))
         found.extend(segments)
         for s in segments if out is not None and not quiet else ():
             click.echo(f"{writers.format_timestamp(s.start_s)} - {writers.format_timestamp(s.end_s)}  {s.label}  "
                        f"(closed at {live.duration_s:.1f} s)", err=True)
 
-    if fmt == "csv":  # the header first, the rows as they come
-        (sink or sys.stdout).write(writers.render(fmt, [], input_path="", with_label=several))
+    if fmt == "csv" and out is None:  # the header first, the rows as they come
+        write(writers.render(fmt, [], input_path="", with_label=several))
     with _signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
         for _, windows in live.windows(source, stream):
             emit(live.add(windows))
@@ -519,8 +526,9 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
                 break
     interrupted = stop()
     emit(live.finish())
-    if sink is not None:
-        sink.close()
+    if appendable and out is not None:
+        write("")  # a run that found nothing still writes its (empty) file
+        sinks[0].close()
     elif not appendable:
         from .batch import model_folders
 

@@ -48,7 +48,8 @@ class GrowingFile:
     def __init__(self, path: Path, timeout_s: float, poll_s: float, stop: Callable[[], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         if not path.is_file():
-            raise SpeakertagError(f"no such file: {path}" if not path.exists() else f"cannot follow {path}: not a regular file")
+            raise SpeakertagError(f"no such file: {path}" if not path.exists()
+                                  else f"cannot follow {path}: not a regular file")
         try:
             self.f = open(path, "rb")
         except OSError as e:

@@ -199,8 +199,11 @@ class SegmentStream:
         self.db: list[float] = []
         self.n = 0  # final cells
         self.last_barrier = -1  # last final cell that cannot grow
-        self.open: tuple[int, bool, int] | None = None  # the run at the threshold - hysteresis: start, holds a high cell, last barrier before it
-        self.cores: list[tuple[int, int, float, int]] = []  # known cores, growing to the right: a (grown), b, floor dB, b grown so far
+        # the open run of cells at threshold - hysteresis: its start, whether it holds a cell at the
+        # threshold, the last cell before it that cannot grow
+        self.open: tuple[int, bool, int] | None = None
+        # known cores, growing to the right: a (grown left), b, floor dB, b grown so far
+        self.cores: list[tuple[int, int, float, int]] = []
         self.grown: list[int] | None = None  # the last grown run [a, b), later runs may still join
         self.merged: list | None = None  # [start_s, end_s, a, b] the segment it belongs to
         self.window_s, self.max_delay_s = audio.window_s, max_delay_s
@@ -266,7 +269,8 @@ class SegmentStream:
                 earliest = self.open[0] if self.open else self.n
             else:
                 earliest = (self.open[2] if self.open else self.last_barrier) + 1
-            exact = earliest > self.grown[1] and earliest * self.hop_s - self.grown[1] * self.hop_s >= self.tag.min_gap_s
+            exact = (earliest > self.grown[1]
+                     and earliest * self.hop_s - self.grown[1] * self.hop_s >= self.tag.min_gap_s)
             # A run at the threshold that has begun is a core that will join or follow it: no need to wait for it
             late = (self.max_delay_s is not None and not (self.open and self.open[1])
                     and (self.n - 1) * self.hop_s + self.window_s - self.grown[1] * self.hop_s >= self.max_delay_s)

@@ -202,12 +202,21 @@ def probe(path: str | Path, stream: int | None = None) -> AudioInfo:
         return AudioInfo(str(path), duration_s, s.rate, s.channels, s.codec_context.name, index)
 
 
-def _open_container(path: Path):
+def _open_container(path):
+    """path: a file's path, or a file object read front to back (live.py)."""
+    piped = hasattr(path, "read")
     try:
         # Tags are not always UTF-8 (ID3 tags in Latin-1 are common): replace what does not decode.
-        return av.open(str(path), metadata_errors="replace")
+        return av.open(path if piped else str(path), metadata_errors="replace")
     except av.error.FFmpegError as e:
-        raise SpeakertagError(f"cannot read {path}: not an audio or video file FFmpeg understands ({e.strerror or e})") from None
+        raise SpeakertagError(f"cannot read {path}: not an audio or video file FFmpeg understands "
+                              f"({e.strerror or e}){_pipe_hint(path)}") from None
+
+
+def _pipe_hint(path) -> str:
+    """What to do when a stream read front to back cannot be decoded (an MP4 keeps its index at its end)."""
+    return ("; a stream must be in a format read front to back, e.g. ffmpeg -i FILM -c copy -f matroska -"
+            if hasattr(path, "read") else "")
 
 
 class _Resampler:
@@ -359,7 +368,7 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float,
                     yield join(), rate, mix.weights
                     pending, pending_n = [], 0
         except av.error.FFmpegError as e:
-            raise SpeakertagError(f"cannot decode {path}: {e.strerror or e}") from None
+            raise SpeakertagError(f"cannot decode {path}: {e.strerror or e}{_pipe_hint(path)}") from None
         if pending:
             yield join(), rate, mix.weights
 
@@ -371,11 +380,14 @@ def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = No
     Each block is 1-D, about `block_s` seconds; their concatenation is the whole track.
     channels: how a 5.1 or 7.1 track becomes mono, one of CHANNEL_CHOICES (module docstring).
     Raises SpeakertagError for unreadable files, missing streams and decode failures.
+    path may also be a binary file object that FFmpeg reads front to back (live.py).
     """
-    path = Path(path)
     check_channels(channels)
-    _check_readable(path)
-    if _use_soundfile(path):
+    piped = hasattr(path, "read")
+    if not piped:
+        path = Path(path)
+        _check_readable(path)
+    if not piped and _use_soundfile(path):
         if stream not in (None, 0):
             raise SpeakertagError(f"--stream {stream} does not exist in {path}: it has 1 audio stream")
         source = _soundfile_blocks(path, block_s)

@@ -27,6 +27,7 @@ class VoiceSpec:
     min_gap_s: float | None = None  # None: each model's own tag params
     min_duration_s: float | None = None
     edge_db: float | None = None
+    exclusive: bool = False  # each moment to at most one voice (tagging.exclusive), applied to each result
 
     def load(self) -> list[Voice]:
         from .memory import load_memory
@@ -115,6 +116,7 @@ def run_settings(spec: VoiceSpec, fmt: str, threshold: float | None, stream: int
         "min_gap_s": spec.min_gap_s,
         "min_duration_s": spec.min_duration_s,
         "edge_db": spec.edge_db,
+        **({"exclusive": True} if spec.exclusive else {}),  # absent when off: older stamps stay valid
         "voices": [{"folder": str(d), "model_sha256": _sha256_of_file(m), "memory_sha256": _sha256_of_file(mem)}
                    for d, m, mem in voice_files(spec)],
     }

@@ -96,6 +96,18 @@ def _uninterrupted():
     _raise_if_interrupted()
 
 
+@contextlib.contextmanager
+def _signals_noted():
+    """Signals arriving inside are only noted in _signals_received: the block looks and ends itself
+    (a live input's reader waits inside FFmpeg, which would print and drop an exception)."""
+    global _defer_signals
+    _defer_signals = True
+    try:
+        yield
+    finally:
+        _defer_signals = False
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Move a finished folder into place; an older folder is kept until the new one is there.
     Not interruptible: a signal never leaves the target missing or an old copy behind."""
@@ -366,6 +378,8 @@ def _error_message(e: BaseException) -> str:
 @click.option("--edge-db", type=click.FloatRange(0),
               help="Segment edges grow over cells that a target-like window covers and that are at most this "
                    "many dB quieter (250-4000 Hz) than the segment (default 10).")
+@click.option("--exclusive", is_flag=True,
+              help="Several voices: each moment goes to at most one, the one scoring furthest above its threshold.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available, else the CPU.")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
@@ -376,21 +390,36 @@ def _error_message(e: BaseException) -> str:
                    "'embed' puts a compressed soundtrack in the page (about 16 MB per hour; plays any film).")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
               help="One input: also write the score plot as PNG here.")
+@click.option("--scores", type=click.Path(path_type=Path, dir_okay=False),
+              help="One input: also write each voice's score of every 0.5 s cell (the plot's numbers) and its "
+                   "threshold here: .csv (time_s,voice,score,threshold) or .npz.")
+@click.option("--follow", is_flag=True,
+              help="FILM is still being written (a recording): keep reading as it grows, give out each segment as "
+                   "it closes, stop when it has not grown for --follow-timeout seconds or on Ctrl-C.")
+@click.option("--follow-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="With --follow: seconds without growth that end the recording.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no line per finished file.")
 def tag(films, model_dirs, memory_file, threshold, stream, channels, fmt, out, out_dir, jobs, min_gap, min_duration,
-        edge_db, device, report, report_audio, plot, quiet, engine, ray_address, force):
+        edge_db, device, report, report_audio, plot, quiet, engine, ray_address, force, scores, exclusive, follow,
+        follow_timeout):
     """Find where each model's voice speaks in each FILM (any audio or video file, or a folder
     searched recursively). Several inputs or a folder need --out-dir; a file that fails is
-    reported and the others go on (exit code 1 if any failed)."""
-    if Path(STDOUT) in films:
-        raise SpeakertagError("reading a film from standard input is not supported: name the film's file")
+    reported and the others go on (exit code 1 if any failed). FILM '-' reads a stream
+    (Matroska, MPEG-TS, ...) from standard input and, like --follow, gives out each segment as it closes."""
+    if (Path(STDOUT) in films or follow) and (len(films) > 1 or out_dir or report or plot or scores or exclusive
+                                              or (follow and films[0] == Path(STDOUT))):
+        raise click.UsageError("live input ('-' or --follow) takes one input (a file with --follow), and none of "
+                               "--out-dir, --report, --plot, --scores, --exclusive")
     if report_audio is not None and report is None:
         raise click.UsageError("--report-audio needs --report")
-    if (report or plot) and (out_dir is not None or len(films) > 1 or any(f.is_dir() for f in films)):
-        raise click.UsageError("--report and --plot take a single input file (no folder, no --out-dir)")
-    named = [p.resolve() for p in (out, report, plot) if p is not None]
+    if (report or plot or scores) and (out_dir is not None or len(films) > 1 or any(f.is_dir() for f in films)):
+        raise click.UsageError("--report and --plot take a single input file (no folder, no --out-dir), "
+                               "and so does --scores")
+    if scores is not None and writers.scores_format_of(scores) is None:
+        raise click.UsageError(f"--scores {scores}: the name must end in .csv or .npz")
+    named = [p.resolve() for p in (out, report, plot, scores) if p is not None]
     if len(set(named)) < len(named):
-        raise click.UsageError("--out, --report and --plot must name different files")
+        raise click.UsageError("--out, --report and --plot must name different files (and --scores)")
     if out is not None and out_dir is not None:
         raise click.UsageError("--out and --out-dir exclude each other")
     if out_dir is None and (len(films) > 1 or any(f.is_dir() for f in films)):
@@ -407,20 +436,25 @@ def tag(films, model_dirs, memory_file, threshold, stream, channels, fmt, out, o
 
     out = None if out == Path(STDOUT) else out
     fmt = fmt or (writers.format_of(out) if out is not None else None) or "text"
-    spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db)
-    if out_dir is None:
-        _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot, channels)
+    spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db, exclusive)
+    if films[0] == Path(STDOUT) or follow:
+        _tag_live(films[0], out, fmt, spec, threshold, stream, quiet, follow_timeout if follow else None, channels)
+    elif out_dir is None:
+        _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot, scores,
+                 channels)
     else:
         _tag_many(films, out_dir, fmt, jobs, spec, threshold, stream, quiet, engine, ray_address, force, channels)
 
 
 def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
              report: Path | None = None, report_audio: str = "link", plot: Path | None = None,
-             channels: str = "auto") -> None:
-    """One film to stdout or to `out`, and its report and plot if asked; a failure is the command's error."""
+             scores: Path | None = None, channels: str = "auto") -> None:
+    """One film to stdout or to `out`, and its report, plot and scores if asked; a failure is the command's error."""
     from .audio import probe
+    from .report import track_cells
+    from .tagging import exclusive
 
-    outputs = [path for path in (out, report, plot) if path is not None]
+    outputs = [path for path in (out, report, plot, scores) if path is not None]
     check_outputs(outputs, [film, *_voice_inputs(spec)])
     for path in outputs:
         if not path.parent.exists():
@@ -428,10 +462,14 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
     info = probe(film, stream)  # a bad film fails here, before torch and the model load
     voices = spec.load()
     result = _tag_with_bar(film, voices, threshold, stream, quiet, info, channels)
+    result = exclusive(result) if spec.exclusive else result
     text = _render(fmt, film, result, spec)
     if result.note:
         click.echo(result.note, err=True)
     visuals = _visuals(film, result, report, report_audio, plot, stream, quiet, channels) if report or plot else {}
+    if scores:
+        visuals[scores] = ("scores", writers.render_scores(writers.scores_format_of(scores), [
+            (t.name, t.threshold, *track_cells(result, t)) for t in result.tracks]))
     if out is None:
         click.echo(text, nl=False)
     else:
@@ -440,6 +478,75 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
     for path, (what, data) in visuals.items():
         atomic_write_bytes(path, data)
         click.echo(f"{what} written to {path}", err=True)
+
+
+def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
+              follow_timeout_s: float | None, channels: str = "auto") -> None:
+    """Standard input or a growing file: each segment printed (to stderr when --out is given)
+    and, in formats that allow it, added to the output as soon as it closes; JSON, SRT and
+    WebVTT are written whole at the end. Ctrl-C ends the input (a pipe: at its next data), and
+    what was found is kept; a second Ctrl-C then stops at once."""
+    import torch
+
+    from .live import GrowingFile, StdinSource
+    from .params import LiveParams
+    from .tagging import LiveTagger
+
+    check_outputs([out] if out else [], ([] if film == Path(STDOUT) else [film]) + _voice_inputs(spec))
+    if out is not None and not out.parent.exists():
+        raise SpeakertagError(f"output folder does not exist: {out.parent}")
+    live_params = LiveParams()
+    voices = spec.load()
+    torch.set_num_threads(1)  # a window or two at a time: threads cost more than they give (4x here)
+    def stop() -> bool:
+        return bool(_signals_received)
+
+    source = StdinSource(stop=stop) if film == Path(STDOUT) else GrowingFile(film, follow_timeout_s,
+                                                                            live_params.poll_s, stop)
+    live = LiveTagger(voices, threshold, live_params)
+    appendable, several = fmt in writers.APPENDABLE, len(voices) > 1
+    found: list = []
+    sinks: list = []  # the --out file, opened with the first segment (a stream that cannot be read leaves none)
+
+    def write(text: str) -> None:
+        if out is not None and not sinks:
+            sinks.append(open(out, "w", encoding="utf-8"))  # noqa: SIM115 - closed below
+            if fmt == "csv":  # the header first, the rows as they come
+                sinks[0].write(writers.render(fmt, [], input_path="", with_label=several))
+        f = sinks[0] if sinks else sys.stdout
+        f.write(text)
+        f.flush()
+
+    def emit(segments) -> None:
+        if appendable and segments:
+            write(writers.render(fmt, segments, input_path=str(source), with_label=several, header=False))
+        found.extend(segments)
+        for s in segments if out is not None and not quiet else ():
+            click.echo(f"{writers.format_timestamp(s.start_s)} - {writers.format_timestamp(s.end_s)}  {s.label}  "
+                       f"(closed at {live.duration_s:.1f} s)", err=True)
+
+    if fmt == "csv" and out is None:  # the header first, the rows as they come
+        write(writers.render(fmt, [], input_path="", with_label=several))
+    with _signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
+        for _, windows in live.windows(source, stream, channels):
+            emit(live.add(windows))
+            if stop():
+                break
+    interrupted = stop()
+    emit(live.finish())
+    if appendable and out is not None:
+        write("")  # a run that found nothing still writes its (empty) file
+        sinks[0].close()
+    elif not appendable:
+        from .batch import model_folders
+
+        text = writers.render(fmt, found, input_path=str(source), voices=[
+            {"name": v.name, "model": str(d), "threshold": round(t, 4)}
+            for v, d, t in zip(voices, model_folders(spec.model_dirs), live.thresholds)])
+        atomic_write_text(out or STDOUT, text)
+    if not quiet or interrupted:
+        click.echo(f"{len(found)} segments in {live.duration_s:.1f} s of {source}"
+                   + (" (interrupted)" if interrupted else "") + (f", written to {out}" if out else ""), err=True)
 
 
 def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: Path | None, stream,
@@ -477,6 +584,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
     from .audio import find_media_files
     from .batch import film_state, is_up_to_date, output_paths, run_settings, tag_in_pool, write_stamp
     from .model import resolve_device
+    from .tagging import exclusive
 
     if engine == "ray":
         from .cluster import import_ray, tag_on_ray
@@ -517,6 +625,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
         try:
             if isinstance(result, BaseException):
                 raise result
+            result = exclusive(result) if spec.exclusive else result
             text = _render(fmt, film, result, spec)
             out_dir.mkdir(parents=True, exist_ok=True)  # with the first output: a run that writes none leaves none
             atomic_write_text(out_for[film], text)
@@ -554,6 +663,40 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
                err=True)
     if failed or unreadable:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("film", type=click.Path(path_type=Path))
+@click.argument("subs", type=click.Path(path_type=Path))
+@click.option("--model", "model_dirs", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Model folder (or a folder of them); repeat for several voices.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+              help="The labelled subtitle file to write (.srt or .vtt; '-': stdout in SUBS's format).")
+@click.option("--threshold", type=FiniteFloatRange(*SCORE_RANGE), help="Score threshold; default: each memory's.")
+@click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first).")
+@CHANNELS_OPTION
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def subtitles(film, subs, model_dirs, out, threshold, stream, channels, device, quiet):
+    """Write SUBS (SRT or WebVTT) with the speaking voice's name before each cue's text
+    ("ALICE: ..."): the voice whose segments cover at least half of the cue's time. Other
+    cues are left as they were; SUBS itself is not changed."""
+    from .batch import VoiceSpec
+    from .params import SubtitleParams
+    from .subtitles import format_of, read_subtitles, render, speakers
+    from .tagging import exclusive
+
+    fmt = format_of(subs) if out == Path(STDOUT) else format_of(out)
+    if fmt is None:
+        raise click.UsageError(f"--out {out}: the name must end in .srt or .vtt")
+    spec = VoiceSpec(tuple(model_dirs), device=device, exclusive=True)
+    check_outputs([out], [film, subs, *_voice_inputs(spec)])
+    cues = read_subtitles(subs)
+    result = exclusive(_tag_with_bar(film, spec.load(), threshold, stream, quiet, channels=channels))
+    labels = speakers(cues.cues, result.segments, SubtitleParams().min_share)
+    atomic_write_text(out, render(cues, labels, fmt))
+    click.echo(f"{sum(x is not None for x in labels)} of {len(labels)} cues labelled, written to {_named(out)}",
+               err=True)
 
 
 @cli.group()

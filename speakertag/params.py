@@ -138,3 +138,16 @@ class Params:
             values = {k: tuple(v) if isinstance(v, list) else v for k, v in d[name].items()}
             built[name] = klass(**values)
         return cls(**built)
+
+
+@dataclass(frozen=True)
+class SubtitleParams:
+    min_share: float = 0.5  # a cue is labelled with a voice whose segments cover at least this share of its time
+
+
+@dataclass(frozen=True)
+class LiveParams:
+    block_s: float = 0.25  # seconds of source audio decoded at a time from a live input (finer: sooner segments)
+    max_delay_s: float = 2.4  # a segment is given out by the time the windows cover this much audio past its end
+    # (2.4: when the window ending 2.5 s after it is in; with a block, segments come <= 2.8 s after their end)
+    poll_s: float = 0.2  # --follow: wait this long before looking again for more of a growing file

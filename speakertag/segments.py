@@ -18,6 +18,7 @@ the quieter background between sentences.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -85,6 +86,46 @@ def grow_edges(core: list[tuple[int, int]], can_grow: np.ndarray, cell_db: np.nd
     return grown
 
 
+def segment_runs(window_scores: np.ndarray, threshold: float, audio: AudioParams, tag: TagParams,
+                 cell_db: np.ndarray | None = None, edge_threshold: float | None = None
+                 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Window scores -> (cells (n_cells,) cell scores, [a, b) runs of cells the voice holds),
+    before merging and the length filter; see to_segments."""
+    cells = cell_scores(window_scores, audio)
+    # Hysteresis: a run of cells above threshold - hysteresis counts when it reaches the
+    # threshold somewhere.
+    high = cells >= threshold
+    found = [(a, b) for a, b in runs(cells >= threshold - tag.hysteresis) if high[a:b].any()]
+    if cell_db is not None and edge_threshold is not None and len(cells):
+        if len(cell_db) != len(cells):
+            raise ValueError(f"cell_db has {len(cell_db)} cells, the scores {len(cells)}")
+        can_grow = max_cell_scores(window_scores, audio) >= max(threshold, edge_threshold)
+        found = grow_edges(found, can_grow, cell_db, tag.edge_db)
+    return cells, found
+
+
+def runs_to_segments(found: list[tuple[int, int]], cells: np.ndarray, threshold: float, hop_s: float,
+                     limit_s: float, tag: TagParams, label: str = "target",
+                     blocked: np.ndarray | None = None) -> list[Segment]:
+    """[a, b) cell runs -> segments (seconds, clipped to limit_s): runs closer than
+    tag.min_gap_s merge unless a cell between them is `blocked` (bool (n_cells,), held by
+    another voice); runs without a cell at the threshold and those shorter than
+    tag.min_duration_s are dropped."""
+    high = cells >= threshold
+    merged: list[list] = []
+    for a, b in found:
+        start, end = a * hop_s, min(b * hop_s, limit_s)
+        if (merged and start - merged[-1][1] < tag.min_gap_s
+                and (blocked is None or not blocked[merged[-1][3]:a].any())):
+            merged[-1][1], merged[-1][3] = end, b
+        else:
+            merged.append([start, end, a, b])
+    # A segment's score is that of its cores: grown edges and merged gaps score under the
+    # threshold by construction and would make a sure segment look doubtful.
+    return [Segment(round(s, 3), round(e, 3), float(cells[a:b][high[a:b]].mean()), label)
+            for s, e, a, b in merged if e - s >= tag.min_duration_s and high[a:b].any()]
+
+
 def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams, tag: TagParams,
                 label: str = "target", duration_s: float | None = None, cell_db: np.ndarray | None = None,
                 edge_threshold: float | None = None) -> list[Segment]:
@@ -96,26 +137,207 @@ def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams,
     max(threshold, edge_threshold). Without them, segments are the runs of cells whose mean
     score reaches the threshold.
     """
-    cells = cell_scores(window_scores, audio)
-    hop_s = audio.hop_s
-    limit = duration_s if duration_s is not None else len(cells) * hop_s
-    # Hysteresis: a run of cells above threshold - hysteresis counts when it reaches the
-    # threshold somewhere.
-    high = cells >= threshold
-    found = [(a, b) for a, b in runs(cells >= threshold - tag.hysteresis) if high[a:b].any()]
-    if cell_db is not None and edge_threshold is not None and len(cells):
-        if len(cell_db) != len(cells):
-            raise ValueError(f"cell_db has {len(cell_db)} cells, the scores {len(cells)}")
-        can_grow = max_cell_scores(window_scores, audio) >= max(threshold, edge_threshold)
-        found = grow_edges(found, can_grow, cell_db, tag.edge_db)
-    spans = [(a * hop_s, min(b * hop_s, limit), a, b) for a, b in found]
-    merged: list[list] = []
-    for start, end, a, b in spans:
-        if merged and start - merged[-1][1] < tag.min_gap_s:
-            merged[-1][1], merged[-1][3] = end, b
+    cells, found = segment_runs(window_scores, threshold, audio, tag, cell_db, edge_threshold)
+    limit = duration_s if duration_s is not None else len(cells) * audio.hop_s
+    return runs_to_segments(found, cells, threshold, audio.hop_s, limit, tag, label)
+
+
+def exclusive_segments(voices: Sequence[tuple[np.ndarray, float, list[tuple[int, int]], TagParams, str]],
+                       hop_s: float, limit_s: float) -> list[list[Segment]]:
+    """Each cell to at most one voice, then each voice's segments re-formed.
+
+    voices: per voice (cells (n_cells,), threshold, its runs from segment_runs, its tag
+    params, its label), all with the same cells. A cell several voices' runs hold goes to
+    the one whose cell score is furthest above its own threshold (the first voice on a
+    tie). Returns each voice's segments, in the order given; no two overlap.
+    """
+    if not voices:
+        return []
+    margin = np.full((len(voices), len(voices[0][0])), -np.inf)
+    for v, (cells, threshold, found, _, _) in enumerate(voices):
+        for a, b in found:
+            margin[v, a:b] = cells[a:b] - threshold
+    owner = np.where(np.isfinite(margin).any(axis=0), margin.argmax(axis=0), -1)
+    out = []
+    for v, (cells, threshold, _, tag, label) in enumerate(voices):
+        held = runs(owner == v)
+        out.append(runs_to_segments(held, cells, threshold, hop_s, limit_s, tag, label,
+                                    blocked=(owner >= 0) & (owner != v)))
+    return out
+
+
+class SegmentStream:
+    """to_segments for a stream: window scores go in as they are computed, and each segment
+    comes out as soon as nothing that follows can change it. On a whole film it gives the
+    segments to_segments gives (cell scores summed in another order may differ in the last
+    bit of a float64).
+
+    A cell is final once the last window covering it is in (window c, for cell c). A core
+    (a run of cells at the threshold) is known when a cell below it arrives, its edges when
+    growth stops, and the segment when no later run could join it: a later core can grow
+    back only as far as the last cell no window covering it looks like the voice (a cell
+    that cannot grow), so the segment is final once such a cell lies at least min_gap_s
+    after its end. Only the cells from the earliest of those points on are kept.
+
+    max_delay_s: when the windows so far cover this much audio after a segment's end and it
+    is not settled yet, it is settled anyway (a live stream waits no longer): a later run that
+    would have joined it then starts a new segment at its end. None: always exact.
+    """
+
+    def __init__(self, threshold: float, audio: AudioParams, tag: TagParams, label: str = "target",
+                 edge_threshold: float | None = None, max_delay_s: float | None = None):
+        # Cells are float32 and compared in float32, as NumPy compares them in to_segments.
+        self.tag, self.label, self.hop_s = tag, label, audio.hop_s
+        self.threshold = float(np.float32(threshold))
+        self.low = float(np.float32(threshold - tag.hysteresis))
+        self.grow_at = None if edge_threshold is None else float(np.float32(max(threshold, edge_threshold)))
+        self.r = max(1, round(audio.window_frames / audio.hop_frames))
+        self.recent: list[float] = []  # the last r - 1 window scores
+        self.base = 0  # index of the first kept cell
+        self.m: list[float] = []  # kept cells: mean score of the windows covering each
+        self.can_grow: list[bool] = []
+        self.db: list[float] = []
+        self.n = 0  # final cells
+        self.last_barrier = -1  # last final cell that cannot grow
+        # the open run of cells at threshold - hysteresis: its start, whether it holds a cell at the
+        # threshold, the last cell before it that cannot grow
+        self.open: tuple[int, bool, int] | None = None
+        # known cores, growing to the right: a (grown left), b, floor dB, b grown so far
+        self.cores: list[tuple[int, int, float, int]] = []
+        self.grown: list[int] | None = None  # the last grown run [a, b), later runs may still join
+        self.merged: list | None = None  # [start_s, end_s, a, b] the segment it belongs to
+        self.window_s, self.max_delay_s = audio.window_s, max_delay_s
+        self.settled_b = 0  # cells before this are in segments already given out
+        self.forced = 0  # segments settled by max_delay_s
+
+    def _cell(self, i: int) -> tuple[float, bool, float]:
+        j = i - self.base
+        return self.m[j], self.can_grow[j], self.db[j]
+
+    def _add_cell(self, mean: float, best: float, db: float) -> None:
+        c = self.n
+        grows = self.grow_at is not None and best >= self.grow_at
+        self.m.append(mean)
+        self.can_grow.append(grows)
+        self.db.append(db)
+        self.n += 1
+        if mean >= self.low:
+            if self.open is None:
+                self.open = (c, False, self.last_barrier)
+            if mean >= self.threshold:
+                self.open = (self.open[0], True, self.open[2])
+        elif self.open is not None:
+            self._close_core(c)
+        if not grows:
+            self.last_barrier = c
+
+    def _close_core(self, b: int) -> None:
+        a, high, _ = self.open
+        self.open = None
+        if not high:
+            return
+        if self.grow_at is None:
+            self.cores.append((a, b, 0.0, b))
+            return
+        floor = float(np.float32(float(np.median(np.asarray(self.db[a - self.base:b - self.base], np.float32)))
+                                 - self.tag.edge_db))
+        while a > 0 and self._cell(a - 1)[1] and self._cell(a - 1)[2] >= floor:
+            a -= 1
+        self.cores.append((a, b, floor, b))
+
+    def _advance(self, final: bool, limit_s: float | None = None) -> list[Segment]:
+        """Grow the known cores over the final cells, join runs, and emit what is settled."""
+        out: list[Segment] = []
+        while self.cores:
+            a, b, floor, y = self.cores[0]
+            if self.grow_at is not None:
+                while y < self.n and self._cell(y)[1] and self._cell(y)[2] >= floor:
+                    y += 1
+                if y == self.n and not final:
+                    self.cores[0] = (a, b, floor, y)
+                    break
+            self.cores.pop(0)
+            a = max(a, self.settled_b)
+            if self.grown is not None and a <= self.grown[1]:
+                self.grown[1] = max(y, self.grown[1])
+            else:
+                self._join(out, limit_s)
+                self.grown = [a, y]
+        if self.grown is not None and not self.cores:
+            # the earliest cell a later run can start at
+            if self.grow_at is None:
+                earliest = self.open[0] if self.open else self.n
+            else:
+                earliest = (self.open[2] if self.open else self.last_barrier) + 1
+            exact = (earliest > self.grown[1]
+                     and earliest * self.hop_s - self.grown[1] * self.hop_s >= self.tag.min_gap_s)
+            # A run at the threshold that has begun is a core that will join or follow it: no need to wait for it
+            late = (self.max_delay_s is not None and not (self.open and self.open[1])
+                    and (self.n - 1) * self.hop_s + self.window_s - self.grown[1] * self.hop_s >= self.max_delay_s)
+            if final or exact or late:
+                self.forced += int(not (final or exact))
+                self.settled_b = self.grown[1]
+                self._join(out, limit_s)
+                self.grown = None
+                self._emit(out, limit_s)
+        self._trim()
+        return out
+
+    def _join(self, out: list[Segment], limit_s: float | None) -> None:
+        """Hand the last grown run to the gap merge (runs_to_segments' rule)."""
+        if self.grown is None:
+            return
+        a, b = self.grown
+        start, end = a * self.hop_s, b * self.hop_s if limit_s is None else min(b * self.hop_s, limit_s)
+        if self.merged and start - self.merged[1] < self.tag.min_gap_s:
+            self.merged[1], self.merged[3] = end, b
         else:
-            merged.append([start, end, a, b])
-    # A segment's score is that of its cores: grown edges and merged gaps score under the
-    # threshold by construction and would make a sure segment look doubtful.
-    return [Segment(round(s, 3), round(e, 3), float(cells[a:b][high[a:b]].mean()), label)
-            for s, e, a, b in merged if e - s >= tag.min_duration_s]
+            self._emit(out, limit_s)
+            self.merged = [start, end, a, b]
+
+    def _emit(self, out: list[Segment], limit_s: float | None) -> None:
+        if self.merged is None:
+            return
+        s, e, a, b = self.merged
+        self.merged = None
+        cells = np.asarray(self.m[a - self.base:b - self.base], np.float32)
+        high = cells >= self.threshold
+        if e - s >= self.tag.min_duration_s and high.any():
+            out.append(Segment(round(s, 3), round(e, 3), float(cells[high].mean()), self.label))
+
+    def _trim(self) -> None:
+        keep = [self.n, self.last_barrier]
+        if self.open:
+            keep += [self.open[0], self.open[2]]
+        keep += [c[0] for c in self.cores]
+        if self.grown:
+            keep.append(self.grown[0])
+        if self.merged:
+            keep.append(self.merged[2])
+        drop = max(0, min(keep)) - self.base
+        if drop > 256:  # in bulk: deleting from the front of a list costs its length
+            del self.m[:drop], self.can_grow[:drop], self.db[:drop]
+            self.base += drop
+
+    def push(self, window_scores: np.ndarray, cell_db: np.ndarray) -> list[Segment]:
+        """The next windows' scores (k,) and the levels (k,) of their first cells (cell j of
+        window j, features.cell_levels_db) -> the segments this settles, by start time."""
+        for score, db in zip(np.asarray(window_scores, np.float64).tolist(), np.asarray(cell_db).tolist()):
+            self.recent.append(score)
+            cover = self.recent[-self.r:]
+            self._add_cell(float(np.float32(sum(cover) / len(cover))), float(np.float32(max(cover))), db)
+            self.recent = self.recent[-(self.r - 1):] if self.r > 1 else []
+        return self._advance(False)
+
+    def finish(self, last_cell_db: np.ndarray, duration_s: float) -> list[Segment]:
+        """The stream has ended: last_cell_db (r - 1,) the levels of the last window's other
+        cells (empty when no window came) -> the remaining segments, clipped to duration_s."""
+        if self.n:
+            n_windows = self.n
+            first = n_windows - len(self.recent)  # the window recent[0] is
+            for i, db in enumerate(np.asarray(last_cell_db).tolist()):
+                cover = self.recent[max(0, n_windows + i - self.r + 1 - first):]
+                self._add_cell(float(np.float32(sum(cover) / len(cover))), float(np.float32(max(cover))), db)
+        if self.open is not None:
+            self._close_core(self.n)
+        return self._advance(True, duration_s)

@@ -6,7 +6,7 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -17,9 +17,9 @@ from .errors import SpeakertagError
 from .features import cell_levels_db, stream_windows
 from .memory import Memory, load_memory
 from .model import Model, embed, load_model
-from .params import TagParams
+from .params import AudioParams, LiveParams, TagParams
 from .scoring import Scorer
-from .segments import Segment, to_segments
+from .segments import Segment, SegmentStream, exclusive_segments, segment_runs, to_segments
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ class VoiceTrack:
     edge_threshold: float | None  # windows scoring this much can widen a segment (None: no edge refinement)
     window_scores: np.ndarray  # (n_windows,) score of window j, which starts at j * hop_s
     segments: list[Segment]
+    params: TagParams | None = None  # the rules its segments were formed with
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class TagResult:
     tracks: list[VoiceTrack]  # one per voice, in the order the voices were given
     stage_s: dict[str, float]  # wall seconds spent in decode, features, encoder, search
     note: str = ""  # one line for the user about the film (shorter than one window), or ""
+    audio: AudioParams | None = None  # the front end the windows were cut with
 
     @property
     def segments(self) -> list[Segment]:
@@ -199,5 +201,79 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
         thr = v.memory.threshold if threshold is None else threshold
         edge = v.memory.edge_threshold
         tracks.append(VoiceTrack(v.name, thr, edge, window_scores,
-                                 to_segments(window_scores, thr, a, v.params, v.name, duration_s, cell_db, edge)))
-    return TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s, note)
+                                 to_segments(window_scores, thr, a, v.params, v.name, duration_s, cell_db, edge),
+                                 v.params))
+    return TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s, note, a)
+
+
+def exclusive(result: TagResult) -> TagResult:
+    """`result` with each moment given to at most one voice: where several voices' segments
+    meet, the voice whose cell score is furthest above its own threshold keeps the cell, and
+    every voice's segments are re-formed from the cells it kept (merged, length-filtered).
+    No two segments of the result overlap; one voice's result is returned as it is."""
+    if len(result.tracks) < 2 or not len(result.tracks[0].window_scores):
+        return result
+    a = result.audio
+    per_voice = [(*segment_runs(t.window_scores, t.threshold, a, t.params, result.cell_db, t.edge_threshold),
+                  t) for t in result.tracks]
+    formed = exclusive_segments([(cells, t.threshold, found, t.params, t.name) for cells, found, t in per_voice],
+                                a.hop_s, result.duration_s)
+    return replace(result, tracks=[replace(t, segments=s) for t, s in zip(result.tracks, formed)])
+
+
+class LiveTagger:
+    """Tagging as the audio comes (a stream, a growing file): each voice's segments are given
+    out as they close (segments.SegmentStream), at most about live.max_delay_s of audio after
+    their end, and memory stays flat: only the last few window scores and the cells an open
+    segment still needs are kept.
+
+        live = LiveTagger(voices)
+        for first, windows in live.windows(source):
+            closed = live.add(windows)   # segments, by start time
+        closed = live.finish()           # also after an interruption: what was found
+    """
+
+    def __init__(self, voices: Voice | Sequence[Voice], threshold: float | None = None,
+                 live: LiveParams = LiveParams()):
+        self.voices = [voices] if isinstance(voices, Voice) else list(voices)
+        _check_voices(self.voices)
+        self.audio, self.live = self.voices[0].model.params.audio, live
+        self.encoders = list({id(v.model): v.model for v in self.voices}.values())
+        self.scorers = [Scorer(v.memory.embeddings, v.memory.negatives, v.params.top_k, v.params.negative_weight)
+                        for v in self.voices]
+        self.thresholds = [v.memory.threshold if threshold is None else threshold for v in self.voices]
+        self.streams = [SegmentStream(t, self.audio, v.params, v.name, v.memory.edge_threshold, live.max_delay_s)
+                        for v, t in zip(self.voices, self.thresholds)]
+        self.n_samples = 0  # decoded so far, at the model rate
+        self.last_levels = np.zeros(0, np.float32)  # levels of the last window's cells after its first
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds of audio decoded so far."""
+        return self.n_samples / self.audio.sample_rate_hz
+
+    def windows(self, source, stream: int | None = None, channels: str = "auto") -> Iterator[tuple[int, "torch.Tensor"]]:
+        """Batches of windows of `source` (a path or a file object, see audio.decode_blocks),
+        decoded live.block_s at a time: a window is embedded as soon as its audio is in."""
+        def counted(blocks):
+            for block in blocks:
+                self.n_samples += len(block)
+                yield block
+
+        blocks = counted(decode_blocks(source, self.audio.sample_rate_hz, stream, self.live.block_s, channels))
+        return stream_windows(blocks, self.audio, self.voices[0].params.batch_windows)
+
+    def add(self, windows) -> list[Segment]:
+        """Embed and score the next batch of windows (n, n_mels, window_frames); the segments it closes."""
+        a = self.audio
+        levels = cell_levels_db(windows[:, :, :a.hop_frames], a).numpy()[:, 0]
+        emb = {id(m): embed(m, windows, a.hop_frames).numpy() for m in self.encoders}
+        scores = [scorer(emb[id(v.model)]) for v, scorer in zip(self.voices, self.scorers)]
+        self.last_levels = cell_levels_db(windows[-1:, :, a.hop_frames:], a).numpy()[0]
+        closed = [s for st, sc in zip(self.streams, scores) for s in st.push(sc, levels)]
+        return sorted(closed, key=lambda s: (s.start_s, s.end_s, s.label))
+
+    def finish(self) -> list[Segment]:
+        """The input has ended (or was interrupted): the segments still open, clipped to what was decoded."""
+        closed = [s for st in self.streams for s in st.finish(self.last_levels, self.duration_s)]
+        return sorted(closed, key=lambda s: (s.start_s, s.end_s, s.label))

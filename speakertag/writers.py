@@ -22,6 +22,7 @@ SUFFIX: dict[str, str] = {
     "audacity": ".labels.txt",
 }
 FORMATS: tuple[str, ...] = tuple(SUFFIX)
+APPENDABLE: tuple[str, ...] = ("text", "csv", "rttm", "audacity")  # a live run adds segments to these as they come
 
 
 def format_of(path: Path) -> str | None:
@@ -58,8 +59,7 @@ def _several_labels(segments: Sequence[Segment]) -> bool:
     return len({s.label for s in segments}) > 1
 
 
-def _text(segments: Sequence[Segment]) -> str:
-    with_label = _several_labels(segments)
+def _text(segments: Sequence[Segment], with_label: bool) -> str:
     return "".join(
         f"{format_timestamp(s.start_s)} - {format_timestamp(s.end_s)}  score {s.score:.2f}"
         + (f"  {s.label}" if with_label else "") + "\n"
@@ -76,11 +76,11 @@ def _json(segments: Sequence[Segment], input_path: str, voices: Sequence[dict]) 
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
-def _csv(segments: Sequence[Segment]) -> str:
-    with_label = _several_labels(segments)
+def _csv(segments: Sequence[Segment], with_label: bool, header: bool) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["start", "end", "score"] + (["label"] if with_label else []))
+    if header:
+        w.writerow(["start", "end", "score"] + (["label"] if with_label else []))
     for s in segments:
         w.writerow([f"{s.start_s:.3f}", f"{s.end_s:.3f}", f"{s.score:.4f}"] + ([s.label] if with_label else []))
     return out.getvalue()
@@ -116,13 +116,17 @@ def _audacity(segments: Sequence[Segment]) -> str:
     return "".join(f"{s.start_s:.6f}\t{s.end_s:.6f}\t{s.label}\n" for s in segments)
 
 
-def render(fmt: str, segments: Sequence[Segment], *, input_path: str, voices: Sequence[dict] = ()) -> str:
+def render(fmt: str, segments: Sequence[Segment], *, input_path: str, voices: Sequence[dict] = (),
+           with_label: bool | None = None, header: bool = True) -> str:
     """The whole output file for `segments` (times in seconds) in format `fmt`, one of FORMATS.
-    voices: what the JSON header says of each voice, e.g. {"name", "model", "threshold"}."""
+    voices: what the JSON header says of each voice, e.g. {"name", "model", "threshold"}.
+    with_label: whether text and CSV name each segment's voice (None: when several labels
+    occur); header: False leaves out the CSV header (a live run's later segments)."""
+    with_label = _several_labels(segments) if with_label is None else with_label
     writers = {
-        "text": lambda: _text(segments),
+        "text": lambda: _text(segments, with_label),
         "json": lambda: _json(segments, input_path, voices),
-        "csv": lambda: _csv(segments),
+        "csv": lambda: _csv(segments, with_label, header),
         "rttm": lambda: _rttm(segments, input_path),
         "srt": lambda: _srt(segments),
         "vtt": lambda: _vtt(segments),
@@ -131,3 +135,43 @@ def render(fmt: str, segments: Sequence[Segment], *, input_path: str, voices: Se
     if fmt not in writers:
         raise ValueError(f"unknown output format {fmt!r}; choose from: {', '.join(FORMATS)}")
     return writers[fmt]()
+
+
+SCORE_FORMATS: dict[str, str] = {".csv": "csv", ".npz": "npz"}  # --scores FILE: format by suffix
+
+
+def scores_format_of(path: Path) -> str | None:
+    """"csv" or "npz" for a --scores file name, None for any other suffix."""
+    return SCORE_FORMATS.get(path.suffix.lower())
+
+
+def render_scores(fmt: str, curves: Sequence[tuple[str, float, "np.ndarray", "np.ndarray"]]) -> bytes:
+    """The score curves of one film as a file: fmt "csv" or "npz".
+
+    curves: one (voice name, threshold, edges_s (n + 1,), scores (n,)) per voice, all with the
+    same cells; cell i spans [edges_s[i], edges_s[i + 1]) s (report.track_cells).
+    CSV: a header `time_s,voice,score,threshold`, then one row per cell and voice, by time
+    (time_s: the cell's start). npz: time_s (n,) cell starts and end_s (n,) ends, voices
+    (n_voices,) names, scores (n_voices, n) float32, thresholds (n_voices,) float32.
+    """
+    import numpy as np
+
+    if fmt == "csv":
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["time_s", "voice", "score", "threshold"])
+        if curves:
+            edges_s = curves[0][2]
+            for i in range(len(curves[0][3])):
+                for name, threshold, _, scores in curves:
+                    w.writerow([f"{edges_s[i]:.3f}", name, f"{scores[i]:.6f}", f"{threshold:.6f}"])
+        return out.getvalue().encode("utf-8")
+    if fmt == "npz":
+        edges_s = curves[0][2] if curves else np.zeros(1)
+        buf = io.BytesIO()
+        np.savez(buf, time_s=np.asarray(edges_s[:-1], np.float64), end_s=np.asarray(edges_s[1:], np.float64),
+                 voices=np.array([c[0] for c in curves], dtype=str),
+                 scores=np.array([c[3] for c in curves], np.float32).reshape(len(curves), -1),
+                 thresholds=np.array([c[1] for c in curves], np.float32))
+        return buf.getvalue()
+    raise ValueError(f"unknown scores format {fmt!r}; choose from: {', '.join(SCORE_FORMATS.values())}")

@@ -354,3 +354,93 @@ def test_evaluate_reference_against_itself(example):
 def test_evaluate_missing_file(example, tmp_path):
     r = run_cli("evaluate", "--reference", example / "ref" / "movie01.target.csv", "--hypothesis", tmp_path / "x.json")
     assert_fails(r, "no such file")
+
+
+@pytest.fixture(scope="module")
+def example_tagged(tiny_model_dir, example, tmp_path_factory):
+    """The example film tagged as JSON with its score curves as CSV and npz (one run each)."""
+    d = tmp_path_factory.mktemp("scores")
+    film = example / "movie01.mp4"
+    r = run_cli("tag", film, "--model", tiny_model_dir, "--out", d / "film.json", "--scores", d / "film.csv", "-q")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("tag", film, "--model", tiny_model_dir, "--out", d / "again.json", "--scores", d / "film.npz", "-q")
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_scores_match_the_segments(example_tagged):
+    """--scores: the cells >= the stored threshold are the segments' cores: each segment's score
+    is the mean of its cells at the threshold, and a cell at the threshold outside every segment
+    belongs to a run too short to keep."""
+    doc = json.loads((example_tagged / "film.json").read_text())
+    rows = list(csv.DictReader(io.StringIO((example_tagged / "film.csv").read_text())))
+    assert set(rows[0]) == {"time_s", "voice", "score", "threshold"}
+    times = np.array([float(r["time_s"]) for r in rows])
+    scores = np.array([float(r["score"]) for r in rows])
+    threshold = float(rows[0]["threshold"])
+    assert threshold == pytest.approx(doc["voices"][0]["threshold"], abs=1e-4)
+    assert np.all(np.diff(times) > 0) and times[-1] <= 336.3 and len(rows) > 600  # every 0.5 s cell of the film
+    high = scores >= threshold
+    assert doc["segments"]
+    inside = np.zeros(len(rows), bool)
+    for s in doc["segments"]:
+        cell = (times >= s["start"] - 1e-3) & (times < s["end"] - 1e-3)
+        inside |= cell
+        assert (cell & high).any()
+        assert s["score"] == pytest.approx(scores[cell & high].mean(), abs=2e-4)
+    from speakertag.segments import runs
+    for a, b in runs(high & ~inside):
+        assert b - a <= 2, (times[a], times[b - 1])  # under min_duration_s (1 s)
+    npz = np.load(example_tagged / "film.npz", allow_pickle=False)
+    assert list(npz["voices"]) == [doc["voices"][0]["name"]]
+    np.testing.assert_allclose(npz["scores"][0], scores, atol=1e-6)
+    np.testing.assert_allclose(npz["time_s"], times, atol=1e-3)
+    assert npz["thresholds"][0] == pytest.approx(threshold, abs=1e-6)
+
+
+def test_scores_name_is_checked(tiny_model_dir, inputs, tmp_path):
+    assert_fails(run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--scores", tmp_path / "s.txt"),
+                 "must end in .csv or .npz", 2)
+    os.symlink(inputs / "excerpt.wav", tmp_path / "film.csv")  # a name that points at the film
+    assert_fails(run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--scores", tmp_path / "film.csv"),
+                 "is an input")
+
+
+@pytest.fixture(scope="module")
+def two_voices(tiny_model_dir, tmp_path_factory):
+    """Two voices of the tiny model: "tiny", and "others", whose memory swaps the target and
+    the other sounds (it fires where the target does not, and they meet at every turn)."""
+    from dataclasses import replace
+
+    from speakertag.memory import load_memory, save_memory
+
+    d = tmp_path_factory.mktemp("voices")
+    shutil.copytree(tiny_model_dir, d / "tiny")
+    shutil.copytree(tiny_model_dir, d / "others")
+    m = load_memory(tiny_model_dir)
+    save_memory(replace(m, name="others", embeddings=m.negatives, negatives=m.embeddings,
+                        threshold=m.threshold + 0.085), d / "others")
+    return d
+
+
+def test_exclusive_voices_never_overlap(two_voices, example, tmp_path):
+    film = example / "movie01.mp4"
+    segments = {}
+    for flag in ([], ["--exclusive"]):
+        out = tmp_path / f"film{len(flag)}.json"
+        r = run_cli("tag", film, "--model", two_voices / "tiny", "--model", two_voices / "others", *flag,
+                    "--out", out, "-q")
+        assert r.returncode == 0, r.stderr
+        segments[bool(flag)] = json.loads(out.read_text())["segments"]
+
+    def overlap_s(segs):
+        by_voice = {v: [s for s in segs if s["label"] == v] for v in ("tiny", "others")}
+        return sum(max(0.0, min(a["end"], b["end"]) - max(a["start"], b["start"]))
+                   for a in by_voice["tiny"] for b in by_voice["others"])
+
+    assert {s["label"] for s in segments[False]} == {"tiny", "others"}
+    assert overlap_s(segments[False]) > 1.0  # without --exclusive the voices overlap
+    assert {s["label"] for s in segments[True]} == {"tiny", "others"}
+    ordered = sorted(segments[True], key=lambda s: s["start"])
+    assert all(a["end"] <= b["start"] + 1e-9 for a, b in zip(ordered, ordered[1:]))
+    assert all(s["end"] - s["start"] >= 1.0 for s in ordered)

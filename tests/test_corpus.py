@@ -175,7 +175,11 @@ CASES = [
     ok(lambda c, o: ["tag", c["films-one-short"], "--model", c["model"], "--format", "json", "--out-dir", o / "tags"],
        "batch-with-a-film-shorter-than-a-window", output="tags", phrase="tagged 2 of 2 files",
        check=batch_wrote("one-second.json", "speech.json")),
-    Case("film-from-stdin", lambda c, o: ["tag", "-", "--model", c["model"]], "standard input is not supported"),
+    Case("film-from-empty-stdin", lambda c, o: ["tag", "-", "--model", c["model"]], "cannot read standard input"),
+    Case("film-from-empty-stdin-to-a-file", lambda c, o: ["tag", "-", "--model", c["model"], "--out", o / "x.csv"],
+         "cannot read standard input"),
+    Case("follow-a-missing-file", lambda c, o: ["tag", o / "rec.ts", "--follow", "--model", c["model"]],
+         "no such file"),
     Case("film-is-a-pipe", tag("fifo.wav"), "it is a pipe, not a regular file"),
     Case("batch-with-an-unreadable-folder",
          lambda c, o: ["tag", c["films-one-locked"], "--model", c["model"], "--format", "json", "--out-dir", o / "tags",
@@ -501,7 +505,7 @@ def run_case(case: Case, c: Corpus, out: Path) -> subprocess.CompletedProcess:
     env["OMP_NUM_THREADS"] = "1"  # JOBS processes at once: one thread each, not JOBS x cores spinning
     # errors="replace": memory export --out - writes binary to stdout
     return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600, cwd=out, env=env,
-                          check=False)
+                          check=False, stdin=subprocess.DEVNULL)  # tag - reads an empty stream
 
 
 @pytest.fixture(scope="module")

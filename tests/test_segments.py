@@ -158,3 +158,58 @@ def test_edges_stop_where_the_speech_stops():
 def test_cell_levels_must_match_the_cells():
     with pytest.raises(ValueError, match="cells"):
         to_segments(np.ones(10), 0.5, A, TP, cell_db=np.zeros(5), edge_threshold=0.5)
+
+
+def _random_film(seed: int, n_windows: int = 600):
+    """Window scores that drift in and out of a voice, and cell levels with loud and quiet stretches."""
+    rng = np.random.default_rng(seed)
+    scores = np.clip(np.cumsum(rng.normal(0, 0.08, n_windows)) * 0.3 + 0.4, -1.5, 1.5).astype(np.float32)
+    levels = (rng.normal(-30, 6, n_windows + 3) + 12 * (rng.random(n_windows + 3) < 0.3)).astype(np.float32)
+    return scores, levels
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_segment_stream_gives_the_batch_segments(seed):
+    from speakertag.segments import SegmentStream
+
+    p, tp = AudioParams(), TagParams()
+    scores, levels = _random_film(seed)
+    n = len(scores)
+    duration_s = (n - 1) * p.hop_s + p.window_s + 0.1
+    for threshold in (0.3, 0.4, 0.5):
+        for edge in (None, threshold - 0.1, threshold + 0.05):
+            batch = to_segments(scores, threshold, p, tp, "v", duration_s, levels, edge)
+            for chunk in (1, 5, 64):
+                st = SegmentStream(threshold, p, tp, "v", edge)
+                got = []
+                for i in range(0, n, chunk):
+                    got += st.push(scores[i:i + chunk], levels[i:i + chunk])
+                got += st.finish(levels[n:], duration_s)
+                assert got == batch, (threshold, edge, chunk)
+
+
+def test_segment_stream_with_a_deadline_is_prompt_and_within_a_cell():
+    """max_delay_s: every segment comes by the window that covers 2.5 s past its end, and
+    the time covered differs from the batch segments' by at most one cell at a few places."""
+    from speakertag.segments import SegmentStream
+
+    p, tp = AudioParams(), TagParams()
+    for seed in range(6):
+        scores, levels = _random_film(seed)
+        n = len(scores)
+        duration_s = (n - 1) * p.hop_s + p.window_s
+        batch = to_segments(scores, 0.4, p, tp, "v", duration_s, levels, 0.35)
+        st = SegmentStream(0.4, p, tp, "v", 0.35, max_delay_s=2.4)
+        got = []
+        for i in range(n):
+            for s in st.push(scores[i:i + 1], levels[i:i + 1]):
+                assert i * p.hop_s + p.window_s - s.end_s <= 2.5 + 1e-6  # audio the windows so far cover
+                got.append(s)
+        got += st.finish(levels[n:], duration_s)
+        grid = np.arange(0, duration_s, 0.01)
+
+        def covered(segs):
+            return np.any([(grid >= s.start_s) & (grid < s.end_s) for s in segs] or [grid < 0], axis=0)
+        differ = covered(batch) ^ covered(got)
+        assert differ.sum() * 0.01 <= 0.5 * st.forced + 0.02, seed
+        assert all(b - a <= 51 for a, b in runs(differ))  # never more than one cell in a row

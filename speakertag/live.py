@@ -1,0 +1,80 @@
+"""Inputs that are still being written: standard input, and a file a recorder is growing.
+
+Both are binary file objects for PyAV. A pipe or a growing file is read front to back, so it
+must be in a stream format such as Matroska or MPEG-TS (an MP4 keeps its index at its end).
+str() of each names it in messages.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from .errors import SpeakertagError
+
+
+class StdinSource:
+    """Standard input as PyAV reads it: front to back from a pipe; a file redirected to it
+    (`< film.mp4`) can be sought in, so any format FFmpeg reads works then."""
+
+    def __init__(self, stream: BinaryIO | None = None, stop: Callable[[], bool] | None = None):
+        self.f, self.stop = stream or sys.stdin.buffer, stop
+
+    def read(self, n: int = -1) -> bytes:
+        """The next bytes, or b"" (the end) once stop() says so: a pipe's read waits for data."""
+        return b"" if self.stop and self.stop() else self.f.read(n)
+
+    def seekable(self) -> bool:
+        return self.f.seekable()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def __str__(self) -> str:
+        return "standard input"
+
+
+class GrowingFile:
+    """A file that may still grow: at its end, read() waits (polling every poll_s) for more,
+    and gives up (returns b"", the end) once the file has not grown for timeout_s seconds.
+    stop() (a callable) ends the wait early when it returns True."""
+
+    def __init__(self, path: Path, timeout_s: float, poll_s: float, stop: Callable[[], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        if not path.is_file():
+            raise SpeakertagError(f"no such file: {path}" if not path.exists()
+                                  else f"cannot follow {path}: not a regular file")
+        try:
+            self.f = open(path, "rb")
+        except OSError as e:
+            raise SpeakertagError(f"cannot read {path}: {e.strerror or e}") from None
+        self.path, self.timeout_s, self.poll_s, self.stop, self.clock = path, timeout_s, poll_s, stop, clock
+        self.last_growth = clock()
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            data = self.f.read(n)
+            if data:
+                self.last_growth = self.clock()
+                return data
+            if self.clock() - self.last_growth >= self.timeout_s or (self.stop and self.stop()):
+                return b""
+            time.sleep(self.poll_s)
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.f.close()
+
+    def size(self) -> int:
+        return os.fstat(self.f.fileno()).st_size
+
+    def __str__(self) -> str:
+        return str(self.path)

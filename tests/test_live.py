@@ -1,0 +1,159 @@
+"""Live input: a stream on standard input and a file that is still being written."""
+
+import csv
+import io
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from speakertag.live import GrowingFile
+
+CELL_S = 0.4992  # one hop-long cell
+
+
+def remux_to_matroska(src: Path, dst: Path) -> Path:
+    """The audio of src in a Matroska file (no re-encoding): a format read front to back."""
+    with av.open(str(src)) as i, av.open(str(dst), "w", format="matroska") as o:
+        s = i.streams.audio[0]
+        out = o.add_stream_from_template(s)
+        for packet in i.demux(s):
+            if packet.dts is not None:
+                packet.stream = out
+                o.mux(packet)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def film_mkv(example, tmp_path_factory) -> Path:
+    return remux_to_matroska(example / "movie01.mp4", tmp_path_factory.mktemp("live") / "movie01.mkv")
+
+
+def cli(*args) -> list[str]:
+    return [sys.executable, "-m", "speakertag", *map(str, args)]
+
+
+def read_csv(text: str) -> list[tuple[float, float]]:
+    return [(float(r["start"]), float(r["end"])) for r in csv.DictReader(io.StringIO(text))]
+
+
+def assert_within_a_cell(live: list[tuple[float, float]], batch: list[tuple[float, float]]):
+    """The same segments, or a segment split in two by at most one cell."""
+    assert live and batch
+    joined = []
+    for s, e in live:
+        if joined and s - joined[-1][1] <= CELL_S + 1e-3:
+            joined[-1] = (joined[-1][0], e)
+        else:
+            joined.append((s, e))
+    assert len(joined) == len(batch), (live, batch)
+    for (s, e), (bs, be) in zip(joined, batch):
+        assert abs(s - bs) <= CELL_S + 1e-3 and abs(e - be) <= CELL_S + 1e-3, (live, batch)
+
+
+def test_a_stream_on_stdin_gives_the_segments_of_the_file(tiny_model_dir, example, film_mkv, tmp_path):
+    batch = subprocess.run(cli("tag", example / "movie01.mp4", "--model", tiny_model_dir, "--format", "csv", "-q"),
+                           capture_output=True, text=True, timeout=300)
+    assert batch.returncode == 0, batch.stderr
+    with open(film_mkv, "rb") as f:  # a pipe, as from `cat film.mkv |` or ffmpeg
+        cat = subprocess.Popen(["cat"], stdin=f, stdout=subprocess.PIPE)
+        live = subprocess.run(cli("tag", "-", "--model", tiny_model_dir, "--format", "csv"), stdin=cat.stdout,
+                              capture_output=True, text=True, timeout=300)
+        cat.wait()
+    assert live.returncode == 0, live.stderr
+    assert re.search(r"\d+ segments in 336\.\d s of standard input", live.stderr)
+    assert_within_a_cell(read_csv(live.stdout), read_csv(batch.stdout))
+
+
+def test_an_mp4_from_a_pipe_is_refused_with_advice(tiny_model_dir, example):
+    with open(example / "movie01.mp4", "rb") as f:
+        cat = subprocess.Popen(["cat"], stdin=f, stdout=subprocess.PIPE)
+        r = subprocess.run(cli("tag", "-", "--model", tiny_model_dir), stdin=cat.stdout, capture_output=True,
+                           text=True, timeout=120)
+        cat.wait()
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("speakertag: error: ") and "-f matroska" in r.stderr
+
+
+def grow(src: Path, dst: Path, bytes_per_s: float, limit: int | None = None, chunk: int = 32768) -> threading.Thread:
+    """Write src to dst in chunks from a thread, as a recorder would, up to `limit` bytes."""
+    data = src.read_bytes()[:limit]
+
+    def work():
+        with open(dst, "ab") as f:
+            for i in range(0, len(data), chunk):
+                f.write(data[i:i + chunk])
+                f.flush()
+                time.sleep(chunk / bytes_per_s)
+
+    dst.write_bytes(b"")
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    return t
+
+
+def test_follow_gives_each_segment_soon_after_it_ends(tiny_model_dir, film_mkv, tmp_path):
+    """The first 150 s of the film written over about 15 s; each segment is out within 3 s
+    of audio after its end, the CSV grows as they come, and the run stops once the file has
+    not grown for --follow-timeout."""
+    growing, out = tmp_path / "rec.mkv", tmp_path / "rec.csv"
+    limit = 150 * film_mkv.stat().st_size // 336
+    writer = grow(film_mkv, growing, limit / 15, limit)
+    started = time.monotonic()
+    r = subprocess.run(cli("tag", growing, "--follow", "--follow-timeout", "2", "--model", tiny_model_dir,
+                           "--out", out), capture_output=True, text=True, timeout=300)
+    writer.join()
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - started > 15  # it waited for the file to grow
+    closed = [(int(h) * 3600 + int(m) * 60 + float(sec), float(at)) for h, m, sec, at in
+              re.findall(r" - (\d+):(\d+):(\d+\.\d)  tiny  \(closed at (\d+\.\d) s\)", r.stderr)]
+    assert closed, r.stderr
+    assert all(at - end <= 3.0 for end, at in closed), r.stderr  # e.g. the segment ending at 69.9 s by 72.9 s
+    segments = read_csv(out.read_text())
+    assert segments[0] == pytest.approx((50.9, 69.9), abs=0.1)
+
+
+def test_ctrl_c_keeps_what_was_found(tiny_model_dir, film_mkv, tmp_path):
+    growing, out = tmp_path / "rec.mkv", tmp_path / "rec.json"
+    grow(film_mkv, growing, 10**7, 80 * film_mkv.stat().st_size // 336)  # 80 s, then the recorder stalls
+    p = subprocess.Popen(cli("tag", growing, "--follow", "--follow-timeout", "600", "--model", tiny_model_dir,
+                             "--out", out), stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in p.stderr:  # the first segment closes at about 72 s of audio
+        lines.append(line)
+        if "closed at" in line:
+            break
+    time.sleep(1)
+    p.send_signal(signal.SIGINT)
+    rest = p.stderr.read()
+    assert p.wait(timeout=60) == 0, lines + [rest]
+    assert "(interrupted)" in rest and "Traceback" not in rest
+    import json
+    doc = json.loads(out.read_text())
+    assert [(s["start"], s["end"]) for s in doc["segments"]][0] == pytest.approx((50.921, 69.892), abs=0.6)
+
+
+def test_growing_file_waits_then_gives_up(tmp_path):
+    f = tmp_path / "rec.ts"
+    f.write_bytes(b"abc")
+    now = [0.0]
+    g = GrowingFile(f, timeout_s=5, poll_s=0, clock=lambda: now[0])
+    assert g.read(10) == b"abc"
+
+    def later():  # time passes while the reader waits; the file grows at 3 s
+        now[0] += 1
+        if now[0] == 3:
+            with open(f, "ab") as h:
+                h.write(b"de")
+        return False
+
+    g.stop = later
+    assert g.read(10) == b"de" and now[0] == 3
+    assert g.read(10) == b"" and now[0] == 8  # 5 s without growth
+    g.close()

@@ -569,6 +569,7 @@ def memory_inspect(path, as_json):
     click.echo(f"entries      {len(m.embeddings)} target + {len(m.negatives)} negative windows, "
                f"{m.embeddings.shape[1]} dims")
     click.echo(f"model        {m.model_fingerprint}")
+    click.echo(f"made by      speakertag {m.speakertag_version}")
     line = f"threshold    {m.threshold:.4f}"
     if calib:
         share = f" for a target speaking {calib['target_share']:.0%} of the time" if "target_share" in calib else ""

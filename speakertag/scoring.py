@@ -73,18 +73,16 @@ class Calibration:
     target_share: float  # of a film's time, that weighted the classes
 
 
-EDGE_QUANTILE = 0.25  # of the target's validation scores; dev: 0.2-0.3 alike, 0.05 spread false alarms
-
-
 def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: str = "f1",
                         target_precision: float = 0.95,
-                        target_share: float = TrainParams.target_share) -> Calibration:
+                        target_share: float = TrainParams.target_share,
+                        edge_quantile: float = TrainParams.edge_quantile) -> Calibration:
     """Pick the threshold that maximises F1 (rule "f1"), or the lowest threshold whose
     precision reaches `target_precision` (rule "precision"), on validation window scores.
 
     Positives are weighted so that both classes count as much as they would in a film
     where the target speaks `target_share` of the time, whatever the sample sizes.
-    The edge threshold (segments.to_segments) is the positives' lower quartile.
+    The edge threshold (segments.to_segments) is the positives' `edge_quantile` quantile.
     """
     if len(pos_scores) == 0 or len(neg_scores) == 0:
         raise ValueError("calibration needs positive and negative validation scores")
@@ -115,6 +113,27 @@ def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: st
     # Put the threshold half-way to the next lower score: robust to small score shifts.
     below = scores[i + 1] if i + 1 < len(scores) else scores[i] - 0.01
     threshold = float((scores[i] + below) / 2)
-    edge_threshold = float(np.quantile(pos_scores, EDGE_QUANTILE))
+    edge_threshold = float(np.quantile(pos_scores, edge_quantile))
     return Calibration(threshold, name, float(precision[i]), float(recall[i]), float(f1[i]),
                        len(pos_scores), len(neg_scores), edge_threshold, target_share)
+
+
+def calibration_problem(c: Calibration, max_negative_share: float = TrainParams.max_negative_share) -> str:
+    """Why a calibrated threshold must not be used, or "" when it may.
+
+    Refused: a threshold above every target score (it tags none of the target), and one
+    that more than `max_negative_share` of the negative windows score above (it tags
+    film-like sound of every kind; a threshold below every score is one). The share is
+    recovered from the calibration's precision and recall: each class's windows carry equal
+    weights, the target's `target_share` in all, the others' the rest.
+    """
+    if c.recall <= 0.0:
+        return (f"the calibrated threshold {c.threshold:.3f} is above every score of the target's "
+                f"{c.n_positive} calibration windows: it would tag none of them")
+    tagged_pos = c.recall * c.target_share  # weight of the target windows above the threshold
+    tagged_neg = tagged_pos * (1.0 - c.precision) / max(c.precision, 1e-12)
+    share = min(1.0, tagged_neg / (1.0 - c.target_share))
+    if share > max_negative_share:
+        return (f"the calibrated threshold {c.threshold:.3f} is exceeded by {share:.0%} of the "
+                f"{c.n_negative} other film-like calibration windows: it would tag most other sound, not the target")
+    return ""

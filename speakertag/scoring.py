@@ -118,22 +118,25 @@ def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: st
                        len(pos_scores), len(neg_scores), edge_threshold, target_share)
 
 
-def calibration_problem(c: Calibration, max_negative_share: float = TrainParams.max_negative_share) -> str:
-    """Why a calibrated threshold must not be used, or "" when it may.
+def tagged_negative_share(c: Calibration) -> float:
+    """The share of the negative calibration windows that score above c.threshold, recovered
+    from the calibration's precision and recall: each class's windows carry equal weights,
+    the target's `target_share` in all, the others' the rest."""
+    tagged_pos = c.recall * c.target_share  # weight of the target windows above the threshold
+    tagged_neg = tagged_pos * (1.0 - c.precision) / max(c.precision, 1e-12)
+    return min(1.0, tagged_neg / (1.0 - c.target_share))
 
-    Refused: a threshold above every target score (it tags none of the target), and one
-    that more than `max_negative_share` of the negative windows score above (it tags
-    film-like sound of every kind; a threshold below every score is one). The share is
-    recovered from the calibration's precision and recall: each class's windows carry equal
-    weights, the target's `target_share` in all, the others' the rest.
-    """
+
+def calibration_problem(c: Calibration, max_negative_share: float = TrainParams.max_negative_share) -> str:
+    """Why a calibrated threshold must not be used, or "" when it may: a threshold above
+    every target score (it tags none of the target), or one that more than
+    `max_negative_share` of the negative windows score above (it tags film-like sound of
+    every kind; a threshold below every score is one)."""
     if c.recall <= 0.0:
         return (f"the calibrated threshold {c.threshold:.3f} is above every score of the target's "
                 f"{c.n_positive} calibration windows: it would tag none of them")
-    tagged_pos = c.recall * c.target_share  # weight of the target windows above the threshold
-    tagged_neg = tagged_pos * (1.0 - c.precision) / max(c.precision, 1e-12)
-    share = min(1.0, tagged_neg / (1.0 - c.target_share))
+    share = tagged_negative_share(c)
     if share > max_negative_share:
-        return (f"the calibrated threshold {c.threshold:.3f} is exceeded by {share:.0%} of the "
-                f"{c.n_negative} other film-like calibration windows: it would tag most other sound, not the target")
+        return (f"the calibrated threshold {c.threshold:.3f} is exceeded by {share:.0%} of the {c.n_negative} other "
+                "film-like calibration windows: it would tag most other sound, not the target")
     return ""

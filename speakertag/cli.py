@@ -110,7 +110,8 @@ def cli():
 
 @cli.command()
 @click.option("--positive", multiple=True, required=True, type=click.Path(path_type=Path),
-              help="Clips of the target voice: files or folders (searched recursively).")
+              help="Clips of the target voice: files or folders (searched recursively); at least "
+                   f"{TrainParams.min_target_s:g} s in all (less tags every window of a film).")
 @click.option("--negative", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Clips of other voices, music, noise: files or folders.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),

@@ -9,6 +9,7 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from .features import tile_to
+from .params import AugmentParams
 
 
 def coloured_noise(n_samples: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -88,27 +89,29 @@ def generated_backgrounds(sample_rate_hz: int, rng: np.random.Generator, seconds
 
 
 def film_like(x: np.ndarray, noise_pool: list[np.ndarray], generated: list[np.ndarray], sample_rate_hz: int,
-              rng: np.random.Generator, snr_db_range: tuple[float, float] = (0.0, 20.0)) -> np.ndarray:
+              rng: np.random.Generator, snr_db_range: tuple[float, float] = (0.0, 20.0),
+              aug: AugmentParams = AugmentParams()) -> np.ndarray:
     """One random film-like degradation of a clip crop x (1-D float32, any length).
 
     Background: a crop of the noise pool (the user's negative clips, music, noise, other
     voices, each scaled to unit RMS), several pool crops summed (babble), or a crop of a generated background
     (coloured noise, synthetic music); then maybe reverberation, maybe band limiting,
-    always a random level.
+    always a random level. The probabilities and ranges are `aug`'s.
     """
     n = len(x)
     y = x
-    if rng.random() < 0.3:
-        y = reverberate(y, sample_rate_hz, float(rng.uniform(0.2, 0.8)), rng)
+    if rng.random() < aug.reverb_probability:
+        y = reverberate(y, sample_rate_hz, float(rng.uniform(*aug.reverb_rt60_s_range)), rng)
     kind = rng.random()
-    if kind < 0.45 and noise_pool:
+    if kind < aug.pool_background_probability and noise_pool:
         noise = random_crop(noise_pool[int(rng.integers(len(noise_pool)))], n, rng)
-    elif kind < 0.7 and noise_pool:
-        noise = sum(random_crop(noise_pool[int(i)], n, rng) for i in rng.integers(len(noise_pool), size=int(rng.integers(3, 7))))
+    elif kind < aug.pool_background_probability + aug.babble_probability and noise_pool:
+        n_crops = int(rng.integers(*aug.babble_crops_range))
+        noise = sum(random_crop(noise_pool[int(i)], n, rng) for i in rng.integers(len(noise_pool), size=n_crops))
     else:
         noise = random_crop(generated[int(rng.integers(len(generated)))], n, rng)
     y = mix_at_snr(y, noise, float(rng.uniform(*snr_db_range)))
-    if rng.random() < 0.25:
-        y = low_pass(y, sample_rate_hz, float(rng.uniform(3000, 7000)))
-    y = y * 10 ** (rng.uniform(-20, 6) / 20) * 0.1 / rms(y)
+    if rng.random() < aug.low_pass_probability:
+        y = low_pass(y, sample_rate_hz, float(rng.uniform(*aug.low_pass_cutoff_hz_range)))
+    y = y * 10 ** (rng.uniform(*aug.level_db_range) / 20) * aug.level_rms / rms(y)
     return np.clip(y, -1.0, 1.0).astype(np.float32)

@@ -127,7 +127,8 @@ def cli():
 
 @cli.command()
 @click.option("--positive", multiple=True, required=True, type=click.Path(path_type=Path),
-              help="Clips of the target voice: files or folders (searched recursively).")
+              help="Clips of the target voice: files or folders (searched recursively); at least "
+                   f"{TrainParams.min_target_s:g} s in all (less tags every window of a film).")
 @click.option("--negative", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Clips of other voices, music, noise: files or folders.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
@@ -722,6 +723,7 @@ def memory_inspect(path, as_json):
     click.echo(f"entries      {len(m.embeddings)} target + {len(m.negatives)} negative windows, "
                f"{m.embeddings.shape[1]} dims")
     click.echo(f"model        {m.model_fingerprint}")
+    click.echo(f"made by      speakertag {m.speakertag_version}")
     line = f"threshold    {m.threshold:.4f}"
     if calib:
         share = f" for a target speaking {calib['target_share']:.0%} of the time" if "target_share" in calib else ""

@@ -16,5 +16,5 @@ def check_format(header: object, kind: str, file: object, version: int) -> None:
     if not isinstance(header, dict) or header.get("format") != f"speakertag-{kind}":
         raise SpeakertagError(f"not a speakertag {kind} file: {file}")
     if header.get("format_version") != version:
-        raise SpeakertagError(f"{kind} {file} has format version {header.get('format_version')}; "
-                              f"this speakertag reads version {version}")
+        raise SpeakertagError(f"{kind} {file} has format version {header.get('format_version')}: made by another "
+                              f"version of speakertag (this one reads format version {version})")

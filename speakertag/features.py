@@ -59,14 +59,12 @@ def log_mel(samples: torch.Tensor | np.ndarray, p: AudioParams) -> torch.Tensor:
         *lead, p.n_mels, n_frames)
 
 
-SPEECH_BAND_HZ = (250.0, 4000.0)  # where voiced speech has most of its energy
-
-
 @lru_cache(maxsize=8)
 def _speech_bins(p: AudioParams) -> torch.Tensor:
-    """(n_mels,) bool: mel bins whose filter peaks inside SPEECH_BAND_HZ."""
+    """(n_mels,) bool: mel bins whose filter peaks inside p.speech_band_hz."""
     peaks_hz = _mel_basis(p).argmax(dim=1) * (p.sample_rate_hz / p.n_fft)
-    return (peaks_hz > SPEECH_BAND_HZ[0]) & (peaks_hz < SPEECH_BAND_HZ[1])
+    low_hz, high_hz = p.speech_band_hz
+    return (peaks_hz > low_hz) & (peaks_hz < high_hz)
 
 
 def cell_levels_db(frames: torch.Tensor, p: AudioParams) -> torch.Tensor:

@@ -1,9 +1,11 @@
 """The positive memory: embeddings of the target's windows, searched with faiss.
 
 A memory file is a NumPy .npz (loaded with allow_pickle=False) holding the embeddings of
-the target's windows and of the negative windows as float32, and one JSON header: format version, the params, the fingerprint of the model
-that made the embeddings, the tagging threshold and how it was chosen, the voice name, and
-a SHA-256 checksum over embeddings and header that is verified on load.
+the target's windows and of the negative windows as float32, and one JSON header: format
+version, the params, the fingerprint of the model that made the embeddings, the tagging
+threshold and how it was chosen, the voice name, the speakertag version that wrote the file,
+and a SHA-256 checksum over embeddings and header that is verified on load. A header whose
+params this version does not know exactly is refused, as one from another version.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import SpeakertagError, check_format
+from .errors import SpeakertagError, check_format, first_line
 from .io_utils import atomic_write_bytes, file_kind
-from .params import FORMAT_VERSION, Params
+from .params import FORMAT_VERSION, Params, ParamsMismatch, speakertag_version
 
 MEMORY_FILE = "memory.npz"
 HNSW_MIN_ENTRIES = 50_000  # from this size on, search an approximate HNSW index
@@ -40,6 +42,7 @@ class Memory:
     name: str = "target"
     info: dict = field(default_factory=dict)  # calibration figures, sources: JSON-able
     edge_threshold: float | None = None  # windows scoring this much may widen a segment; None: no edge refinement
+    speakertag_version: str = ""  # of the speakertag that wrote the file ("" until saved)
 
     def header(self) -> dict:
         return {
@@ -53,6 +56,7 @@ class Memory:
             "info": self.info,
             "n_entries": int(len(self.embeddings)),
             "n_negatives": int(len(self.negatives)),
+            "speakertag_version": self.speakertag_version,
         }
 
 
@@ -72,12 +76,13 @@ def check_entries(n_entries: int, what: str) -> None:
 
 
 def save_memory(memory: Memory, path: str | Path) -> Path:
-    """Write the memory atomically to `path` (a file, or a folder to hold memory.npz)."""
+    """Write the memory atomically to `path` (a file, or a folder to hold memory.npz); its
+    header records this speakertag's version."""
     check_entries(len(memory.embeddings) + len(memory.negatives), "memory would hold")
     path = Path(path)
     if path.is_dir():
         path = path / MEMORY_FILE
-    header = memory.header()
+    header = replace(memory, speakertag_version=speakertag_version()).header()
     header["checksum"] = _checksum(memory.embeddings, memory.negatives, header)
     buf = io.BytesIO()
     np.savez(buf, embeddings=memory.embeddings.astype(np.float32), negatives=memory.negatives.astype(np.float32),
@@ -117,9 +122,16 @@ def load_memory(path: str | Path) -> Memory:
         raise SpeakertagError(f"memory {file} failed its checksum: its contents were changed or damaged")
     try:
         params = Params.from_dict(header["params"])
+    except ParamsMismatch as e:
+        raise SpeakertagError(f"memory {file} was made by another version of speakertag "
+                              f"(format {FORMAT_VERSION}): {first_line(e)}") from None
+    except KeyError:
+        raise SpeakertagError(f"memory {file} is damaged: no params") from None
+    try:
         memory = Memory(embeddings.astype(np.float32), negatives.astype(np.float32), params, header["model_fingerprint"],
                         float(header["threshold"]), header.get("name", "target"), header.get("info", {}),
-                        None if header.get("edge_threshold") is None else float(header["edge_threshold"]))
+                        None if header.get("edge_threshold") is None else float(header["edge_threshold"]),
+                        str(header["speakertag_version"]))
     except (KeyError, ValueError, TypeError) as e:
         raise SpeakertagError(f"memory {file} is damaged: {e}") from None
     for a in (embeddings, negatives):

@@ -2,14 +2,16 @@
 
 A model file is `torch.save` of plain tensors, strings and numbers only, loaded with
 `weights_only=True`: it can hold no code. It carries the format version, the full params,
-a fingerprint (SHA-256 of the weights) that is checked on load and recorded by every
-memory made with the model, and free-form metadata (voice name, provenance, history).
+a fingerprint (SHA-256 of the weights) that every memory made with the model records,
+free-form metadata (voice name, provenance, history, the speakertag version that wrote
+it), and a checksum (SHA-256 of all of these and the weights) verified on load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
 import re
 import warnings
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from .errors import SpeakertagError, check_format, first_line
 from .io_utils import atomic_write_bytes
-from .params import FORMAT_VERSION, AudioParams, EncoderParams, Params
+from .params import FORMAT_VERSION, AudioParams, EncoderParams, Params, ParamsMismatch, speakertag_version
 
 MODEL_FILE = "model.pt"
 IMPOSTORS_DIR = "impostors"  # clips of voices the model never heard, for calibration
@@ -168,8 +170,21 @@ def fingerprint(encoder: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def payload_checksum(payload: dict) -> str:
+    """SHA-256 over everything in a model file but the checksum itself: its header (format,
+    params, fingerprint, metadata; as sorted JSON) and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    header = {k: v for k, v in payload.items() if k not in ("checksum", "state_dict")}
+    h.update(json.dumps(header, sort_keys=True).encode())
+    for name, t in sorted(payload["state_dict"].items()):
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_model(model: Model, directory: str | Path) -> Path:
-    """Write DIR/model.pt atomically; returns its path."""
+    """Write DIR/model.pt atomically; returns its path. The metadata records the speakertag
+    version that writes it (`speakertag_version`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
@@ -178,9 +193,10 @@ def save_model(model: Model, directory: str | Path) -> Path:
         "format_version": FORMAT_VERSION,
         "params": model.params.to_dict(),
         "fingerprint": model.fingerprint,
-        "meta": model.meta,
+        "meta": {**model.meta, "speakertag_version": speakertag_version()},
         "state_dict": state,
     }
+    payload["checksum"] = payload_checksum(payload)
     buf = io.BytesIO()
     torch.save(payload, buf)
     path = directory / MODEL_FILE
@@ -207,7 +223,9 @@ def _torch_reason(e: Exception) -> str:
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None) -> Model:
-    """Load a model folder (or its model.pt) without running code; checks version and fingerprint."""
+    """Load a model folder (or its model.pt) without running code; checks its version, its
+    checksum (params, metadata and weights), that it holds exactly the params this version
+    knows, and the weights' fingerprint."""
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.exists():
@@ -226,14 +244,25 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Mo
         raise SpeakertagError(f"not a valid speakertag model file: {file} ({_torch_reason(e)})") from None
     check_format(payload, "model", file, FORMAT_VERSION)
     try:
+        intact = payload["checksum"] == payload_checksum(payload)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):  # no checksum, no tensors, no JSON
+        intact = False
+    if not intact:
+        raise SpeakertagError(f"model {file} failed its checksum: its params, metadata or weights were changed "
+                              "or damaged")
+    try:
         params = Params.from_dict(payload["params"])
+    except ParamsMismatch as e:
+        raise SpeakertagError(f"model {file} was made by another version of speakertag "
+                              f"(format {FORMAT_VERSION}): {first_line(e)}") from None
+    try:
         encoder = Encoder(params.audio, params.encoder)
         encoder.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise SpeakertagError(f"model {file} is damaged: {first_line(e)}") from None
     model = Model(params, encoder.eval().to(resolve_device(device)), dict(payload.get("meta", {})))
     if model.fingerprint != payload.get("fingerprint"):
-        raise SpeakertagError(f"model {file} failed its checksum: the weights were changed or damaged")
+        raise SpeakertagError(f"model {file} failed its checksum: its weights do not match their fingerprint")
     return model
 
 

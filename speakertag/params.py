@@ -2,7 +2,9 @@
 
 One frozen `Params` object is saved inside every model and memory file, so that a file
 always carries the numbers that built it. Derived values (frame counts, seconds) are
-computed from the stored ones, never stored twice. This module imports no torch or faiss.
+computed from the stored ones, never stored twice. A file is read back only with exactly
+the params this version knows: an unknown or a missing one means the file was made by
+another version of speakertag. This module imports no torch or faiss.
 """
 
 from __future__ import annotations
@@ -10,7 +12,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = 2  # version of model and memory files; bump on incompatible change
+FORMAT_VERSION = 3  # version of model and memory files; bump on incompatible change
+# 3: the model file's checksum covers params and metadata too; speech band, edge quantile,
+#    film-like degradation and pool size in Params; files record the speakertag version.
+
+
+def speakertag_version() -> str:
+    """The installed speakertag's version ("unknown" when run from a checkout never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("speakertag")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class ParamsMismatch(ValueError):
+    """Stored params with keys this version does not know, or without keys it needs."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +42,8 @@ class AudioParams:
     log_floor: float = 1e-5  # added to mel power before the log
     window_frames: int = 172  # one embedding window (about 2.0 s)
     hop_frames: int = 43  # hop between windows (about 0.5 s)
+    speech_band_hz: tuple[float, float] = (250.0, 4000.0)  # mel bins peaking here measure a cell's level
+    # (segment edges): where voiced speech has most of its energy
 
     @property
     def frame_s(self) -> float:
@@ -54,6 +74,20 @@ class EncoderParams:
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    """How `augment.film_like` degrades a clip (the SNR range is TrainParams.snr_db_range)."""
+    reverb_probability: float = 0.3
+    reverb_rt60_s_range: tuple[float, float] = (0.2, 0.8)
+    pool_background_probability: float = 0.45  # background: one crop of the noise pool
+    babble_probability: float = 0.25  # background: several pool crops summed; else a generated one
+    babble_crops_range: tuple[int, int] = (3, 7)  # crops summed in a babble, upper bound excluded
+    low_pass_probability: float = 0.25
+    low_pass_cutoff_hz_range: tuple[float, float] = (3000.0, 7000.0)
+    level_db_range: tuple[float, float] = (-20.0, 6.0)  # the result's level around level_rms
+    level_rms: float = 0.1
+
+
+@dataclass(frozen=True)
 class TrainParams:
     margin: float = 0.3  # cosine triplet margin
     batch_size: int = 32  # anchors per step
@@ -66,7 +100,9 @@ class TrainParams:
     val_fraction: float = 0.2  # clips held back for validation and calibration
     min_clip_s: float = 1.0  # shorter clips are skipped; shorter than a window are tiled
     snr_db_range: tuple[float, float] = (0.0, 20.0)  # augmentation mixing range
-    augment_probability: float = 0.8
+    augment_probability: float = 0.8  # share of training windows degraded film-like
+    negative_augment_probability: float = 0.7  # share of negative validation and calibration windows degraded
+    pool_windows: int = 1024  # mining and validation pools: a random subset of larger clip sets
     augmented_memory_copies: int = 1  # noisy copies of each positive window in the memory
     calibration_rounds: int = 2  # film-like copies of each other window scored for calibration, twice as many of the target's (dev: 2 > 1, a steadier threshold)
     impostor_speed_factors: tuple[float, ...] = (0.9, 1.1)  # speed copies of each impostor, as more unseen voices
@@ -75,6 +111,12 @@ class TrainParams:
     # seeds 0-1, mean pooled F1: 0.1 0.897, 0.2 0.883, 0 0.904; counted window for window, as before, 0.871)
     target_share: float = 0.2  # share of a film's time the target is assumed to speak, weighting calibration (dev films: 0.13-0.21; 0.15-0.25 > 1/3)
     threshold_rule: str = "f1"  # "f1" or "precision"
+    edge_quantile: float = 0.25  # of the target's calibration scores: the edge threshold (dev: 0.2-0.3 alike,
+    # 0.05 spread false alarms)
+    min_target_s: float = 10.0  # seconds of positive clips train needs at least (example film, seed 0: 3 s and
+    # 6 s tag every window, F1 0.22-0.23; 10 s F1 0.997)
+    max_negative_share: float = 0.5  # a calibrated threshold above which more of the negative calibration
+    # windows score than this tags film-like sound of every kind: refused
     target_precision: float = 0.95  # used by the "precision" rule
     seed: int = 0
     fine_tune_layers: str = "head"  # fine-tuning a base trains "head" (pooled-statistics batch-norm and linear
@@ -118,23 +160,29 @@ class Params:
     encoder: EncoderParams = field(default_factory=EncoderParams)
     train: TrainParams = field(default_factory=TrainParams)
     tag: TagParams = field(default_factory=TagParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Params":
-        """Rebuild from `to_dict` output; unknown keys or groups raise ValueError, missing
-        keys take their defaults (files written before a param existed)."""
-        groups = {"audio": AudioParams, "encoder": EncoderParams, "train": TrainParams, "tag": TagParams}
-        if set(d) != set(groups):
-            raise ValueError(f"params groups {sorted(d)} do not match {sorted(groups)}")
+        """Rebuild from `to_dict` output. Unknown or missing groups or keys raise ParamsMismatch
+        (a ValueError): a default would silently change what the file's numbers meant."""
+        groups = {"audio": AudioParams, "encoder": EncoderParams, "train": TrainParams, "tag": TagParams,
+                  "augment": AugmentParams}
+        if not isinstance(d, dict) or set(d) != set(groups):
+            got = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ParamsMismatch(f"params groups {got} do not match {sorted(groups)}")
         built = {}
         for name, klass in groups.items():
-            known = {f.name: f for f in dataclasses.fields(klass)}
-            unknown = set(d[name]) - set(known)
-            if unknown:
-                raise ValueError(f"unknown {name} params: {', '.join(sorted(unknown))}")
+            if not isinstance(d[name], dict):
+                raise ParamsMismatch(f"{name} params are not a table")
+            known = {f.name for f in dataclasses.fields(klass)}
+            unknown, missing = set(d[name]) - known, known - set(d[name])
+            if unknown or missing:
+                raise ParamsMismatch("; ".join(f"{what} {name} params: {', '.join(sorted(keys))}"
+                                               for what, keys in (("unknown", unknown), ("missing", missing)) if keys))
             values = {k: tuple(v) if isinstance(v, list) else v for k, v in d[name].items()}
             built[name] = klass(**values)
         return cls(**built)

@@ -73,14 +73,12 @@ class Calibration:
     target_share: float  # of a film's time, that weighted the classes
 
 
-EDGE_QUANTILE = 0.25  # of the target's validation scores; dev: 0.2-0.3 alike, 0.05 spread false alarms
-
-
 def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: str = "f1",
                         target_precision: float = 0.95,
                         target_share: float = TrainParams.target_share,
                         impostor_scores: np.ndarray | None = None,
-                        impostor_share: float = TrainParams.impostor_share) -> Calibration:
+                        impostor_share: float = TrainParams.impostor_share,
+                        edge_quantile: float = TrainParams.edge_quantile) -> Calibration:
     """Pick the threshold that maximises F1 (rule "f1"), or the lowest threshold whose
     precision reaches `target_precision` (rule "precision"), on validation window scores.
 
@@ -88,7 +86,7 @@ def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: st
     where the target speaks `target_share` of the time, whatever the sample sizes.
     `impostor_scores` (windows of unseen voices) take `impostor_share` of the other
     windows' weight, the user's negatives the rest, whatever the sample sizes.
-    The edge threshold (segments.to_segments) is the positives' lower quartile.
+    The edge threshold (segments.to_segments) is the positives' `edge_quantile` quantile.
     """
     imp = np.zeros(0) if impostor_scores is None or impostor_share == 0 else np.asarray(impostor_scores)
     if len(pos_scores) == 0 or len(neg_scores) == 0:
@@ -125,6 +123,30 @@ def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: st
     # Put the threshold half-way to the next lower score: robust to small score shifts.
     below = scores[i + 1] if i + 1 < len(scores) else scores[i] - 0.01
     threshold = float((scores[i] + below) / 2)
-    edge_threshold = float(np.quantile(pos_scores, EDGE_QUANTILE))
+    edge_threshold = float(np.quantile(pos_scores, edge_quantile))
     return Calibration(threshold, name, float(precision[i]), float(recall[i]), float(f1[i]),
                        len(pos_scores), len(neg_scores) + len(imp), edge_threshold, target_share)
+
+
+def tagged_negative_share(c: Calibration) -> float:
+    """The share of the other (non-target) calibration weight that scores above c.threshold,
+    recovered from the calibration's precision and recall: the target's windows carry
+    `target_share` of the weight, the others (negatives and impostors) the rest."""
+    tagged_pos = c.recall * c.target_share  # weight of the target windows above the threshold
+    tagged_neg = tagged_pos * (1.0 - c.precision) / max(c.precision, 1e-12)
+    return min(1.0, tagged_neg / (1.0 - c.target_share))
+
+
+def calibration_problem(c: Calibration, max_negative_share: float = TrainParams.max_negative_share) -> str:
+    """Why a calibrated threshold must not be used, or "" when it may: a threshold above
+    every target score (it tags none of the target), or one that more than
+    `max_negative_share` of the negative windows score above (it tags film-like sound of
+    every kind; a threshold below every score is one)."""
+    if c.recall <= 0.0:
+        return (f"the calibrated threshold {c.threshold:.3f} is above every score of the target's "
+                f"{c.n_positive} calibration windows: it would tag none of them")
+    share = tagged_negative_share(c)
+    if share > max_negative_share:
+        return (f"the calibrated threshold {c.threshold:.3f} is exceeded by {share:.0%} of the {c.n_negative} other "
+                "film-like calibration windows: it would tag most other sound, not the target")
+    return ""

@@ -24,11 +24,16 @@ from .segments import Segment, SegmentStream, exclusive_segments, segment_runs, 
 
 @dataclass(frozen=True)
 class Voice:
-    """A model and its memory, checked to belong together, with the rules for its segments."""
+    """A model and its memory, checked to belong together (the memory's embeddings are the
+    model's), with the rules for its segments: the tag params of the memory's checksummed
+    params object, with which its threshold was calibrated (the model's copy is not used)."""
     model: Model
     memory: Memory
     label: str = ""  # the name on its segments; "" means the memory's (set by `train --name`)
-    tag_params: TagParams | None = None  # None means the model's own
+    tag_params: TagParams | None = None  # None means the memory's own
+
+    def __post_init__(self):
+        check_pair(self.model, self.memory)
 
     @property
     def name(self) -> str:
@@ -36,20 +41,22 @@ class Voice:
 
     @property
     def params(self) -> TagParams:
-        return self.tag_params or self.model.params.tag
+        """The tagging params: the memory's, with which its threshold was calibrated, unless overridden."""
+        return self.tag_params or self.memory.params.tag
 
 
 def load_voice(directory: str | Path, device: str | None = None) -> Voice:
     """Load DIR/model.pt and DIR/memory.npz; refuses a memory made by another model.
     device: "cpu", "cuda" or None / "auto" (CUDA when available)."""
-    model = load_model(directory, device)
-    memory = load_memory(directory)
-    check_pair(model, memory)
-    return Voice(model, memory)
+    return Voice(load_model(directory, device), load_memory(directory))
 
 
 def check_pair(model: Model, memory: Memory) -> None:
-    if memory.model_fingerprint != model.fingerprint or memory.params.audio != model.params.audio:
+    """Refuse a memory whose embeddings another encoder made (another fingerprint, front end
+    or architecture). Its train and tag params may differ from the model's (a memory of
+    another training with the same encoder): tagging uses the memory's."""
+    if (memory.model_fingerprint != model.fingerprint or memory.params.audio != model.params.audio
+            or memory.params.encoder != model.params.encoder):
         raise SpeakertagError(f"the memory was made by another model (fingerprint {memory.model_fingerprint}, "
                               f"model {model.fingerprint})")
 

@@ -25,8 +25,8 @@ from .features import log_mel, tile_to
 from .losses import mine_hard_negatives, triplet_loss
 from .memory import Memory
 from .model import Model, embed, new_model, resolve_device
-from .params import AudioParams, Params
-from .scoring import Calibration, Scorer, calibrate_threshold, nearest_groups, top_k_mean_excluding
+from .params import AudioParams, Params, speakertag_version
+from .scoring import Calibration, Scorer, calibrate_threshold, calibration_problem, nearest_groups, top_k_mean_excluding
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,6 @@ def split_clips(clips: list[Clip], fraction: float, rng: np.random.Generator) ->
     return train, val
 
 
-MAX_POOL_WINDOWS = 1024  # mining and validation pools: a random subset of larger clip sets
 CHUNK_WINDOWS = 256  # windows cut, degraded and embedded at a time when building memories
 
 
@@ -162,7 +161,7 @@ def degrade(windows: np.ndarray, bg: Backgrounds, p: Params, rng: np.random.Gene
     prob = p.train.augment_probability if probability is None else probability
     if len(windows) == 0:
         return windows
-    return np.stack([film_like(w, bg.clips, bg.generated, p.audio.sample_rate_hz, rng, p.train.snr_db_range)
+    return np.stack([film_like(w, bg.clips, bg.generated, p.audio.sample_rate_hz, rng, p.train.snr_db_range, p.augment)
                      if rng.random() < prob else w for w in windows])
 
 
@@ -238,6 +237,10 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
     if base is not None:  # the base fixes the front end and the architecture; training is ours
         p = replace(p, audio=base.params.audio, encoder=base.params.encoder)
     pos_clips, skipped_pos = load_clips(positive, "positive", p)
+    target_s = sum(len(c.samples) for c in pos_clips) / p.audio.sample_rate_hz
+    if target_s < p.train.min_target_s:
+        raise SpeakertagError(f"the positive clips hold {target_s:.1f} s of audio; training needs at least "
+                              f"{p.train.min_target_s:g} s of the target's speech")
     neg_clips, skipped_neg = load_clips(negative, "negative", p)
 
     def audio_hash(c: Clip) -> bytes:
@@ -253,10 +256,13 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
             raise SpeakertagError(f"{c.name} {what}: a clip cannot be both the target and another voice")
     imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
     model, memory, report = train_on_clips(pos_clips, neg_clips, p, base, name, progress, device, imp_clips)
+    problem = calibration_problem(report.calibration, p.train.max_negative_share)
+    if problem:  # a model that tags everything (or nothing) is worse than none
+        raise SpeakertagError(f"training gave no usable voice: {problem}")
     model.meta = {**model.meta, "history": [*model.meta.get("history", []), {
         "action": "fine-tune" if base is not None else "train",
         "positive": [c.name for c in pos_clips], "negative": [c.name for c in neg_clips],
-        "steps": report.steps, "best_step": report.best_step}]}
+        "steps": report.steps, "best_step": report.best_step, "speakertag_version": speakertag_version()}]}
     # Absolute paths: `refine` re-embeds the clips later, maybe from another folder.
     memory = replace(memory, info={**memory.info, "positive_clips": [str(Path(c.name).resolve()) for c in pos_clips],
                                    "negative_clips": [str(Path(c.name).resolve()) for c in neg_clips]})
@@ -321,11 +327,11 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     # Validation looks like film audio: every positive window degraded, held-back noise too.
     # Its features are computed once; each evaluation only runs the encoder.
     if validate:
-        cap = MAX_POOL_WINDOWS
+        cap = tp.pool_windows
         val_pos = inputs(chunk_features(degraded_chunks(Windows.of(pos_val, a).subset(cap // 2, rng), 2, all_bg, p,
                                                         rng, 1.0), a, dev))
         val_neg = inputs(chunk_features(degraded_chunks(Windows.of(neg_val + imp_clips, a).subset(cap, rng), 1, all_bg,
-                                                        p, rng, 0.7), a, dev))
+                                                        p, rng, tp.negative_augment_probability), a, dev))
         copies = 1 + tp.augmented_memory_copies
         val_memory_pos = inputs(chunk_features(memory_chunks(Windows.of(pos_train, a).subset(cap // copies, rng), bg,
                                                              p, rng), a, dev))
@@ -348,10 +354,10 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
         if (step - 1) % tp.mining_every_steps == 0:
             # Refresh the pools: fresh degradations of every window, embedded by the current
             # model, so that mining sees which negatives still violate the margin now.
-            # Beyond MAX_POOL_WINDOWS windows, each refresh draws another random subset.
-            pos_pool = inputs(chunk_features(degraded_chunks(pos_train_windows.subset(MAX_POOL_WINDOWS, rng), 1, bg, p,
+            # Beyond tp.pool_windows windows, each refresh draws another random subset.
+            pos_pool = inputs(chunk_features(degraded_chunks(pos_train_windows.subset(tp.pool_windows, rng), 1, bg, p,
                                                              rng), a, dev))
-            neg_pool = inputs(chunk_features(degraded_chunks(neg_train_windows.subset(MAX_POOL_WINDOWS, rng), 1, bg, p,
+            neg_pool = inputs(chunk_features(degraded_chunks(neg_train_windows.subset(tp.pool_windows, rng), 1, bg, p,
                                                              rng), a, dev))
             pos_emb = torch.from_numpy(embed_inputs(pos_pool))
             neg_emb = torch.from_numpy(embed_inputs(neg_pool))
@@ -406,12 +412,12 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     # so the threshold no longer swings with which clips were held back.
     rounds = tp.calibration_rounds
     cal_pos = embed_chunks(model, degraded_chunks(pos_windows, 2 * rounds, all_bg, p, rng, 1.0), dev)
-    cal_neg = embed_chunks(model, degraded_chunks(neg_windows, rounds, all_bg, p, rng, 0.7), dev)
+    cal_neg = embed_chunks(model, degraded_chunks(neg_windows, rounds, all_bg, p, rng, tp.negative_augment_probability), dev)
     # The impostors, with speed copies of each as more voices; only the voices most like the
     # target count: a target with look-alikes gets a stricter threshold, one without keeps its recall.
     imp_voices = Windows.of([Clip(f"{c.name}@{f:g}", change_speed(c.samples, f))
                              for c in imp_clips for f in (1.0, *tp.impostor_speed_factors)], a)
-    cal_imp = embed_chunks(model, degraded_chunks(imp_voices, 1, all_bg, p, rng, 0.7), dev)
+    cal_imp = embed_chunks(model, degraded_chunks(imp_voices, 1, all_bg, p, rng, tp.negative_augment_probability), dev)
     k, w = p.tag.top_k, p.tag.negative_weight
     pos_memory_ids, neg_memory_ids = np.tile(pos_ids, copies), np.tile(neg_ids, copies)
 
@@ -432,7 +438,7 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
         calibration_scores(cal_pos, own_pos_clip=np.tile(pos_ids, 2 * rounds)),
         calibration_scores(cal_neg, own_neg_clip=np.tile(neg_ids, rounds)),
         tp.threshold_rule, tp.target_precision, tp.target_share,
-        nearest_impostor_scores(calibration_scores(cal_imp)), tp.impostor_share)
+        nearest_impostor_scores(calibration_scores(cal_imp)), tp.impostor_share, tp.edge_quantile)
     model.encoder.cpu()
     memory = Memory(positives, negatives, p, model.fingerprint, calib.threshold, name, {
         "calibration": calib.__dict__, "source": name}, calib.edge_threshold)

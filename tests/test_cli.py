@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import speech_like, write_audio, write_container
+from conftest import TINY_POSITIVE, speech_like, write_audio, write_container
 
 RATE = 22050
 
@@ -107,17 +107,18 @@ def test_train_without_negative(inputs, tmp_path):
     assert listing(tmp_path) == set()
 
 
-def test_train_zero_steps_keeps_the_base_encoder(tiny_model_dir, example, tmp_path):
-    """--steps 0: no fine-tuning, only the memory and the threshold are built."""
-    from speakertag.model import load_model
+def test_train_zero_steps_keeps_the_base_encoder(example, tmp_path):
+    """--steps 0: no fine-tuning, only the memory and the threshold are built. (The shipped base:
+    the tiny model's threshold could tag most calibration windows, which train refuses.)"""
+    from speakertag.model import load_model, shipped_base_dir
 
     out = tmp_path / "voice"
-    r = run_cli("train", "--positive", example / "positive" / "ls_2609__2609-156975-0001.flac", "--negative",
-                example / "negative" / "nonspeech__music_lounge_2.flac", "--base", tiny_model_dir, "--steps", "0",
-                "--out", out, "-q")
+    r = run_cli("train", "--positive", *(example / "positive" / n for n in TINY_POSITIVE),  # 12.6 s: enough
+                "--negative", example / "negative" / "nonspeech__music_lounge_2.flac", "--base", shipped_base_dir(),
+                "--steps", "0", "--out", out, "-q")
     assert r.returncode == 0, r.stderr
     assert "(0 steps" in r.stdout
-    mine, base = load_model(out).encoder.state_dict(), load_model(tiny_model_dir).encoder.state_dict()
+    mine, base = load_model(out).encoder.state_dict(), load_model(shipped_base_dir()).encoder.state_dict()
     assert all(torch.equal(mine[k], v) for k, v in base.items())
     assert (out / "memory.npz").is_file()
 

@@ -45,6 +45,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from speakertag.params import FORMAT_VERSION, TrainParams, speakertag_version
+
 from conftest import (
     EXAMPLE,
     TINY_NEGATIVE,
@@ -135,6 +137,16 @@ def memory_unchanged(c: Corpus, o: Path, r) -> None:
     merged, original = load_memory(o / "m.npz"), load_memory(c["model"])
     np.testing.assert_array_equal(merged.embeddings, original.embeddings)
     np.testing.assert_array_equal(merged.negatives, original.negatives)
+
+
+def made_by_this_version(folder: Path) -> None:
+    """The model folder records the speakertag version that made it: model, history and memory."""
+    from speakertag.memory import load_memory
+    from speakertag.model import load_model
+
+    meta = load_model(folder, "cpu").meta
+    assert meta["speakertag_version"] == meta["history"][-1]["speakertag_version"] == speakertag_version()
+    assert load_memory(folder).speakertag_version == speakertag_version()
 
 
 def written_through_link(c: Corpus, o: Path, r) -> None:
@@ -241,6 +253,14 @@ CASES = [
     Case("memory-unknown-version", lambda c, o: ["memory", "inspect", c["memory-v99.npz"]], "format version 99"),
     Case("memory-of-another-model", tag("speech.wav", "--memory", "other-memory.npz"), "another model"),
     Case("model-tampered", tag("speech.wav", model="model-tampered"), "failed its checksum"),
+    Case("model-params-tampered", tag("speech.wav", model="model-params-tampered"), "failed its checksum"),
+    Case("model-metadata-tampered", tag("speech.wav", model="model-meta-tampered"), "failed its checksum"),
+    Case("model-missing-param", tag("speech.wav", model="model-missing-param"),
+         f"made by another version of speakertag (format {FORMAT_VERSION}): missing train params: edge_quantile"),
+    Case("memory-missing-param", lambda c, o: ["memory", "inspect", c["memory-missing-param.npz"]],
+         f"made by another version of speakertag (format {FORMAT_VERSION}): missing audio params: speech_band_hz"),
+    ok(lambda c, o: ["memory", "inspect", c["model"]], "memory-inspect-names-the-version-that-made-it", output="",
+       check=lambda c, o, r: f"made by      speakertag {speakertag_version()}\n" in r.stdout),
     Case("memory-tampered", lambda c, o: ["memory", "inspect", c["memory-tampered.npz"]], "failed its checksum"),
     Case("model-pickle-payload", tag("speech.wav", model="model-pickle"), "refused to load"),
     Case("memory-pickle-payload", lambda c, o: ["memory", "inspect", c["memory-pickle.npz"]],
@@ -275,7 +295,10 @@ CASES = [
     Case("train-negative-steps", train("pos", "neg", "--steps", "-5"), "invalid value for '--steps'", exit_code=2),
     Case("train-target-share-above-1", train("pos", "neg", "--target-share", "1.5"), "invalid value for '--target-share'",
          exit_code=2),
-    ok(train("pos", "neg", "--target-share", "0.5"), "train-target-share-of-a-podcast-host", output="voice"),
+    ok(train("pos", "neg", "--target-share", "0.5"), "train-target-share-of-a-podcast-host", output="voice",
+       check=lambda c, o, r: made_by_this_version(o / "voice")),
+    Case("train-too-little-target-speech", train("pos-3s"),
+         f"the positive clips hold 3.0 s of audio; training needs at least {TrainParams.min_target_s:g} s"),
     Case("train-output-is-the-positive-folder",
          lambda c, o: ["train", "--positive", c["victim-pos"], "--negative", c["neg"], "--out", c["victim-pos"],
                        "--steps", "1", "-q"], "is or holds an input of this command"),
@@ -319,12 +342,18 @@ def id3_latin1(mp3: bytes) -> bytes:
     return b"ID3\x04\x00\x00" + syncsafe(len(frame)) + frame + mp3
 
 
-def rewrite_npz(src: Path, dst: Path, change: Callable[[dict, dict], None]) -> Path:
-    """Copy a memory file with change(arrays, header) applied and the checksum left as it was."""
+def rewrite_npz(src: Path, dst: Path, change: Callable[[dict, dict], None], checksum_again: bool = False) -> Path:
+    """Copy a memory file with change(arrays, header) applied and the checksum left as it was
+    (checksum_again: made to fit the change, as another version's file would have it)."""
+    from speakertag.memory import _checksum
+
     with np.load(src, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     header = json.loads(arrays["header"].tobytes().decode())
     change(arrays, header)
+    if checksum_again:
+        header.pop("checksum")
+        header["checksum"] = _checksum(arrays["embeddings"], arrays["negatives"], header)
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     np.savez(dst, **arrays)
     return dst
@@ -335,7 +364,7 @@ def make_models(c: Corpus, model: Path) -> None:
     import torch
 
     from speakertag.memory import MAX_MEMORY_ENTRIES, Memory, save_memory
-    from speakertag.model import new_model
+    from speakertag.model import new_model, payload_checksum
     from speakertag.params import Params
 
     r = c.root
@@ -357,11 +386,22 @@ def make_models(c: Corpus, model: Path) -> None:
     first = min(k for k in state if k.endswith("weight"))
     state[first] = state[first] + 0.01
     model_dir("model-tampered", {**payload, "state_dict": state})
+    # The checksum covers the params and the metadata too, not only the weights.
+    model_dir("model-params-tampered", {**payload, "params": {**payload["params"],
+                                                              "tag": {**payload["params"]["tag"], "top_k": 1}}})
+    model_dir("model-meta-tampered", {**payload, "meta": {**payload["meta"], "name": "mallory"}})
+    # Another version's file: a param this one needs is missing (its checksum fits: written so).
+    older = {**payload, "params": {**payload["params"], "train": {
+        k: v for k, v in payload["params"]["train"].items() if k != "edge_quantile"}}}
+    model_dir("model-missing-param", {**older, "checksum": payload_checksum(older)})
     model_dir("model-pickle", {**payload, "meta": {"note": Payload(c.marker)}})
     model_dir("model-random", np.random.default_rng(1).bytes(5000))
 
     c["memory-v99.npz"] = rewrite_npz(model / "memory.npz", r / "memory-v99.npz",
                                       lambda a, h: h.update(format_version=99))
+    c["memory-missing-param.npz"] = rewrite_npz(model / "memory.npz", r / "memory-missing-param.npz",
+                                                lambda a, h: h["params"]["audio"].pop("speech_band_hz"),
+                                                checksum_again=True)
     c["memory-tampered.npz"] = rewrite_npz(model / "memory.npz", r / "memory-tampered.npz",
                                            lambda a, h: h.update(threshold=-1.0))
     c["memory-pickle.npz"] = rewrite_npz(model / "memory.npz", r / "memory-pickle.npz",
@@ -460,6 +500,8 @@ def corpus(tmp_path_factory, tiny_model_dir) -> Corpus:
         c[folder] = r / folder
     for i in range(3):
         write_audio(r / "pos-short" / f"clip{i}.wav", speech_like(0.6, 16000, seed=i), 16000)
+    target, rate_hz = sf.read(EXAMPLE / "positive" / TINY_POSITIVE[0], dtype="float32")
+    c["pos-3s"] = write_audio(r / "pos-3s" / "three-seconds.wav", target[:3 * rate_hz], rate_hz).parent
     c["pos-short"] = r / "pos-short"
     for name, bad, data in (("pos-with-empty-file", "bad.wav", b""),
                             ("pos-unreadable", "bad.wav", wav)):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from speakertag.errors import SpeakertagError
-from speakertag.model import MODEL_FILE, embed, load_model, new_model, save_model
-from speakertag.params import FORMAT_VERSION, Params
+from speakertag.model import MODEL_FILE, embed, load_model, new_model, payload_checksum, save_model
+from speakertag.params import FORMAT_VERSION, Params, speakertag_version
 
 P = Params()
 
@@ -48,7 +48,7 @@ def test_save_load_round_trip(model, tmp_path):
     assert os.listdir(tmp_path / "m") == [MODEL_FILE]  # no temporary file left behind
     back = load_model(tmp_path / "m", "cpu")
     assert back.params == model.params
-    assert back.meta == model.meta and back.name == "alice"
+    assert back.meta == {**model.meta, "speakertag_version": speakertag_version()} and back.name == "alice"
     assert back.fingerprint == model.fingerprint
     w = windows()
     torch.testing.assert_close(embed(back, w), embed(model, w), atol=0, rtol=0)
@@ -86,17 +86,30 @@ def test_tampered_weights_fail_the_checksum(model, tmp_path):
         load_model(tmp_path, "cpu")
 
 
-@pytest.mark.parametrize("change, phrase", [
-    (lambda p: p.pop("state_dict"), "damaged"),
-    (lambda p: p["state_dict"].pop(next(iter(p["state_dict"]))), "damaged"),  # strict loading
-    (lambda p: p["params"]["audio"].update(n_mels=64), "damaged"),  # params that do not fit the weights
-    (lambda p: p["params"]["encoder"].update(depth=3), "damaged"),  # unknown params
-    (lambda p: p.update(format="something-else"), "not a speakertag model"),
+ANOTHER_VERSION = rf"made by another version of speakertag \(format {FORMAT_VERSION}\)"
+
+
+@pytest.mark.parametrize("change, phrase, checksum_again", [
+    (lambda p: p.pop("state_dict"), "failed its checksum", False),
+    (lambda p: p.pop("checksum"), "failed its checksum", False),
+    (lambda p: p["params"]["tag"].update(top_k=50), "failed its checksum", False),  # the params are covered
+    (lambda p: p["meta"].update(name="mallory"), "failed its checksum", False),  # and so is the metadata
+    (lambda p: p["state_dict"].pop(next(iter(p["state_dict"]))), "damaged", True),  # strict loading
+    (lambda p: p["params"]["audio"].update(n_mels=64), "damaged", True),  # params that do not fit the weights
+    (lambda p: p["params"]["encoder"].update(depth=3), ANOTHER_VERSION + ": unknown encoder params: depth", True),
+    (lambda p: p["params"]["train"].pop("edge_quantile"), ANOTHER_VERSION + ": missing train params: edge_quantile",
+     True),  # not a default in its place
+    (lambda p: p["params"].pop("augment"), ANOTHER_VERSION, True),
+    (lambda p: p.update(format="something-else"), "not a speakertag model", False),
 ])
-def test_damaged_payloads(model, tmp_path, change, phrase):
+def test_damaged_payloads(model, tmp_path, change, phrase, checksum_again):
+    """checksum_again: the file's checksum is made to fit the change (another version's file, or a
+    careful forger): the other checks still refuse it."""
     path = save_model(model, tmp_path)
     payload = payload_of(path)
     change(payload)
+    if checksum_again:
+        payload["checksum"] = payload_checksum(payload)
     torch.save(payload, path)
     with pytest.raises(SpeakertagError, match=phrase):
         load_model(tmp_path, "cpu")

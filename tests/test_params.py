@@ -5,7 +5,7 @@ from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
-from speakertag.params import AudioParams, Params
+from speakertag.params import AudioParams, Params, ParamsMismatch
 
 
 def test_round_trip_through_json():
@@ -37,11 +37,12 @@ def test_frozen():
     lambda d: d["audio"].update(sample_rate=16000),  # unknown key in a group
     lambda d: d.update(extra={}),  # unknown group
     lambda d: d.pop("tag"),  # missing group
+    lambda d: d["train"].pop("edge_quantile"),  # a missing key does not take its default
 ])
 def test_unknown_or_missing_keys_rejected(change):
     d = Params().to_dict()
     change(d)
-    with pytest.raises(ValueError):
+    with pytest.raises(ParamsMismatch):
         Params.from_dict(d)
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from speakertag.memory import build_index
-from speakertag.scoring import Scorer, calibrate_threshold, top_k_mean, top_k_mean_excluding
+from speakertag.scoring import (Calibration, Scorer, calibrate_threshold, calibration_problem,
+                                tagged_negative_share, top_k_mean, top_k_mean_excluding)
 
 
 def unit(rows):
@@ -137,3 +138,28 @@ def test_impostors_carry_their_share_whatever_their_count():
     assert ths == sorted(ths) and ths[-1] > ths[0]
     with pytest.raises(ValueError, match="impostor share"):
         thr(imp, 1.0)
+
+
+@pytest.mark.parametrize("seed, rule", [(0, "f1"), (1, "f1"), (2, "precision"), (3, "precision")])
+def test_tagged_negative_share_is_the_count_above_the_threshold(seed, rule):
+    rng = np.random.default_rng(seed)
+    pos, neg = rng.normal(0.6, 0.15, 80), rng.normal(0.35, 0.15, 300)
+    c = calibrate_threshold(pos, neg, rule, 0.9)
+    assert tagged_negative_share(c) == pytest.approx(np.mean(neg > c.threshold), abs=1e-9)
+
+
+def test_a_threshold_that_tags_most_negatives_is_a_problem():
+    rng = np.random.default_rng(0)
+    good = calibrate_threshold(rng.normal(0.7, 0.1, 50), rng.normal(0.3, 0.1, 200))
+    assert calibration_problem(good) == ""
+    # a target that scores like everything else: best F1 tags every window
+    same = rng.normal(0.5, 0.1, 250)
+    bad = calibrate_threshold(same[:50], same[50:])
+    assert bad.recall > 0.9 and tagged_negative_share(bad) > 0.5
+    assert "of the 200 other film-like calibration windows" in calibration_problem(bad)
+    assert calibration_problem(bad, max_negative_share=1.0) == ""
+
+
+def test_a_threshold_above_every_target_score_is_a_problem():
+    c = Calibration(0.9, "precision >= 0.95", 0.0, 0.0, 0.0, 40, 100, 0.5, 0.2)
+    assert "above every score of the target's 40 calibration windows" in calibration_problem(c)

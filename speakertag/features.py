@@ -13,10 +13,8 @@ from functools import lru_cache
 from typing import Iterable, Iterator
 
 import numpy as np
-import scipy.fft
 import torch
 import torchaudio.functional
-from numpy.lib.stride_tricks import as_strided
 
 from .params import AudioParams
 
@@ -30,33 +28,26 @@ def _mel_basis(p: AudioParams) -> torch.Tensor:
 
 
 @lru_cache(maxsize=8)
-def _hann(n_fft: int) -> np.ndarray:
-    """(n_fft,) periodic Hann window, float32."""
-    return torch.hann_window(n_fft).numpy()
+def _hann(n_fft: int) -> torch.Tensor:
+    return torch.hann_window(n_fft)
 
 
-def log_mel(samples: torch.Tensor | np.ndarray, p: AudioParams) -> torch.Tensor:
-    """Log-mel power of mono audio, computed on the CPU.
+def log_mel(samples: torch.Tensor, p: AudioParams) -> torch.Tensor:
+    """Log-mel power of mono audio.
 
     samples: (..., n_samples) float at p.sample_rate_hz.
-    Returns (..., n_mels, n_frames) float32 with n_frames = 1 + (n_samples - n_fft) // hop_length
-    (0 frames when shorter than n_fft). The frames are strided views of the samples and
-    SciPy's real FFT transforms them (on torch's thread count): twice as fast as torch.stft.
+    Returns (..., n_mels, n_frames) with n_frames = 1 + (n_samples - n_fft) // hop_length
+    (0 frames when shorter than n_fft).
     """
-    x = np.ascontiguousarray(samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else samples,
-                             dtype=np.float32)
-    lead, n_samples = x.shape[:-1], x.shape[-1]
-    if n_samples < p.n_fft:
-        return torch.zeros(*lead, p.n_mels, 0)
-    n_frames = 1 + (n_samples - p.n_fft) // p.hop_length
-    flat = x.reshape(-1, n_samples)
-    step = flat.strides[1]
-    frames = as_strided(flat, (len(flat), n_frames, p.n_fft), (flat.strides[0], p.hop_length * step, step))
-    spec = scipy.fft.rfft(frames * _hann(p.n_fft), axis=-1, workers=torch.get_num_threads())
-    power = np.square(spec.real) + np.square(spec.imag)  # (batch, n_frames, n_fft // 2 + 1)
-    mel = power @ _mel_basis(p).numpy().T  # (batch, n_frames, n_mels)
-    return torch.from_numpy(np.log(mel + np.float32(p.log_floor), dtype=np.float32)).transpose(-1, -2).reshape(
-        *lead, p.n_mels, n_frames)
+    lead = samples.shape[:-1]
+    if samples.shape[-1] < p.n_fft:
+        return samples.new_zeros(*lead, p.n_mels, 0)
+    flat = samples.reshape(-1, samples.shape[-1])
+    spec = torch.stft(flat, p.n_fft, p.hop_length, window=_hann(p.n_fft).to(samples.device),
+                      center=False, return_complex=True)
+    power = spec.real.square() + spec.imag.square()  # (batch, n_fft // 2 + 1, n_frames)
+    mel = torch.matmul(_mel_basis(p).to(samples.device), power)
+    return torch.log(mel + p.log_floor).reshape(*lead, p.n_mels, -1)
 
 
 @lru_cache(maxsize=8)

@@ -167,7 +167,7 @@ def degrade(windows: np.ndarray, bg: Backgrounds, p: Params, rng: np.random.Gene
 
 def features(windows: np.ndarray, a: AudioParams, device: torch.device, batch: int = 32) -> torch.Tensor:
     """(n, window_samples) audio -> (n, n_mels, window_frames) log-mel on `device`."""
-    out = [log_mel(windows[i:i + batch], a).to(device) for i in range(0, len(windows), batch)]
+    out = [log_mel(torch.from_numpy(windows[i:i + batch]).to(device), a) for i in range(0, len(windows), batch)]
     return torch.cat(out) if out else torch.zeros(0, a.n_mels, a.window_frames, device=device)
 
 

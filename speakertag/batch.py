@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -15,7 +14,7 @@ from typing import Callable, Sequence
 
 from .errors import SpeakertagError
 from .io_utils import atomic_write_text
-from .tagging import TagResult, Voice, check_pair, load_voice, tag
+from .tagging import TagResult, Voice, check_pair, cpu_count, load_voice, tag
 
 
 @dataclass(frozen=True)
@@ -155,10 +154,6 @@ def is_up_to_date(out: Path, film: dict, settings: dict) -> bool:
             and stamp.get("film") == film
             and stamp.get("settings") == json.loads(json.dumps(settings))  # as JSON reads it back
             and stamp.get("output_sha256") == output_sha256)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 _worker: dict = {}  # in a worker process: its voices, loaded once by _init_worker

@@ -135,7 +135,7 @@ class Encoder(nn.Module):
     def forward_overlapping(self, windows: torch.Tensor, hop_frames: int) -> torch.Tensor:
         """The same as forward() in eval mode, for consecutive windows `hop_frames` apart
         (a film's windows): every layer before the pooling runs once over the frames the
-        windows share (a quarter of the work at a 0.5 s hop), and the pooling from running sums."""
+        windows share (a quarter of the work at a 0.5 s hop), each window pooled from a view of them."""
         n, n_mels, width = windows.shape
         frames = torch.cat([windows[0], windows[1:, :, width - hop_frames:].permute(1, 0, 2).reshape(n_mels, -1)], 1)
         h, logits = self.frame_features(frames[None])

@@ -15,6 +15,9 @@ def check_format(header: object, kind: str, file: object, version: int) -> None:
     """Refuse a model or memory header that is not of `kind` ("model", "memory") or not of `version`."""
     if not isinstance(header, dict) or header.get("format") != f"speakertag-{kind}":
         raise SpeakertagError(f"not a speakertag {kind} file: {file}")
-    if header.get("format_version") != version:
-        raise SpeakertagError(f"{kind} {file} has format version {header.get('format_version')}: made by another "
-                              f"version of speakertag (this one reads format version {version})")
+    found = header.get("format_version")
+    if found != version:
+        remedy = ("; train it again, or convert it with scripts/upgrade_format.py from a checkout"
+                  if found == 2 and version == 3 else "")
+        raise SpeakertagError(f"{kind} {file} has format version {found}: made by another "
+                              f"version of speakertag (this one reads format version {version}){remedy}")

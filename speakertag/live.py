@@ -1,14 +1,17 @@
 """Inputs that are still being written: standard input, and a file a recorder is growing.
 
 Both are binary file objects for PyAV. A pipe or a growing file is read front to back, so it
-must be in a stream format such as Matroska or MPEG-TS (an MP4 keeps its index at its end).
+must be in a stream format such as Matroska or MPEG-TS (an MP4 keeps its index at its end: a
+piped one is copied to a temporary file first).
 str() of each names it in messages.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -16,16 +19,38 @@ from typing import BinaryIO, Callable
 from .errors import SpeakertagError
 
 
+def _is_mp4(head: bytes) -> bool:
+    """Whether these first bytes open an ISO media file (MP4, MOV, M4A: an 'ftyp' box first)."""
+    return len(head) >= 8 and head[4:8] == b"ftyp"
+
+
 class StdinSource:
     """Standard input as PyAV reads it: front to back from a pipe; a file redirected to it
-    (`< film.mp4`) can be sought in, so any format FFmpeg reads works then."""
+    (`< film.mp4`) can be sought in, so any format FFmpeg reads works then. An MP4 piped in
+    cannot be read front to back (its index may be at its end): it is first copied to a
+    temporary file (on disk, not in memory), so its segments come only once the pipe ends."""
 
     def __init__(self, stream: BinaryIO | None = None, stop: Callable[[], bool] | None = None):
         self.f, self.stop = stream or sys.stdin.buffer, stop
+        self.head = b""  # bytes read ahead from a pipe, given out before the rest
+        self.spooled = False
+        if not self.f.seekable():
+            self.head = self.f.read(8)
+            if _is_mp4(self.head):
+                spool = tempfile.TemporaryFile()  # noqa: SIM115 - it lives as long as this source
+                spool.write(self.head)
+                shutil.copyfileobj(self.f, spool)
+                spool.seek(0)
+                self.f, self.head, self.spooled = spool, b"", True
 
     def read(self, n: int = -1) -> bytes:
         """The next bytes, or b"" (the end) once stop() says so: a pipe's read waits for data."""
-        return b"" if self.stop and self.stop() else self.f.read(n)
+        if self.stop and self.stop():
+            return b""
+        if self.head:
+            out, self.head = (self.head, b"") if n < 0 or n >= len(self.head) else (self.head[:n], self.head[n:])
+            return out
+        return self.f.read(n)
 
     def seekable(self) -> bool:
         return self.f.seekable()

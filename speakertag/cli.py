@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 import uuid
@@ -17,10 +15,11 @@ from pathlib import Path
 
 import click
 
-from . import writers
+from . import signals, writers
 from .errors import SpeakertagError
 from .io_utils import STDOUT, atomic_write_bytes, atomic_write_text, check_output_folder, check_outputs, followed
 from .params import CHANNEL_CHOICES, CHANNELS, TrainParams
+from .signals import Interrupted, raise_if_interrupted, signals_noted, uninterrupted
 
 GREEDY_OPTIONS = ("--positive", "--negative")
 CHANNELS_OPTION = click.option(
@@ -61,58 +60,11 @@ def _progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-class Interrupted(BaseException):
-    """Raised in the main thread by SIGINT (Ctrl-C) or SIGTERM. A BaseException, like
-    KeyboardInterrupt, so that no `except Exception` swallows it; unlike KeyboardInterrupt,
-    click does not catch it (and print an empty line)."""
-
-
-_signals_received: list[int] = []  # every SIGINT / SIGTERM seen, even one raised where it got lost
-_defer_signals = False  # inside _uninterrupted(): note signals, act when it ends
-
-
-def _on_signal(signum: int, frame) -> None:
-    _signals_received.append(signum)
-    if not _defer_signals:
-        raise Interrupted(signum)
-
-
-def _raise_if_interrupted() -> None:
-    """Act on a signal that arrived where its exception could not propagate (an exception
-    raised inside a __del__ or a callback is printed and dropped by Python)."""
-    if _signals_received:
-        raise Interrupted(_signals_received[0])
-
-
-@contextlib.contextmanager
-def _uninterrupted():
-    """Signals arriving inside are acted on when the block ends, so that it is never left half-done."""
-    global _defer_signals
-    _defer_signals = True
-    try:
-        yield
-    finally:
-        _defer_signals = False
-    _raise_if_interrupted()
-
-
-@contextlib.contextmanager
-def _signals_noted():
-    """Signals arriving inside are only noted in _signals_received: the block looks and ends itself
-    (a live input's reader waits inside FFmpeg, which would print and drop an exception)."""
-    global _defer_signals
-    _defer_signals = True
-    try:
-        yield
-    finally:
-        _defer_signals = False
-
-
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Move a finished folder into place; an older folder is kept until the new one is there.
     Not interruptible: a signal never leaves the target missing or an old copy behind."""
     old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    with _uninterrupted():
+    with uninterrupted():
         if target.exists():
             target.rename(old)
         tmp.rename(target)
@@ -187,7 +139,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     with click.progressbar(length=p.train.max_steps, label="training", file=sys.stderr,
                            hidden=not bar_on, item_show_func=lambda s: s) as bar:
         def progress(info):
-            _raise_if_interrupted()
+            raise_if_interrupted()
             val = "-" if info.val_f1 is None else f"{info.val_f1:.3f}"
             bar.update(1, f"loss {info.loss:.3f} val F1 {val}")
             if log_on and (info.step % p.train.eval_every_steps == 0 or info.step == info.max_steps):
@@ -195,7 +147,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
         model, memory, report = train_voice(positive, negative, p, base_model, name, progress, device,
                                             impostors_of(base_path) or impostors_of(shipped_base_dir()))
 
-    _raise_if_interrupted()
+    raise_if_interrupted()
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir()
@@ -500,7 +452,7 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
     voices = spec.load()
     torch.set_num_threads(1)  # a window or two at a time: threads cost more than they give (4x here)
     def stop() -> bool:
-        return bool(_signals_received)
+        return signals.interrupted()
 
     source = StdinSource(stop=stop) if film == Path(STDOUT) else GrowingFile(film, follow_timeout_s,
                                                                             live_params.poll_s, stop)
@@ -528,7 +480,7 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
 
     if fmt == "csv" and out is None:  # the header first, the rows as they come
         write(writers.render(fmt, [], input_path="", with_label=several))
-    with _signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
+    with signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
         for _, windows in live.windows(source, stream, channels):
             emit(live.add(windows))
             if stop():
@@ -801,11 +753,7 @@ def evaluate(reference, hypothesis, speaker, voice, collar, as_json):
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and a non-zero exit for every user error."""
     argv = _expand_greedy(sys.argv[1:] if argv is None else argv)
-    # SIGTERM unwinds like Ctrl-C, so temporary files are removed and nothing half-written
-    # stays. A SIGINT ignored by whoever started us (a background job, nohup) stays ignored.
-    signal.signal(signal.SIGTERM, _on_signal)
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, _on_signal)
+    signals.install()  # SIGINT and SIGTERM raise Interrupted, caught below
     if not os.environ.get("SPEAKERTAG_DEBUG"):
         warnings.simplefilter("ignore")  # library warnings on stderr would break one-line errors
     try:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
-import uuid
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +15,10 @@ import click
 
 from . import signals, writers
 from .errors import SpeakertagError
-from .io_utils import STDOUT, atomic_write_bytes, atomic_write_text, check_output_folder, check_outputs, followed
+from .io_utils import (STDOUT, atomic_write_bytes, atomic_write_text, check_output_folder, check_outputs, followed,
+                       write_model_folder)
 from .params import CHANNEL_CHOICES, CHANNELS, TrainParams
-from .signals import Interrupted, raise_if_interrupted, signals_noted, uninterrupted
+from .signals import Interrupted, raise_if_interrupted, signals_noted
 
 GREEDY_OPTIONS = ("--positive", "--negative")
 CHANNELS_OPTION = click.option(
@@ -58,17 +57,6 @@ def _expand_greedy(argv: list[str]) -> list[str]:
 
 def _progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place; an older folder is kept until the new one is there.
-    Not interruptible: a signal never leaves the target missing or an old copy behind."""
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    with uninterrupted():
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,8 +102,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     clips = find_media_files(list(positive)) + find_media_files(list(negative))
     check_output_folder(out_dir, clips + ([base] if base is not None and not from_scratch else []))
 
-    from .memory import save_memory
-    from .model import impostors_of, load_model, save_model, shipped_base_dir
+    from .model import impostors_of, load_model, shipped_base_dir
     from .params import Params
     from .train import train as train_voice
 
@@ -148,16 +135,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
                                             impostors_of(base_path) or impostors_of(shipped_base_dir()))
 
     raise_if_interrupted()
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.mkdir()
-        save_model(model, tmp)
-        save_memory(memory, tmp)
-        _replace_dir(tmp, out_dir)
-    except OSError as e:  # a full disk, a folder made read-only meanwhile: name the model, not tmp
-        raise SpeakertagError(f"cannot write the model to {out_dir}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_model_folder(out_dir, _saver(model, memory))
     c = report.calibration
     for s in report.skipped:
         click.echo(f"skipped {s}", err=True)
@@ -172,26 +150,12 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     click.echo(f"model written to {out_dir}")
 
 
-def _write_model_folder(source: Path, out_dir: Path, model, memory) -> None:
-    """A copy of the model folder `source` (other files in it kept) with this model and
-    memory, completed beside out_dir and then swapped in: the previous out_dir stays whole
-    until the new one is complete."""
+def _saver(model, memory):
+    """save(folder) for io_utils.write_model_folder: the model and its memory written into folder."""
     from .memory import save_memory
     from .model import save_model
 
-    out_dir = out_dir.resolve()
-    if not out_dir.parent.is_dir():
-        raise SpeakertagError(f"output folder does not exist: {out_dir.parent}")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        shutil.copytree(source, tmp)
-        save_model(model, tmp)
-        save_memory(memory, tmp)
-        _replace_dir(tmp, out_dir)
-    except OSError as e:
-        raise SpeakertagError(f"cannot write the model to {out_dir}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return lambda folder: (save_model(model, folder), save_memory(memory, folder))
 
 
 @cli.command()
@@ -235,7 +199,7 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, devi
         model, memory, report = refine_voice(voice.model, voice.memory, film, spans, options, device,
                                              impostors_of(shipped_base_dir()), progress)
     out_dir = out_dir or model_dir
-    _write_model_folder(model_dir, out_dir, model, memory)
+    write_model_folder(out_dir.resolve(), _saver(model, memory), model_dir)
     for note in report.notes:
         click.echo(note, err=True)
     click.echo(f"{film}: the model detected {report.detected_s:.1f} s; learned from {report.positive_s:.1f} s of "

@@ -132,7 +132,7 @@ def test_interrupted_train(clips, tiny_model_dir, tmp_path, sig, previous):
 
 def test_folder_swap_finishes_before_a_signal(tmp_path, monkeypatch):
     """A signal between the two renames of the swap acts once the new folder is in place."""
-    from speakertag import cli, signals
+    from speakertag import io_utils, signals
 
     target, new = tmp_path / "voice", tmp_path / ".voice.tmp"
     for folder, text in ((target, "old"), (new, "new")):
@@ -148,7 +148,7 @@ def test_folder_swap_finishes_before_a_signal(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "rename", rename_then_signal)
     monkeypatch.setattr(signals, "_received", [])
     with pytest.raises(signals.Interrupted):
-        cli._replace_dir(new, target)
+        io_utils.replace_dir(new, target)
     assert files_of(tmp_path) == {"voice": b"<dir>", "voice/model.pt": b"new"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -238,15 +239,6 @@ def _tag_with_bar(film: Path, voices, threshold, stream, quiet: bool, info=None,
         return result
 
 
-def _render(fmt: str, film: Path, result, spec) -> str:
-    """The output file of one tagged film."""
-    from .batch import model_folders
-
-    voices = [{"name": t.name, "model": str(d), "threshold": round(t.threshold, 4)}
-              for t, d in zip(result.tracks, model_folders(spec.model_dirs))]
-    return writers.render(fmt, result.segments, input_path=str(film), voices=voices)
-
-
 def _voice_inputs(spec) -> list[Path]:
     """The model and memory files the voices of `spec` are loaded from."""
     from .batch import voice_files
@@ -368,6 +360,7 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
              scores: Path | None = None, channels: str = "auto") -> None:
     """One film to stdout or to `out`, and its report, plot and scores if asked; a failure is the command's error."""
     from .audio import probe
+    from .batch import render_output
     from .report import track_cells
     from .tagging import exclusive
 
@@ -380,7 +373,7 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
     voices = spec.load()
     result = _tag_with_bar(film, voices, threshold, stream, quiet, info, channels)
     result = exclusive(result) if spec.exclusive else result
-    text = _render(fmt, film, result, spec)
+    text = render_output(fmt, film, result, spec)
     if result.note:
         click.echo(result.note, err=True)
     visuals = _visuals(film, result, report, report_audio, plot, stream, quiet, channels) if report or plot else {}
@@ -494,91 +487,44 @@ def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: P
 def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec, threshold, stream,
               quiet: bool, engine: str = "local", ray_address: str | None = None, force: bool = False,
               channels: str = "auto") -> None:
-    """Files and folders to one output each in out_dir. A film whose output is up to date (its
-    stamp records the same film and settings) is skipped unless `force`. A film that fails is
-    reported on one line and the others go on; a summary line ends the run, exit code 1 if any
-    failed. Both engines report and write through done()."""
-    from .audio import find_media_files
-    from .batch import film_state, is_up_to_date, output_paths, run_settings, tag_in_pool, write_stamp
-    from .model import resolve_device
-    from .tagging import exclusive
+    """batch.tag_films, a line per film (a failure: its error, and the others go on) and a
+    summary line; exit code 1 if any film failed or a folder could not be read."""
+    from .batch import tag_films
 
-    if engine == "ray":
-        from .cluster import import_ray, tag_on_ray
+    def tag_one(film, voices):
+        return _tag_with_bar(film, voices, threshold, stream, quiet, channels=channels)
 
-        import_ray()  # not installed: say so before anything else
-    unique: dict[Path, Path] = {}  # each file once, however often it was named
-    unreadable: list[OSError] = []  # folders that could not be listed: named, and the others go on
-    for f in find_media_files(list(films), unreadable):
-        unique.setdefault(f.resolve(), f)
-    inputs = list(unique.values())
-    out_for = dict(zip(inputs, output_paths(inputs, out_dir, writers.SUFFIX[fmt])))
-    check_outputs(out_for.values(), [*inputs, *_voice_inputs(spec)])
-    for e in unreadable:
-        click.echo(f"speakertag: error: {e.filename}: cannot read folder ({e.strerror or e})", err=True)
-    n_workers = min(jobs, len(inputs))
-    if engine == "ray" or n_workers > 1:  # workers load the model; a bad model fails once, here
-        if engine == "local":
-            resolve_device(spec.device)
-        replace(spec, device="cpu").load()
-    else:
-        voices = spec.load()
-    settings = run_settings(spec, fmt, threshold, stream, channels)
-    state: dict[Path, dict | None] = {}  # taken before tagging: a film changed meanwhile is tagged next time
-    for film in inputs:
-        try:
-            state[film] = film_state(film)
-        except OSError:
-            state[film] = None  # tagging it reports the problem
-    todo = [f for f in inputs if force or state[f] is None or not is_up_to_date(out_for[f], state[f], settings)]
-    if not quiet:
-        for film in inputs:
-            if film not in todo:
-                click.echo(f"{film}: skipped, {out_for[film]} is up to date", err=True)
-    failed = []
-
-    def done(film: Path, result) -> None:
-        """Write one film's output and its stamp, or report its failure (and write nothing)."""
-        try:
-            if isinstance(result, BaseException):
-                raise result
-            result = exclusive(result) if spec.exclusive else result
-            text = _render(fmt, film, result, spec)
-            out_dir.mkdir(parents=True, exist_ok=True)  # with the first output: a run that writes none leaves none
-            atomic_write_text(out_for[film], text)
-            if state[film] is not None:
-                write_stamp(out_for[film], state[film], settings, text)
-        except Exception as e:  # noqa: BLE001 - one file's failure does not stop the batch
-            failed.append(film)
-            click.echo(f"speakertag: error: {film}: {_error_message(e)}", err=True)
-            return
-        if result.note:
-            click.echo(result.note, err=True)
-        if not quiet:
-            click.echo(f"{film}: {len(result.segments)} segments written to {out_for[film]}", err=True)
-
-    if engine == "ray" and todo:
-        tag_on_ray(todo, spec, threshold, stream, done, ray_address, channels)
-    elif n_workers > 1 and todo:
-        tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, done, channels)
-    else:
-        for film in todo:
-            try:
-                result = _tag_with_bar(film, voices, threshold, stream, quiet, channels=channels)
-            except Exception as e:  # noqa: BLE001 - reported by done()
-                result = e
-            done(film, result)
-    notes = []
-    if len(todo) < len(inputs):
-        notes.append(f"{len(inputs) - len(todo)} up to date")
-    if failed:
-        notes.append(f"{len(failed)} failed")
+    n_inputs, n_skipped, n_failed, unreadable = 0, 0, 0, []
+    with contextlib.closing(tag_films(films, out_dir, fmt, spec, threshold, stream, channels, jobs, engine,
+                                      ray_address, force, tag_one)) as outcomes:
+        for o in outcomes:
+            if o.unreadable_folder:
+                unreadable.append(o.error)
+                click.echo(f"speakertag: error: {o.error.filename}: cannot read folder ({o.error.strerror or o.error})",
+                           err=True)
+                continue
+            n_inputs += 1
+            if o.skipped:
+                n_skipped += 1
+                if not quiet:
+                    click.echo(f"{o.film}: skipped, {o.out_path} is up to date", err=True)
+            elif o.error is not None:
+                n_failed += 1
+                click.echo(f"speakertag: error: {o.film}: {_error_message(o.error)}", err=True)
+            else:
+                if o.result.note:
+                    click.echo(o.result.note, err=True)
+                if not quiet:
+                    click.echo(f"{o.film}: {len(o.result.segments)} segments written to {o.out_path}", err=True)
+    notes = [f"{n_skipped} up to date"] if n_skipped else []
+    if n_failed:
+        notes.append(f"{n_failed} failed")
     if unreadable:
         notes.append(f"{len(unreadable)} folder{'s' if len(unreadable) > 1 else ''} could not be read: "
                      + ", ".join(str(e.filename) for e in unreadable))
-    click.echo(f"tagged {len(todo) - len(failed)} of {len(inputs)} files" + (f" ({', '.join(notes)})" if notes else ""),
-               err=True)
-    if failed or unreadable:
+    click.echo(f"tagged {n_inputs - n_skipped - n_failed} of {n_inputs} files"
+               + (f" ({', '.join(notes)})" if notes else ""), err=True)
+    if n_failed or unreadable:
         sys.exit(1)
 
 

@@ -24,10 +24,11 @@ Every failure to read a file is a SpeakertagError with a one-line message.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import av
 import av.error
@@ -421,3 +422,28 @@ def load_audio(path: str | Path, sample_rate_hz: int, stream: int | None = None,
     """A whole (short) file as one mono float32 array at `sample_rate_hz`, shape (n_samples,)."""
     blocks = list(decode_blocks(path, sample_rate_hz, stream, channels=channels))
     return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def encode_opus(blocks: Iterable[np.ndarray], sample_rate_hz: int, bit_rate: int, compression_level: int,
+                progress: Callable[[float], None] | None = None) -> bytes:
+    """Mono float32 blocks (shape (n_samples,), at sample_rate_hz) as Opus in WebM, bytes.
+    bit_rate in bits per second; compression_level: the encoder's effort, 0-10.
+    progress(seconds_done) is called after each block."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="webm") as container:
+        out = container.add_stream("libopus", rate=sample_rate_hz, layout="mono")
+        out.bit_rate = bit_rate
+        out.codec_context.options = {"compression_level": str(compression_level)}
+        n_samples = 0
+        for block in blocks:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block, np.float32)[None, :], format="flt",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = sample_rate_hz, n_samples
+            n_samples += len(block)
+            for packet in out.encode(frame):
+                container.mux(packet)
+            if progress:
+                progress(n_samples / sample_rate_hz)
+        for packet in out.encode(None):
+            container.mux(packet)
+    return buf.getvalue()

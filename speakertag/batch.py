@@ -1,8 +1,10 @@
 """Many films: one output name per input, the skip rule for restarts, and tagging in
-parallel processes. The Ray engine (cluster.py) shares the names and the skip rule."""
+parallel processes. tag_films() plans and runs a batch (any engine) and writes its outputs;
+the Ray engine (cluster.py) shares the names and the skip rule."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -10,11 +12,12 @@ import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
+from . import writers
 from .errors import SpeakertagError
-from .io_utils import atomic_write_text
-from .tagging import TagResult, Voice, check_pair, cpu_count, load_voice, tag
+from .io_utils import atomic_write_text, check_outputs
+from .tagging import TagResult, Voice, check_pair, cpu_count, exclusive, load_voice, tag
 
 
 @dataclass(frozen=True)
@@ -172,10 +175,10 @@ def _work(film: Path, threshold: float | None, stream: int | None, channels: str
 
 
 def tag_in_pool(films: list[Path], n_workers: int, spec: VoiceSpec, threshold: float | None, stream: int | None,
-                done: Callable[[Path, TagResult | BaseException], None], channels: str = "auto") -> None:
+                channels: str = "auto") -> Iterator[tuple[Path, TagResult | BaseException]]:
     """Tag films in n_workers spawned processes (spawn: safe with CUDA and threads), each
-    loading the voices once and using its share of the CPU cores. done(film, TagResult or
-    exception) is called in this process as each film finishes."""
+    loading the voices once and using its share of the CPU cores. Yields (film, TagResult or
+    exception) as each film finishes; interrupted or closed early, the workers are stopped."""
     pool = ProcessPoolExecutor(n_workers, multiprocessing.get_context("spawn"), initializer=_init_worker,
                                initargs=(spec, max(1, cpu_count() // n_workers)))
     try:
@@ -183,9 +186,9 @@ def tag_in_pool(films: list[Path], n_workers: int, spec: VoiceSpec, threshold: f
         for future in as_completed(futures):
             try:
                 result = future.result()
-            except Exception as e:  # noqa: BLE001 - one file's failure, reported by done()
+            except Exception as e:  # noqa: BLE001 - one file's failure, reported by the caller
                 result = e
-            done(futures[future], result)
+            yield futures[future], result
     except BaseException:
         # Interrupted: don't wait for films in progress (Python 3.11 has no terminate_workers()).
         pool.shutdown(wait=False, cancel_futures=True)
@@ -193,3 +196,111 @@ def tag_in_pool(films: list[Path], n_workers: int, spec: VoiceSpec, threshold: f
             process.terminate()
         raise
     pool.shutdown()
+
+
+def render_output(fmt: str, film: Path, result: TagResult, spec: VoiceSpec) -> str:
+    """The output file of one tagged film, naming each voice's model folder and threshold."""
+    voices = [{"name": t.name, "model": str(d), "threshold": round(t.threshold, 4)}
+              for t, d in zip(result.tracks, model_folders(spec.model_dirs))]
+    return writers.render(fmt, result.segments, input_path=str(film), voices=voices)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one input of tag_films()."""
+    film: Path  # the input file as found; for a folder that could not be listed: that folder
+    out_path: Path | None  # its output in out_dir; None for a folder that could not be listed
+    result: TagResult | None = None  # tagged and written (tagging.exclusive applied when spec asks)
+    error: BaseException | None = None  # failed, nothing written for it (a folder: the OSError from listing it)
+    skipped: bool = False  # its output is up to date: not tagged again
+
+    @property
+    def unreadable_folder(self) -> bool:
+        return self.out_path is None
+
+
+def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, threshold: float | None = None,
+              stream: int | None = None, channels: str = "auto", jobs: int = 1, engine: str = "local",
+              ray_address: str | None = None, force: bool = False,
+              tag_one: Callable[[Path, list[Voice]], TagResult] | None = None) -> Iterator[Outcome]:
+    """Files and folders (searched recursively) to one output each in out_dir, each file once
+    however often it was named. Yields, in this order: the folders that could not be listed,
+    the films skipped because their output is up to date (its stamp records the same film and
+    settings; none with `force`), then each other film as it finishes, its output and stamp
+    written (out_dir is made with the first). A film that fails yields its error and the
+    others go on. What fails for all (a missing input, an output that would overwrite an
+    input, a model that does not load, Ray not installed) raises before any film is tagged.
+
+    engine "local" tags in this process, or in `jobs` processes (tag_in_pool); "ray" on a Ray
+    cluster (cluster.tag_on_ray, at ray_address). tag_one(film, voices): how this process
+    tags one film (default tagging.tag; the CLI adds a progress bar).
+    Close the iterator when leaving it early: the workers and Ray tasks are stopped."""
+    from .audio import find_media_files
+    from .model import resolve_device
+
+    if engine == "ray":
+        from .cluster import import_ray, tag_on_ray
+
+        import_ray()  # not installed: say so before anything else
+    unique: dict[Path, Path] = {}  # each file once, however often it was named
+    unreadable: list[OSError] = []  # folders that could not be listed: named, and the others go on
+    for f in find_media_files(list(films), unreadable):
+        unique.setdefault(f.resolve(), f)
+    inputs = list(unique.values())
+    out_for = dict(zip(inputs, output_paths(inputs, out_dir, writers.SUFFIX[fmt])))
+    check_outputs(out_for.values(), [*inputs, *(f for _, m, mem in voice_files(spec) for f in (m, mem))])
+    for e in unreadable:
+        yield Outcome(Path(e.filename), None, error=e)
+    n_workers = min(jobs, len(inputs))
+    voices: list[Voice] = []
+    if engine == "ray" or n_workers > 1:  # workers load the model; a bad model fails once, here
+        if engine == "local":
+            resolve_device(spec.device)
+        replace(spec, device="cpu").load()
+    else:
+        voices = spec.load()
+    settings = run_settings(spec, fmt, threshold, stream, channels)
+    state: dict[Path, dict | None] = {}  # taken before tagging: a film changed meanwhile is tagged next time
+    for film in inputs:
+        try:
+            state[film] = film_state(film)
+        except OSError:
+            state[film] = None  # tagging it reports the problem
+    todo = [f for f in inputs if force or state[f] is None or not is_up_to_date(out_for[f], state[f], settings)]
+    for film in inputs:
+        if film not in todo:
+            yield Outcome(film, out_for[film], skipped=True)
+
+    if engine == "ray" and todo:
+        results = tag_on_ray(todo, spec, threshold, stream, ray_address, channels)
+    elif n_workers > 1 and todo:
+        results = tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, channels)
+    else:
+        results = _tag_here(todo, voices, tag_one or (
+            lambda film, voices: tag(film, voices, threshold, stream, channels=channels)))
+    with contextlib.closing(results):
+        for film, result in results:
+            try:
+                if isinstance(result, BaseException):
+                    raise result
+                result = exclusive(result) if spec.exclusive else result
+                text = render_output(fmt, film, result, spec)
+                out_dir.mkdir(parents=True, exist_ok=True)  # with the first output: a run that writes none leaves none
+                atomic_write_text(out_for[film], text)
+                if state[film] is not None:
+                    write_stamp(out_for[film], state[film], settings, text)
+            except Exception as e:  # noqa: BLE001 - one file's failure does not stop the batch
+                yield Outcome(film, out_for[film], error=e)
+                continue
+            yield Outcome(film, out_for[film], result)
+
+
+def _tag_here(films: list[Path], voices: list[Voice], tag_one: Callable[[Path, list[Voice]], TagResult]
+              ) -> Iterator[tuple[Path, TagResult | BaseException]]:
+    """The films one after the other in this process: (film, TagResult or exception)."""
+    for film in films:
+        try:
+            result = tag_one(film, voices)
+        except Exception as e:  # noqa: BLE001 - one file's failure, reported by the caller
+            result = e
+        yield film, result

@@ -6,21 +6,20 @@ import contextlib
 import json
 import math
 import os
-import shutil
-import signal
 import sys
 import time
-import uuid
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from . import writers
+from . import signals, writers
 from .errors import SpeakertagError
-from .io_utils import STDOUT, atomic_write_bytes, atomic_write_text, check_output_folder, check_outputs, followed
+from .io_utils import (STDOUT, atomic_write_bytes, atomic_write_text, check_output_folder, check_outputs, followed,
+                       write_model_folder)
 from .params import CHANNEL_CHOICES, CHANNELS, TrainParams
+from .signals import Interrupted, raise_if_interrupted, signals_noted
 
 GREEDY_OPTIONS = ("--positive", "--negative")
 CHANNELS_OPTION = click.option(
@@ -59,64 +58,6 @@ def _expand_greedy(argv: list[str]) -> list[str]:
 
 def _progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
-
-
-class Interrupted(BaseException):
-    """Raised in the main thread by SIGINT (Ctrl-C) or SIGTERM. A BaseException, like
-    KeyboardInterrupt, so that no `except Exception` swallows it; unlike KeyboardInterrupt,
-    click does not catch it (and print an empty line)."""
-
-
-_signals_received: list[int] = []  # every SIGINT / SIGTERM seen, even one raised where it got lost
-_defer_signals = False  # inside _uninterrupted(): note signals, act when it ends
-
-
-def _on_signal(signum: int, frame) -> None:
-    _signals_received.append(signum)
-    if not _defer_signals:
-        raise Interrupted(signum)
-
-
-def _raise_if_interrupted() -> None:
-    """Act on a signal that arrived where its exception could not propagate (an exception
-    raised inside a __del__ or a callback is printed and dropped by Python)."""
-    if _signals_received:
-        raise Interrupted(_signals_received[0])
-
-
-@contextlib.contextmanager
-def _uninterrupted():
-    """Signals arriving inside are acted on when the block ends, so that it is never left half-done."""
-    global _defer_signals
-    _defer_signals = True
-    try:
-        yield
-    finally:
-        _defer_signals = False
-    _raise_if_interrupted()
-
-
-@contextlib.contextmanager
-def _signals_noted():
-    """Signals arriving inside are only noted in _signals_received: the block looks and ends itself
-    (a live input's reader waits inside FFmpeg, which would print and drop an exception)."""
-    global _defer_signals
-    _defer_signals = True
-    try:
-        yield
-    finally:
-        _defer_signals = False
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place; an older folder is kept until the new one is there.
-    Not interruptible: a signal never leaves the target missing or an old copy behind."""
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    with _uninterrupted():
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,8 +103,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     clips = find_media_files(list(positive)) + find_media_files(list(negative))
     check_output_folder(out_dir, clips + ([base] if base is not None and not from_scratch else []))
 
-    from .memory import save_memory
-    from .model import impostors_of, load_model, save_model, shipped_base_dir
+    from .model import impostors_of, load_model, shipped_base_dir
     from .params import Params
     from .train import train as train_voice
 
@@ -187,7 +127,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     with click.progressbar(length=p.train.max_steps, label="training", file=sys.stderr,
                            hidden=not bar_on, item_show_func=lambda s: s) as bar:
         def progress(info):
-            _raise_if_interrupted()
+            raise_if_interrupted()
             val = "-" if info.val_f1 is None else f"{info.val_f1:.3f}"
             bar.update(1, f"loss {info.loss:.3f} val F1 {val}")
             if log_on and (info.step % p.train.eval_every_steps == 0 or info.step == info.max_steps):
@@ -195,17 +135,8 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
         model, memory, report = train_voice(positive, negative, p, base_model, name, progress, device,
                                             impostors_of(base_path) or impostors_of(shipped_base_dir()))
 
-    _raise_if_interrupted()
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.mkdir()
-        save_model(model, tmp)
-        save_memory(memory, tmp)
-        _replace_dir(tmp, out_dir)
-    except OSError as e:  # a full disk, a folder made read-only meanwhile: name the model, not tmp
-        raise SpeakertagError(f"cannot write the model to {out_dir}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    raise_if_interrupted()
+    write_model_folder(out_dir, _saver(model, memory))
     c = report.calibration
     for s in report.skipped:
         click.echo(f"skipped {s}", err=True)
@@ -220,26 +151,12 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     click.echo(f"model written to {out_dir}")
 
 
-def _write_model_folder(source: Path, out_dir: Path, model, memory) -> None:
-    """A copy of the model folder `source` (other files in it kept) with this model and
-    memory, completed beside out_dir and then swapped in: the previous out_dir stays whole
-    until the new one is complete."""
+def _saver(model, memory):
+    """save(folder) for io_utils.write_model_folder: the model and its memory written into folder."""
     from .memory import save_memory
     from .model import save_model
 
-    out_dir = out_dir.resolve()
-    if not out_dir.parent.is_dir():
-        raise SpeakertagError(f"output folder does not exist: {out_dir.parent}")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        shutil.copytree(source, tmp)
-        save_model(model, tmp)
-        save_memory(memory, tmp)
-        _replace_dir(tmp, out_dir)
-    except OSError as e:
-        raise SpeakertagError(f"cannot write the model to {out_dir}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return lambda folder: (save_model(model, folder), save_memory(memory, folder))
 
 
 @cli.command()
@@ -283,7 +200,7 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, devi
         model, memory, report = refine_voice(voice.model, voice.memory, film, spans, options, device,
                                              impostors_of(shipped_base_dir()), progress)
     out_dir = out_dir or model_dir
-    _write_model_folder(model_dir, out_dir, model, memory)
+    write_model_folder(out_dir.resolve(), _saver(model, memory), model_dir)
     for note in report.notes:
         click.echo(note, err=True)
     click.echo(f"{film}: the model detected {report.detected_s:.1f} s; learned from {report.positive_s:.1f} s of "
@@ -320,15 +237,6 @@ def _tag_with_bar(film: Path, voices, threshold, stream, quiet: bool, info=None,
         result = tag_film(film, voices, threshold, stream, progress, channels)
         bar.update(bar.length - bar.pos)  # the audio after the last whole window counts as done
         return result
-
-
-def _render(fmt: str, film: Path, result, spec) -> str:
-    """The output file of one tagged film."""
-    from .batch import model_folders
-
-    voices = [{"name": t.name, "model": str(d), "threshold": round(t.threshold, 4)}
-              for t, d in zip(result.tracks, model_folders(spec.model_dirs))]
-    return writers.render(fmt, result.segments, input_path=str(film), voices=voices)
 
 
 def _voice_inputs(spec) -> list[Path]:
@@ -452,6 +360,7 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
              scores: Path | None = None, channels: str = "auto") -> None:
     """One film to stdout or to `out`, and its report, plot and scores if asked; a failure is the command's error."""
     from .audio import probe
+    from .batch import render_output
     from .report import track_cells
     from .tagging import exclusive
 
@@ -464,7 +373,7 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
     voices = spec.load()
     result = _tag_with_bar(film, voices, threshold, stream, quiet, info, channels)
     result = exclusive(result) if spec.exclusive else result
-    text = _render(fmt, film, result, spec)
+    text = render_output(fmt, film, result, spec)
     if result.note:
         click.echo(result.note, err=True)
     visuals = _visuals(film, result, report, report_audio, plot, stream, quiet, channels) if report or plot else {}
@@ -500,7 +409,7 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
     voices = spec.load()
     torch.set_num_threads(1)  # a window or two at a time: threads cost more than they give (4x here)
     def stop() -> bool:
-        return bool(_signals_received)
+        return signals.interrupted()
 
     source = StdinSource(stop=stop) if film == Path(STDOUT) else GrowingFile(film, follow_timeout_s,
                                                                             live_params.poll_s, stop)
@@ -528,7 +437,7 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
 
     if fmt == "csv" and out is None:  # the header first, the rows as they come
         write(writers.render(fmt, [], input_path="", with_label=several))
-    with _signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
+    with signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
         for _, windows in live.windows(source, stream, channels):
             emit(live.add(windows))
             if stop():
@@ -578,91 +487,44 @@ def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: P
 def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec, threshold, stream,
               quiet: bool, engine: str = "local", ray_address: str | None = None, force: bool = False,
               channels: str = "auto") -> None:
-    """Files and folders to one output each in out_dir. A film whose output is up to date (its
-    stamp records the same film and settings) is skipped unless `force`. A film that fails is
-    reported on one line and the others go on; a summary line ends the run, exit code 1 if any
-    failed. Both engines report and write through done()."""
-    from .audio import find_media_files
-    from .batch import film_state, is_up_to_date, output_paths, run_settings, tag_in_pool, write_stamp
-    from .model import resolve_device
-    from .tagging import exclusive
+    """batch.tag_films, a line per film (a failure: its error, and the others go on) and a
+    summary line; exit code 1 if any film failed or a folder could not be read."""
+    from .batch import tag_films
 
-    if engine == "ray":
-        from .cluster import import_ray, tag_on_ray
+    def tag_one(film, voices):
+        return _tag_with_bar(film, voices, threshold, stream, quiet, channels=channels)
 
-        import_ray()  # not installed: say so before anything else
-    unique: dict[Path, Path] = {}  # each file once, however often it was named
-    unreadable: list[OSError] = []  # folders that could not be listed: named, and the others go on
-    for f in find_media_files(list(films), unreadable):
-        unique.setdefault(f.resolve(), f)
-    inputs = list(unique.values())
-    out_for = dict(zip(inputs, output_paths(inputs, out_dir, writers.SUFFIX[fmt])))
-    check_outputs(out_for.values(), [*inputs, *_voice_inputs(spec)])
-    for e in unreadable:
-        click.echo(f"speakertag: error: {e.filename}: cannot read folder ({e.strerror or e})", err=True)
-    n_workers = min(jobs, len(inputs))
-    if engine == "ray" or n_workers > 1:  # workers load the model; a bad model fails once, here
-        if engine == "local":
-            resolve_device(spec.device)
-        replace(spec, device="cpu").load()
-    else:
-        voices = spec.load()
-    settings = run_settings(spec, fmt, threshold, stream, channels)
-    state: dict[Path, dict | None] = {}  # taken before tagging: a film changed meanwhile is tagged next time
-    for film in inputs:
-        try:
-            state[film] = film_state(film)
-        except OSError:
-            state[film] = None  # tagging it reports the problem
-    todo = [f for f in inputs if force or state[f] is None or not is_up_to_date(out_for[f], state[f], settings)]
-    if not quiet:
-        for film in inputs:
-            if film not in todo:
-                click.echo(f"{film}: skipped, {out_for[film]} is up to date", err=True)
-    failed = []
-
-    def done(film: Path, result) -> None:
-        """Write one film's output and its stamp, or report its failure (and write nothing)."""
-        try:
-            if isinstance(result, BaseException):
-                raise result
-            result = exclusive(result) if spec.exclusive else result
-            text = _render(fmt, film, result, spec)
-            out_dir.mkdir(parents=True, exist_ok=True)  # with the first output: a run that writes none leaves none
-            atomic_write_text(out_for[film], text)
-            if state[film] is not None:
-                write_stamp(out_for[film], state[film], settings, text)
-        except Exception as e:  # noqa: BLE001 - one file's failure does not stop the batch
-            failed.append(film)
-            click.echo(f"speakertag: error: {film}: {_error_message(e)}", err=True)
-            return
-        if result.note:
-            click.echo(result.note, err=True)
-        if not quiet:
-            click.echo(f"{film}: {len(result.segments)} segments written to {out_for[film]}", err=True)
-
-    if engine == "ray" and todo:
-        tag_on_ray(todo, spec, threshold, stream, done, ray_address, channels)
-    elif n_workers > 1 and todo:
-        tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, done, channels)
-    else:
-        for film in todo:
-            try:
-                result = _tag_with_bar(film, voices, threshold, stream, quiet, channels=channels)
-            except Exception as e:  # noqa: BLE001 - reported by done()
-                result = e
-            done(film, result)
-    notes = []
-    if len(todo) < len(inputs):
-        notes.append(f"{len(inputs) - len(todo)} up to date")
-    if failed:
-        notes.append(f"{len(failed)} failed")
+    n_inputs, n_skipped, n_failed, unreadable = 0, 0, 0, []
+    with contextlib.closing(tag_films(films, out_dir, fmt, spec, threshold, stream, channels, jobs, engine,
+                                      ray_address, force, tag_one)) as outcomes:
+        for o in outcomes:
+            if o.unreadable_folder:
+                unreadable.append(o.error)
+                click.echo(f"speakertag: error: {o.error.filename}: cannot read folder ({o.error.strerror or o.error})",
+                           err=True)
+                continue
+            n_inputs += 1
+            if o.skipped:
+                n_skipped += 1
+                if not quiet:
+                    click.echo(f"{o.film}: skipped, {o.out_path} is up to date", err=True)
+            elif o.error is not None:
+                n_failed += 1
+                click.echo(f"speakertag: error: {o.film}: {_error_message(o.error)}", err=True)
+            else:
+                if o.result.note:
+                    click.echo(o.result.note, err=True)
+                if not quiet:
+                    click.echo(f"{o.film}: {len(o.result.segments)} segments written to {o.out_path}", err=True)
+    notes = [f"{n_skipped} up to date"] if n_skipped else []
+    if n_failed:
+        notes.append(f"{n_failed} failed")
     if unreadable:
         notes.append(f"{len(unreadable)} folder{'s' if len(unreadable) > 1 else ''} could not be read: "
                      + ", ".join(str(e.filename) for e in unreadable))
-    click.echo(f"tagged {len(todo) - len(failed)} of {len(inputs)} files" + (f" ({', '.join(notes)})" if notes else ""),
-               err=True)
-    if failed or unreadable:
+    click.echo(f"tagged {n_inputs - n_skipped - n_failed} of {n_inputs} files"
+               + (f" ({', '.join(notes)})" if notes else ""), err=True)
+    if n_failed or unreadable:
         sys.exit(1)
 
 
@@ -801,11 +663,7 @@ def evaluate(reference, hypothesis, speaker, voice, collar, as_json):
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and a non-zero exit for every user error."""
     argv = _expand_greedy(sys.argv[1:] if argv is None else argv)
-    # SIGTERM unwinds like Ctrl-C, so temporary files are removed and nothing half-written
-    # stays. A SIGINT ignored by whoever started us (a background job, nohup) stays ignored.
-    signal.signal(signal.SIGTERM, _on_signal)
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, _on_signal)
+    signals.install()  # SIGINT and SIGTERM raise Interrupted, caught below
     if not os.environ.get("SPEAKERTAG_DEBUG"):
         warnings.simplefilter("ignore")  # library warnings on stderr would break one-line errors
     try:

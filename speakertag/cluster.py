@@ -4,7 +4,7 @@ Ray is an optional extra (`pip install 'speakertag[ray]'`) and is imported only 
 functions here. The worker machines need speakertag installed and the films at the same
 paths (a shared filesystem); they need no model folder: the model and memory files travel
 as bytes through Ray's object store, put there once per run. Results come back to this
-process, which writes every output through the same `done` callback as the local engine.
+process, which writes every output as it does the local engine's (batch.tag_films).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from .batch import VoiceSpec, voice_files
 from .errors import SpeakertagError, first_line
@@ -132,13 +132,13 @@ def _failure(ray, e: Exception) -> BaseException:
 
 
 def tag_on_ray(films: list[Path], spec: VoiceSpec, threshold: float | None, stream: int | None,
-               done: Callable[[Path, TagResult | BaseException], None], address: str | None = None,
-               channels: str = "auto") -> None:
+               address: str | None = None, channels: str = "auto") -> Iterator[tuple[Path, TagResult | BaseException]]:
     """Tag each film as a Ray task taking one CPU, and one GPU with spec.device "cuda" (Ray
-    hides the GPUs from tasks that ask for none: "auto" runs on the CPU). done(film, TagResult
-    or exception) is called in this process as each film finishes. address: as for
+    hides the GPUs from tasks that ask for none: "auto" runs on the CPU). Yields (film,
+    TagResult or exception) in this process as each film finishes. address: as for
     ray_session(), used when this process is not connected yet. Interrupted (Ctrl-C,
-    SIGTERM): the tasks still queued or running are cancelled."""
+    SIGTERM, also while the caller handles a film) or closed early: the tasks still queued
+    or running are cancelled."""
     ray = import_ray()
     shipped = ShippedVoices.read(spec)
     with ray_session(address), _signals_noted() as signals:
@@ -155,9 +155,9 @@ def tag_on_ray(films: list[Path], spec: VoiceSpec, threshold: float | None, stre
                     film = pending.pop(ref)
                     try:
                         result = ray.get(ref)
-                    except Exception as e:  # noqa: BLE001 - one film's failure, reported by done()
+                    except Exception as e:  # noqa: BLE001 - one film's failure, reported by the caller
                         result = _failure(ray, e)
-                    done(film, result)
+                    yield film, result
             if signals:
                 raise KeyboardInterrupt
         except BaseException:

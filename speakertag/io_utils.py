@@ -1,14 +1,16 @@
-"""Output files: atomic writes (readers never see a half-written file), and the checks that
-keep an output from destroying anything of the user's."""
+"""Output files: atomic writes (readers never see a half-written file), folders swapped in
+whole, and the checks that keep an output from destroying anything of the user's."""
 import contextlib
 import os
+import shutil
 import stat
 import sys
 import uuid
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .errors import SpeakertagError
+from .signals import uninterrupted
 
 STDOUT = "-"  # as an output path: standard output
 
@@ -104,3 +106,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` as UTF-8 (newlines kept as written) with atomic_write_bytes."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place; an older folder is kept until the new one is there.
+    Not interruptible: a signal never leaves the target missing or an old copy behind."""
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    with uninterrupted():
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_model_folder(out_dir: Path, save: Callable[[Path], object], source: Path | None = None) -> None:
+    """The model folder out_dir, completed beside it and then swapped in (replace_dir): the
+    previous out_dir stays whole until the new one is complete. The new folder starts as a
+    copy of the folder `source` (its other files kept), or empty; save(folder) writes the
+    model and memory into it. Raises SpeakertagError naming out_dir when it cannot be written
+    (a missing parent folder, a full disk, a folder made read-only meanwhile)."""
+    if not out_dir.parent.is_dir():
+        raise SpeakertagError(f"output folder does not exist: {out_dir.parent}")
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        if source is None:
+            tmp.mkdir()
+        else:
+            shutil.copytree(source, tmp)
+        save(tmp)
+        replace_dir(tmp, out_dir)
+    except OSError as e:  # name the model, not tmp
+        raise SpeakertagError(f"cannot write the model to {out_dir}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

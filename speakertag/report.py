@@ -182,28 +182,11 @@ def embed_audio(film: str | Path, stream: int | None = None,
     times and a 5.1 film sounds as the model heard it.
     progress(seconds_done) is called after each block. Raises SpeakertagError like decoding.
     """
-    import av
+    from .audio import decode_blocks, encode_opus
 
-    from .audio import decode_blocks
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="webm") as container:
-        out = container.add_stream("libopus", rate=EMBED_RATE_HZ, layout="mono")
-        out.bit_rate = EMBED_BIT_RATE
-        out.codec_context.options = {"compression_level": str(EMBED_COMPRESSION_LEVEL)}
-        n_samples = 0
-        for block in decode_blocks(film, EMBED_RATE_HZ, stream, channels=channels):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block, np.float32)[None, :], format="flt",
-                                               layout="mono")
-            frame.sample_rate, frame.pts = EMBED_RATE_HZ, n_samples
-            n_samples += len(block)
-            for packet in out.encode(frame):
-                container.mux(packet)
-            if progress:
-                progress(n_samples / EMBED_RATE_HZ)
-        for packet in out.encode(None):
-            container.mux(packet)
-    return ReportAudio(data=buf.getvalue(), mime_type=EMBED_MIME_TYPE)
+    data = encode_opus(decode_blocks(film, EMBED_RATE_HZ, stream, channels=channels), EMBED_RATE_HZ, EMBED_BIT_RATE,
+                       EMBED_COMPRESSION_LEVEL, progress)
+    return ReportAudio(data=data, mime_type=EMBED_MIME_TYPE)
 
 
 def _e(text: object) -> str:

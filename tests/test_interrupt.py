@@ -132,7 +132,7 @@ def test_interrupted_train(clips, tiny_model_dir, tmp_path, sig, previous):
 
 def test_folder_swap_finishes_before_a_signal(tmp_path, monkeypatch):
     """A signal between the two renames of the swap acts once the new folder is in place."""
-    from speakertag import cli
+    from speakertag import io_utils, signals
 
     target, new = tmp_path / "voice", tmp_path / ".voice.tmp"
     for folder, text in ((target, "old"), (new, "new")):
@@ -142,13 +142,13 @@ def test_folder_swap_finishes_before_a_signal(tmp_path, monkeypatch):
 
     def rename_then_signal(self, dst):
         moved = rename(self, dst)
-        cli._on_signal(signal.SIGINT, None)  # what the handler does when SIGINT arrives here
+        signals.on_signal(signal.SIGINT, None)  # what the handler does when SIGINT arrives here
         return moved
 
     monkeypatch.setattr(Path, "rename", rename_then_signal)
-    monkeypatch.setattr(cli, "_signals_received", [])
-    with pytest.raises(cli.Interrupted):
-        cli._replace_dir(new, target)
+    monkeypatch.setattr(signals, "_received", [])
+    with pytest.raises(signals.Interrupted):
+        io_utils.replace_dir(new, target)
     assert files_of(tmp_path) == {"voice": b"<dir>", "voice/model.pt": b"new"}
 
 

@@ -144,12 +144,10 @@ def test_ray_interrupted_cancels_the_other_films(tiny_model_dir, example, ray_ad
         os.symlink(example / "movie01.mp4", films[-1])
     finished = []
 
-    def done(film, result):
-        finished.append(film)
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
-
     with pytest.raises(KeyboardInterrupt):
-        tag_on_ray(films, VoiceSpec((tiny_model_dir,)), None, None, done)
+        for film, _ in tag_on_ray(films, VoiceSpec((tiny_model_dir,)), None, None):
+            finished.append(film)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first film is handled
     interrupted = time.monotonic()
     assert len(finished) == 1
     free_since = None  # all CPUs free, without a break, for 1 s: nothing runs or waits to run

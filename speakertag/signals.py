@@ -1,0 +1,75 @@
+"""Ctrl-C (SIGINT) and SIGTERM: an Interrupted exception in the main thread, or a note the
+caller looks at, so that an interrupted command leaves nothing half-done.
+
+install() sets the handler (the CLI calls it once). Every signal is recorded, also one whose
+exception got lost (raised inside a __del__ or a callback, where Python prints and drops it):
+raise_if_interrupted() acts on the record. Inside uninterrupted() a signal is acted on when
+the block ends; inside signals_noted() it is only recorded, and the block ends itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Iterator
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT (Ctrl-C) or SIGTERM. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` swallows it; unlike KeyboardInterrupt,
+    click does not catch it (and print an empty line)."""
+
+
+_received: list[int] = []  # every SIGINT / SIGTERM seen, even one raised where it got lost
+_defer = False  # inside uninterrupted() or signals_noted(): note signals, act when it ends
+
+
+def on_signal(signum: int, frame) -> None:
+    """The handler: record the signal, and raise Interrupted unless inside a deferring block."""
+    _received.append(signum)
+    if not _defer:
+        raise Interrupted(signum)
+
+
+def install() -> None:
+    """SIGTERM unwinds like Ctrl-C, so temporary files are removed and nothing half-written
+    stays. A SIGINT ignored by whoever started us (a background job, nohup) stays ignored."""
+    signal.signal(signal.SIGTERM, on_signal)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, on_signal)
+
+
+def interrupted() -> bool:
+    """True once a SIGINT or SIGTERM has arrived."""
+    return bool(_received)
+
+
+def raise_if_interrupted() -> None:
+    """Act on a signal that arrived where its exception could not propagate (an exception
+    raised inside a __del__ or a callback is printed and dropped by Python)."""
+    if _received:
+        raise Interrupted(_received[0])
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Signals arriving inside are acted on when the block ends, so that it is never left half-done."""
+    global _defer
+    _defer = True
+    try:
+        yield
+    finally:
+        _defer = False
+    raise_if_interrupted()
+
+
+@contextlib.contextmanager
+def signals_noted() -> Iterator[None]:
+    """Signals arriving inside are only recorded: the block looks (interrupted()) and ends itself
+    (a live input's reader waits inside FFmpeg, which would print and drop an exception)."""
+    global _defer
+    _defer = True
+    try:
+        yield
+    finally:
+        _defer = False

@@ -52,18 +52,6 @@ def raise_if_interrupted() -> None:
 
 
 @contextlib.contextmanager
-def uninterrupted() -> Iterator[None]:
-    """Signals arriving inside are acted on when the block ends, so that it is never left half-done."""
-    global _defer
-    _defer = True
-    try:
-        yield
-    finally:
-        _defer = False
-    raise_if_interrupted()
-
-
-@contextlib.contextmanager
 def signals_noted() -> Iterator[None]:
     """Signals arriving inside are only recorded: the block looks (interrupted()) and ends itself
     (a live input's reader waits inside FFmpeg, which would print and drop an exception)."""
@@ -73,3 +61,11 @@ def signals_noted() -> Iterator[None]:
         yield
     finally:
         _defer = False
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Signals arriving inside are acted on when the block ends, so that it is never left half-done."""
+    with signals_noted():
+        yield
+    raise_if_interrupted()

@@ -101,9 +101,9 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     from_scratch = base is not None and str(base).lower() == "none"
     # a missing name or a folder without audio fails here
     clips = find_media_files(list(positive)) + find_media_files(list(negative))
-    check_output_folder(out_dir, clips + ([base] if base is not None and not from_scratch else []))
+    from .model import MODEL_FILE, impostors_of, load_model, shipped_base_dir
 
-    from .model import impostors_of, load_model, shipped_base_dir
+    check_output_folder(out_dir, clips + ([base] if base is not None and not from_scratch else []), MODEL_FILE)
     from .params import Params
     from .train import train as train_voice
 
@@ -180,7 +180,7 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, devi
     """Learn from corrected labels of FILM: the corrected segments become new target
     material, what the model detects outside them new negatives; the model is fine-tuned
     briefly, its memories rebuilt and its threshold recalibrated."""
-    from .model import impostors_of, shipped_base_dir
+    from .model import MODEL_FILE, impostors_of, shipped_base_dir
     from .refine import RefineOptions, read_corrections
     from .refine import refine as refine_voice
     from .tagging import load_voice
@@ -188,7 +188,7 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, devi
     if not model_dir.is_dir():
         raise SpeakertagError(f"no such model folder: {model_dir}")
     if out_dir is not None and not (out_dir.is_dir() and os.path.samefile(out_dir, model_dir)):
-        check_output_folder(out_dir, [film, labels, model_dir])  # in place, the folder's files are kept
+        check_output_folder(out_dir, [film, labels, model_dir], MODEL_FILE)  # in place, the folder's files are kept
     voice = load_voice(model_dir, device)
     spans = read_corrections(labels, voice.memory.name)
     options = RefineOptions(seed=seed, stream=stream, channels=channels)

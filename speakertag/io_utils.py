@@ -55,13 +55,17 @@ def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | o
                                       "be overwritten; write the output to another file")
 
 
-def check_output_folder(folder: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
-    """Refuse a folder that is replaced whole (a model folder) while it holds one of `inputs`."""
+def check_output_folder(folder: str | os.PathLike, inputs: Iterable[str | os.PathLike], marker: str) -> None:
+    """Refuse a folder that is replaced whole (a model folder) while it holds one of `inputs`,
+    or while it holds anything but is not a folder of this kind (no `marker` file in it)."""
     inside = Path(os.path.realpath(folder))
     for i in inputs:
         if Path(os.path.realpath(i)).is_relative_to(inside):
             raise SpeakertagError(f"the output folder {folder} is or holds an input of this command ({i}), "
                                   "which writing the model there would delete; write it to another folder")
+    if inside.is_dir() and not (inside / marker).exists() and any(inside.iterdir()):
+        raise SpeakertagError(f"the output folder {folder} holds files and is not a model folder (no {marker}); "
+                              "writing the model there would delete them: name a new folder or a model folder")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -125,6 +129,7 @@ def write_model_folder(out_dir: Path, save: Callable[[Path], object], source: Pa
     copy of the folder `source` (its other files kept), or empty; save(folder) writes the
     model and memory into it. Raises SpeakertagError naming out_dir when it cannot be written
     (a missing parent folder, a full disk, a folder made read-only meanwhile)."""
+    out_dir = out_dir.absolute()  # "." has no name to put the temporary folder beside
     if not out_dir.parent.is_dir():
         raise SpeakertagError(f"output folder does not exist: {out_dir.parent}")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")

@@ -314,6 +314,8 @@ CASES = [
     Case("train-copy-of-a-positive-as-negative", train("pos", "neg-with-a-positive-copy"),
          "has the same audio as the positive clip"),
     Case("disk-full-train", train("pos"), "cannot write the model", max_file_bytes=100_000, slow=True),
+    Case("train-negatives-of-the-target-voice", train("pos", "neg-same-voice"),
+         "would tag most other sound, not the target", slow=True),
 ]
 
 
@@ -513,6 +515,10 @@ def corpus(tmp_path_factory, tiny_model_dir) -> Corpus:
         c[name] = r / name
     (r / "pos-unreadable" / "bad.wav").chmod(0)
     write_audio(r / "neg-with-a-positive-copy" / "copy.wav", sf.read(r / "pos" / TINY_POSITIVE[0])[0], 16000)
+    (r / "neg-same-voice").mkdir()  # the target's other clips given as negatives: nothing tells them apart
+    for n in sorted(set(p.name for p in (EXAMPLE / "positive").iterdir()) - set(TINY_POSITIVE)):
+        shutil.copy(EXAMPLE / "positive" / n, r / "neg-same-voice" / n)
+    c["neg-same-voice"] = r / "neg-same-voice"
     for n in TINY_NEGATIVE[:3]:
         shutil.copy(r / "neg" / n, r / "neg-with-a-positive-copy" / n)
     c["neg-with-a-positive-copy"] = r / "neg-with-a-positive-copy"

@@ -212,9 +212,9 @@ def test_cli_refine_in_place(start_model, example, tmp_path):
 ])
 def test_cli_refine_bad_labels(start_model, example, tmp_path, labels, phrase, monkeypatch, capsys):
     """The command's entry point, in this process (a subprocess each would mostly import torch)."""
-    from speakertag import cli
+    from speakertag import cli, signals
 
-    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # leave pytest's handlers alone
+    monkeypatch.setattr(signals, "install", lambda: None)  # leave pytest's handlers alone
     f = tmp_path / "labels.txt"
     if labels is not None:
         f.write_text(labels)

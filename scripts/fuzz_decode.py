@@ -18,7 +18,7 @@ suffix) and its report is in OUT/stderr-of-last-input.txt. Without atheris, a pl
 mutator (bit flips, byte changes, cuts, splices) runs instead. Not run by CI: the findings
 become cases of tests/test_corpus.py.
 
-Runs, findings and fixes so far: README.md, "Robustness".
+Runs, findings and fixes so far: docs/experiments.md, "Robustness record".
 """
 
 from __future__ import annotations

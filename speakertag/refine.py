@@ -59,6 +59,7 @@ from .train import (
     embed_chunks,
     load_clips,
     memory_chunks,
+    memory_entry_clips,
     train_on_clips,
 )
 
@@ -294,11 +295,6 @@ class FilmMaterial:
         return clips[:len(self.positive_spans)], clips[len(self.positive_spans):]
 
 
-def _n_windows(n_samples: int, a: AudioParams) -> int:
-    """Windows that Windows.of makes of an n_samples clip (a short one is tiled to one window)."""
-    return 1 + (max(n_samples, a.window_samples) - a.window_samples) // (a.hop_frames * a.hop_length)
-
-
 class _Unavailable(Exception):
     """The memory's sources cannot all be read again: the reason, in words."""
 
@@ -325,12 +321,12 @@ def _sources(model: Model, memory: Memory, p: Params) -> tuple[list[Clip], list[
         neg = load_clips(neg_paths, "negative", p)[0] if neg_paths else []
     except SpeakertagError as e:
         raise _Unavailable(f"its training clips cannot be read: {e}") from None
-    rate, copies = a.sample_rate_hz, 1 + p.train.augmented_memory_copies
+    rate = a.sample_rate_hz
     for role, clips, spans, stored in (
             ("target", pos, [s for m in films for s in m.positive_spans], memory.embeddings),
             ("negative", neg, [s for m in films for s in m.negative_spans], memory.negatives)):
-        n = copies * (sum(_n_windows(len(c.samples), a) for c in clips)
-                      + sum(_n_windows(round(e * rate) - round(s * rate), a) for s, e in spans))
+        n = len(memory_entry_clips([len(c.samples) for c in clips] + [round(e * rate) - round(s * rate)
+                                                                      for s, e in spans], p))
         if n != len(stored):
             raise _Unavailable(f"the memory holds {len(stored)} {role} entries, its recorded sources make {n} "
                                "(a merged or edited memory)")
@@ -432,17 +428,19 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
         film_neg = np.arange(len(new_memory.negatives)) >= len(memory.negatives)
     else:
         films = _merge_film(films, new, spans, guard_s, o.min_span_s)
-        for m in films:  # one decoding pass per film; this film's new and earlier material together
-            m_pos, m_neg = m.clips(a.sample_rate_hz)
-            pos_clips, neg_clips = pos_clips + m_pos, neg_clips + m_neg
+        # One decoding pass per film; this film's new and earlier material together, last.
+        film_clips = [m.clips(a.sample_rate_hz) for m in films]
+        pos_clips = pos_clips + [c for film_pos_clips, _ in film_clips for c in film_pos_clips]
+        neg_clips = neg_clips + [c for _, film_neg_clips in film_clips for c in film_neg_clips]
         imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
         new_model, new_memory, rep = train_on_clips(pos_clips, neg_clips, p, model, memory.name, progress, device,
                                                     imp_clips, validate=False)
         films_info = [m.to_dict() for m in films]
         calib, steps = rep.calibration, rep.steps
         # this film's entries: those of its clips, the last ones (_merge_film puts it last)
-        film_pos = _entries_of(pos_clips, len(pos_clips) - len(m_pos), p)
-        film_neg = _entries_of(neg_clips, len(neg_clips) - len(m_neg), p)
+        this_pos, this_neg = film_clips[-1]
+        film_pos = memory_entry_clips([len(c.samples) for c in pos_clips], p) >= len(pos_clips) - len(this_pos)
+        film_neg = memory_entry_clips([len(c.samples) for c in neg_clips], p) >= len(neg_clips) - len(this_neg)
     # The threshold: the film is the best evidence of how real films score. The new model tags
     # it with the film's own material left out of the memories (as it would a film it has not
     # heard), and the threshold is where its segments agree best with the corrections. When
@@ -475,14 +473,6 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
                           len(new.negative_spans), tuple(detected), "kept" if kept_why else "fine-tuned", kept_why,
                           steps, memory.threshold, calib, film_calib, seconds, tuple(notes))
     return new_model, new_memory, report
-
-
-def _entries_of(clips: list[Clip], first: int, p: Params) -> np.ndarray:
-    """(n_entries,) bool: the memory entries (as memory_chunks lays them out: every clean
-    window, then each degraded copy) that come from clips[first:]."""
-    counts = [_n_windows(len(c.samples), p.audio) for c in clips]
-    per_window = np.repeat(np.arange(len(clips)) >= first, counts)
-    return np.tile(per_window, 1 + p.train.augmented_memory_copies)
 
 
 def film_threshold(result: TagResult, corrected: Sequence[Span], a: AudioParams, tp: TagParams,

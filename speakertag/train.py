@@ -13,7 +13,7 @@ import hashlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -88,6 +88,21 @@ def split_clips(clips: list[Clip], fraction: float, rng: np.random.Generator) ->
     return train, val
 
 
+def window_starts(n_samples: int, a: AudioParams) -> np.ndarray:
+    """(n_windows,) int64: the first sample of each window of an n_samples clip at the tagging
+    hop; a clip shorter than a window has one (tiled to fill it when cut)."""
+    return np.arange(0, max(n_samples, a.window_samples) - a.window_samples + 1, a.hop_frames * a.hop_length,
+                     dtype=np.int64)
+
+
+def memory_entry_clips(clip_samples: Sequence[int], p: Params) -> np.ndarray:
+    """(n_entries,) the clip each entry of a memory made of clips of clip_samples samples comes
+    from, as `memory_chunks` lays them out: every window of every clip in order, then each
+    round of film-like copies (p.train.augmented_memory_copies) in the same order."""
+    counts = [len(window_starts(n, p.audio)) for n in clip_samples]
+    return np.tile(np.repeat(np.arange(len(counts)), counts), 1 + p.train.augmented_memory_copies)
+
+
 CHUNK_WINDOWS = 256  # windows cut, degraded and embedded at a time when building memories
 
 
@@ -104,9 +119,7 @@ class Windows:
 
     @classmethod
     def of(cls, clips: list[Clip], a: AudioParams) -> "Windows":
-        hop = a.hop_frames * a.hop_length
-        starts = [np.arange(0, max(len(c.samples), a.window_samples) - a.window_samples + 1, hop, dtype=np.int64)
-                  for c in clips]
+        starts = [window_starts(len(c.samples), a) for c in clips]
         clip_index = np.repeat(np.arange(len(clips)), [len(st) for st in starts])
         return cls(tuple(c.samples for c in clips), clip_index, np.concatenate([np.zeros(0, np.int64), *starts]),
                    a.window_samples)
@@ -273,23 +286,23 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
                    name: str = "target", progress: Callable[[StepInfo], None] | None = None,
                    device: str | None = None, imp_clips: list[Clip] | None = None, validate: bool = True
                    ) -> tuple[Model, Memory, TrainReport]:
-    """The training itself, on decoded clips (see `train`); p.audio and p.encoder must be
-    the base's. The model's history and the memory's list of sources are the caller's.
-    validate=False: no clips held back, no evaluation, no early stopping; the last step's
-    weights are kept (a few fine-tuning steps, where an evaluation would choose nothing)."""
+    """The training itself, on decoded clips (see `train`): `fine_tune`, then `build_memory`.
+    p.audio and p.encoder must be the base's. The model's history and the memory's list of
+    sources are the caller's. validate=False: no clips held back, no evaluation, no early
+    stopping; the last step's weights are kept (a few fine-tuning steps, where an evaluation
+    would choose nothing)."""
     t0 = time.monotonic()
     tp, a = p.train, p.audio
-    rng = np.random.default_rng(tp.seed)
+    rng = np.random.default_rng(tp.seed)  # one stream for both stages, drawn in this order
     torch.manual_seed(tp.seed)
-    gen = torch.Generator().manual_seed(tp.seed)
     dev = resolve_device(device)
     imp_clips = imp_clips or []
-
     if validate:
         pos_train, pos_val = split_clips(pos_clips, tp.val_fraction, rng)
         neg_train, neg_val = split_clips(neg_clips, tp.val_fraction, rng)
+        held_back = (pos_val, neg_val + imp_clips)
     else:
-        pos_train, pos_val, neg_train, neg_val = pos_clips, [], neg_clips, []
+        pos_train, neg_train, held_back = pos_clips, neg_clips, None
     generated = generated_backgrounds(a.sample_rate_hz, rng)
     all_bg = Backgrounds.of([c.samples for c in neg_clips], generated)
     # The training clips' unit-RMS copies are all_bg's own where the clips are the same.
@@ -299,7 +312,30 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     model = copy.deepcopy(base) if base is not None else new_model(p)
     model.params = p
     model.meta = {**model.meta, "name": name}
-    enc = model.encoder.to(dev)
+    model.encoder.to(dev)
+    steps, best_step = fine_tune(model, base, pos_train, neg_train, held_back, bg, all_bg, p, rng, dev, progress)
+    memory, calib = build_memory(model, pos_clips, neg_clips, imp_clips, all_bg, p, rng, dev, name)
+    model.encoder.cpu()
+    report = TrainReport(len(pos_clips), len(neg_clips), sum(len(c.samples) for c in pos_clips) / a.sample_rate_hz,
+                         sum(len(c.samples) for c in neg_clips) / a.sample_rate_hz, steps, best_step,
+                         time.monotonic() - t0, calib, ())
+    return model, memory, report
+
+
+def fine_tune(model: Model, base: Model | None, pos_train: list[Clip], neg_train: list[Clip],
+              held_back: tuple[list[Clip], list[Clip]] | None, bg: Backgrounds, all_bg: Backgrounds, p: Params,
+              rng: np.random.Generator, dev: torch.device, progress: Callable[[StepInfo], None] | None = None
+              ) -> tuple[int, int]:
+    """Train model.encoder (on `dev`) in place with triplets of film-like training windows and
+    hard negatives; returns (steps run, best step).
+
+    held_back: (positive, negative) clips to validate on every p.train.eval_every_steps steps:
+    the encoder ends as the mean of its weights at those evaluations, and stops early when
+    they no longer gain. None: no evaluation, every step runs and the last weights stay.
+    base: the model fine-tuned; its weights are mixed back in (p.train.fine_tuned_share)."""
+    tp, a = p.train, p.audio
+    gen = torch.Generator().manual_seed(tp.seed)
+    enc = model.encoder
     # Fine-tuning a base trains its head only: the frame layers and the attention keep what
     # pretraining on hundreds of voices taught them, and every window's pooled statistics are
     # computed once per pool instead of at every step.
@@ -326,28 +362,29 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
 
     # Validation looks like film audio: every positive window degraded, held-back noise too.
     # Its features are computed once; each evaluation only runs the encoder.
-    if validate:
-        cap = tp.pool_windows
+    if held_back is not None:
+        pos_val, neg_val = held_back
+        cap, copies = tp.pool_windows, 1 + tp.augmented_memory_copies
         val_pos = inputs(chunk_features(degraded_chunks(Windows.of(pos_val, a).subset(cap // 2, rng), 2, all_bg, p,
                                                         rng, 1.0), a, dev))
-        val_neg = inputs(chunk_features(degraded_chunks(Windows.of(neg_val + imp_clips, a).subset(cap, rng), 1, all_bg,
+        val_neg = inputs(chunk_features(degraded_chunks(Windows.of(neg_val, a).subset(cap, rng), 1, all_bg,
                                                         p, rng, tp.negative_augment_probability), a, dev))
-        copies = 1 + tp.augmented_memory_copies
         val_memory_pos = inputs(chunk_features(memory_chunks(Windows.of(pos_train, a).subset(cap // copies, rng), bg,
                                                              p, rng), a, dev))
         use_negatives = p.tag.negative_weight > 0
         val_memory_neg = inputs(chunk_features(memory_chunks(Windows.of(neg_train if use_negatives else [], a)
                                                              .subset(cap // copies, rng), bg, p, rng), a, dev))
 
-    def validation_scores() -> tuple[np.ndarray, np.ndarray]:
+    def validation_f1() -> float:
         scorer = Scorer(embed_inputs(val_memory_pos), embed_inputs(val_memory_neg), p.tag.top_k, p.tag.negative_weight)
-        return scorer(embed_inputs(val_pos)), scorer(embed_inputs(val_neg))
+        return calibrate_threshold(scorer(embed_inputs(val_pos)), scorer(embed_inputs(val_neg)),
+                                   target_share=tp.target_share).f1
 
     trained = [*enc.pool_norm.parameters(), *enc.head.parameters()] if head_only else list(enc.parameters())
     opt = torch.optim.AdamW(trained, lr=tp.learning_rate, weight_decay=tp.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, tp.max_steps))
     pos_train_windows, neg_train_windows = Windows.of(pos_train, a), Windows.of(neg_train, a)
-    best_f1, best_step, evals_without_gain, step, val_f1, loss_value = -1.0, 0, 0, 0, None, float("nan")
+    best_f1, best_step, evals_without_gain, steps_run, val_f1 = -1.0, 0, 0, 0, None
     checkpoints = []  # the weights at every evaluation
     b = tp.batch_size
     for step in range(1, tp.max_steps + 1):
@@ -376,49 +413,58 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
         loss.backward()
         opt.step()
         sched.step()
-        loss_value = float(loss.detach())
-        if validate and (step % tp.eval_every_steps == 0 or step == tp.max_steps):
-            val_f1 = calibrate_threshold(*validation_scores(), target_share=tp.target_share).f1
+        steps_run = step
+        if held_back is not None and (step % tp.eval_every_steps == 0 or step == tp.max_steps):
+            val_f1 = validation_f1()
             checkpoints.append(copy.deepcopy(enc.state_dict()))
             if val_f1 > best_f1 + 1e-4:
                 best_f1, best_step, evals_without_gain = val_f1, step, 0
             else:
                 evals_without_gain += 1
         if progress:
-            progress(StepInfo(step, tp.max_steps, loss_value, val_f1))
+            progress(StepInfo(step, tp.max_steps, float(loss.detach()), val_f1))
         if evals_without_gain >= tp.patience_evals:
             break
 
     if checkpoints:
         # The mean of the checkpoints, not the one that validated best: a validation F1 on a
-        # fifth of a minute of clips is too noisy to pick one (dev: fewer bad seeds, see README).
+        # fifth of a minute of clips is too noisy to pick one (dev: fewer bad seeds).
         enc.load_state_dict(average_weights(checkpoints[::-1]))
-    if not validate:
-        best_step = step
+    if held_back is None:
+        best_step = steps_run
     if base is not None and tp.fine_tuned_share < 1.0:
         # Part of the way back to the base: the fine-tuned weights know the target, the base's the
         # many voices of pretraining; their mix scores films more steadily than the fine-tuned alone.
         share = tp.fine_tuned_share
         enc.load_state_dict(average_weights([enc.state_dict(), base.encoder.state_dict()], [share, 1.0 - share]))
+    return steps_run, best_step
 
-    copies = 1 + tp.augmented_memory_copies
+
+def build_memory(model: Model, pos_clips: list[Clip], neg_clips: list[Clip], imp_clips: list[Clip],
+                 bg: Backgrounds, p: Params, rng: np.random.Generator, dev: torch.device, name: str
+                 ) -> tuple[Memory, Calibration]:
+    """The trained model's memories (every clip's windows, clean and film-like, laid out as
+    `memory_entry_clips` says) with the threshold calibrated leave-one-clip-out on fresh
+    film-like copies of every clip, against the negatives and the impostors nearest the
+    target. model.encoder is on `dev`."""
+    tp, a = p.train, p.audio
     pos_windows, neg_windows = Windows.of(pos_clips, a), Windows.of(neg_clips, a)
-    positives = embed_chunks(model, memory_chunks(pos_windows, all_bg, p, rng), dev)
-    negatives = embed_chunks(model, memory_chunks(neg_windows, all_bg, p, rng), dev)
+    positives = embed_chunks(model, memory_chunks(pos_windows, bg, p, rng), dev)
+    negatives = embed_chunks(model, memory_chunks(neg_windows, bg, p, rng), dev)
     pos_ids, neg_ids = window_clip_ids(pos_clips, a), window_clip_ids(neg_clips, a)
     # Calibrate on every clip, leave-one-clip-out: fresh film-like degradations of each
     # clip's windows, scored against the final memories without that clip's own entries,
     # plus the unseen impostor voices. Far more windows than the held-back split alone,
     # so the threshold no longer swings with which clips were held back.
     rounds = tp.calibration_rounds
-    cal_pos = embed_chunks(model, degraded_chunks(pos_windows, 2 * rounds, all_bg, p, rng, 1.0), dev)
-    cal_neg = embed_chunks(model, degraded_chunks(neg_windows, rounds, all_bg, p, rng, tp.negative_augment_probability), dev)
+    cal_pos = embed_chunks(model, degraded_chunks(pos_windows, 2 * rounds, bg, p, rng, 1.0), dev)
+    cal_neg = embed_chunks(model, degraded_chunks(neg_windows, rounds, bg, p, rng, tp.negative_augment_probability), dev)
     # The impostors, with speed copies of each as more voices; only the voices most like the
     # target count: a target with look-alikes gets a stricter threshold, one without keeps its recall.
     imp_voices = Windows.of([Clip(f"{c.name}@{f:g}", change_speed(c.samples, f))
                              for c in imp_clips for f in (1.0, *tp.impostor_speed_factors)], a)
-    cal_imp = embed_chunks(model, degraded_chunks(imp_voices, 1, all_bg, p, rng, tp.negative_augment_probability), dev)
-    k, w = p.tag.top_k, p.tag.negative_weight
+    cal_imp = embed_chunks(model, degraded_chunks(imp_voices, 1, bg, p, rng, tp.negative_augment_probability), dev)
+    k, w, copies = p.tag.top_k, p.tag.negative_weight, 1 + tp.augmented_memory_copies
     pos_memory_ids, neg_memory_ids = np.tile(pos_ids, copies), np.tile(neg_ids, copies)
 
     def calibration_scores(queries: np.ndarray, own_pos_clip: np.ndarray | None = None,
@@ -431,19 +477,12 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
                                              negatives, neg_memory_ids, k)
         return s
 
-    def nearest_impostor_scores(scores: np.ndarray) -> np.ndarray:
-        return scores[nearest_groups(scores, imp_voices.clip_index, tp.calibration_impostors)]
-
+    imp_scores = calibration_scores(cal_imp)
     calib = calibrate_threshold(
         calibration_scores(cal_pos, own_pos_clip=np.tile(pos_ids, 2 * rounds)),
         calibration_scores(cal_neg, own_neg_clip=np.tile(neg_ids, rounds)),
         tp.threshold_rule, tp.target_precision, tp.target_share,
-        nearest_impostor_scores(calibration_scores(cal_imp)), tp.impostor_share, tp.edge_quantile)
-    model.encoder.cpu()
-    memory = Memory(positives, negatives, p, model.fingerprint, calib.threshold, name, {
-        "calibration": calib.__dict__, "source": name}, calib.edge_threshold)
-    report = TrainReport(len(pos_clips), len(neg_clips),
-                         sum(len(c.samples) for c in pos_clips) / a.sample_rate_hz,
-                         sum(len(c.samples) for c in neg_clips) / a.sample_rate_hz,
-                         step, best_step, time.monotonic() - t0, calib, ())
-    return model, memory, report
+        imp_scores[nearest_groups(imp_scores, imp_voices.clip_index, tp.calibration_impostors)],
+        tp.impostor_share, tp.edge_quantile)
+    return Memory(positives, negatives, p, model.fingerprint, calib.threshold, name,
+                  {"calibration": calib.__dict__, "source": name}, calib.edge_threshold), calib

@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from speakertag.segments import Segment
 
 SUFFIX: dict[str, str] = {
@@ -145,7 +147,7 @@ def scores_format_of(path: Path) -> str | None:
     return SCORE_FORMATS.get(path.suffix.lower())
 
 
-def render_scores(fmt: str, curves: Sequence[tuple[str, float, "np.ndarray", "np.ndarray"]]) -> bytes:
+def render_scores(fmt: str, curves: Sequence[tuple[str, float, np.ndarray, np.ndarray]]) -> bytes:
     """The score curves of one film as a file: fmt "csv" or "npz".
 
     curves: one (voice name, threshold, edges_s (n + 1,), scores (n,)) per voice, all with the
@@ -154,8 +156,6 @@ def render_scores(fmt: str, curves: Sequence[tuple[str, float, "np.ndarray", "np
     (time_s: the cell's start). npz: time_s (n,) cell starts and end_s (n,) ends, voices
     (n_voices,) names, scores (n_voices, n) float32, thresholds (n_voices,) float32.
     """
-    import numpy as np
-
     if fmt == "csv":
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")

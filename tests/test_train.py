@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from speakertag.augment import generated_backgrounds
 from speakertag.errors import SpeakertagError
 from speakertag.memory import load_memory
 from speakertag.model import load_model, new_model
 from speakertag.params import Params
-from speakertag.train import Clip, Windows, average_weights, load_clips, split_clips, train
+from speakertag.train import (Backgrounds, Clip, Windows, average_weights, load_clips, memory_chunks,
+                              memory_entry_clips, split_clips, train)
 from conftest import TINY_NEGATIVE, TINY_POSITIVE, speech_like, train_tiny
 
 
@@ -85,6 +87,18 @@ def test_clip_windows_tile_short_clips():
     assert w.shape[1] == a.window_samples
     hop = a.hop_frames * a.hop_length
     assert len(w) == 1 + (1 + (len(long.samples) - a.window_samples) // hop)
+
+
+def test_memory_entry_clips_follow_the_memory_layout():
+    p = Params()
+    clips = [Clip(str(i), speech_like(d, p.audio.sample_rate_hz, seed=i)) for i, d in enumerate((1.2, 5.0, 3.3))]
+    rng = np.random.default_rng(0)
+    rate = p.audio.sample_rate_hz
+    bg = Backgrounds.of([speech_like(3.0, rate, seed=9)], generated_backgrounds(rate, rng))
+    entries = np.concatenate(list(memory_chunks(Windows.of(clips, p.audio), bg, p, rng)))
+    ids = memory_entry_clips([len(c.samples) for c in clips], p)
+    assert len(ids) == len(entries) == (1 + p.train.augmented_memory_copies) * len(Windows.of(clips, p.audio))
+    assert np.array_equal(ids, np.tile(Windows.of(clips, p.audio).clip_index, 1 + p.train.augmented_memory_copies))
 
 
 def test_split_holds_back_whole_clips_or_tails():

@@ -2,15 +2,16 @@
 """Train, tag and score every task of a data set; print one table.
 
     python scripts/benchmark_quality.py DATASET_DIR [--seeds 0 1 2] [--base models/base|none]
-        [--film movie01.51.mkv] [--channels auto|centre|centre-weighted|average]
+        [--film movie01.mp4 movie01.51.mkv] [--channels auto|centre|centre-weighted|average]
 
 DATASET_DIR holds task folders laid out as train/positive, train/negative,
 test/movie01.mp4, ref/movie01.target.csv. For each task and seed: `train` on the clips
 (threshold chosen from the training clips only), `tag` the film, and only then read the
 reference and score it (collar 0.25 s). Nothing is tuned on the test film: the "best thr"
 columns are a diagnostic computed after the fact, showing how far the calibrated threshold
-is from the best one for that film. --film picks another rendition of the test film (the
-5.1 AC-3 one, same reference) and --channels how its channels become mono.
+is from the best one for that film. --film picks the renditions of the test film to tag
+with each trained model (movie01.51.mkv: the 5.1 AC-3 one, same reference; several: one
+table each, from the same trainings) and --channels how their channels become mono.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def main() -> None:
     ap.add_argument("--base", default=str(shipped_base_dir()), help="base model folder, or 'none'")
     ap.add_argument("--no-impostors", action="store_true", help="calibrate without the shipped unseen voices")
     ap.add_argument("--steps", type=int, help="override max training steps")
-    ap.add_argument("--film", default="movie01.mp4", help="the test film's file name in each task's test/ folder, "
-                    "e.g. movie01.51.mkv (the 5.1 rendition, same reference)")
+    ap.add_argument("--film", nargs="+", default=["movie01.mp4"], help="the test film's file names in each task's "
+                    "test/ folder, e.g. movie01.51.mkv (the 5.1 rendition, same reference)")
     ap.add_argument("--channels", choices=CHANNEL_CHOICES, default="auto", help="how a 5.1/7.1 film becomes mono")
     ap.add_argument("--out", type=Path, help="folder for the hypotheses (CSV)")
     ap.add_argument("--param", action="append", default=[], metavar="GROUP.NAME=VALUE",
@@ -64,9 +65,9 @@ def main() -> None:
     args = ap.parse_args()
 
     tasks = sorted(d for d in args.dataset.iterdir() if (d / "train" / "positive").is_dir())
-    missing = [t.name for t in tasks if not (t / "test" / args.film).is_file()]
+    missing = [f"test/{f} in {t.name}" for t in tasks for f in args.film if not (t / "test" / f).is_file()]
     if missing:
-        sys.exit(f"no test/{args.film} in {', '.join(missing)}")
+        sys.exit(f"missing: {', '.join(missing)}")
     if not tasks:
         sys.exit(f"no task folders in {args.dataset}")
     base = None if args.base == "none" else load_model(args.base)
@@ -82,10 +83,10 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
 
-    header = f"{'task':<22}{'seed':>5}{'P':>7}{'R':>7}{'F1':>7}{'DetErr':>8}{'thr':>7}{'best thr':>9}{'best F1':>8}{'train s':>9}{'tag s':>7}"
+    header = f"{'task':<22}{'film':<16}{'seed':>5}{'P':>7}{'R':>7}{'F1':>7}{'DetErr':>8}{'thr':>7}{'best thr':>9}{'best F1':>8}{'train s':>9}{'tag s':>7}"
     print(header)
     print("-" * len(header))
-    per_seed: dict[int, list[Metrics]] = {s: [] for s in args.seeds}
+    per_seed: dict[tuple[str, int], list[Metrics]] = {(f, s): [] for f in args.film for s in args.seeds}
     for task in tasks:
         for seed in args.seeds:
             p = replace(params, train=replace(params.train, seed=seed))
@@ -94,28 +95,31 @@ def main() -> None:
                                      impostors=[] if args.no_impostors else impostors_of(Path(args.base) if base else shipped_base_dir()))
             train_s = time.monotonic() - t0
             voice = Voice(model, memory)
-            film = task / "test" / args.film
-            t0 = time.monotonic()
-            result = tag(film, voice, channels=args.channels)
-            tag_s = time.monotonic() - t0
-            if args.out:
-                atomic_write_text(args.out / f"{task.name}.seed{seed}.csv",
-                                  render("csv", result.segments, input_path=str(film)))
-            # Tagging is done: only now is the reference read.
-            reference = read_reference(task / "ref" / "movie01.target.csv")
-            m = score(reference, [(s.start_s, s.end_s) for s in result.segments])
-            per_seed[seed].append(m)
-            bt, bf1 = best_threshold(result, voice, reference)
-            print(f"{task.name:<22}{seed:>5}{m.precision:>7.3f}{m.recall:>7.3f}{m.f1:>7.3f}{m.detection_error:>8.3f}"
-                  f"{result.tracks[0].threshold:>7.3f}{bt:>9.3f}{bf1:>8.3f}{train_s:>9.1f}{tag_s:>7.1f}", flush=True)
+            for name in args.film:
+                film = task / "test" / name
+                t0 = time.monotonic()
+                result = tag(film, voice, channels=args.channels)
+                tag_s = time.monotonic() - t0
+                if args.out:
+                    atomic_write_text(args.out / f"{task.name}.{name}.seed{seed}.csv",
+                                      render("csv", result.segments, input_path=str(film)))
+                # Tagging is done: only now is the reference read.
+                reference = read_reference(task / "ref" / "movie01.target.csv")
+                m = score(reference, [(s.start_s, s.end_s) for s in result.segments])
+                per_seed[name, seed].append(m)
+                bt, bf1 = best_threshold(result, voice, reference)
+                print(f"{task.name:<22}{name:<16}{seed:>5}{m.precision:>7.3f}{m.recall:>7.3f}{m.f1:>7.3f}{m.detection_error:>8.3f}"
+                      f"{result.tracks[0].threshold:>7.3f}{bt:>9.3f}{bf1:>8.3f}{train_s:>9.1f}{tag_s:>7.1f}", flush=True)
     print("-" * len(header))
-    pooled_f1 = []
-    for seed, ms in per_seed.items():
-        m = pool(ms)
-        pooled_f1.append(m.f1)
-        print(f"{'POOLED':<22}{seed:>5}{m.precision:>7.3f}{m.recall:>7.3f}{m.f1:>7.3f}{m.detection_error:>8.3f}")
-    if len(pooled_f1) > 1:
-        print(f"pooled F1 over seeds: mean {np.mean(pooled_f1):.3f}, min {np.min(pooled_f1):.3f}, max {np.max(pooled_f1):.3f}")
+    for name in args.film:
+        pooled_f1 = []
+        for seed in args.seeds:
+            m = pool(per_seed[name, seed])
+            pooled_f1.append(m.f1)
+            print(f"{'POOLED':<22}{name:<16}{seed:>5}{m.precision:>7.3f}{m.recall:>7.3f}{m.f1:>7.3f}{m.detection_error:>8.3f}")
+        if len(pooled_f1) > 1:
+            print(f"{name}: pooled F1 over seeds: mean {np.mean(pooled_f1):.3f}, min {np.min(pooled_f1):.3f}, "
+                  f"max {np.max(pooled_f1):.3f}")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,18 @@
 """Rebuild the shipped base encoder (models/base) from corpora of many speakers.
 
     python scripts/pretrain.py CORPUS_DIR [CORPUS_DIR ...] --out models/base [--steps N] [--seed 0]
-        [--teacher resemblyzer]
+        [--teacher resemblyzer] [--init DIR]
 
-The shipped base: `python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more
---out models/base --steps 3000 --seed 0` (2 CPU threads; see models/README.md for its
-figures and time).
+The shipped base (two runs of 3000 steps on 2 CPU threads, about 40 minutes each; figures in
+models/README.md):
+
+    python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
+        --out base-3000 --steps 3000 --seed 0
+    python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
+        --out models/base --init base-3000 --steps 3000 --learning-rate 1e-3 --seed 1
+
+--init goes on training an encoder (the second run's cosine starts again, from half the
+first run's learning rate).
 
 Each CORPUS_DIR holds one folder per speaker with that speaker's audio files and a
 speakers.csv (speaker_id, corpus, sex, ...). The speakers of scripts/held_out_speakers.txt
@@ -47,7 +54,7 @@ from speakertag.audio import find_media_files, load_audio
 from speakertag.augment import change_speed, film_like, generated_backgrounds, random_crop
 from speakertag.features import log_mel
 from speakertag.losses import batch_all_triplet_loss
-from speakertag.model import IMPOSTORS_DIR, embed, new_model, save_model
+from speakertag.model import IMPOSTORS_DIR, embed, load_model, new_model, save_model
 from speakertag.params import Params
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -184,10 +191,13 @@ def main() -> None:
     ap.add_argument("--teacher-cache", type=Path, help="file keeping the teacher's centroids between runs")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", type=Path, help="go on training this model folder's encoder (its front end and "
+                    "architecture) instead of a new one; its pretraining record is kept under 'init'")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    p = Params()
+    start = load_model(args.init) if args.init else None
+    p = start.params if start is not None else Params()
     rate = p.audio.sample_rate_hz
     torch.manual_seed(args.seed)
     held = read_held_out()
@@ -218,8 +228,11 @@ def main() -> None:
         "seconds": round(sum(len(c) for v in corpus.values() for c in v) / rate, 1),
         "script": "scripts/pretrain.py", "seed": args.seed, "steps": args.steps, "teacher": args.teacher,
         "teacher_weight": args.teacher_weight if teacher is not None else 0.0,
-        "held_out_speakers": sorted(held_corpus)}})
+        "held_out_speakers": sorted(held_corpus),
+        **({"init": start.meta.get("pretraining", {})} if start is not None else {})}})
     enc = model.encoder
+    if start is not None:
+        enc.load_state_dict(start.encoder.state_dict())
     opt = torch.optim.AdamW(enc.parameters(), lr=args.learning_rate, weight_decay=1e-4)
     loader = torch.utils.data.DataLoader(
         Batches(corpus, names, p, args.voices_per_batch, args.windows_per_voice, args.seed),

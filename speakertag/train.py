@@ -1,8 +1,8 @@
 """Clips -> a trained encoder, a positive memory and a calibrated threshold.
 
 `train` loads and checks the clips, then `train_on_clips` runs two stages in order:
-`fine_tune` (hold some clips back, sample film-like triplets, mine hard negatives from the
-whole negative pool, evaluate, stop early, average the checkpoints and mix them with the
+`fine_tune` (sample film-like triplets, mine hard negatives from the whole negative pool,
+evaluate on the clips held back, stop early, average the checkpoints and mix them with the
 base) and `build_memory` (embed every clip's windows, calibrate the threshold
 leave-one-clip-out on every clip against the negatives and the nearest impostors).
 """

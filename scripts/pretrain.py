@@ -4,16 +4,18 @@
     python scripts/pretrain.py CORPUS_DIR [CORPUS_DIR ...] --out models/base [--steps N] [--seed 0]
         [--teacher resemblyzer] [--init DIR]
 
-The shipped base (two runs of 3000 steps on 2 CPU threads, about 40 minutes each; figures in
+The shipped base (three runs of 3000 steps on 2 CPU threads, 33-43 minutes each; figures in
 models/README.md):
 
     python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
         --out base-3000 --steps 3000 --seed 0
     python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
-        --out models/base --init base-3000 --steps 3000 --learning-rate 1e-3 --seed 1
+        --out base-6000 --init base-3000 --steps 3000 --learning-rate 1e-3 --seed 1
+    python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
+        --out models/base --init base-6000 --steps 3000 --learning-rate 5e-4 --seed 2
 
---init goes on training an encoder (the second run's cosine starts again, from half the
-first run's learning rate).
+--init goes on training an encoder: each run's cosine starts again, from half the previous
+run's learning rate.
 
 Each CORPUS_DIR holds one folder per speaker with that speaker's audio files and a
 speakers.csv (speaker_id, corpus, sex, ...). The speakers of scripts/held_out_speakers.txt

@@ -203,6 +203,24 @@ def probe(path: str | Path, stream: int | None = None) -> AudioInfo:
         return AudioInfo(str(path), duration_s, s.rate, s.channels, s.codec_context.name, index)
 
 
+def _decoder_downmix(s, channels: str) -> str | None:
+    """The layout stream `s`'s decoder is asked to mix down to (DECODER_DOWNMIX), or None."""
+    names = tuple(c.name for c in s.layout.channels) if s.layout else ()
+    downmix = DECODER_DOWNMIX.get(s.codec_context.name)
+    return downmix if downmix and s.channels > 2 and channel_mix(names, channels).choice == "average" else None
+
+
+def decoded_channels(path: str | Path, stream: int | None = None, channels: str = "auto") -> int:
+    """How many channels the decoder gives for `path` read as `decode_blocks` reads it (the
+    stream's, or fewer when the decoder mixes down): what decoding costs, roughly."""
+    info = probe(path, stream)
+    if _use_soundfile(Path(path)):
+        return info.channels
+    with _open_container(Path(path)) as container:
+        downmix = _decoder_downmix(_pick_stream(container, path, stream)[0], channels)
+    return {"mono": 1, "stereo": 2}.get(downmix, info.channels)
+
+
 def _open_container(path):
     """path: a file's path, or a file object read front to back (live.py)."""
     piped = hasattr(path, "read")
@@ -327,9 +345,8 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float,
     container = _open_container(path)
     with container:
         s, _ = _pick_stream(container, path, stream)
-        names = tuple(c.name for c in s.layout.channels) if s.layout else ()
-        downmix = DECODER_DOWNMIX.get(s.codec_context.name)
-        if downmix and s.channels > 2 and channel_mix(names, channels).choice == "average":
+        downmix = _decoder_downmix(s, channels)
+        if downmix:
             s.codec_context.options = {"downmix": downmix}  # before the first packet opens the decoder
             channels = "average"  # whatever layout it gives: a DTS without mix levels stays 5.1
         pending: list[np.ndarray] = []

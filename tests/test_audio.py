@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 
 from conftest import sine, speech_like, write_audio, write_container
-from speakertag.audio import channel_mix, decode_blocks, find_media_files, load_audio, probe
+from speakertag.audio import channel_mix, decode_blocks, decoded_channels, find_media_files, load_audio, probe
 from speakertag.errors import SpeakertagError
 
 RATE = 22050
@@ -181,6 +181,13 @@ def test_channel_mix():
     assert channel_mix(("FL", "FR", "LFE", "BL", "BR"), "centre").choice == "average"  # no centre
     with pytest.raises(SpeakertagError, match="unknown channel choice"):
         channel_mix(seven_one, "left")
+
+
+def test_decoded_channels(five_one, tmp_path):
+    """What the decoder gives: all six for the centre, one when the AC-3 decoder mixes down."""
+    assert decoded_channels(five_one) == decoded_channels(five_one, channels="centre") == 6
+    assert decoded_channels(five_one, channels="average") == 1
+    assert decoded_channels(write_audio(tmp_path / "st.wav", np.stack([sine(0.5, RATE)] * 2).T, RATE)) == 2
 
 
 def test_unknown_channel_choice_is_refused(five_one):

@@ -104,3 +104,14 @@ def test_cell_levels_follow_speech_band_loudness():
     assert float(high.max()) < last - 30.0
     quiet = cell_levels_db(slice_windows(log_mel(torch.zeros(3 * RATE), P), P), P)
     assert float(quiet.max()) < last - 30.0
+
+
+def test_log_mel_blocks_apply_the_whole_filterbank():
+    """The filterbank applied block by block over the FFT bins it touches: the full product."""
+    from speakertag.features import _hann, _mel_basis
+
+    p = AudioParams()
+    x = torch.from_numpy(speech_like(1.0, p.sample_rate_hz))
+    spec = torch.stft(x[None], p.n_fft, p.hop_length, window=_hann(p.n_fft), center=False, return_complex=True)
+    full = torch.log(_mel_basis(p) @ spec.abs().square() + p.log_floor)[0]
+    torch.testing.assert_close(log_mel(x, p), full, atol=1e-4, rtol=1e-5)

@@ -168,12 +168,50 @@ def test_overlapping_windows_path_equals_per_window_forward():
     from speakertag.features import slice_windows
 
     p = Params()
-    model = new_model(p)
-    model.encoder.eval()
-    with torch.no_grad():  # non-trivial batch-norm statistics, as after training
-        for bn in (m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)):
-            bn.running_mean.uniform_(-1, 1)
-            bn.running_var.uniform_(0.5, 2)
+    model = _trained_looking(p)
     frames = torch.randn(p.audio.n_mels, p.audio.window_frames + 20 * p.audio.hop_frames) * 3 - 5
     windows = slice_windows(frames, p.audio)
     torch.testing.assert_close(embed(model, windows, p.audio.hop_frames), embed(model, windows), atol=1e-5, rtol=0)
+
+
+def _trained_looking(p: Params):
+    """A new model in eval mode with non-trivial batch-norm statistics, as after training."""
+    model = new_model(p)
+    model.encoder.eval()
+    with torch.no_grad():
+        for bn in (m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def test_folded_convolutions_compute_the_batch_norm_layers():
+    """Eval mode folds each batch-norm into its convolution: the same frame features as the layers."""
+    p = Params()
+    enc = _trained_looking(p).encoder
+    frames = torch.randn(2, p.audio.n_mels, 60) * 3 - 5
+    with torch.no_grad():
+        x = enc.first(enc.input_norm(frames - frames.mean(dim=1, keepdim=True)))
+        outs = []
+        for d, block in zip(enc.dilations, enc.blocks):
+            x = x[:, :, d:-d] + block(x)
+            outs.append(x)
+        n = outs[-1].shape[-1]
+        h = torch.cat([o[:, :, (o.shape[-1] - n) // 2:(o.shape[-1] - n) // 2 + n] for o in outs], dim=1)
+        folded_h, folded_logits = enc.frame_features(frames)
+    torch.testing.assert_close(folded_h, h, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(folded_logits, enc.attention(h), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spread", [1.0, 100.0])  # 100: past SHARED_SHIFT_MAX, pooled window by window
+def test_sliding_pooled_stats_equal_each_window_pooled_alone(spread):
+    from speakertag.model import Encoder
+
+    h, logits = torch.randn(8, 400), torch.randn(8, 400) * spread
+    width, hop = 150, 43
+    got = Encoder.sliding_pooled_stats(h, logits, width, hop, chunk_windows=3)
+    want = torch.cat([Encoder.pooled_stats(h[None, :, j:j + width], logits[None, :, j:j + width])
+                      for j in range(0, 400 - width + 1, hop)])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -28,7 +28,7 @@ def test_tag_example_film(tiny_model_dir, example):
     assert track.threshold == voice.memory.threshold and track.name == "tiny"
     for s in r.segments:
         assert 0 <= s.start_s < s.end_s <= r.duration_s and s.label == "tiny"
-    assert set(r.stage_s) == {"decode", "features", "encoder", "search"}
+    assert set(r.stage_s) == {"decode", "features", "encoder", "search", "waiting"}
     assert track.edge_threshold == voice.memory.edge_threshold is not None
 
 

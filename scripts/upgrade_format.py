@@ -1,4 +1,4 @@
-"""Rewrite model folders (model.pt, memory.npz) of format version 2 in format version 3.
+"""Rewrite model folders (model.pt, memory.npz) of format version 2 in the current format.
 
     python scripts/upgrade_format.py models/base [MORE_MODEL_FOLDERS ...]
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from speakertag.memory import MEMORY_FILE, load_memory, save_memory  # noqa: E402
 from speakertag.model import MODEL_FILE, Encoder, Model, embed, load_model, save_model  # noqa: E402
-from speakertag.params import Params  # noqa: E402
+from speakertag.params import FORMAT_VERSION, Params  # noqa: E402
 
 # What version 3 added to the params of version 2, at the values version 2 had in its code.
 ADDED = {
@@ -47,7 +47,7 @@ def upgraded_params(old: dict) -> Params:
             for k in keys:
                 assert k not in d[group], f"{group}.{k} already there: not a version 2 file"
                 d[group][k] = defaults[group][k]
-    return Params.from_dict(d)  # any other difference is refused here
+    return Params.from_dict(d, 3)  # any other difference is refused here; later formats' additions filled in
 
 
 def upgrade_folder(folder: Path) -> None:
@@ -83,12 +83,12 @@ def upgrade_folder(folder: Path) -> None:
     film = torch.randn(40, params.audio.n_mels, params.audio.window_frames)
     same = same and torch.equal(embed(before, film, params.audio.hop_frames), embed(after, film, params.audio.hop_frames))
     assert same and after.fingerprint == payload["fingerprint"], "the encoder's outputs changed"
-    print(f"{folder / MODEL_FILE}: format 3, fingerprint {after.fingerprint}, encoder outputs identical")
+    print(f"{folder / MODEL_FILE}: format {FORMAT_VERSION}, fingerprint {after.fingerprint}, encoder outputs identical")
     if memory is not None:
         save_memory(memory, memory_path)
         back = load_memory(memory_path)
         assert np.array_equal(back.embeddings, embeddings) and np.array_equal(back.negatives, negatives)
-        print(f"{memory_path}: format 3, {len(embeddings)} + {len(negatives)} entries unchanged")
+        print(f"{memory_path}: format {FORMAT_VERSION}, {len(embeddings)} + {len(negatives)} entries unchanged")
 
 
 def main() -> None:

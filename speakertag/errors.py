@@ -11,13 +11,17 @@ def first_line(e: BaseException, limit: int = 120) -> str:
     return text.splitlines()[0][:limit] if text else type(e).__name__
 
 
-def check_format(header: object, kind: str, file: object, version: int) -> None:
-    """Refuse a model or memory header that is not of `kind` ("model", "memory") or not of `version`."""
+def check_format(header: object, kind: str, file: object, version: int, oldest: int | None = None) -> int:
+    """Refuse a model or memory header that is not of `kind` ("model", "memory") or whose
+    format version is not in oldest..version (oldest None: `version` only); returns it."""
     if not isinstance(header, dict) or header.get("format") != f"speakertag-{kind}":
         raise SpeakertagError(f"not a speakertag {kind} file: {file}")
     found = header.get("format_version")
-    if found != version:
+    low = version if oldest is None else oldest
+    if not isinstance(found, int) or isinstance(found, bool) or not low <= found <= version:
+        reads = f"format version {version}" if low == version else f"format versions {low}-{version}"
         remedy = ("; train it again, or convert it with scripts/upgrade_format.py from a checkout"
-                  if found == 2 and version == 3 else "")
+                  if found == 2 and low == 3 else "")
         raise SpeakertagError(f"{kind} {file} has format version {found}: made by another "
-                              f"version of speakertag (this one reads format version {version}){remedy}")
+                              f"version of speakertag (this one reads {reads}){remedy}")
+    return found

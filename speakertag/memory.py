@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import SpeakertagError, check_format, first_line
 from .io_utils import atomic_write_bytes, file_kind
-from .params import FORMAT_VERSION, Params, ParamsMismatch, speakertag_version
+from .params import FORMAT_VERSION, OLDEST_READABLE_FORMAT, Params, ParamsMismatch, speakertag_version
 
 MEMORY_FILE = "memory.npz"
 HNSW_MIN_ENTRIES = 50_000  # from this size on, search an approximate HNSW index
@@ -116,12 +116,12 @@ def load_memory(path: str | Path) -> Memory:
         # numpy's own words would invite an unsafe load ("allow_pickle=True"): say what it is instead
         why = "it holds pickled objects, which speakertag never loads" if "pickle" in str(e) else "damaged or incomplete"
         raise SpeakertagError(f"not a valid speakertag memory file: {file} ({why})") from None
-    check_format(header, "memory", file, FORMAT_VERSION)
+    version = check_format(header, "memory", file, FORMAT_VERSION, OLDEST_READABLE_FORMAT)
     stored = header.pop("checksum", None)
     if stored != _checksum(embeddings, negatives, header):
         raise SpeakertagError(f"memory {file} failed its checksum: its contents were changed or damaged")
     try:
-        params = Params.from_dict(header["params"])
+        params = Params.from_dict(header["params"], version)
     except ParamsMismatch as e:
         raise SpeakertagError(f"memory {file} was made by another version of speakertag "
                               f"(format {FORMAT_VERSION}): {first_line(e)}") from None

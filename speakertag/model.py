@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .errors import SpeakertagError, check_format, first_line
 from .io_utils import atomic_write_bytes
-from .params import FORMAT_VERSION, AudioParams, EncoderParams, Params, ParamsMismatch, speakertag_version
+from .params import FORMAT_VERSION, OLDEST_READABLE_FORMAT, AudioParams, EncoderParams, Params, ParamsMismatch, speakertag_version
 
 MODEL_FILE = "model.pt"
 IMPOSTORS_DIR = "impostors"  # clips of voices the model never heard, for calibration
@@ -289,7 +289,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Mo
             raise SpeakertagError(f"refused to load {file}: it would run {code.group(1)} when loaded "
                                   "(a model file holds only weights and numbers)") from None
         raise SpeakertagError(f"not a valid speakertag model file: {file} ({_torch_reason(e)})") from None
-    check_format(payload, "model", file, FORMAT_VERSION)
+    version = check_format(payload, "model", file, FORMAT_VERSION, OLDEST_READABLE_FORMAT)
     try:
         intact = payload["checksum"] == payload_checksum(payload)
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):  # no checksum, no tensors, no JSON
@@ -298,7 +298,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Mo
         raise SpeakertagError(f"model {file} failed its checksum: its params, metadata or weights were changed "
                               "or damaged")
     try:
-        params = Params.from_dict(payload["params"])
+        params = Params.from_dict(payload["params"], version)
     except ParamsMismatch as e:
         raise SpeakertagError(f"model {file} was made by another version of speakertag "
                               f"(format {FORMAT_VERSION}): {first_line(e)}") from None

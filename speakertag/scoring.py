@@ -78,9 +78,13 @@ def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: st
                         target_share: float = TrainParams.target_share,
                         impostor_scores: np.ndarray | None = None,
                         impostor_share: float = TrainParams.impostor_share,
-                        edge_quantile: float = TrainParams.edge_quantile) -> Calibration:
+                        edge_quantile: float = TrainParams.edge_quantile,
+                        f1_tolerance: float = 0.0) -> Calibration:
     """Pick the threshold that maximises F1 (rule "f1"), or the lowest threshold whose
     precision reaches `target_precision` (rule "precision"), on validation window scores.
+    With `f1_tolerance`, rule "f1" takes every threshold whose F1 is within it of the best as
+    as good, and the one nearest the middle of their range: where F1 is flat over a wide
+    range (a target with look-alikes among the impostors), the best point is noise.
 
     Positives are weighted so that both classes count as much as they would in a film
     where the target speaks `target_share` of the time, whatever the sample sizes.
@@ -113,7 +117,10 @@ def calibrate_threshold(pos_scores: np.ndarray, neg_scores: np.ndarray, rule: st
     last_of_run = np.r_[scores[1:] != scores[:-1], True]
     if rule == "f1":
         i = int(np.argmax(np.where(last_of_run, f1, -1.0)))
-        name = "best F1"
+        if f1_tolerance > 0:
+            near = np.flatnonzero(last_of_run & (f1 >= f1[i] - f1_tolerance))
+            i = int(near[np.argmin(np.abs(scores[near] - (scores[near].max() + scores[near].min()) / 2))])
+        name = f"middle of best F1 ± {f1_tolerance:g}" if f1_tolerance > 0 else "best F1"
     elif rule == "precision":
         ok = np.flatnonzero(last_of_run & (precision >= target_precision))
         i = int(ok[-1]) if len(ok) else int(np.argmax(np.where(last_of_run, precision, -1.0)))

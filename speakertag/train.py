@@ -484,6 +484,6 @@ def build_memory(model: Model, pos_clips: list[Clip], neg_clips: list[Clip], imp
         calibration_scores(cal_neg, own_neg_clip=np.tile(neg_ids, rounds)),
         tp.threshold_rule, tp.target_precision, tp.target_share,
         imp_scores[nearest_groups(imp_scores, imp_voices.clip_index, tp.calibration_impostors)],
-        tp.impostor_share, tp.edge_quantile)
+        tp.impostor_share, tp.edge_quantile, tp.f1_tolerance)
     return Memory(positives, negatives, p, model.fingerprint, calib.threshold, name,
                   {"calibration": calib.__dict__, "source": name}, calib.edge_threshold), calib

@@ -83,9 +83,9 @@ def write_wav(tmp_path):
     return write
 
 
-def train_tiny(out_dir: Path, clip_dir: Path, seed: int = 0, name: str = "tiny") -> Path:
-    """Train a real model for 4 steps on a subset of the example clips; writes out_dir/model.pt
-    and out_dir/memory.npz and returns out_dir."""
+def train_tiny(out_dir: Path, clip_dir: Path, seed: int = 0, name: str = "tiny", base=None) -> Path:
+    """Train a real model for 4 steps on a subset of the example clips (from scratch, or
+    fine-tuning the Model `base`); writes out_dir/model.pt and out_dir/memory.npz and returns out_dir."""
     from speakertag.memory import save_memory
     from speakertag.model import save_model
     from speakertag.params import Params
@@ -99,7 +99,7 @@ def train_tiny(out_dir: Path, clip_dir: Path, seed: int = 0, name: str = "tiny")
     # 4 steps from scratch may give a threshold that most negatives exceed: allowed here (max share 1)
     p = replace(p, train=replace(p.train, max_steps=4, eval_every_steps=2, batch_size=16, seed=seed,
                                  max_negative_share=1.0))
-    model, memory, _ = train([clip_dir / "pos"], [clip_dir / "neg"], p, base=None, name=name)
+    model, memory, _ = train([clip_dir / "pos"], [clip_dir / "neg"], p, base=base, name=name)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_model(model, out_dir)
     save_memory(memory, out_dir)

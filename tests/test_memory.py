@@ -88,6 +88,21 @@ def test_unknown_version_refused(tmp_path):
         load_memory(path)
 
 
+def test_format_3_memory_is_read(tmp_path):
+    from speakertag.memory import _checksum
+
+    path = save_memory(make_memory(), tmp_path / "mem.npz")
+
+    def to_format_3(arrays, header):
+        header.update(format_version=3)
+        del header["params"]["train"]["f1_tolerance"]
+        header.pop("checksum")
+        header["checksum"] = _checksum(arrays["embeddings"], arrays["negatives"], header)
+
+    rewrite(path, to_format_3)
+    assert load_memory(path).params.train.f1_tolerance == 0.0
+
+
 @pytest.mark.parametrize("content", [b"", b"hello", bytes(range(256)) * 4])
 def test_not_a_memory_file(tmp_path, content):
     path = tmp_path / "mem.npz"

@@ -115,6 +115,23 @@ def test_damaged_payloads(model, tmp_path, change, phrase, checksum_again):
         load_model(tmp_path, "cpu")
 
 
+def test_format_3_files_are_read_with_format_4s_additions_at_their_old_values(model, tmp_path):
+    """A format 3 file has no train.f1_tolerance: it is read as 0.0 (the plain best F1 it was
+    calibrated with); a format 3 file that has it is refused."""
+    path = save_model(model, tmp_path)
+    payload = payload_of(path)
+    payload["format_version"] = 3
+    del payload["params"]["train"]["f1_tolerance"]
+    payload["checksum"] = payload_checksum(payload)
+    torch.save(payload, path)
+    assert load_model(tmp_path, "cpu").params.train.f1_tolerance == 0.0
+    payload["params"]["train"]["f1_tolerance"] = 0.02
+    payload["checksum"] = payload_checksum(payload)
+    torch.save(payload, path)
+    with pytest.raises(SpeakertagError, match="format 3 hold f1_tolerance"):
+        load_model(tmp_path, "cpu")
+
+
 class RunsCode:
     """Unpickling this object would run a shell command."""
 

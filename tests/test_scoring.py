@@ -163,3 +163,17 @@ def test_a_threshold_that_tags_most_negatives_is_a_problem():
 def test_a_threshold_above_every_target_score_is_a_problem():
     c = Calibration(0.9, "precision >= 0.95", 0.0, 0.0, 0.0, 40, 100, 0.5, 0.2)
     assert "above every score of the target's 40 calibration windows" in calibration_problem(c)
+
+
+def test_f1_tolerance_takes_the_middle_of_a_flat_best():
+    """Scores where every threshold from 0.3 to 0.5 gives nearly the same F1: the tolerance
+    takes the middle of that range, where plain argmax takes whichever point noise favours."""
+    rng = np.random.default_rng(0)
+    pos = np.r_[rng.uniform(0.5, 0.9, 200), rng.uniform(0.3, 0.5, 4)]
+    neg = np.r_[rng.uniform(-0.2, 0.3, 800), rng.uniform(0.3, 0.5, 4)]
+    plain = calibrate_threshold(pos, neg)
+    flat = calibrate_threshold(pos, neg, f1_tolerance=0.02)
+    assert flat.f1 >= plain.f1 - 0.02
+    assert abs(flat.threshold - 0.4) < 0.05
+    assert flat.rule == "middle of best F1 ± 0.02"
+    assert calibrate_threshold(pos, neg, f1_tolerance=0.0) == plain

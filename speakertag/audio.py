@@ -213,12 +213,13 @@ def _decoder_downmix(s, channels: str) -> str | None:
 def decoded_channels(path: str | Path, stream: int | None = None, channels: str = "auto") -> int:
     """How many channels the decoder gives for `path` read as `decode_blocks` reads it (the
     stream's, or fewer when the decoder mixes down): what decoding costs, roughly."""
-    info = probe(path, stream)
-    if _use_soundfile(Path(path)):
-        return info.channels
-    with _open_container(Path(path)) as container:
-        downmix = _decoder_downmix(_pick_stream(container, path, stream)[0], channels)
-    return {"mono": 1, "stereo": 2}.get(downmix, info.channels)
+    path = Path(path)
+    _check_readable(path)
+    if _use_soundfile(path):
+        return probe(path, stream).channels
+    with _open_container(path) as container:
+        s, _ = _pick_stream(container, path, stream)
+        return {"mono": 1, "stereo": 2}.get(_decoder_downmix(s, channels), s.channels)
 
 
 def _open_container(path):
@@ -283,7 +284,8 @@ def _clean(block: np.ndarray, weights: tuple[float, ...] | None = None) -> np.nd
         mono = block[0] * np.float32(weights[0])
         for row, w in zip(block[1:], weights[1:]):
             mono += row * np.float32(w)
-    mono = np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
+    if not np.isfinite(mono).all():  # float files can hold anything; decoded compressed audio is finite
+        np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
     return np.clip(mono, -MAX_ABS_SAMPLE, MAX_ABS_SAMPLE, out=mono)
 
 
@@ -376,8 +378,9 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float,
                     mix = channel_mix(tuple(c.name for c in frame.layout.channels), channels)
                     # Planar: read only the planes the mix keeps (the centre: 1 of 6), copied at join().
                     dtype = None if packed or mix.channels is None else PLANE_DTYPES.get(frame.format.packed.name)
-                if dtype is not None:
-                    pending.extend(np.frombuffer(frame.planes[i], dtype, frame.samples) for i in mix.channels)
+                if dtype is not None:  # copied now: views held until join() keep FFmpeg from reusing its
+                    # buffers, which made decoding a 5.1 film 10-15 % slower
+                    pending.extend(np.frombuffer(frame.planes[i], dtype, frame.samples).copy() for i in mix.channels)
                 else:
                     x = frame.to_ndarray()
                     pending.append(x if packed or mix.channels is None else x[list(mix.channels)])

@@ -111,7 +111,7 @@ def _timed(items: Iterator, stage_s: dict[str, float], key: str) -> Iterator:
 
 # Films whose decoder gives at most this many channels have their features computed on the
 # decoding thread; those with more (5.1 decoded whole, for its centre) on the encoder's. On
-# 2 cores, 2-hour AC-3 film: stereo decodes in 8 s, 5.1 in 14 s, the features take 2.5 s and
+# 2 cores, 2-hour AC-3 film: stereo decodes in 8 s, 5.1 in 12-13 s, the features take 2.5 s and
 # the encoder 10 s.
 FEATURES_WITH_DECODING_MAX_CHANNELS = 2
 

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from .errors import SpeakertagError, check_format, first_line
 from .io_utils import atomic_write_bytes
-from .params import FORMAT_VERSION, OLDEST_READABLE_FORMAT, AudioParams, EncoderParams, Params, ParamsMismatch, speakertag_version
+from .params import (FORMAT_VERSION, OLDEST_READABLE_FORMAT, AudioParams, EncoderParams, Params, ParamsMismatch,
+                     speakertag_version)
 
 MODEL_FILE = "model.pt"
 IMPOSTORS_DIR = "impostors"  # clips of voices the model never heard, for calibration
@@ -101,7 +102,7 @@ class Encoder(nn.Module):
             outs.append(x)
         n = outs[-1].shape[-1]
         h = torch.cat([o[:, :, (o.shape[-1] - n) // 2:(o.shape[-1] - n) // 2 + n] for o in outs], dim=1)
-        return h, self.attention(h) if self.training else F.conv1d(F.relu_(F.conv1d(h, wa, ba)), wb, bb)
+        return h, (self.attention(h) if self.training else F.conv1d(F.relu_(F.conv1d(h, wa, ba)), wb, bb))
 
     def folded_convs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(weight, bias) of each convolution with the eval-mode batch-norms beside it folded

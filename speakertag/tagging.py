@@ -154,8 +154,8 @@ class TagResult:
     hop_s: float
     cell_db: np.ndarray  # (n_windows + cells per window - 1,) speech-band level of each hop-long cell, dB
     tracks: list[VoiceTrack]  # one per voice, in the order the voices were given
-    stage_s: dict[str, float]  # wall seconds spent in each stage (decode, features, encoder, search; each in
-    # its own thread, so they overlap) and waiting (the encoder's thread waiting for windows)
+    stage_s: dict[str, float]  # wall seconds spent in each stage (decode, features, encoder, search; the
+    # decoding has a thread of its own, so they overlap) and waiting (the encoder's thread, for audio)
     note: str = ""  # one line for the user about the film (shorter than one window), or ""
     audio: AudioParams | None = None  # the front end the windows were cut with
 

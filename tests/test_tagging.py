@@ -1,6 +1,5 @@
 """Tagging real audio with a real (tiny) model: scores, segments, pairing checks."""
 
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from speakertag.errors import SpeakertagError
 from speakertag.features import cell_levels_db, log_mel
 from speakertag.memory import load_memory
 from speakertag.segments import cell_scores
-from speakertag.tagging import Voice, check_pair, load_voice, tag
+from speakertag.tagging import check_pair, load_voice, tag
 from conftest import train_tiny
 
 

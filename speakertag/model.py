@@ -90,15 +90,13 @@ class Encoder(nn.Module):
         x = frames - frames.mean(dim=1, keepdim=True)
         if self.training:
             x = self.first(self.input_norm(x))
-            blocks = list(self.blocks)
         else:
             (w, b), *convs, (wa, ba), (wb, bb) = self.folded_convs()
             x = F.relu_(F.conv1d(x, w, b))
-            blocks = [lambda y, w=w, b=b, d=d: F.relu_(F.conv1d(y, w, b, dilation=d))
-                      for (w, b), d in zip(convs, self.dilations)]
         outs = []
-        for d, block in zip(self.dilations, blocks):
-            x = x[:, :, d:-d] + block(x)
+        for i, d in enumerate(self.dilations):
+            y = self.blocks[i](x) if self.training else F.relu_(F.conv1d(x, *convs[i], dilation=d))
+            x = x[:, :, d:-d] + y
             outs.append(x)
         n = outs[-1].shape[-1]
         h = torch.cat([o[:, :, (o.shape[-1] - n) // 2:(o.shape[-1] - n) // 2 + n] for o in outs], dim=1)

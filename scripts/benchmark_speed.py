@@ -27,6 +27,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from speakertag.params import CHANNEL_CHOICES
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "data" / "example"
 RATE_HZ = 48000
@@ -120,8 +122,8 @@ def main() -> None:
     ap.add_argument("--hours", type=float, nargs="+", default=[2.0, 4.0])
     ap.add_argument("--layout", choices=["5.1", "stereo"], default="5.1", help="AC-3 channel layout")
     ap.add_argument("--film", type=Path, nargs="+", default=[], help="also measure these files")
-    ap.add_argument("--channels", choices=["auto", "centre", "centre-weighted", "average"], default="auto",
-                    help="how a 5.1 film becomes mono (speakertag --channels)")
+    ap.add_argument("--channels", choices=CHANNEL_CHOICES, default="auto",
+                    help="how a stereo or 5.1 film becomes mono (speakertag --channels)")
     ap.add_argument("--train", action="store_true", help="also time training on the example clips")
     args = ap.parse_args()
     st = [sys.executable, "-m", "speakertag"]

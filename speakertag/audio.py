@@ -3,15 +3,18 @@
 soundfile reads plain audio files (wav, flac, ogg, aiff, ...); PyAV (FFmpeg) reads every
 container and codec FFmpeg knows (mp3, mkv, mp4, ts, webm; AAC, AC-3, DTS, Opus, ...). MP3
 goes to FFmpeg: soundfile's mpg123 prints warnings about damaged files on stderr. Channels
-are mixed to mono as `channels` asks (CHANNEL_CHOICES; mono and stereo are always
-averaged), then one streaming resampler brings the audio to the model rate. Nothing here
-holds a whole file at its source rate.
+are mixed to mono as `channels` asks (CHANNEL_CHOICES), then one streaming resampler
+brings the audio to the model rate. Nothing here holds a whole file at its source rate.
 
 Films carry 5.1 and 7.1 with the dialogue in the centre channel (FC). `centre` hears it
 alone, `centre-weighted` hears (FC + w * (FL + FR)) / (1 + 2w) (w: params.CHANNELS.front_weight),
 `average` the mean of all channels, and `auto` picks params.CHANNELS.auto for layouts with
 a centre and at least params.CHANNELS.auto_min_channels channels, `average` for the others.
-A layout without channel names (FFmpeg's "6 channels") has no centre: it is averaged. For
+A layout without channel names (FFmpeg's "6 channels") has no centre: it is averaged.
+Mono is heard as it is; stereo is averaged, except with `coherent`: both channels are
+resampled and `stereo.CoherentMid` keeps the part of their mid signal that the two share
+(a voice panned anywhere), weakening wide music and ambience; other layouts hear `coherent`
+as `auto`. For
 `average` of more than two channels, the AC-3, E-AC-3, DTS and TrueHD decoders mix down
 themselves (their `downmix` option, DECODER_DOWNMIX), running their inverse transforms on
 fewer channels: their mix leaves out the LFE and follows the stream's mix levels, a gain
@@ -37,7 +40,8 @@ import soundfile as sf
 
 from .errors import SpeakertagError, first_line
 from .io_utils import file_kind
-from .params import CHANNEL_CHOICES, CHANNELS, ChannelParams
+from .params import CHANNEL_CHOICES, CHANNELS, STEREO, ChannelParams
+from .stereo import CoherentMid
 
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".w64", ".caf"}
 CONTAINER_SUFFIXES = {
@@ -72,7 +76,7 @@ PLANE_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int6
 class Mix:
     """How one layout's channels become mono: keep `channels` (indices into the layout; None:
     all) and weight them by `weights` (None: their mean)."""
-    choice: str  # "average", "centre" or "centre-weighted": what was applied
+    choice: str  # "average", "centre", "centre-weighted" or "coherent": what was applied
     channels: tuple[int, ...] | None = None
     weights: tuple[float, ...] | None = None
 
@@ -86,8 +90,13 @@ def check_channels(choice: str) -> str:
 def channel_mix(names: tuple[str, ...], choice: str, p: ChannelParams = CHANNELS) -> Mix:
     """The mix of a layout whose channels are `names` (FFmpeg's: FL, FR, FC, LFE, ...; a
     layout without names gives none of these) for `choice`, one of CHANNEL_CHOICES.
-    Mono and stereo are averaged whatever the choice; so is a layout without a centre."""
+    Mono is averaged whatever the choice; stereo too unless the choice is `coherent`; a
+    layout without a centre is averaged."""
     check_channels(choice)
+    if len(names) == 2 and choice == "coherent":
+        return Mix("coherent")
+    if choice == "coherent":
+        choice = "auto"
     if len(names) <= 2 or "FC" not in names:  # FFmpeg's mono layout is FC alone
         return Mix("average")
     if choice == "auto":
@@ -240,26 +249,52 @@ def _pipe_hint(path) -> str:
 
 
 class _Resampler:
-    """Streaming mono resampler to the model rate (FFmpeg's swresample)."""
+    """Streaming resampler of mono (n,) or stereo (2, n) float32 blocks to the model rate
+    (FFmpeg's swresample)."""
 
-    def __init__(self, source_rate_hz: int, target_rate_hz: int):
-        self.source_rate_hz = source_rate_hz
+    def __init__(self, source_rate_hz: int, target_rate_hz: int, n_channels: int = 1):
+        self.source_rate_hz, self.n_channels = source_rate_hz, n_channels
         self.same_rate = source_rate_hz == target_rate_hz
-        self.resampler = None if self.same_rate else av.AudioResampler(format="flt", layout="mono", rate=target_rate_hz)
+        self.layout = "mono" if n_channels == 1 else "stereo"
+        self.resampler = None if self.same_rate else av.AudioResampler(format="fltp", layout=self.layout,
+                                                                        rate=target_rate_hz)
 
-    def __call__(self, mono: np.ndarray | None) -> np.ndarray:
+    def __call__(self, block: np.ndarray | None) -> np.ndarray:
         """Resample the next block; `None` flushes what the filter still holds."""
+        empty = np.zeros((0,) if self.n_channels == 1 else (self.n_channels, 0), np.float32)
         if self.same_rate:
-            return np.zeros(0, np.float32) if mono is None else mono
-        if mono is None:
+            return empty if block is None else block
+        if block is None:
             frames = self.resampler.resample(None)
         else:
-            frame = av.AudioFrame.from_ndarray(mono[None, :], format="flt", layout="mono")
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block.reshape(self.n_channels, -1)), format="fltp",
+                                               layout=self.layout)
             frame.sample_rate = self.source_rate_hz
             frames = self.resampler.resample(frame)
         if not frames:
-            return np.zeros(0, np.float32)
-        return np.concatenate([f.to_ndarray()[0] for f in frames])
+            return empty
+        out = np.concatenate([f.to_ndarray() for f in frames], axis=1)
+        return out[0] if self.n_channels == 1 else out
+
+
+class _ToModelRate:
+    """One stream's blocks, as the source gives them ((channels, n) at the source rate, with
+    their Mix), as mono float32 blocks at the model rate: mixed, resampled and, for a
+    `coherent` mix, resampled in stereo and then reduced by CoherentMid."""
+
+    def __init__(self, source_rate_hz: int, target_rate_hz: int, mix: Mix):
+        self.source_rate_hz, self.choice = source_rate_hz, mix.choice
+        coherent = mix.choice == "coherent"
+        self.resample = _Resampler(source_rate_hz, target_rate_hz, 2 if coherent else 1)
+        self.coherent = CoherentMid(target_rate_hz, STEREO) if coherent else None
+
+    def __call__(self, block: np.ndarray | None, weights: tuple[float, ...] | None = None) -> np.ndarray:
+        """The next block (None flushes)."""
+        if self.coherent is None:
+            return self.resample(None if block is None else _clean(block, weights))
+        stereo = self.resample(None if block is None else _clean(block, keep_channels=True))
+        out = self.coherent(stereo)
+        return out if block is not None else np.concatenate([out, self.coherent(None)])
 
 
 def _to_float(x: np.ndarray) -> np.ndarray:
@@ -273,12 +308,14 @@ def _to_float(x: np.ndarray) -> np.ndarray:
     return (x.astype(np.float64) / full).astype(np.float32)
 
 
-def _clean(block: np.ndarray, weights: tuple[float, ...] | None = None) -> np.ndarray:
+def _clean(block: np.ndarray, weights: tuple[float, ...] | None = None, keep_channels: bool = False) -> np.ndarray:
     """Mix a (channels, n) block to float32 mono (the channels' mean, or weighted by
-    `weights`, one per row) with finite samples in [-MAX_ABS_SAMPLE, MAX_ABS_SAMPLE]: NaN
-    becomes 0, +-inf full scale."""
+    `weights`, one per row; keep_channels: not mixed, (channels, n)) with finite samples in
+    [-MAX_ABS_SAMPLE, MAX_ABS_SAMPLE]: NaN becomes 0, +-inf full scale."""
     block = block.astype(np.float32, copy=False)
-    if weights is None:
+    if keep_channels:
+        mono = block.copy()
+    elif weights is None:
         mono = block.mean(axis=0)
     else:  # a sum, not a matrix product: BLAS threads left spinning would slow the decoder down
         mono = block[0] * np.float32(weights[0])
@@ -294,15 +331,16 @@ def _soundfile_reason(e: Exception) -> str:
     return first_line(e).removeprefix("Error : ").rstrip(".")
 
 
-def _soundfile_blocks(path: Path, block_s: float) -> Iterator[tuple[np.ndarray, int, tuple[float, ...] | None]]:
-    """(channels, n) blocks, their rate and mix weights (None: averaged; soundfile gives no
-    channel layout, so a 5.1 WAV is averaged)."""
+def _soundfile_blocks(path: Path, block_s: float, channels: str) -> Iterator[tuple[np.ndarray, int, Mix]]:
+    """(channels, n) blocks, their rate and their Mix (soundfile gives no channel layout, so a
+    5.1 WAV is averaged; a two-channel one is taken for stereo)."""
     try:
         f = sf.SoundFile(str(path))
     except Exception as e:  # noqa: BLE001 - soundfile raises several types
         raise SpeakertagError(f"cannot read {path}: {_soundfile_reason(e)}") from None
     with f:
         n = max(1, int(block_s * f.samplerate))
+        mix = channel_mix(("FL", "FR") if f.channels == 2 else (), channels)
         while True:
             try:
                 data = f.read(n, dtype="float32", always_2d=True)
@@ -310,7 +348,7 @@ def _soundfile_blocks(path: Path, block_s: float) -> Iterator[tuple[np.ndarray, 
                 raise SpeakertagError(f"cannot decode {path}: {_soundfile_reason(e)} (damaged or truncated file)") from None
             if len(data) == 0:
                 return
-            yield data.T, f.samplerate, None
+            yield data.T, f.samplerate, mix
 
 
 def _safe_frames(frames: Iterator) -> Iterator:
@@ -341,9 +379,9 @@ def _safe_frames(frames: Iterator) -> Iterator:
 
 
 def _pyav_blocks(path: Path, stream: int | None, block_s: float,
-                 channels: str) -> Iterator[tuple[np.ndarray, int, tuple[float, ...] | None]]:
-    """(k, n) blocks of the channels the mix keeps, their rate and their mix weights (None:
-    averaged). The mix is chosen per layout: a TV channel's 5.1 can turn stereo mid-stream."""
+                 channels: str) -> Iterator[tuple[np.ndarray, int, Mix]]:
+    """(k, n) blocks of the channels the mix keeps, their rate and their Mix. The mix is
+    chosen per layout: a TV channel's 5.1 can turn stereo mid-stream."""
     container = _open_container(path)
     with container:
         s, _ = _pick_stream(container, path, stream)
@@ -369,7 +407,7 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float,
             # The per-frame work is kept to a minimum: a film has hundreds of thousands of frames.
             for frame in _safe_frames(container.decode(s)):
                 if pending and (frame.sample_rate != rate or frame.layout.name != layout):
-                    yield join(), rate, mix.weights  # the format changed (a TV channel's 5.1 ends): close the block
+                    yield join(), rate, mix  # the format changed (a TV channel's 5.1 ends): close the block
                     pending, pending_n = [], 0
                 if not pending:
                     rate, layout = frame.sample_rate, frame.layout.name
@@ -386,12 +424,12 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float,
                     pending.append(x if packed or mix.channels is None else x[list(mix.channels)])
                 pending_n += frame.samples
                 if pending_n >= block_s * rate:
-                    yield join(), rate, mix.weights
+                    yield join(), rate, mix
                     pending, pending_n = [], 0
         except av.error.FFmpegError as e:
             raise SpeakertagError(f"cannot decode {path}: {e.strerror or e}{_pipe_hint(path)}") from None
         if pending:
-            yield join(), rate, mix.weights
+            yield join(), rate, mix
 
 
 def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = None,
@@ -411,20 +449,20 @@ def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = No
     if not piped and _use_soundfile(path):
         if stream not in (None, 0):
             raise SpeakertagError(f"--stream {stream} does not exist in {path}: it has 1 audio stream")
-        source = _soundfile_blocks(path, block_s)
+        source = _soundfile_blocks(path, block_s, channels)
     else:
         source = _pyav_blocks(path, stream, block_s, channels)
     resample = None
     try:
-        for block, rate, weights in source:
-            if resample is None or rate != resample.source_rate_hz:
+        for block, rate, mix in source:
+            if resample is None or rate != resample.source_rate_hz or mix.choice != resample.choice:
                 if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
                     raise SpeakertagError(f"cannot decode {path}: its sample rate of {rate} Hz is not one of "
                                           f"{MIN_RATE_HZ}-{MAX_RATE_HZ} Hz (damaged file?)")
-                if resample is not None:  # the source changed rate mid-stream: flush the old filter
+                if resample is not None:  # the source changed rate or mix mid-stream: flush the old filter
                     yield resample(None)
-                resample = _Resampler(rate, sample_rate_hz)
-            out = resample(_clean(block, weights))
+                resample = _ToModelRate(rate, sample_rate_hz, mix)
+            out = resample(block, mix.weights)
             if len(out):
                 yield out
         if resample is None:

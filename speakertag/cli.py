@@ -26,7 +26,8 @@ CHANNELS_OPTION = click.option(
     "--channels", type=click.Choice(CHANNEL_CHOICES), default="auto", show_default=True,
     help="What the model hears of a 5.1/7.1 film: the centre channel (the dialogue) alone, centre-weighted "
          "(centre + half of front left and right), or the average of all; auto: "
-         f"{CHANNELS.auto} where there is a centre. Mono and stereo are always averaged.")
+         f"{CHANNELS.auto} where there is a centre. Stereo is averaged, or with coherent, only what both "
+         "channels share (voices), which weakens music and ambience mixed wide (slower). Mono is heard as it is.")
 # A window's score is its top-k mean cosine to the target's memory minus 0.5 (the negative
 # weight) times that to the other sounds: it lies in [-1.5, 1.5].
 SCORE_RANGE = (-1.5, 1.5)

@@ -228,7 +228,9 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     # runs the encoder (and the features when decoding is dear) and the search. FFmpeg and
     # torch release the GIL, so that both cores have work the whole run.
     blocks = measured(_timed(decode_blocks(path, a.sample_rate_hz, stream, channels=channels), stage_s, "decode"))
-    features_with_decoding = decoded_channels(path, stream, channels) <= FEATURES_WITH_DECODING_MAX_CHANNELS
+    n_decoded = decoded_channels(path, stream, channels)
+    features_with_decoding = (n_decoded <= FEATURES_WITH_DECODING_MAX_CHANNELS
+                              and not (n_decoded == 2 and channels == "coherent"))  # CoherentMid makes decoding dear
     scores: list[list[np.ndarray]] = [[] for _ in voices]
     levels, last_levels = [], np.zeros(0, np.float32)  # cell j's level from window j; the last window's others
     with _core_left_for_decoding():

@@ -179,6 +179,10 @@ def test_channel_mix():
     assert channel_mix(("FL", "FR", "FC"), "centre").channels == (2,)  # asked for: the centre
     assert channel_mix(("FC",), "centre").choice == "average"  # FFmpeg's mono layout
     assert channel_mix(("FL", "FR", "LFE", "BL", "BR"), "centre").choice == "average"  # no centre
+    assert channel_mix(("FL", "FR"), "coherent").choice == "coherent"
+    assert channel_mix(("FL", "FR"), "auto").choice == "average"  # stereo is averaged unless asked
+    assert channel_mix(seven_one, "coherent").choice == "centre"  # other layouts: as auto
+    assert channel_mix(("FC",), "coherent").choice == "average"
     with pytest.raises(SpeakertagError, match="unknown channel choice"):
         channel_mix(seven_one, "left")
 
@@ -188,6 +192,28 @@ def test_decoded_channels(five_one, tmp_path):
     assert decoded_channels(five_one) == decoded_channels(five_one, channels="centre") == 6
     assert decoded_channels(five_one, channels="average") == 1
     assert decoded_channels(write_audio(tmp_path / "st.wav", np.stack([sine(0.5, RATE)] * 2).T, RATE)) == 2
+
+
+def test_coherent_stereo(tmp_path):
+    """A stereo file heard `coherent`: the same length as averaged; a dual-mono one unchanged;
+    a tone over different noises left and right comes out with less of the noise."""
+    rng = np.random.default_rng(0)
+    tone = sine(3.0, 44100, 440.0, 0.3)
+    noise = 0.3 * rng.standard_normal((2, len(tone)))
+    wide = write_audio(tmp_path / "wide.wav", (tone + noise).T, 44100)
+    dual = write_audio(tmp_path / "dual.flac", np.stack([tone + noise[0]] * 2).T, 44100)
+    wide_mkv = write_container(tmp_path / "wide.mkv", [("pcm_s16le", tone + noise, 44100)])
+    t = sine(3.0, RATE, 440.0, 0.3)
+
+    def residue(x: np.ndarray) -> float:  # the level of what is not the tone
+        x = x[:len(t)]
+        return rms(x - np.dot(x, t) / np.dot(t, t) * t)
+
+    for path in (wide, wide_mkv):
+        average, coherent = load_audio(path, RATE), load_audio(path, RATE, channels="coherent")
+        assert len(coherent) == len(average) and coherent.dtype == np.float32
+        assert residue(coherent) < 0.6 * residue(average)
+    np.testing.assert_allclose(load_audio(dual, RATE, channels="coherent"), load_audio(dual, RATE), atol=1e-4)
 
 
 def test_unknown_channel_choice_is_refused(five_one):

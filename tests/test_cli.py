@@ -173,12 +173,16 @@ def five_one_film(inputs):
     return path
 
 
-def test_tag_channels(tiny_model_dir, five_one_film):
+def test_tag_channels(tiny_model_dir, five_one_film, example):
     runs = {c: run_cli("tag", five_one_film, "--model", tiny_model_dir, "--channels", c, "--format", "csv",
                        "--threshold", "-1.5", "--min-duration", "0", "-q") for c in ("centre", "average")}
     for r in runs.values():
         assert r.returncode == 0, r.stderr
     assert runs["centre"].stdout != runs["average"].stdout  # the choice reaches the decoder
+    stereo = {c: run_cli("tag", example / "movie01.mp4", "--model", tiny_model_dir, "--channels", c, "--format",
+                         "csv", "--threshold", "-1.5", "--min-duration", "0", "-q") for c in ("auto", "coherent")}
+    assert stereo["auto"].returncode == stereo["coherent"].returncode == 0
+    assert stereo["auto"].stdout != stereo["coherent"].stdout  # stereo heard coherent
     assert_fails(run_cli("tag", five_one_film, "--model", tiny_model_dir, "--channels", "left"),
                  "invalid value for '--channels'", exit_code=2)
     assert_fails(run_cli("refine", "--model", tiny_model_dir, "--film", five_one_film, "--labels", "x.csv",

@@ -314,16 +314,16 @@ def _clean(block: np.ndarray, weights: tuple[float, ...] | None = None, keep_cha
     [-MAX_ABS_SAMPLE, MAX_ABS_SAMPLE]: NaN becomes 0, +-inf full scale."""
     block = block.astype(np.float32, copy=False)
     if keep_channels:
-        mono = block.copy()
+        out = block.copy()
     elif weights is None:
-        mono = block.mean(axis=0)
+        out = block.mean(axis=0)
     else:  # a sum, not a matrix product: BLAS threads left spinning would slow the decoder down
-        mono = block[0] * np.float32(weights[0])
+        out = block[0] * np.float32(weights[0])
         for row, w in zip(block[1:], weights[1:]):
-            mono += row * np.float32(w)
-    if not np.isfinite(mono).all():  # float files can hold anything; decoded compressed audio is finite
-        np.nan_to_num(mono, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
-    return np.clip(mono, -MAX_ABS_SAMPLE, MAX_ABS_SAMPLE, out=mono)
+            out += row * np.float32(w)
+    if not np.isfinite(out).all():  # float files can hold anything; decoded compressed audio is finite
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(out, -MAX_ABS_SAMPLE, MAX_ABS_SAMPLE, out=out)
 
 
 def _soundfile_reason(e: Exception) -> str:

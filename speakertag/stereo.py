@@ -88,7 +88,8 @@ class CoherentMid:
         for j in range(self.k - 1):
             total += stats[:, j:j + n_frames]
         total[:, :, 1:-1] += total[:, :, :-2] + total[:, :, 2:]  # ... and its neighbouring bins
-        gain = np.sqrt((total[0] ** 2 + total[1] ** 2) / (total[2] * total[3] + 1e-30))
+        # |<L R*>| / sqrt(<|L|^2> <|R|^2>), without squaring sums that can reach 1e19 (samples of +-1e6)
+        gain = np.hypot(total[0], total[1]) / (np.sqrt(total[2]) * np.sqrt(total[3]) + 1e-30)
         np.minimum(gain, 1.0, out=gain)
         mid = irfft((left + right) * (0.5 * gain), n=self.n_fft, axis=-1) * self.window  # (frames, n_fft)
         out = mid[:, :self.hop].copy()  # overlap-add at 50 %: frame t's first half meets t-1's second

@@ -63,3 +63,11 @@ def test_an_empty_or_short_stream():
 def test_blocks_must_be_stereo():
     with pytest.raises(ValueError, match=r"\(2, n\) blocks"):
         CoherentMid(RATE, StereoParams())(np.zeros((3, 100), np.float32))
+
+
+def test_full_scale_and_silence_stay_finite():
+    """Samples at audio.MAX_ABS_SAMPLE (1e6) and digital silence give finite output."""
+    loud = np.random.default_rng(2).standard_normal((2, RATE)).astype(np.float32) * 1e6
+    assert np.isfinite(run(*loud)).all()
+    silent = np.zeros(RATE, np.float32)
+    assert not run(silent, silent).any()

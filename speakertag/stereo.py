@@ -12,7 +12,10 @@ cell's last K frames and its two neighbouring frequency bins:
 which is about 1 where a voice (or any panned point source) dominates and falls towards the
 estimator's floor (about 1 / sqrt(3K)) in cells of a decorrelated bed; for one
 source over a decorrelated bed of equal level in both channels it is close to the Wiener
-gain S / (S + N). Identical channels (a dual-mono film) pass unchanged. (Sharper masks,
+gain S / (S + N). Identical channels (a dual-mono film) pass unchanged. A source in one
+channel only (hard-panned: a stereo podcast's hosts left and right) is not coherent and is
+weakened like a bed (a reader's voice alone on the left came out about 8 dB down): such
+recordings should be averaged, as `auto` does. (Sharper masks,
 the coherence squared or with the estimator's floor subtracted, lost more of reverberant
 voices than they removed of beds: docs/experiments.md.)
 

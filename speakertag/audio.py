@@ -283,8 +283,8 @@ class _ToModelRate:
     `coherent` mix, resampled in stereo and then reduced by CoherentMid."""
 
     def __init__(self, source_rate_hz: int, target_rate_hz: int, mix: Mix):
-        self.source_rate_hz, self.choice = source_rate_hz, mix.choice
-        coherent = mix.choice == "coherent"
+        self.source_rate_hz = source_rate_hz
+        self.stereo = coherent = mix.choice == "coherent"  # the filters then take two channels
         self.resample = _Resampler(source_rate_hz, target_rate_hz, 2 if coherent else 1)
         self.coherent = CoherentMid(target_rate_hz, STEREO) if coherent else None
 
@@ -455,11 +455,11 @@ def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = No
     resample = None
     try:
         for block, rate, mix in source:
-            if resample is None or rate != resample.source_rate_hz or mix.choice != resample.choice:
+            if resample is None or rate != resample.source_rate_hz or (mix.choice == "coherent") != resample.stereo:
                 if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
                     raise SpeakertagError(f"cannot decode {path}: its sample rate of {rate} Hz is not one of "
                                           f"{MIN_RATE_HZ}-{MAX_RATE_HZ} Hz (damaged file?)")
-                if resample is not None:  # the source changed rate or mix mid-stream: flush the old filter
+                if resample is not None:  # the source changed rate, or stereo for coherent, mid-stream: flush
                     yield resample(None)
                 resample = _ToModelRate(rate, sample_rate_hz, mix)
             out = resample(block, mix.weights)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import sine, speech_like, write_audio, write_container
+from conftest import noise, sine, speech_like, write_audio, write_container
 from speakertag.audio import channel_mix, decode_blocks, decoded_channels, find_media_files, load_audio, probe
 from speakertag.errors import SpeakertagError
 
@@ -214,6 +214,21 @@ def test_coherent_stereo(tmp_path):
         assert len(coherent) == len(average) and coherent.dtype == np.float32
         assert residue(coherent) < 0.6 * residue(average)
     np.testing.assert_allclose(load_audio(dual, RATE, channels="coherent"), load_audio(dual, RATE), atol=1e-4)
+
+
+def test_a_broadcast_turning_from_5_1_to_stereo(tmp_path):
+    """An MPEG-TS whose AC-3 goes from 5.1 to stereo mid-stream (a TV channel's film ends):
+    every second of it comes out, heard as each part should be, however the stereo is heard."""
+    rate = 48000
+    five = write_container(tmp_path / "a.ts", [("ac3", 0.3 * np.stack([noise(4.0, rate, seed=i) for i in range(6)]),
+                                                 rate)])
+    two = write_container(tmp_path / "b.ts", [("ac3", 0.3 * np.stack([noise(4.0, rate, seed=i) for i in (6, 7)]),
+                                                rate)])
+    both = tmp_path / "both.ts"
+    both.write_bytes(five.read_bytes() + two.read_bytes())
+    lengths = {c: len(load_audio(both, RATE, channels=c)) / RATE for c in ("auto", "coherent", "average")}
+    for c, seconds in lengths.items():
+        assert seconds == pytest.approx(8.0, abs=0.1), c
 
 
 def test_unknown_channel_choice_is_refused(five_one):

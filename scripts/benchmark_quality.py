@@ -2,7 +2,7 @@
 """Train, tag and score every task of a data set; print one table.
 
     python scripts/benchmark_quality.py DATASET_DIR [--seeds 0 1 2] [--base models/base|none]
-        [--film movie01.mp4 movie01.51.mkv] [--channels auto|centre|centre-weighted|average]
+        [--film movie01.mp4 movie01.51.mkv] [--channels auto|centre|centre-weighted|average|coherent]
 
 DATASET_DIR holds task folders laid out as train/positive, train/negative,
 test/movie01.mp4, ref/movie01.target.csv. For each task and seed: `train` on the clips
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="override max training steps")
     ap.add_argument("--film", nargs="+", default=["movie01.mp4"], help="the test film's file names in each task's "
                     "test/ folder, e.g. movie01.51.mkv (the 5.1 rendition, same reference)")
-    ap.add_argument("--channels", choices=CHANNEL_CHOICES, default="auto", help="how a 5.1/7.1 film becomes mono")
+    ap.add_argument("--channels", choices=CHANNEL_CHOICES, default="auto", help="how a stereo, 5.1 or 7.1 film becomes mono")
     ap.add_argument("--out", type=Path, help="folder for the hypotheses (CSV)")
     ap.add_argument("--param", action="append", default=[], metavar="GROUP.NAME=VALUE",
                     help="override a train or tag param, e.g. train.fine_tune_layers=all (repeatable)")

@@ -58,7 +58,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="override max training steps")
     ap.add_argument("--film", nargs="+", default=["movie01.mp4"], help="the test film's file names in each task's "
                     "test/ folder, e.g. movie01.51.mkv (the 5.1 rendition, same reference)")
-    ap.add_argument("--channels", choices=CHANNEL_CHOICES, default="auto", help="how a stereo, 5.1 or 7.1 film becomes mono")
+    ap.add_argument("--channels", choices=CHANNEL_CHOICES, default="auto",
+                    help="how a stereo, 5.1 or 7.1 film becomes mono")
     ap.add_argument("--out", type=Path, help="folder for the hypotheses (CSV)")
     ap.add_argument("--param", action="append", default=[], metavar="GROUP.NAME=VALUE",
                     help="override a train or tag param, e.g. train.fine_tune_layers=all (repeatable)")

@@ -62,7 +62,7 @@ class CoherentMid:
         if block.ndim != 2 or block.shape[0] != 2:
             raise ValueError(f"CoherentMid takes (2, n) blocks, not {block.shape}")
         self.n_in += block.shape[1]
-        step = CHUNK_FRAMES * self.hop  # pieces whose arrays stay in the CPU's caches: 2-3x faster than whole blocks
+        step = CHUNK_FRAMES * self.hop  # pieces whose arrays stay in the caches: about 1.7x faster than whole blocks
         return np.concatenate([self._step(block[:, i:i + step]) for i in range(0, block.shape[1], step)]
                               or [np.zeros(0, np.float32)])
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .audio import decode_blocks, decoded_channels
+from .audio import decode_blocks, decoding_is_dear
 from .errors import SpeakertagError
 from .features import cell_levels_db, stream_windows
 from .memory import Memory, load_memory
@@ -108,12 +108,6 @@ def _timed(items: Iterator, stage_s: dict[str, float], key: str) -> Iterator:
             return
         yield item
 
-
-# Films whose decoder gives at most this many channels have their features computed on the
-# decoding thread; those with more (5.1 decoded whole, for its centre) on the encoder's. On
-# 2 cores, 2-hour AC-3 film: stereo decodes in 8 s, 5.1 in 12-13 s, the features take 2.5 s and
-# the encoder 10 s.
-FEATURES_WITH_DECODING_MAX_CHANNELS = 2
 
 
 def _featured(blocks: Iterator[np.ndarray], a: AudioParams, batch_windows: int, stage_s: dict[str, float],
@@ -228,9 +222,7 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     # runs the encoder (and the features when decoding is dear) and the search. FFmpeg and
     # torch release the GIL, so that both cores have work the whole run.
     blocks = measured(_timed(decode_blocks(path, a.sample_rate_hz, stream, channels=channels), stage_s, "decode"))
-    n_decoded = decoded_channels(path, stream, channels)
-    features_with_decoding = (n_decoded <= FEATURES_WITH_DECODING_MAX_CHANNELS
-                              and not (n_decoded == 2 and channels == "coherent"))  # CoherentMid makes decoding dear
+    features_with_decoding = not decoding_is_dear(path, stream, channels)
     scores: list[list[np.ndarray]] = [[] for _ in voices]
     levels, last_levels = [], np.zeros(0, np.float32)  # cell j's level from window j; the last window's others
     with _core_left_for_decoding():

@@ -232,10 +232,11 @@ def decoded_channels(path: str | Path, stream: int | None = None, channels: str 
 
 
 # Decoding that gives at most this many channels is cheap: the tagger computes the features on
-# the decoding thread; dearer decoding (5.1 decoded whole, for its centre; stereo resampled and
-# masked for `coherent`) leaves them to the encoder's. On 2 cores, 2-hour AC-3 film: stereo
-# decodes in 8 s, 5.1 in 12-13 s, coherent stereo in 12-14 s; the features take 2.5 s and the
-# encoder 10-12 s.
+# the decoding thread when its encoder is dear (float32 convolutions); dearer decoding (5.1
+# decoded whole, for its centre; stereo resampled and masked for `coherent`) leaves them to the
+# encoder's. On 2 cores, 2-hour AC-3 film: stereo decodes in 8 s, 5.1 in 12-14 s, coherent
+# stereo in 12-14 s; the features take 2.5-3 s and the encoder 10-12 s (float32) or 7.5-8.5 s
+# (bfloat16).
 CHEAP_DECODING_MAX_CHANNELS = 2
 
 

@@ -218,11 +218,12 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
             n_samples += len(block)
             yield block
 
-    # Two threads: one decodes (and, when decoding is cheap, computes the features), this one
-    # runs the encoder (and the features when decoding is dear) and the search. FFmpeg and
-    # torch release the GIL, so that both cores have work the whole run.
+    # Two threads: one decodes, this one runs the encoder and the search. FFmpeg and torch
+    # release the GIL, so that both cores have work the whole run. The features go with the
+    # lighter of the two: with the decoding only where it is cheap and the encoder is not.
     blocks = measured(_timed(decode_blocks(path, a.sample_rate_hz, stream, channels=channels), stage_s, "decode"))
-    features_with_decoding = not decoding_is_dear(path, stream, channels)
+    features_with_decoding = (not decoding_is_dear(path, stream, channels)
+                              and not all(m.embeds_fast for m in encoders))
     scores: list[list[np.ndarray]] = [[] for _ in voices]
     levels, last_levels = [], np.zeros(0, np.float32)  # cell j's level from window j; the last window's others
     with _core_left_for_decoding():

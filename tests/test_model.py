@@ -231,10 +231,11 @@ def test_bfloat16_convolutions_where_the_cpu_has_them_embed_as_float32_does():
     model = _trained_looking(p)
     cpu = torch.device("cpu")
     assert model.encoder.eval_dtype(cpu) == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    assert model.embeds_fast == cpu_has_bf16()  # the tagger then computes features on the encoder's thread
     w = windows(8)
     fast = embed(model, w)
     model.encoder.force_float32 = True
-    assert model.encoder.eval_dtype(cpu) == torch.float32
+    assert model.encoder.eval_dtype(cpu) == torch.float32 and not model.embeds_fast
     exact = embed(model, w)
     assert fast.dtype == torch.float32 and float((fast * exact).sum(1).min()) > 0.999  # cosine of the two
 

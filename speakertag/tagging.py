@@ -218,9 +218,10 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
             n_samples += len(block)
             yield block
 
-    # Two threads: one decodes, this one runs the encoder and the search. FFmpeg and torch
-    # release the GIL, so that both cores have work the whole run. The features go with the
-    # lighter of the two: with the decoding only where it is cheap and the encoder is not.
+    # Two threads: one decodes, this one runs the encoder and the search. Torch and FFmpeg
+    # work outside the GIL (PyAV takes it back for each decoded frame), so that both cores have
+    # work the whole run. The features go with the lighter of the two: with the decoding only
+    # where it is cheap and the encoder is not.
     blocks = measured(_timed(decode_blocks(path, a.sample_rate_hz, stream, channels=channels), stage_s, "decode"))
     features_with_decoding = (not decoding_is_dear(path, stream, channels)
                               and not all(m.embeds_fast for m in encoders))

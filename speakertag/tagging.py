@@ -109,7 +109,6 @@ def _timed(items: Iterator, stage_s: dict[str, float], key: str) -> Iterator:
         yield item
 
 
-
 def _featured(blocks: Iterator[np.ndarray], a: AudioParams, batch_windows: int, stage_s: dict[str, float],
               wait_key: str | None) -> Iterator[tuple[int, torch.Tensor, np.ndarray, np.ndarray]]:
     """stream_windows of the decoded blocks, each batch with its cells' levels: (first window,

@@ -49,6 +49,12 @@ def _hann(n_fft: int) -> torch.Tensor:
     return torch.hann_window(n_fft)
 
 
+# log_mel works on at most about this many frames at a time (rows of a batch, or stretches of one
+# long row): the spectra then stay in the CPU's caches. 20 s blocks of a film in one piece took
+# 2.4-5.1 s per 2 hours of audio on one core, in 256-frame stretches 1.6 s, the same numbers.
+LOG_MEL_CHUNK_FRAMES = 256
+
+
 def log_mel(samples: torch.Tensor, p: AudioParams) -> torch.Tensor:
     """Log-mel power of mono audio.
 
@@ -56,15 +62,27 @@ def log_mel(samples: torch.Tensor, p: AudioParams) -> torch.Tensor:
     Returns (..., n_mels, n_frames) with n_frames = 1 + (n_samples - n_fft) // hop_length
     (0 frames when shorter than n_fft).
     """
-    lead = samples.shape[:-1]
-    if samples.shape[-1] < p.n_fft:
+    lead, n_samples = samples.shape[:-1], samples.shape[-1]
+    if n_samples < p.n_fft:
         return samples.new_zeros(*lead, p.n_mels, 0)
-    flat = samples.reshape(-1, samples.shape[-1])
-    spec = torch.stft(flat, p.n_fft, p.hop_length, window=_hann(p.n_fft).to(samples.device),
+    flat = samples.reshape(-1, n_samples)
+    n_frames = 1 + (n_samples - p.n_fft) // p.hop_length
+    rows = max(1, LOG_MEL_CHUNK_FRAMES // n_frames)
+    span = min(n_frames, LOG_MEL_CHUNK_FRAMES)
+    out = torch.cat([torch.cat([_log_mel_frames(flat[r:r + rows, f * p.hop_length:
+                                                     (min(f + span, n_frames) - 1) * p.hop_length + p.n_fft], p)
+                                for f in range(0, n_frames, span)], dim=-1)
+                     for r in range(0, len(flat), rows)])
+    return out.reshape(*lead, p.n_mels, n_frames)
+
+
+def _log_mel_frames(flat: torch.Tensor, p: AudioParams) -> torch.Tensor:
+    """(batch, n_samples) -> (batch, n_mels, n_frames): log_mel in one piece."""
+    spec = torch.stft(flat, p.n_fft, p.hop_length, window=_hann(p.n_fft).to(flat.device),
                       center=False, return_complex=True)
     power = spec.real.square() + spec.imag.square()  # (batch, n_fft // 2 + 1, n_frames)
-    mel = torch.cat([torch.matmul(w.to(samples.device), power[:, lo:hi]) for lo, hi, w in _mel_blocks(p)], dim=1)
-    return torch.log(mel + p.log_floor).reshape(*lead, p.n_mels, -1)
+    mel = torch.cat([torch.matmul(w.to(flat.device), power[:, lo:hi]) for lo, hi, w in _mel_blocks(p)], dim=1)
+    return torch.log(mel + p.log_floor)
 
 
 @lru_cache(maxsize=8)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from speakertag.allocator import reuse_freed_memory
 from speakertag.evaluate import Metrics, pool, read_reference, score
 from speakertag.model import impostors_of, load_model, shipped_base_dir
 from speakertag.params import CHANNEL_CHOICES
@@ -34,6 +35,7 @@ from speakertag.tagging import Voice, tag
 from speakertag.train import train
 from speakertag.writers import render
 from speakertag.io_utils import atomic_write_text
+
 
 def best_threshold(result, voice: Voice, reference) -> tuple[float, float]:
     """(threshold, F1) of the best threshold for this film: a diagnostic, never used to tag."""
@@ -64,6 +66,7 @@ def main() -> None:
     ap.add_argument("--param", action="append", default=[], metavar="GROUP.NAME=VALUE",
                     help="override a train or tag param, e.g. train.fine_tune_layers=all (repeatable)")
     args = ap.parse_args()
+    reuse_freed_memory()  # as the command line does: its train times are the tool's
 
     tasks = sorted(d for d in args.dataset.iterdir() if (d / "train" / "positive").is_dir())
     missing = [f"test/{f} in {t.name}" for t in tasks for f in args.film if not (t / "test" / f).is_file()]

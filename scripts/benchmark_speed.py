@@ -77,7 +77,9 @@ PEAK_RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
+from speakertag.allocator import reuse_freed_memory
 from speakertag.tagging import load_voice, tag
+reuse_freed_memory()  # as the command line does
 voice = load_voice(sys.argv[2])
 t1 = time.perf_counter()
 r = tag(sys.argv[1], voice, channels=sys.argv[3])
@@ -89,7 +91,9 @@ print(json.dumps({"wall_s": t2 - t1, "startup_s": t1 - t0, "duration_s": r.durat
 
 DECODE_ONLY = r"""
 import json, sys, time
+from speakertag.allocator import reuse_freed_memory
 from speakertag.audio import decode_blocks
+reuse_freed_memory()  # as the command line does
 t = time.perf_counter(); n = sum(len(b) for b in decode_blocks(sys.argv[1], 22050, channels=sys.argv[2]))
 print(json.dumps({"wall_s": time.perf_counter() - t, "duration_s": n / 22050,
                   "peak_rss_mb": PEAK_RSS}))

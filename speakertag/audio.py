@@ -4,7 +4,9 @@ soundfile reads plain audio files (wav, flac, ogg, aiff, ...); PyAV (FFmpeg) rea
 container and codec FFmpeg knows (mp3, mkv, mp4, ts, webm; AAC, AC-3, DTS, Opus, ...). MP3
 goes to FFmpeg: soundfile's mpg123 prints warnings about damaged files on stderr. Channels
 are mixed to mono as `channels` asks (CHANNEL_CHOICES), then one streaming resampler
-brings the audio to the model rate. Nothing here holds a whole file at its source rate.
+brings the audio to the model rate: `source_blocks` decodes and keeps the channels the mix
+needs, `to_model_rate` mixes and resamples, `decode_blocks` does both (the tagger may run the
+two on different threads). Nothing here holds a whole file at its source rate.
 
 Films carry 5.1 and 7.1 with the dialogue in the centre channel (FC). `centre` hears it
 alone, `centre-weighted` hears (FC + w * (FL + FR)) / (1 + 2w) (w: params.CHANNELS.front_weight),
@@ -231,20 +233,17 @@ def decoded_channels(path: str | Path, stream: int | None = None, channels: str 
         return {"mono": 1, "stereo": 2}.get(_decoder_downmix(s, channels), s.channels)
 
 
-# Decoding that gives at most this many channels is cheap: the tagger computes the features on
-# the decoding thread when its encoder is dear (float32 convolutions); dearer decoding (5.1
-# decoded whole, for its centre; stereo resampled and masked for `coherent`) leaves them to the
-# encoder's. On 2 cores, 2-hour AC-3 film: stereo decodes in 8 s, 5.1 in 12-14 s, coherent
-# stereo in 12-14 s; the features take 2.5-3 s and the encoder 10-12 s (float32) or 7.5-8.5 s
-# (bfloat16).
-CHEAP_DECODING_MAX_CHANNELS = 2
-
-
-def decoding_is_dear(path: str | Path, stream: int | None = None, channels: str = "auto") -> bool:
-    """Whether decoding `path` as `decode_blocks` does costs more than a plain stereo track:
-    more than CHEAP_DECODING_MAX_CHANNELS channels decoded, or stereo heard `coherent`."""
+def decoding_cost(path: str | Path, stream: int | None = None, channels: str = "auto") -> str:
+    """What makes decoding `path` as `decode_blocks` does dear, for the tagger's split of the
+    work between its threads: "light" (at most two channels decoded, as a plain stereo track),
+    "decoder" (more channels decoded: FFmpeg's own work, e.g. 5.1 decoded whole for its centre)
+    or "mask" (stereo heard `coherent`: both channels resampled and masked). On 2 cores, 2-hour
+    AC-3 film: stereo decodes in 8 s, 5.1 in 12-14 s (9.5 of them FFmpeg's), coherent stereo in
+    12-14 s."""
     n = decoded_channels(path, stream, channels)
-    return n > CHEAP_DECODING_MAX_CHANNELS or (n == 2 and channel_mix(("FL", "FR"), channels).choice == "coherent")
+    if n == 2 and channel_mix(("FL", "FR"), channels).choice == "coherent":
+        return "mask"
+    return "decoder" if n > 2 else "light"
 
 
 def _open_container(path):
@@ -448,15 +447,10 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float,
             yield join(), rate, mix
 
 
-def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = None,
-                  block_s: float = BLOCK_S, channels: str = "auto") -> Iterator[np.ndarray]:
-    """Yield consecutive mono float32 blocks of `path` resampled to `sample_rate_hz`.
-
-    Each block is 1-D, about `block_s` seconds; their concatenation is the whole track.
-    channels: how a 5.1 or 7.1 track becomes mono, one of CHANNEL_CHOICES (module docstring).
-    Raises SpeakertagError for unreadable files, missing streams and decode failures.
-    path may also be a binary file object that FFmpeg reads front to back (live.py).
-    """
+def source_blocks(path: str | Path, stream: int | None = None, block_s: float = BLOCK_S,
+                  channels: str = "auto") -> Iterator[tuple[np.ndarray, int, Mix]]:
+    """The blocks of `path` as decoded, before `to_model_rate`: ((k, n) samples at the source
+    rate, the rate, the Mix that keeps those k channels). Arguments as for `decode_blocks`."""
     check_channels(channels)
     piped = hasattr(path, "read")
     if not piped:
@@ -465,9 +459,15 @@ def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = No
     if not piped and _use_soundfile(path):
         if stream not in (None, 0):
             raise SpeakertagError(f"--stream {stream} does not exist in {path}: it has 1 audio stream")
-        source = _soundfile_blocks(path, block_s, channels)
+        yield from _soundfile_blocks(path, block_s, channels)
     else:
-        source = _pyav_blocks(path, stream, block_s, channels)
+        yield from _pyav_blocks(path, stream, block_s, channels)
+
+
+def to_model_rate(source: Iterable[tuple[np.ndarray, int, Mix]], sample_rate_hz: int,
+                  path: str | Path) -> Iterator[np.ndarray]:
+    """`source_blocks` mixed to mono and resampled to `sample_rate_hz`: mono float32 blocks.
+    path: the file the blocks come from, for messages."""
     resample = None
     try:
         for block, rate, mix in source:
@@ -489,6 +489,18 @@ def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = No
         raise SpeakertagError(f"cannot decode {path}: {e.strerror or e}") from None
     if len(tail):
         yield tail
+
+
+def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = None,
+                  block_s: float = BLOCK_S, channels: str = "auto") -> Iterator[np.ndarray]:
+    """Yield consecutive mono float32 blocks of `path` resampled to `sample_rate_hz`.
+
+    Each block is 1-D, about `block_s` seconds; their concatenation is the whole track.
+    channels: how a 5.1 or 7.1 track becomes mono, one of CHANNEL_CHOICES (module docstring).
+    Raises SpeakertagError for unreadable files, missing streams and decode failures.
+    path may also be a binary file object that FFmpeg reads front to back (live.py).
+    """
+    yield from to_model_rate(source_blocks(path, stream, block_s, channels), sample_rate_hz, path)
 
 
 def load_audio(path: str | Path, sample_rate_hz: int, stream: int | None = None,

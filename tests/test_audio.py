@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 
 from conftest import noise, sine, speech_like, write_audio, write_container
-from speakertag.audio import (channel_mix, decode_blocks, decoded_channels, decoding_is_dear, find_media_files,
+from speakertag.audio import (channel_mix, decode_blocks, decoded_channels, decoding_cost, find_media_files,
                               load_audio, probe)
 from speakertag.errors import SpeakertagError
 
@@ -194,8 +194,8 @@ def test_decoded_channels(five_one, tmp_path):
     assert decoded_channels(five_one, channels="average") == 1
     assert decoded_channels(write_audio(tmp_path / "st.wav", np.stack([sine(0.5, RATE)] * 2).T, RATE)) == 2
     stereo = tmp_path / "st.wav"
-    assert decoding_is_dear(five_one) and not decoding_is_dear(five_one, channels="average")
-    assert not decoding_is_dear(stereo) and decoding_is_dear(stereo, channels="coherent")
+    assert decoding_cost(five_one) == "decoder" and decoding_cost(five_one, channels="average") == "light"
+    assert decoding_cost(stereo) == "light" and decoding_cost(stereo, channels="coherent") == "mask"
 
 
 def test_coherent_stereo(tmp_path):

@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 
 import speakertag.tagging
-from speakertag.audio import decode_blocks, load_audio
+from speakertag.audio import load_audio, source_blocks
 from speakertag.errors import SpeakertagError
 from speakertag.features import cell_levels_db, log_mel
 from speakertag.memory import load_memory
@@ -79,10 +79,10 @@ def test_streaming_equals_whole_file(tiny_model_dir, minute_of_film, monkeypatch
     results, n_blocks = {}, {}
     for block_s in (3.7, 1000.0):  # many blocks, cut mid-window and mid-frame; one block
         def blocks(*args, block_s=block_s, **kwargs):
-            for block in decode_blocks(*args, block_s=block_s, **kwargs):
+            for block in source_blocks(*args, block_s=block_s, **kwargs):
                 n_blocks[block_s] = n_blocks.get(block_s, 0) + 1
                 yield block
-        monkeypatch.setattr(speakertag.tagging, "decode_blocks", blocks)
+        monkeypatch.setattr(speakertag.tagging, "source_blocks", blocks)
         results[block_s] = tag(minute_of_film, voice, threshold)
     assert n_blocks == {3.7: 17, 1000.0: 1}
     many, one = results[3.7], results[1000.0]
@@ -93,6 +93,29 @@ def test_streaming_equals_whole_file(tiny_model_dir, minute_of_film, monkeypatch
         [(s.start_s, s.end_s, s.label) for s in one.segments]
     assert [s.score for s in many.segments] == pytest.approx([s.score for s in one.segments], abs=1e-5)
     assert many.duration_s == one.duration_s == 60.0
+
+
+@pytest.mark.parametrize("layout", ["stereo", "5.1"])
+def test_where_the_threads_split_the_work_changes_nothing(tiny_model_dir, minute_of_film, tmp_path, monkeypatch,
+                                                          layout):
+    """The features go to the decoding thread with a float32 encoder on light decoding, the
+    resampling to the encoder's thread with a fast encoder on 5.1: the same scores either way."""
+    from conftest import write_container
+    from speakertag.model import Model
+
+    x = load_audio(minute_of_film, 48000)[:20 * 48000]
+    channels = np.stack([x, 0.5 * x] if layout == "stereo" else [0.1 * x, 0.1 * x, x, 0 * x, 0.1 * x, 0.1 * x])
+    film = write_container(tmp_path / "film.mkv", [("ac3", channels, 48000)])
+    voice = load_voice(tiny_model_dir)
+    results = {}
+    for fast in (False, True):
+        monkeypatch.setattr(Model, "embeds_fast", property(lambda self, fast=fast: fast))
+        results[fast] = tag(film, voice)
+    slow, fast = results[False], results[True]
+    np.testing.assert_array_equal(slow.tracks[0].window_scores, fast.tracks[0].window_scores)
+    np.testing.assert_array_equal(slow.cell_db, fast.cell_db)
+    assert slow.duration_s == fast.duration_s == pytest.approx(20.0, abs=0.05)
+    assert "resample" not in slow.stage_s and ("resample" in fast.stage_s) == (layout == "5.1")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")

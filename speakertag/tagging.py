@@ -223,8 +223,9 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     # cores have work the whole run. The stages between go with the lighter of the two: the
     # features with the decoding where it is light and the encoder is not (float32); the
     # resampling with the encoder where the decoder itself is dear (5.1 decoded whole) and the
-    # encoder is not (bfloat16, a GPU): a 2-hour 5.1 film went from 382-499x to 421-556x (5 of
-    # 6 interleaved pairs faster). Elsewhere the decoding thread resamples, this one the features.
+    # encoder is not (bfloat16, a GPU): a 2-hour 5.1 film, interleaved runs on a loaded host,
+    # 444x -> 497x on average (5 of 6 pairs faster); on a quiet one about as fast (534x -> 543x).
+    # Elsewhere the decoding thread resamples and this one computes the features.
     cost = decoding_cost(path, stream, channels)
     encoder_fast = all(m.embeds_fast for m in encoders)
     source = source_blocks(path, stream, channels=channels)

@@ -234,17 +234,17 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     scores: list[list[np.ndarray]] = [[] for _ in voices]
     levels, last_levels = [], np.zeros(0, np.float32)  # cell j's level from window j; the last window's others
     with _core_left_for_decoding():
-        if cost == "light" and not encoder_fast:
-            blocks = measured(_timed(to_model_rate(source, a.sample_rate_hz, path), stage_s, "decode"))
-            batches = _timed(_prefetch(_featured(blocks, a, batch_windows, stage_s, None)), stage_s, "waiting")
-        elif resampling_here:
+        if resampling_here:
             stage_s["resample"] = 0.0
             arriving = _timed(_prefetch(_timed(source, stage_s, "decode")), stage_s, "waiting")
             blocks = measured(to_model_rate(arriving, a.sample_rate_hz, path))
             batches = _featured(blocks, a, batch_windows, stage_s, "resample")  # the waiting too: taken out below
         else:
             blocks = measured(_timed(to_model_rate(source, a.sample_rate_hz, path), stage_s, "decode"))
-            batches = _featured(_prefetch(blocks), a, batch_windows, stage_s, "waiting")
+            if cost == "light" and not encoder_fast:
+                batches = _timed(_prefetch(_featured(blocks, a, batch_windows, stage_s, None)), stage_s, "waiting")
+            else:
+                batches = _featured(_prefetch(blocks), a, batch_windows, stage_s, "waiting")
         for first, windows, first_levels, last_levels in batches:
             levels.append(first_levels)
             t = time.perf_counter()

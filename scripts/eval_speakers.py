@@ -11,9 +11,11 @@ For each speaker, `--windows` windows of the model's length (2 s) are cut from d
 files where the speaker has several, else from non-overlapping stretches of one recording.
 Every window is embedded clean and once more degraded as films degrade speech (other
 held-out voices, babble, coloured noise, synthetic music at 5-15 dB SNR; reverberation,
-band limits, levels). Trials are all window pairs scored by cosine: "clean" compares clean
-windows, "film" a clean window (the enrolment) with a degraded one (the film). Same-speaker
-trials pair two different windows.
+band limits, levels), and once more through a telephone codec at 8 kHz (mu-law, A-law or
+AMR-NB). Trials are all window pairs scored by cosine: "clean" compares clean windows, "film" a
+clean window (the enrolment) with a degraded one (the film), "phone" two telephone windows
+(voices recorded alike, where bandwidth tells no voice from another). Same-speaker trials pair
+two different windows.
 
 Printed per condition: EER over all trials, over different-speaker trials of the same sex
 only, of the same corpus only, and of both (where the films' false alarms come from); then
@@ -34,7 +36,7 @@ import torch
 from scipy.signal import resample_poly
 
 from speakertag.audio import find_media_files, load_audio
-from speakertag.augment import film_like, generated_backgrounds
+from speakertag.augment import TELEPHONE_CHANNELS, codec_round_trip, film_like, generated_backgrounds
 from speakertag.features import log_mel
 from speakertag.model import embed, load_model
 from speakertag.params import AudioParams
@@ -125,7 +127,8 @@ def main() -> None:
     generated = generated_backgrounds(22050, rng, seconds=30.0)
     degraded = np.stack([film_like(w, [windows[j] for j in rng.choice(np.flatnonzero(spk != spk[i]), 8)],
                                    generated, 22050, rng, (5.0, 15.0)) for i, w in enumerate(windows)])
-    e_clean, e_film = run(clean, 22050), run(degraded, 22050)
+    phone = np.stack([codec_round_trip(w, 22050, rng, TELEPHONE_CHANNELS) for w in windows])
+    e_clean, e_film, e_phone = run(clean, 22050), run(degraded, 22050), run(phone, 22050)
 
     corpus = np.array([info[held[i]]["corpus"] for i in spk])
     sex = np.array([info[held[i]]["sex"] for i in spk])
@@ -138,7 +141,7 @@ def main() -> None:
     print(f"{args.model}: {len(held)} held-out speakers, {n} windows, {int(same.sum())} same-speaker and "
           f"{int((~same).sum())} different-speaker trials ({int((~same & same_sex).sum())} same sex)")
     print(f"{'condition':<8}{'EER':>8}{'same sex':>10}{'same corpus':>13}{'both':>8}{'FA@thr':>9}{'miss@thr':>10}")
-    for name, a_emb, b_emb in (("clean", e_clean, e_clean), ("film", e_clean, e_film)):
+    for name, a_emb, b_emb in (("clean", e_clean, e_clean), ("film", e_clean, e_film), ("phone", e_phone, e_phone)):
         # Film trials score both orders (either window may be the enrolment): symmetrise.
         sim = a_emb @ b_emb.T
         s = ((sim + sim.T) / 2)[iu]

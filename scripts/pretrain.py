@@ -55,7 +55,7 @@ import torch
 from scipy.signal import resample_poly
 
 from speakertag.audio import find_media_files, load_audio
-from speakertag.augment import change_speed, film_like, generated_backgrounds, random_crop
+from speakertag.augment import change_speed, codec_round_trip, film_like, generated_backgrounds, random_crop
 from speakertag.features import log_mel
 from speakertag.losses import batch_all_triplet_loss
 from speakertag.model import IMPOSTORS_DIR, cpu_has_bf16, embed, load_model, new_model, save_model
@@ -102,8 +102,9 @@ def eq_curves(n: int, n_mels: int, rng: np.random.Generator, max_db: float = 8.0
 class Batches(torch.utils.data.IterableDataset):
     """Endless (log-mel (P*K, n_mels, frames), voice labels (P*K,), real-speaker index or -1)."""
 
-    def __init__(self, corpus, names, p: Params, n_voices: int, per_voice: int, seed: int):
-        self.corpus, self.names, self.p = corpus, names, p
+    def __init__(self, corpus, names, p: Params, n_voices: int, per_voice: int, seed: int,
+                 codec_probability: float = 0.0):
+        self.corpus, self.names, self.p, self.codec_probability = corpus, names, p, codec_probability
         self.voices = [(i, f) for i in range(len(names)) for f in (1.0, *SPEED_FACTORS)]
         self.n_voices, self.per_voice, self.seed = n_voices, per_voice, seed
 
@@ -123,6 +124,8 @@ class Batches(torch.utils.data.IterableDataset):
                           if j != spk for c in [self.corpus[self.names[j]]]]
                 for _ in range(self.per_voice):
                     w = speed_crop(clips[int(rng.integers(len(clips)))], a.window_samples, factor, rng)
+                    if rng.random() < self.codec_probability:  # the voice recorded through a phone or a codec
+                        w = codec_round_trip(w, a.sample_rate_hz, rng)
                     if rng.random() < p.train.augment_probability:
                         w = film_like(w, others, generated, a.sample_rate_hz, rng, p.train.snr_db_range)
                     windows.append(w)
@@ -199,6 +202,8 @@ def main() -> None:
                     "default: the shipped architecture's)")
     ap.add_argument("--bfloat16", action="store_true", help="run the forward pass in bfloat16 (autocast) where the "
                     "CPU multiplies it natively: about twice as fast; the weights stay float32")
+    ap.add_argument("--codec-probability", type=float, default=0.0, help="share of windows whose voice first goes "
+                    "through a codec (augment.CODEC_CHANNELS: telephone codecs at 8 kHz, MP3, AAC, Opus, AC-3)")
     ap.add_argument("--init", type=Path, help="go on training this model folder's encoder (its front end and "
                     "architecture) instead of a new one; its pretraining record is kept under 'init'")
     args = ap.parse_args()
@@ -242,7 +247,7 @@ def main() -> None:
         "voices": len(names) * (1 + len(SPEED_FACTORS)), "speed_factors": list(SPEED_FACTORS),
         "seconds": round(sum(len(c) for v in corpus.values() for c in v) / rate, 1),
         "script": "scripts/pretrain.py", "seed": args.seed, "steps": args.steps, "teacher": args.teacher,
-        "bfloat16": fast,
+        "bfloat16": fast, "codec_probability": args.codec_probability,
         "teacher_weight": args.teacher_weight if teacher is not None else 0.0,
         "held_out_speakers": sorted(held_corpus),
         **({"init": start.meta.get("pretraining", {})} if start is not None else {})}})
@@ -251,7 +256,7 @@ def main() -> None:
         enc.load_state_dict(start.encoder.state_dict())
     opt = torch.optim.AdamW(enc.parameters(), lr=args.learning_rate, weight_decay=1e-4)
     loader = torch.utils.data.DataLoader(
-        Batches(corpus, names, p, args.voices_per_batch, args.windows_per_voice, args.seed),
+        Batches(corpus, names, p, args.voices_per_batch, args.windows_per_voice, args.seed, args.codec_probability),
         batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=True)
     t0 = time.monotonic()
     for step, (feats, labels, real) in enumerate(loader, start=1):

@@ -1,9 +1,10 @@
 """Make clean clips sound like film audio: noise, music and voices at 0-20 dB SNR, level
-changes, reverberation, band limiting. Pure functions of (audio, rng) on numpy arrays.
+changes, reverberation, band limiting, codecs. Pure functions of (audio, rng) on numpy arrays.
 """
 
 from __future__ import annotations
 
+import av
 import librosa
 import numpy as np
 from scipy.signal import fftconvolve
@@ -62,6 +63,63 @@ def low_pass(x: np.ndarray, sample_rate_hz: int, cutoff_hz: float) -> np.ndarray
     spec = np.fft.rfft(x)
     spec[int(cutoff_hz / sample_rate_hz * len(x)):] = 0
     return np.fft.irfft(spec, len(x)).astype(np.float32)
+
+
+# Channels a voice reaches a film through: telephone codecs at 8 kHz (mu-law, A-law, AMR-NB, as
+# phone calls and voice prompts are recorded), wideband G.722, and the lossy codecs of web and
+# broadcast audio. (FFmpeg encoder, sample rate in Hz, sample format, bit rates in b/s or None.)
+CODEC_CHANNELS = (
+    ("pcm_mulaw", 8000, "s16", None),
+    ("pcm_alaw", 8000, "s16", None),
+    ("libopencore_amrnb", 8000, "s16", (4750, 7950, 12200)),
+    ("g722", 16000, "s16", None),
+    ("libmp3lame", 22050, "fltp", (24000, 32000, 48000)),
+    ("aac", 22050, "fltp", (24000, 32000, 48000)),
+    ("libopus", 16000, "flt", (8000, 12000, 16000)),
+    ("ac3", 32000, "fltp", (96000, 128000)),
+)
+TELEPHONE_CHANNELS = CODEC_CHANNELS[:3]  # the 8 kHz ones
+_DECODER = {"libopencore_amrnb": "amrnb", "libmp3lame": "mp3", "libopus": "opus"}
+
+
+def codec_round_trip(x: np.ndarray, sample_rate_hz: int, rng: np.random.Generator,
+                     channels: tuple = CODEC_CHANNELS) -> np.ndarray:
+    """(n,) float32 -> (n,) float32: x encoded and decoded again by one of `channels` (FFmpeg,
+    through PyAV) at its sample rate and a random bit rate, and resampled back. The codec's
+    start-up delay (up to about 50 ms) shifts the audio; the end is cut or padded to n."""
+    codec, rate_hz, fmt, bit_rates = channels[int(rng.integers(len(channels)))]
+    y = librosa.resample(x, orig_sr=sample_rate_hz, target_sr=rate_hz) if rate_hz != sample_rate_hz else x
+    y = np.clip(y, -1.0, 1.0)
+    data = (y * 32767).astype(np.int16) if fmt == "s16" else y.astype(np.float32)
+    enc = av.CodecContext.create(codec, "w")
+    enc.sample_rate, enc.layout, enc.format = rate_hz, "mono", fmt
+    if bit_rates:
+        enc.bit_rate = int(bit_rates[int(rng.integers(len(bit_rates)))])
+    enc.open()
+    step = enc.frame_size or 1024
+    packets = []
+    for i in range(0, len(data), step):
+        chunk = data[i:i + step]
+        if enc.frame_size and len(chunk) < step:
+            chunk = np.pad(chunk, (0, step - len(chunk)))
+        frame = av.AudioFrame.from_ndarray(chunk[None], format=fmt, layout="mono")
+        frame.sample_rate, frame.pts = rate_hz, i
+        packets += enc.encode(frame)
+    packets += enc.encode(None)
+    dec = av.CodecContext.create(_DECODER.get(codec, codec), "r")
+    dec.sample_rate, dec.layout = rate_hz, "mono"
+    out, out_rate = [], rate_hz
+    for packet in [*packets, None]:
+        for f in dec.decode(packet):
+            a = f.to_ndarray()
+            full_scale = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}.get(a.dtype, 1.0)
+            a = a.mean(axis=0) if f.format.is_planar else a.reshape(-1, len(f.layout.channels)).mean(axis=1)
+            out.append((a / full_scale).astype(np.float32))
+            out_rate = f.sample_rate
+    z = np.concatenate(out) if out else np.zeros(0, np.float32)
+    if out_rate != sample_rate_hz:
+        z = librosa.resample(z, orig_sr=out_rate, target_sr=sample_rate_hz)
+    return np.pad(z[:len(x)], (0, max(0, len(x) - len(z)))).astype(np.float32)
 
 
 def change_speed(x: np.ndarray, factor: float) -> np.ndarray:

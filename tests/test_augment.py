@@ -60,3 +60,17 @@ def test_film_like(seed):
     assert y.dtype == np.float32 and y.shape == x.shape
     assert np.isfinite(y).all() and np.abs(y).max() <= 1.0
     assert rms(y) > 0
+
+
+@pytest.mark.parametrize("channel", augment.CODEC_CHANNELS, ids=lambda c: c[0])
+def test_codec_round_trip_keeps_length_level_and_band(channel):
+    """Every codec channel gives speech back at the input's length and about its level; the
+    8 kHz ones take away everything above 4 kHz."""
+    x = speech_like(2.0, RATE).astype(np.float32)
+    y = augment.codec_round_trip(x, RATE, np.random.default_rng(0), (channel,))
+    assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
+    assert 0.8 < rms(y) / rms(x) < 1.2
+    power = np.abs(np.fft.rfft(y)) ** 2
+    above_4500_hz = power[int(len(power) * 4500 / (RATE / 2)):].sum() / power.sum()
+    if channel[1] == 8000:
+        assert above_4500_hz < 1e-4

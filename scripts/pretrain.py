@@ -16,7 +16,9 @@ models/README.md):
 
 --init goes on training an encoder: each run's cosine starts again, from half the previous
 run's learning rate. --bfloat16 runs the forward pass in bfloat16 where the CPU has it natively
-(about twice as fast; the shipped base was trained in float32); --channels widens a new encoder.
+(about twice as fast; the shipped base was trained in float32); --channels widens a new encoder;
+--codec-probability passes that share of the windows through a codec first (telephone, MP3,
+AAC, Opus, AC-3; measured in docs/experiments.md, not used for the shipped base).
 
 Each CORPUS_DIR holds one folder per speaker with that speaker's audio files and a
 speakers.csv (speaker_id, corpus, sex, ...). The speakers of scripts/held_out_speakers.txt

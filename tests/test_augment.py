@@ -1,3 +1,4 @@
+import av
 import numpy as np
 import pytest
 
@@ -66,6 +67,10 @@ def test_film_like(seed):
 def test_codec_round_trip_keeps_length_level_and_band(channel):
     """Every codec channel gives speech back at the input's length and about its level; the
     8 kHz ones take away everything above 4 kHz."""
+    try:
+        av.codec.Codec(channel[0], "w")
+    except av.codec.codec.UnknownCodecError:
+        pytest.skip(f"this PyAV's FFmpeg has no {channel[0]} encoder")
     x = speech_like(2.0, RATE).astype(np.float32)
     y = augment.codec_round_trip(x, RATE, np.random.default_rng(0), (channel,))
     assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()

@@ -2,7 +2,8 @@
 """Rebuild the shipped base encoder (models/base) from corpora of many speakers.
 
     python scripts/pretrain.py CORPUS_DIR [CORPUS_DIR ...] --out models/base [--steps N] [--seed 0]
-        [--teacher resemblyzer] [--init DIR] [--channels N] [--bfloat16]
+        [--teacher resemblyzer] [--init DIR] [--channels N] [--bfloat16] [--codec-probability P]
+        [--formant-factors F ...]
 
 The shipped base (three runs of 3000 steps on 2 CPU threads, 33-43 minutes each; figures in
 models/README.md):
@@ -18,7 +19,8 @@ models/README.md):
 run's learning rate. --bfloat16 runs the forward pass in bfloat16 where the CPU has it natively
 (about twice as fast; the shipped base was trained in float32); --channels widens a new encoder;
 --codec-probability passes that share of the windows through a codec first (telephone, MP3,
-AAC, Opus, AC-3; measured in docs/experiments.md, not used for the shipped base).
+AAC, Opus, AC-3), and --formant-factors adds a formant-shifted copy of every speaker per factor
+(measured in docs/experiments.md; neither was used for the shipped base).
 
 Each CORPUS_DIR holds one folder per speaker with that speaker's audio files and a
 speakers.csv (speaker_id, corpus, sex, ...). The speakers of scripts/held_out_speakers.txt
@@ -26,7 +28,9 @@ are never trained on: their clips ship as OUT/impostors (`speakertag train` cali
 against these unseen voices) and scripts/eval_speakers.py measures encoders on them.
 
 Pseudo-speakers: every training speaker also joins at 0.85, 0.9, 1.1 and 1.15 times the
-speed (pitch, formants and tempo move together, resampled on the fly) as four more voices.
+speed (pitch, formants and tempo move together, resampled on the fly) as four more voices,
+and with --formant-factors as one more voice per factor whose spectral envelope alone is
+stretched (pitch and tempo kept).
 Each step draws P voices x K windows, degrades every window like film audio (other
 speakers' voices, babble, coloured noise, synthetic music, reverberation, band limits,
 levels), colours its log-mel with a random smooth equaliser (the encoder has no per-window
@@ -52,7 +56,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import librosa
 import numpy as np
+import scipy.fft
 import torch
 from scipy.signal import resample_poly
 
@@ -61,7 +67,7 @@ from speakertag.augment import change_speed, codec_round_trip, film_like, genera
 from speakertag.features import log_mel
 from speakertag.losses import batch_all_triplet_loss
 from speakertag.model import IMPOSTORS_DIR, cpu_has_bf16, embed, load_model, new_model, save_model
-from speakertag.params import Params
+from speakertag.params import AudioParams, Params
 
 sys.path.insert(0, str(Path(__file__).parent))
 from eval_speakers import eer, read_held_out  # noqa: E402
@@ -101,13 +107,66 @@ def eq_curves(n: int, n_mels: int, rng: np.random.Generator, max_db: float = 8.0
     return curve[:, :, None].astype(np.float32)
 
 
+def formant_warp_matrix(p: AudioParams, alpha: float, n_envelope: int = 16) -> np.ndarray:
+    """(n_mels, n_mels) linear map of log-mel frames that stretches their spectral envelope (the
+    first `n_envelope` cepstral coefficients over the mel axis) `alpha` times along frequency and
+    keeps the fine structure (the pitch's harmonics): a vocal tract 1/alpha times as long, the
+    same pitch and tempo (a pseudo-speaker the speed copies cannot make)."""
+    centres_hz = librosa.mel_frequencies(p.n_mels + 2, fmin=p.f_min_hz, fmax=p.f_max_hz)[1:-1]
+    centres_mel = librosa.hz_to_mel(centres_hz)
+    source_bin = np.interp(librosa.hz_to_mel(centres_hz / alpha), centres_mel, np.arange(p.n_mels))
+    lo = np.floor(source_bin).astype(int)
+    frac = source_bin - lo
+    warp = np.zeros((p.n_mels, p.n_mels))
+    rows = np.arange(p.n_mels)
+    warp[rows, lo] += 1 - frac
+    warp[rows, np.minimum(lo + 1, p.n_mels - 1)] += frac
+    dct = scipy.fft.dct(np.eye(p.n_mels), norm="ortho", axis=0)[:n_envelope]
+    envelope = dct.T @ dct
+    return (np.eye(p.n_mels) - envelope + warp @ envelope).astype(np.float32)
+
+
+def ensemble_music(n_samples: int, sample_rate_hz: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit-RMS generated music nearer a film score than `augment.synthetic_music`: chords of
+    3-4 sustained notes with vibrato and a bass note, one timbre per piece (6-14 harmonics,
+    a random spectral tilt, sometimes odd harmonics only), slow or sharp attacks, and
+    sometimes a decaying noise hit on each chord (percussion)."""
+    t = np.arange(n_samples) / sample_rate_hz
+    x = np.zeros(n_samples)
+    n_harm, tilt, odd = int(rng.integers(6, 15)), rng.uniform(0.8, 2.0), rng.random() < 0.3
+    attack, percussion = rng.uniform(0.01, 0.3), rng.random() < 0.4
+    scale = np.array([0, 2, 3, 5, 7, 8, 10] if rng.random() < 0.5 else [0, 2, 4, 5, 7, 9, 11])
+    root, start = 98.0 * 2 ** (rng.integers(0, 12) / 12), 0
+    while start < n_samples:
+        length = int(rng.uniform(0.5, 3.0) * sample_rate_hz)
+        seg = slice(start, min(start + length, n_samples))
+        tt = t[seg] - t[start]
+        env = np.minimum(tt / attack, 1.0) * np.exp(-tt * rng.uniform(0.1, 1.5))
+        degrees = rng.choice(len(scale) * 2, size=int(rng.integers(3, 5)), replace=False)
+        f0s = [root * 2 ** ((12 * (d // len(scale)) + scale[d % len(scale)]) / 12 + 1) for d in degrees] + [root / 2]
+        for f0 in f0s:
+            rate_hz, depth = rng.uniform(4.5, 6.5), rng.uniform(0.0, 0.01)
+            phase = 2 * np.pi * f0 * (tt + depth / (2 * np.pi * rate_hz) * np.sin(2 * np.pi * rate_hz * tt))
+            for h in range(1, n_harm + 1, 2 if odd else 1):
+                if f0 * h < sample_rate_hz / 2:
+                    x[seg] += env * np.sin(h * phase + rng.uniform(0, 2 * np.pi)) / h ** tilt
+        if percussion:
+            x[seg] += 0.5 * rng.standard_normal(len(tt)) * np.exp(-tt * rng.uniform(15, 40))
+        start += length
+    return (x / (np.sqrt(np.mean(x ** 2)) + 1e-12)).astype(np.float32)
+
+
 class Batches(torch.utils.data.IterableDataset):
     """Endless (log-mel (P*K, n_mels, frames), voice labels (P*K,), real-speaker index or -1)."""
 
     def __init__(self, corpus, names, p: Params, n_voices: int, per_voice: int, seed: int,
-                 codec_probability: float = 0.0):
+                 codec_probability: float = 0.0, formant_factors: tuple[float, ...] = (), music_every: int = 0):
         self.corpus, self.names, self.p, self.codec_probability = corpus, names, p, codec_probability
-        self.voices = [(i, f) for i in range(len(names)) for f in (1.0, *SPEED_FACTORS)]
+        self.music_every = music_every
+        # (speaker, speed factor, formant factor): the real voice, its speed copies, its formant copies
+        self.voices = [(i, f, 1.0) for i in range(len(names)) for f in (1.0, *SPEED_FACTORS)]
+        self.voices += [(i, 1.0, a) for i in range(len(names)) for a in formant_factors]
+        self.warps = {a: torch.from_numpy(formant_warp_matrix(p.audio, a)) for a in formant_factors}
         self.n_voices, self.per_voice, self.seed = n_voices, per_voice, seed
 
     def __iter__(self):
@@ -116,11 +175,15 @@ class Batches(torch.utils.data.IterableDataset):
         torch.set_num_threads(1)
         p, a = self.p, self.p.audio
         generated = generated_backgrounds(a.sample_rate_hz, rng, seconds=30.0)
+        batch = 0
         while True:
+            if self.music_every and batch % self.music_every == 0:  # new pieces of ensemble music
+                generated = generated[:5] + [ensemble_music(30 * a.sample_rate_hz, a.sample_rate_hz, rng) for _ in range(5)]
+            batch += 1
             picks = rng.choice(len(self.voices), size=self.n_voices, replace=False)
-            windows, labels, real = [], [], []
+            windows, labels, real, alphas = [], [], [], []
             for v in picks:
-                spk, factor = self.voices[v]
+                spk, factor, alpha = self.voices[v]
                 clips = self.corpus[self.names[spk]]
                 others = [c[int(rng.integers(len(c)))] for j in rng.choice(len(self.names), size=8)
                           if j != spk for c in [self.corpus[self.names[j]]]]
@@ -132,14 +195,18 @@ class Batches(torch.utils.data.IterableDataset):
                         w = film_like(w, others, generated, a.sample_rate_hz, rng, p.train.snr_db_range)
                     windows.append(w)
                     labels.append(v)
-                    real.append(spk if factor == 1.0 else -1)
+                    real.append(spk if factor == alpha == 1.0 else -1)
+                    alphas.append(alpha)
             feats = log_mel(torch.from_numpy(np.stack(windows)), a)
+            for i, alpha in enumerate(alphas):
+                if alpha != 1.0:
+                    feats[i] = self.warps[alpha] @ feats[i]
             feats = feats + torch.from_numpy(eq_curves(len(windows), a.n_mels, rng) * (rng.random((len(windows), 1, 1)) < 0.7))
             yield feats, torch.tensor(labels), torch.tensor(real)
 
 
 def teacher_centroids(corpus, names, rate_hz: int, cache: Path | None, seed: int) -> np.ndarray:
-    """(n_speakers, 256) unit GE2E centroids of 3 clean 2 s windows of each speaker, at 16 kHz."""
+    """(n_speakers, 256) unit GE2E centroids of 8 clean 2 s windows of each speaker, at 16 kHz."""
     if cache and cache.exists():
         z = np.load(cache, allow_pickle=False)
         if list(z["names"]) == list(names):
@@ -151,7 +218,7 @@ def teacher_centroids(corpus, names, rate_hz: int, cache: Path | None, seed: int
     for i, n in enumerate(names):
         clips = corpus[n]
         wavs = [resample_poly(random_crop(clips[int(rng.integers(len(clips)))], 2 * rate_hz, rng), 16000, rate_hz)
-                .astype(np.float32) for _ in range(3)]
+                .astype(np.float32) for _ in range(8)]
         out.append(enc.embed_speaker(wavs))
         if i % 50 == 0:
             print(f"teacher: {i}/{len(names)} speakers", file=sys.stderr, flush=True)
@@ -206,6 +273,10 @@ def main() -> None:
                     "CPU multiplies it natively: about twice as fast; the weights stay float32")
     ap.add_argument("--codec-probability", type=float, default=0.0, help="share of windows whose voice first goes "
                     "through a codec (augment.CODEC_CHANNELS: telephone codecs at 8 kHz, MP3, AAC, Opus, AC-3)")
+    ap.add_argument("--formant-factors", type=float, nargs="*", default=[], help="each training speaker also joins "
+                    "with its spectral envelope stretched by each factor, pitch and tempo kept (e.g. 0.88 1.12)")
+    ap.add_argument("--music-every", type=int, default=0, help="replace the generated music by 5 new pieces of "
+                    "ensemble music every this many batches (0: the 5 pieces of augment.synthetic_music throughout)")
     ap.add_argument("--init", type=Path, help="go on training this model folder's encoder (its front end and "
                     "architecture) instead of a new one; its pretraining record is kept under 'init'")
     args = ap.parse_args()
@@ -227,7 +298,8 @@ def main() -> None:
     corpus, info = load_corpora(args.corpora, rate, set(held))
     held_corpus, held_info = load_corpora(args.corpora, rate, set(info))
     names = sorted(corpus)
-    print(f"{len(names)} training speakers ({len(names) * (1 + len(SPEED_FACTORS))} voices with speed copies), "
+    n_voices = len(names) * (1 + len(SPEED_FACTORS) + len(args.formant_factors))
+    print(f"{len(names)} training speakers ({n_voices} voices with speed and formant copies), "
           f"{len(held_corpus)} held out; loaded in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
 
     # A fixed set of degraded held-out windows for the diagnostic EER.
@@ -246,7 +318,8 @@ def main() -> None:
         teacher = torch.from_numpy(teacher_centroids(corpus, names, rate, args.teacher_cache, args.seed))
     model = new_model(p, {"name": "base", "pretraining": {
         "corpora": sorted({r["corpus"] for r in info.values()}), "speakers": len(names),
-        "voices": len(names) * (1 + len(SPEED_FACTORS)), "speed_factors": list(SPEED_FACTORS),
+        "voices": n_voices, "speed_factors": list(SPEED_FACTORS),
+        "formant_factors": args.formant_factors, "music_every": args.music_every,
         "seconds": round(sum(len(c) for v in corpus.values() for c in v) / rate, 1),
         "script": "scripts/pretrain.py", "seed": args.seed, "steps": args.steps, "teacher": args.teacher,
         "bfloat16": fast, "codec_probability": args.codec_probability,
@@ -258,7 +331,8 @@ def main() -> None:
         enc.load_state_dict(start.encoder.state_dict())
     opt = torch.optim.AdamW(enc.parameters(), lr=args.learning_rate, weight_decay=1e-4)
     loader = torch.utils.data.DataLoader(
-        Batches(corpus, names, p, args.voices_per_batch, args.windows_per_voice, args.seed, args.codec_probability),
+        Batches(corpus, names, p, args.voices_per_batch, args.windows_per_voice, args.seed, args.codec_probability,
+                tuple(args.formant_factors), args.music_every),
         batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=True)
     t0 = time.monotonic()
     for step, (feats, labels, real) in enumerate(loader, start=1):

@@ -139,7 +139,8 @@ class TrainParams:
 class TagParams:
     top_k: int = 5  # score = mean of the top-k cosine similarities in the memory
     negative_weight: float = 0.5  # minus this times the top-k mean in the negative memory (dev, seeds 0-4, with
-    # the weight averaging: 0.5 0.945 > 0.25 0.943 mean pooled F1; before it 0.25 > 0.5 > 0)
+    # the weight averaging: 0.5 0.945 > 0.25 0.943 mean pooled F1; before it 0.25 > 0.5 > 0; with the format-2
+    # base, stereo / 5.1: 0.5 0.923 / 0.961, 0.25 0.923 / 0.955, 0 worse on d1 and d2)
     threshold: float = 0.7  # used until a calibrated one exists
     hysteresis: float = 0.0  # extend segments over cells scoring at least threshold - this (dev: 0 > 0.03)
     edge_db: float = 10.0  # segment edges grow over target-like cells at most this far below the core's level

@@ -126,43 +126,12 @@ def formant_warp_matrix(p: AudioParams, alpha: float, n_envelope: int = 16) -> n
     return (np.eye(p.n_mels) - envelope + warp @ envelope).astype(np.float32)
 
 
-def ensemble_music(n_samples: int, sample_rate_hz: int, rng: np.random.Generator) -> np.ndarray:
-    """Unit-RMS generated music nearer a film score than `augment.synthetic_music`: chords of
-    3-4 sustained notes with vibrato and a bass note, one timbre per piece (6-14 harmonics,
-    a random spectral tilt, sometimes odd harmonics only), slow or sharp attacks, and
-    sometimes a decaying noise hit on each chord (percussion)."""
-    t = np.arange(n_samples) / sample_rate_hz
-    x = np.zeros(n_samples)
-    n_harm, tilt, odd = int(rng.integers(6, 15)), rng.uniform(0.8, 2.0), rng.random() < 0.3
-    attack, percussion = rng.uniform(0.01, 0.3), rng.random() < 0.4
-    scale = np.array([0, 2, 3, 5, 7, 8, 10] if rng.random() < 0.5 else [0, 2, 4, 5, 7, 9, 11])
-    root, start = 98.0 * 2 ** (rng.integers(0, 12) / 12), 0
-    while start < n_samples:
-        length = int(rng.uniform(0.5, 3.0) * sample_rate_hz)
-        seg = slice(start, min(start + length, n_samples))
-        tt = t[seg] - t[start]
-        env = np.minimum(tt / attack, 1.0) * np.exp(-tt * rng.uniform(0.1, 1.5))
-        degrees = rng.choice(len(scale) * 2, size=int(rng.integers(3, 5)), replace=False)
-        f0s = [root * 2 ** ((12 * (d // len(scale)) + scale[d % len(scale)]) / 12 + 1) for d in degrees] + [root / 2]
-        for f0 in f0s:
-            rate_hz, depth = rng.uniform(4.5, 6.5), rng.uniform(0.0, 0.01)
-            phase = 2 * np.pi * f0 * (tt + depth / (2 * np.pi * rate_hz) * np.sin(2 * np.pi * rate_hz * tt))
-            for h in range(1, n_harm + 1, 2 if odd else 1):
-                if f0 * h < sample_rate_hz / 2:
-                    x[seg] += env * np.sin(h * phase + rng.uniform(0, 2 * np.pi)) / h ** tilt
-        if percussion:
-            x[seg] += 0.5 * rng.standard_normal(len(tt)) * np.exp(-tt * rng.uniform(15, 40))
-        start += length
-    return (x / (np.sqrt(np.mean(x ** 2)) + 1e-12)).astype(np.float32)
-
-
 class Batches(torch.utils.data.IterableDataset):
     """Endless (log-mel (P*K, n_mels, frames), voice labels (P*K,), real-speaker index or -1)."""
 
     def __init__(self, corpus, names, p: Params, n_voices: int, per_voice: int, seed: int,
-                 codec_probability: float = 0.0, formant_factors: tuple[float, ...] = (), music_every: int = 0):
+                 codec_probability: float = 0.0, formant_factors: tuple[float, ...] = ()):
         self.corpus, self.names, self.p, self.codec_probability = corpus, names, p, codec_probability
-        self.music_every = music_every
         # (speaker, speed factor, formant factor): the real voice, its speed copies, its formant copies
         self.voices = [(i, f, 1.0) for i in range(len(names)) for f in (1.0, *SPEED_FACTORS)]
         self.voices += [(i, 1.0, a) for i in range(len(names)) for a in formant_factors]
@@ -175,11 +144,7 @@ class Batches(torch.utils.data.IterableDataset):
         torch.set_num_threads(1)
         p, a = self.p, self.p.audio
         generated = generated_backgrounds(a.sample_rate_hz, rng, seconds=30.0)
-        batch = 0
         while True:
-            if self.music_every and batch % self.music_every == 0:  # new pieces of ensemble music
-                generated = generated[:5] + [ensemble_music(30 * a.sample_rate_hz, a.sample_rate_hz, rng) for _ in range(5)]
-            batch += 1
             picks = rng.choice(len(self.voices), size=self.n_voices, replace=False)
             windows, labels, real, alphas = [], [], [], []
             for v in picks:
@@ -275,8 +240,6 @@ def main() -> None:
                     "through a codec (augment.CODEC_CHANNELS: telephone codecs at 8 kHz, MP3, AAC, Opus, AC-3)")
     ap.add_argument("--formant-factors", type=float, nargs="*", default=[], help="each training speaker also joins "
                     "with its spectral envelope stretched by each factor, pitch and tempo kept (e.g. 0.88 1.12)")
-    ap.add_argument("--music-every", type=int, default=0, help="replace the generated music by 5 new pieces of "
-                    "ensemble music every this many batches (0: the 5 pieces of augment.synthetic_music throughout)")
     ap.add_argument("--init", type=Path, help="go on training this model folder's encoder (its front end and "
                     "architecture) instead of a new one; its pretraining record is kept under 'init'")
     args = ap.parse_args()
@@ -319,7 +282,7 @@ def main() -> None:
     model = new_model(p, {"name": "base", "pretraining": {
         "corpora": sorted({r["corpus"] for r in info.values()}), "speakers": len(names),
         "voices": n_voices, "speed_factors": list(SPEED_FACTORS),
-        "formant_factors": args.formant_factors, "music_every": args.music_every,
+        "formant_factors": args.formant_factors,
         "seconds": round(sum(len(c) for v in corpus.values() for c in v) / rate, 1),
         "script": "scripts/pretrain.py", "seed": args.seed, "steps": args.steps, "teacher": args.teacher,
         "bfloat16": fast, "codec_probability": args.codec_probability,
@@ -332,7 +295,7 @@ def main() -> None:
     opt = torch.optim.AdamW(enc.parameters(), lr=args.learning_rate, weight_decay=1e-4)
     loader = torch.utils.data.DataLoader(
         Batches(corpus, names, p, args.voices_per_batch, args.windows_per_voice, args.seed, args.codec_probability,
-                tuple(args.formant_factors), args.music_every),
+                tuple(args.formant_factors)),
         batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=True)
     t0 = time.monotonic()
     for step, (feats, labels, real) in enumerate(loader, start=1):

@@ -6,8 +6,9 @@
 Builds films with AC-3 audio (5.1 by default, or --layout stereo) in Matroska (the
 example film's soundtrack repeated to the length asked, encoded with PyAV) in a temporary
 folder, then tags each in a fresh process and prints: wall seconds, audio seconds per wall
-second ("x real time"), peak RSS, and the split of the time between decode (waiting for the
-decoding thread), features, encoder and search. It also times decoding alone (the floor for
+second ("x real time"), peak RSS (of the tagging process, and sampled with its decoding
+process: decoder.py), and the split of the time between decode (waiting for the decoding
+thread), features, encoder and search. It also times decoding alone (the floor for
 the whole run), in the same run, and prints the ratio tag / decode. --film measures existing
 files as well (or instead, with --hours 0); --channels is passed to both. With --train it
 times `train` on the example clips. It prints figures and asserts nothing.
@@ -75,18 +76,32 @@ def build_film(path: Path, hours: float, stereo: np.ndarray, layout: str = "5.1"
 PEAK_RSS = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
 
 CHILD = r"""
-import json, sys, time
+import json, os, sys, threading, time
 t0 = time.perf_counter()
 from speakertag.allocator import reuse_freed_memory
 from speakertag.tagging import load_voice, tag
 reuse_freed_memory()  # as the command line does
 voice = load_voice(sys.argv[2])
+
+def rss_mb(pid):  # 0 for a process that has just ended
+    try:
+        return int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")).split()[1]) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+total_mb, done = [0.0], threading.Event()
+def sample():  # this process and its decoding process (decoder.py) together, every 0.1 s
+    while not done.wait(0.1):
+        kids = [c for t in os.listdir("/proc/self/task") for c in open(f"/proc/self/task/{t}/children").read().split()]
+        total_mb[0] = max(total_mb[0], rss_mb("self") + sum(rss_mb(k) for k in kids))
+threading.Thread(target=sample, daemon=True).start()
 t1 = time.perf_counter()
 r = tag(sys.argv[1], voice, channels=sys.argv[3])
 t2 = time.perf_counter()
+done.set()
 print(json.dumps({"wall_s": t2 - t1, "startup_s": t1 - t0, "duration_s": r.duration_s,
                   "stages_s": r.stage_s, "segments": len(r.segments),
-                  "peak_rss_mb": PEAK_RSS}))
+                  "peak_rss_mb": PEAK_RSS, "peak_total_rss_mb": total_mb[0]}))
 """.replace("PEAK_RSS", PEAK_RSS)
 
 DECODE_ONLY = r"""
@@ -114,7 +129,8 @@ def measure(film: Path, model: Path, channels: str) -> dict:
           f"(the floor), peak RSS {dec['peak_rss_mb']:.0f} MB")
     r = run_child(CHILD, str(film), str(model), channels)
     print(f"  tag: {r['wall_s']:.1f} s wall = {r['duration_s'] / r['wall_s']:.0f}x real time, "
-          f"peak RSS {r['peak_rss_mb']:.0f} MB, {r['segments']} segments (+{r['startup_s']:.1f} s start-up)")
+          f"peak RSS {r['peak_rss_mb']:.0f} MB (with the decoding process, sampled: {r['peak_total_rss_mb']:.0f} MB), "
+          f"{r['segments']} segments (+{r['startup_s']:.1f} s start-up)")
     print("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["stages_s"].items()))
     print(f"  decode {dec['wall_s']:.2f} s, tag {r['wall_s']:.2f} s: tag / decode = {r['wall_s'] / dec['wall_s']:.2f}")
     return r

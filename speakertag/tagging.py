@@ -15,7 +15,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .audio import decode_blocks, decoding_cost, source_blocks, to_model_rate
+from .audio import decode_blocks, decoding_cost, probe, source_blocks, to_model_rate
+from .decoder import MIN_DURATION_S, decoded_in_child
 from .errors import SpeakertagError
 from .features import cell_levels_db, stream_windows
 from .memory import Memory, load_memory
@@ -75,11 +76,15 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
         try:
             for item in items:
                 if stop.is_set():
-                    return
+                    break
                 q.put(item)
-            q.put(done)
+            else:
+                q.put(done)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             q.put(e)
+        finally:  # closed here, where it runs: a decoding process (decoder.py) is stopped now
+            if hasattr(items, "close"):
+                items.close()
 
     t = threading.Thread(target=work, daemon=True)
     t.start()
@@ -225,10 +230,13 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     # resampling with the encoder where the decoder itself is dear (5.1 decoded whole) and the
     # encoder is not (bfloat16, a GPU): a 2-hour 5.1 film, interleaved runs on a loaded host,
     # 444x -> 497x on average (5 of 6 pairs faster); on a quiet one about as fast (534x -> 543x).
-    # Elsewhere the decoding thread resamples and this one computes the features.
+    # Elsewhere the decoding thread resamples and this one computes the features. A film of
+    # decoder.MIN_DURATION_S or more is decoded in a child process, the decoding thread only
+    # reading its pipe: the two no longer share the GIL (2-hour stereo film: 10-12 s -> 9.6-9.8 s).
     cost = decoding_cost(path, stream, channels)
     encoder_fast = all(m.embeds_fast for m in encoders)
-    source = source_blocks(path, stream, channels=channels)
+    probed_s = probe(path, stream).duration_s
+    in_child = cpu_count() > 1 and (probed_s is None or probed_s >= MIN_DURATION_S)
     batch_windows = voices[0].params.batch_windows
     resampling_here = cost == "decoder" and encoder_fast
     scores: list[list[np.ndarray]] = [[] for _ in voices]
@@ -236,11 +244,15 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     with _core_left_for_decoding():
         if resampling_here:
             stage_s["resample"] = 0.0
+            source = decoded_in_child(path, stream, channels) if in_child else source_blocks(path, stream,
+                                                                                            channels=channels)
             arriving = _timed(_prefetch(_timed(source, stage_s, "decode")), stage_s, "waiting")
             blocks = measured(to_model_rate(arriving, a.sample_rate_hz, path))
             batches = _featured(blocks, a, batch_windows, stage_s, "resample")  # the waiting too: taken out below
         else:
-            blocks = measured(_timed(to_model_rate(source, a.sample_rate_hz, path), stage_s, "decode"))
+            decoded = (decoded_in_child(path, stream, channels, a.sample_rate_hz) if in_child else
+                       to_model_rate(source_blocks(path, stream, channels=channels), a.sample_rate_hz, path))
+            blocks = measured(_timed(decoded, stage_s, "decode"))
             if cost == "light" and not encoder_fast:
                 batches = _timed(_prefetch(_featured(blocks, a, batch_windows, stage_s, None)), stage_s, "waiting")
             else:

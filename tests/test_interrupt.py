@@ -67,15 +67,18 @@ class Run:
         assert self.p.poll() is None, f"ended before {pattern!r}: {self.lines}"
 
     def wait_for_open(self, path: Path, timeout_s: float = 120) -> None:
-        """Block until the process has `path` open (Linux /proc): it is reading that input."""
+        """Block until the process, or its decoding process (a long film's: decoder.py), has
+        `path` open (Linux /proc): it is reading that input."""
         deadline = time.monotonic() + timeout_s
-        fds = Path(f"/proc/{self.p.pid}/fd")
+        proc = Path(f"/proc/{self.p.pid}")
         while time.monotonic() < deadline:
             assert self.p.poll() is None, f"ended before opening {path}: {self.lines}"
             try:
-                if any(os.readlink(fd) == str(path) for fd in fds.iterdir()):
+                children = [c for task in (proc / "task").iterdir() for c in (task / "children").read_text().split()]
+                fds = [fd for pid in [str(self.p.pid), *children] for fd in Path(f"/proc/{pid}/fd").iterdir()]
+                if any(os.readlink(fd) == str(path) for fd in fds):
                     return
-            except OSError:  # an fd closed while listing
+            except OSError:  # a process ended or an fd closed while listing
                 pass
             time.sleep(0.02)
         raise AssertionError(f"{path} not opened within {timeout_s} s")

@@ -99,7 +99,8 @@ def test_streaming_equals_whole_file(tiny_model_dir, minute_of_film, monkeypatch
 def test_where_the_threads_split_the_work_changes_nothing(tiny_model_dir, minute_of_film, tmp_path, monkeypatch,
                                                           layout):
     """The features go to the decoding thread with a float32 encoder on light decoding, the
-    resampling to the encoder's thread with a fast encoder on 5.1: the same scores either way."""
+    resampling to the encoder's thread with a fast encoder on 5.1, and a long film is decoded
+    in a child process (decoder.py): the same scores every way."""
     from conftest import write_container
     from speakertag.model import Model
 
@@ -109,13 +110,16 @@ def test_where_the_threads_split_the_work_changes_nothing(tiny_model_dir, minute
     voice = load_voice(tiny_model_dir)
     results = {}
     for fast in (False, True):
-        monkeypatch.setattr(Model, "embeds_fast", property(lambda self, fast=fast: fast))
-        results[fast] = tag(film, voice)
-    slow, fast = results[False], results[True]
-    np.testing.assert_array_equal(slow.tracks[0].window_scores, fast.tracks[0].window_scores)
-    np.testing.assert_array_equal(slow.cell_db, fast.cell_db)
-    assert slow.duration_s == fast.duration_s == pytest.approx(20.0, abs=0.05)
-    assert "resample" not in slow.stage_s and ("resample" in fast.stage_s) == (layout == "5.1")
+        for child_from_s in (1e9, 0.0):
+            monkeypatch.setattr(Model, "embeds_fast", property(lambda self, fast=fast: fast))
+            monkeypatch.setattr(speakertag.tagging, "MIN_DURATION_S", child_from_s)
+            results[fast, child_from_s] = tag(film, voice)
+    slow = results[False, 1e9]
+    for (fast, _), r in results.items():
+        np.testing.assert_array_equal(r.tracks[0].window_scores, slow.tracks[0].window_scores)
+        np.testing.assert_array_equal(r.cell_db, slow.cell_db)
+        assert r.duration_s == pytest.approx(20.0, abs=0.05)
+        assert ("resample" in r.stage_s) == (fast and layout == "5.1")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")

@@ -64,7 +64,7 @@ def child(argv: list[str]) -> int:
     return 0
 
 
-def _read_exactly(f, n_bytes: int, into: memoryview | None = None) -> memoryview | bytes:
+def _read_exactly(f, n_bytes: int, into: memoryview | None = None) -> memoryview:
     """n_bytes from the pipe f (into `into` when given); fewer only where the child stopped."""
     buf = into if into is not None else memoryview(bytearray(n_bytes))
     got = 0

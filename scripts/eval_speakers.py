@@ -1,11 +1,20 @@
 #!/usr/bin/env python3
-"""How well an encoder tells voices it never heard apart: EER over held-out speakers.
+"""How well encoders tell voices they never heard apart: EER, each encoder on the same trials.
 
-    python scripts/eval_speakers.py CORPUS_DIR [CORPUS_DIR ...] [--model models/base | --model resemblyzer]
+    python scripts/eval_speakers.py [CORPUS_DIR ...] [--dev DEV_DIR] [--speakers held-out|all]
+        [--model models/base] [--model resemblyzer] [--model OTHER_DIR] [--draws 3]
 
 CORPUS_DIR: folders of one sub-folder per speaker (with a speakers.csv giving corpus and
-sex), such as the project's pretraining corpora. Only the speakers named in
-scripts/held_out_speakers.txt are used: voices that scripts/pretrain.py never trains on.
+sex), such as the project's pretraining corpora. With `--speakers held-out` (the default) only
+the speakers named in scripts/held_out_speakers.txt are used: voices that scripts/pretrain.py
+never trains on, but recorded like its training speakers. `--speakers all` takes every speaker
+with at least `--min-files` files: a corpus left out of pretraining (Speech Commands) or one
+kept for evaluation alone (../shared/data/eval-voices). `--dev DEV_DIR` takes the voices of the
+development films instead: each task's train/positive clips and train/negative/speech__<voice>__*
+clips, a voice's utterances pooled over the tasks (sex from DEV_DIR/INDEX.json). Those voices
+reproduce the gap that independent films show between our encoder and GE2E; the in-corpus
+held-out speakers hide it (docs/experiments.md). Decide encoder levers on the dev voices and
+a left-out corpus first.
 
 For each speaker, `--windows` windows of the model's length (2 s) are cut from different
 files where the speaker has several, else from non-overlapping stretches of one recording.
@@ -22,12 +31,17 @@ only, of the same corpus only, and of both (where the films' false alarms come f
 the false-alarm and miss rates at a calibrated threshold: the threshold of equal error on
 half of the speakers, applied to the same-sex trials of the other half (two folds, averaged).
 `--model resemblyzer` measures Resemblyzer's GE2E encoder on the same windows (16 kHz).
+Every `--model` is measured on the same windows; `--draws N` repeats the whole measurement on
+N draws of windows and degradations (a few voices make few trials: read the spread) and prints
+each figure as the mean with its range.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -102,24 +116,44 @@ def embedder(name: str):
     return run
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("corpora", type=Path, nargs="+")
-    ap.add_argument("--model", default="models/base", help="a model folder, or 'resemblyzer'")
-    ap.add_argument("--windows", type=int, default=8, help="windows per speaker")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+def dev_voices(root: Path) -> dict[str, dict]:
+    """{voice: {"corpus", "sex", "files"}} of the dev films' named voices (module docstring): one
+    file per utterance, the same utterance in several tasks counted once."""
+    index = json.loads((root / "INDEX.json").read_text())["speakers"]
+    files: dict[str, dict[str, Path]] = {}
+    for task in sorted(d for d in root.iterdir() if (d / "train").is_dir()):
+        for f in sorted((task / "train" / "positive").glob("*")) + sorted((task / "train" / "negative").glob("speech__*")):
+            m = re.match(r"(?:speech__)?(.+?)__(.+)\.\w+$", f.name)
+            if m and m.group(1) in index:
+                files.setdefault(m.group(1), {}).setdefault(m.group(2), f)
+    return {v: {"corpus": index[v]["corpus"], "sex": index[v]["sex"][:1], "files": sorted(fs.values())}
+            for v, fs in sorted(files.items())}
 
-    run = embedder(args.model)
+
+def corpus_voices(roots: list[Path], which: str, min_files: int) -> dict[str, dict]:
+    """{voice: {"corpus", "sex", "files"}}: the held-out speakers of `roots`, or all with >= min_files files."""
+    info = speaker_info(roots)
+    names = [s for s in read_held_out() if s in info] if which == "held-out" else sorted(info)
+    out = {}
+    for s in names:
+        fs = find_media_files([info[s]["dir"]])
+        if which == "held-out" or len(fs) >= min_files:
+            out[s] = {"corpus": info[s]["corpus"], "sex": info[s]["sex"], "files": fs}
+    return out
+
+
+CONDITIONS = ("clean", "film", "phone")
+COLUMNS = ("EER", "same sex", "same corpus", "both", "FA@thr", "miss@thr")
+
+
+def measure(voices: dict[str, dict], runs: dict, n_windows: int, seed: int) -> tuple[dict, str]:
+    """({model: {condition: [6 rates]}}, a line on the trials) for one draw of windows."""
     width = AudioParams().window_samples  # the same windows for every encoder: speakertag's 2.0 s at 22050 Hz
-    info = speaker_info(args.corpora)
-    held = [s for s in read_held_out() if s in info]
-    if len(held) < 2:
-        sys.exit("fewer than 2 held-out speakers found in the corpora given")
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
+    names = sorted(voices)
     windows, spk = [], []
-    for i, s in enumerate(held):
-        ws = speaker_windows(find_media_files([info[s]["dir"]]), args.windows, width, 22050, rng)
+    for i, s in enumerate(names):
+        ws = speaker_windows(voices[s]["files"], n_windows, width, 22050, rng)
         windows += ws
         spk += [i] * len(ws)
     clean = np.stack(windows)
@@ -128,33 +162,79 @@ def main() -> None:
     degraded = np.stack([film_like(w, [windows[j] for j in rng.choice(np.flatnonzero(spk != spk[i]), 8)],
                                    generated, 22050, rng, (5.0, 15.0)) for i, w in enumerate(windows)])
     phone = np.stack([codec_round_trip(w, 22050, rng, TELEPHONE_CHANNELS) for w in windows])
-    e_clean, e_film, e_phone = run(clean, 22050), run(degraded, 22050), run(phone, 22050)
 
-    corpus = np.array([info[held[i]]["corpus"] for i in spk])
-    sex = np.array([info[held[i]]["sex"] for i in spk])
+    corpus = np.array([voices[names[i]]["corpus"] for i in spk])
+    sex = np.array([voices[names[i]]["sex"] for i in spk])
     n = len(spk)
     iu = np.triu_indices(n, 1)
     same = spk[iu[0]] == spk[iu[1]]
     same_sex = (sex[iu[0]] == sex[iu[1]]) & (sex[iu[0]] != "?")
+    if not same_sex.any():  # the corpus does not say: all pairs stand in
+        same_sex = np.ones_like(same)
     same_corpus = corpus[iu[0]] == corpus[iu[1]]
     fold = (spk % 2)[iu[0]], (spk % 2)[iu[1]]
-    print(f"{args.model}: {len(held)} held-out speakers, {n} windows, {int(same.sum())} same-speaker and "
-          f"{int((~same).sum())} different-speaker trials ({int((~same & same_sex).sum())} same sex)")
-    print(f"{'condition':<8}{'EER':>8}{'same sex':>10}{'same corpus':>13}{'both':>8}{'FA@thr':>9}{'miss@thr':>10}")
-    for name, a_emb, b_emb in (("clean", e_clean, e_clean), ("film", e_clean, e_film), ("phone", e_phone, e_phone)):
-        # Film trials score both orders (either window may be the enrolment): symmetrise.
-        sim = a_emb @ b_emb.T
-        s = ((sim + sim.T) / 2)[iu]
-        row = [eer(s[same], s[~same & m])[0] for m in (np.ones_like(same), same_sex, same_corpus, same_sex & same_corpus)]
-        fa, miss = [], []
-        for f in (0, 1):
-            in_f = (fold[0] == f) & (fold[1] == f)
-            thr = eer(s[same & in_f], s[~same & in_f])[1]
-            other = (fold[0] == 1 - f) & (fold[1] == 1 - f)
-            fa.append(float(np.mean(s[~same & same_sex & other] >= thr)))
-            miss.append(float(np.mean(s[same & other] < thr)))
-        print(f"{name:<8}" + "".join(f"{100 * v:>{w}.1f}%" for v, w in zip(row, (7, 9, 12, 7)))
-              + f"{100 * np.mean(fa):>8.1f}%{100 * np.mean(miss):>9.1f}%", flush=True)
+    about = (f"{len(names)} voices, {n} windows, {int(same.sum())} same-voice and {int((~same).sum())} "
+             f"different-voice trials ({int((~same & same_sex).sum())} same sex)")
+    out = {}
+    for model, run in runs.items():
+        e = {"clean": run(clean, 22050), "film": run(degraded, 22050), "phone": run(phone, 22050)}
+        out[model] = {}
+        for name, a_emb, b_emb in (("clean", e["clean"], e["clean"]), ("film", e["clean"], e["film"]),
+                                   ("phone", e["phone"], e["phone"])):
+            # Film trials score both orders (either window may be the enrolment): symmetrise.
+            sim = a_emb @ b_emb.T
+            s = ((sim + sim.T) / 2)[iu]
+            row = [eer(s[same], s[~same & m])[0] if (~same & m).any() else float("nan")
+                   for m in (np.ones_like(same), same_sex, same_corpus, same_sex & same_corpus)]
+            fa, miss = [], []
+            for f in (0, 1):
+                in_f = (fold[0] == f) & (fold[1] == f)
+                thr = eer(s[same & in_f], s[~same & in_f])[1]
+                other = (fold[0] == 1 - f) & (fold[1] == 1 - f)
+                fa.append(float(np.mean(s[~same & same_sex & other] >= thr)))
+                miss.append(float(np.mean(s[same & other] < thr)))
+            out[model][name] = row + [float(np.mean(fa)), float(np.mean(miss))]
+    return out, about
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("corpora", type=Path, nargs="*")
+    ap.add_argument("--dev", type=Path, help="a development set's folder: its films' named voices")
+    ap.add_argument("--speakers", choices=["held-out", "all"], default="held-out")
+    ap.add_argument("--min-files", type=int, default=3, help="with --speakers all: voices with fewer files are left out")
+    ap.add_argument("--model", action="append", help="a model folder, or 'resemblyzer' (repeatable; default models/base)")
+    ap.add_argument("--windows", type=int, default=8, help="windows per speaker")
+    ap.add_argument("--draws", type=int, default=1, help="draws of windows, seeds --seed, --seed + 1, ...")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    if bool(args.dev) == bool(args.corpora):
+        sys.exit("give corpus folders or --dev DEV_DIR (one of them)")
+    voices = dev_voices(args.dev) if args.dev else corpus_voices(args.corpora, args.speakers, args.min_files)
+    if len(voices) < 2:
+        sys.exit("fewer than 2 voices found")
+    models = args.model or ["models/base"]
+    runs = {m: embedder(m) for m in models}
+    draws = []
+    for d in range(args.draws):
+        result, about = measure(voices, runs, args.windows, args.seed + d)
+        draws.append(result)
+        print(f"draw {d} (seed {args.seed + d}): {about}", flush=True)
+    width = max(len(m) for m in models) + 2
+    for cond in CONDITIONS:
+        print(f"\n{cond}" + "".join(f"{c:>18}" for c in COLUMNS))
+        for m in models:
+            v = np.array([r[m][cond] for r in draws]) * 100  # (draws, columns) in %
+            cells = [f"{np.mean(v[:, j]):5.1f} ({np.min(v[:, j]):4.1f}-{np.max(v[:, j]):4.1f})" if args.draws > 1
+                     else f"{v[0, j]:5.1f}" for j in range(len(COLUMNS))]
+            print(f"  {m:<{width}}" + "".join(f"{c:>18}" for c in cells))
+        if "resemblyzer" in runs:
+            for m in models:
+                if m != "resemblyzer":
+                    ratio = [np.mean([r[m][cond][j] for r in draws]) / max(np.mean([r["resemblyzer"][cond][j] for r in draws]), 1e-9)
+                             for j in range(2)]
+                    print(f"  {m} / GE2E: EER {ratio[0]:.1f}x, same sex {ratio[1]:.1f}x")
 
 
 if __name__ == "__main__":

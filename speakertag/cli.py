@@ -100,6 +100,10 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
         raise SpeakertagError(f"output folder does not exist: {out_dir.parent}")
     if not os.access(out_dir.parent, os.W_OK):
         raise SpeakertagError(f"cannot write to the output folder (permission denied): {out_dir.parent}")
+    try:
+        writers.check_voice_name(name)
+    except ValueError as e:
+        raise SpeakertagError(f"--name: {e}") from None
     from_scratch = base is not None and str(base).lower() == "none"
     # a missing name or a folder without audio fails here
     clips = find_media_files(list(positive)) + find_media_files(list(negative))
@@ -138,7 +142,8 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
                                             impostors_of(base_path) or impostors_of(shipped_base_dir()))
 
     raise_if_interrupted()
-    write_model_folder(out_dir, _saver(model, memory))
+    # A model folder written again keeps the user's other files in it (notes, labels), as refine does.
+    write_model_folder(out_dir, _saver(model, memory), out_dir if out_dir.is_dir() else None)
     c = report.calibration
     for s in report.skipped:
         click.echo(f"skipped {s}", err=True)

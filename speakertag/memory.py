@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import SpeakertagError, check_format, first_line
 from .io_utils import atomic_write_bytes, file_kind
-from .params import FORMAT_VERSION, OLDEST_READABLE_FORMAT, Params, ParamsMismatch, speakertag_version
+from .params import FORMAT_VERSION, OLDEST_READABLE_FORMAT, Params, ParamsMismatch, ParamsOutOfRange, speakertag_version
 
 MEMORY_FILE = "memory.npz"
 HNSW_MIN_ENTRIES = 50_000  # from this size on, search an approximate HNSW index
@@ -30,6 +30,7 @@ HNSW_MIN_ENTRIES = 50_000  # from this size on, search an approximate HNSW index
 # (two entries per 0.5 s), 1 GB of float32 at 128 dimensions and about 2.6 GB more once
 # indexed: beyond that, loading it (once per --jobs worker) would exhaust a typical machine.
 MAX_MEMORY_ENTRIES = 2_000_000
+MAX_EMBEDDING_DIM = 4096  # wider rows are a damaged or crafted file, refused before they are read
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,10 @@ def load_memory(path: str | Path) -> Memory:
     try:
         with np.load(file, allow_pickle=False) as z:
             # The sizes first, from the arrays' headers: a huge memory is refused before it is read.
-            check_entries(sum(_stored_rows(z, key) for key in ("embeddings", "negatives")), f"memory {file} holds")
+            shapes = [_stored_shape(z, key) for key in ("embeddings", "negatives")]
+            if any(len(s) != 2 or not 0 < s[1] <= MAX_EMBEDDING_DIM for s in shapes):
+                raise SpeakertagError(f"memory {file} is damaged: embeddings of shapes {shapes[0]} and {shapes[1]}")
+            check_entries(sum(s[0] for s in shapes), f"memory {file} holds")
             embeddings, negatives = z["embeddings"], z["negatives"]
             header = json.loads(z["header"].tobytes().decode())
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
@@ -125,6 +129,8 @@ def load_memory(path: str | Path) -> Memory:
     except ParamsMismatch as e:
         raise SpeakertagError(f"memory {file} was made by another version of speakertag "
                               f"(format {FORMAT_VERSION}): {first_line(e)}") from None
+    except ParamsOutOfRange as e:
+        raise SpeakertagError(f"memory {file} is damaged: {first_line(e)}") from None
     except KeyError:
         raise SpeakertagError(f"memory {file} is damaged: no params") from None
     try:
@@ -137,18 +143,26 @@ def load_memory(path: str | Path) -> Memory:
     for a in (embeddings, negatives):
         if a.ndim != 2 or a.shape[1] != params.encoder.embedding_dim:
             raise SpeakertagError(f"memory {file} is damaged: embeddings of shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise SpeakertagError(f"memory {file} is damaged: its embeddings hold NaN or infinite values")
+    if not len(embeddings):
+        raise SpeakertagError(f"memory {file} is damaged: it holds no embeddings of the target")
+    if not np.isfinite(memory.threshold) or (memory.edge_threshold is not None and not np.isfinite(memory.edge_threshold)):
+        raise SpeakertagError(f"memory {file} is damaged: its threshold is {memory.threshold}")
     return memory
 
 
-def _stored_rows(z, key: str) -> int:
-    """Rows of array `key` of an open .npz, read from its .npy header without loading it."""
+def _stored_shape(z, key: str) -> tuple[int, ...]:
+    """The shape of array `key` of an open .npz, read from its .npy header without loading it."""
     with z.zip.open(f"{key}.npy") as f:
         version = np.lib.format.read_magic(f)
         if version != (1, 0) and version != (2, 0):
             raise ValueError(f"{key} has .npy format version {version}")
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape = read_header(f)[0]
-    return shape[0] if shape else 1
+        shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ValueError(f"{key} holds pickled objects")
+    return tuple(shape)
 
 
 def _join_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

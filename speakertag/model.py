@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .errors import SpeakertagError, check_format, first_line
 from .io_utils import atomic_write_bytes
 from .params import (FORMAT_VERSION, OLDEST_READABLE_FORMAT, AudioParams, EncoderParams, Params, ParamsMismatch,
-                     speakertag_version)
+                     ParamsOutOfRange, speakertag_version)
 
 MODEL_FILE = "model.pt"
 IMPOSTORS_DIR = "impostors"  # clips of voices the model never heard, for calibration
@@ -331,6 +331,8 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Mo
     except ParamsMismatch as e:
         raise SpeakertagError(f"model {file} was made by another version of speakertag "
                               f"(format {FORMAT_VERSION}): {first_line(e)}") from None
+    except ParamsOutOfRange as e:
+        raise SpeakertagError(f"model {file} is damaged: {first_line(e)}") from None
     try:
         encoder = Encoder(params.audio, params.encoder)
         encoder.load_state_dict(payload["state_dict"], strict=True)

@@ -36,6 +36,35 @@ class ParamsMismatch(ValueError):
     """Stored params with keys this version does not know, or without keys it needs."""
 
 
+class ParamsOutOfRange(ValueError):
+    """Stored params whose values no run could have saved (a zero batch, a NaN threshold)."""
+
+
+# Fields that must be at least 1 (counts) or above 0 (sizes, seconds); every number must be finite.
+_AT_LEAST_ONE = {"audio": ("sample_rate_hz", "n_fft", "hop_length", "n_mels", "window_frames", "hop_frames"),
+                 "encoder": ("channels", "first_kernel", "attention_channels", "embedding_dim"),
+                 "tag": ("top_k", "batch_windows")}
+_NOT_NEGATIVE = {"audio": ("f_min_hz", "log_floor"),
+                 "tag": ("negative_weight", "hysteresis", "edge_db", "min_gap_s", "min_duration_s")}
+
+
+def check_ranges(p: "Params") -> None:
+    """Raise ParamsOutOfRange naming the first stored value that no run could use."""
+    import math
+
+    for group in ("audio", "encoder", "train", "tag", "augment"):
+        values = dataclasses.asdict(getattr(p, group))
+        for key, v in values.items():
+            for x in (v if isinstance(v, tuple) else (v,)):
+                if isinstance(x, bool) or not isinstance(x, (int, float)):
+                    continue
+                if not math.isfinite(x) or (key in _AT_LEAST_ONE.get(group, ()) and x < 1) \
+                        or (key in _NOT_NEGATIVE.get(group, ()) and x < 0):
+                    raise ParamsOutOfRange(f"{group}.{key} = {v} is out of range")
+    if not p.audio.f_min_hz < p.audio.f_max_hz <= p.audio.sample_rate_hz / 2:
+        raise ParamsOutOfRange(f"audio.f_max_hz = {p.audio.f_max_hz} is out of range")
+
+
 @dataclass(frozen=True)
 class AudioParams:
     sample_rate_hz: int = 22050  # every input is resampled to this rate
@@ -190,7 +219,7 @@ class Params:
     def from_dict(cls, d: dict, format_version: int = FORMAT_VERSION) -> "Params":
         """Rebuild from `to_dict` output of a file of `format_version`. Unknown or missing groups
         or keys raise ParamsMismatch (a ValueError): a default would silently change what the
-        file's numbers meant. What later versions added (ADDED_IN_FORMAT) is filled in at the
+        file's numbers meant; values no run could use raise ParamsOutOfRange. What later versions added (ADDED_IN_FORMAT) is filled in at the
         values that keep an older file's meaning."""
         if isinstance(d, dict):
             d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
@@ -217,7 +246,9 @@ class Params:
                                                for what, keys in (("unknown", unknown), ("missing", missing)) if keys))
             values = {k: tuple(v) if isinstance(v, list) else v for k, v in d[name].items()}
             built[name] = klass(**values)
-        return cls(**built)
+        params = cls(**built)
+        check_ranges(params)
+        return params
 
 
 @dataclass(frozen=True)

@@ -59,10 +59,15 @@ def check_pair(model: Model, memory: Memory) -> None:
     """Refuse a memory whose embeddings another encoder made (another fingerprint, front end
     or architecture). Its train and tag params may differ from the model's (a memory of
     another training with the same encoder): tagging uses the memory's."""
-    if (memory.model_fingerprint != model.fingerprint or memory.params.audio != model.params.audio
-            or memory.params.encoder != model.params.encoder):
+    if memory.model_fingerprint != model.fingerprint:
         raise SpeakertagError(f"the memory was made by another model (fingerprint {memory.model_fingerprint}, "
                               f"model {model.fingerprint})")
+    for group in ("audio", "encoder"):
+        mine, theirs = getattr(memory.params, group), getattr(model.params, group)
+        if mine != theirs:
+            key = next(k for k in vars(mine) if getattr(mine, k) != getattr(theirs, k))
+            raise SpeakertagError(f"the memory was made with other {group} params than the model's "
+                                  f"({group}.{key}: memory {getattr(mine, key)}, model {getattr(theirs, key)})")
 
 
 def _prefetch(items: Iterator, depth: int = 2) -> Iterator:

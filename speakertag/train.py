@@ -28,6 +28,7 @@ from .memory import Memory
 from .model import Model, embed, new_model, resolve_device
 from .params import AudioParams, Params, speakertag_version
 from .scoring import Calibration, Scorer, calibrate_threshold, calibration_problem, nearest_groups, top_k_mean_excluding
+from .writers import check_voice_name
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,10 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
     negative window; the calibrated threshold) and a report. The memory's info records
     the clip paths (`positive_clips`, `negative_clips`), so that it can be rebuilt.
     """
+    try:
+        check_voice_name(name)
+    except ValueError as e:
+        raise SpeakertagError(str(e)) from None
     t0 = time.monotonic()
     p = params or Params()
     if base is not None:  # the base fixes the front end and the architecture; training is ours

@@ -27,6 +27,14 @@ FORMATS: tuple[str, ...] = tuple(SUFFIX)
 APPENDABLE: tuple[str, ...] = ("text", "csv", "rttm", "audacity")  # a live run adds segments to these as they come
 
 
+def check_voice_name(name: str) -> str:
+    """The name, if every format can carry it as a label: one line, no tab or other control
+    character (an Audacity label or an SRT cue would split), not empty. Raises ValueError."""
+    if not name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError(f"a voice's name must be one line of printable text without tabs, not {name!r}")
+    return name
+
+
 def format_of(path: Path) -> str | None:
     """The format an output file's name asks for (film.csv -> "csv", film.labels.txt ->
     "audacity", film.txt -> "text"), or None for a name no format writes."""

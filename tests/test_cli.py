@@ -122,6 +122,17 @@ def test_train_zero_steps_keeps_the_base_encoder(example, tmp_path):
     assert all(torch.equal(mine[k], v) for k, v in base.items())
     assert (out / "memory.npz").is_file()
 
+    # Trained again into the same folder: the user's other files stay (issue 34, case 2).
+    (out / "notes.txt").write_text("mine")
+    (out / "labels").mkdir()
+    (out / "labels" / "film.txt").write_text("1\t2\talice\n")
+    r = run_cli("train", "--positive", *(example / "positive" / n for n in TINY_POSITIVE),
+                "--negative", example / "negative" / "nonspeech__music_lounge_2.flac", "--base", shipped_base_dir(),
+                "--steps", "0", "--out", out, "-q")
+    assert r.returncode == 0, r.stderr
+    assert (out / "notes.txt").read_text() == "mine" and (out / "labels" / "film.txt").is_file()
+    assert listing(out) >= {"model.pt", "memory.npz", "notes.txt", "labels"}
+
 
 # --- tagging ----------------------------------------------------------------------------------
 

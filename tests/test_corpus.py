@@ -296,6 +296,9 @@ CASES = [
     Case("train-output-is-a-file", lambda c, o: ["train", "--positive", c["pos"], "--negative", c["neg"], "--out",
                                                  c["speech.wav"]], "is a file", exit_code=2),
     Case("train-negative-steps", train("pos", "neg", "--steps", "-5"), "invalid value for '--steps'", exit_code=2),
+    # issue 34, case 15: a name that its own Audacity labels and SRT cues could not carry
+    *(Case(f"train-name-with-{what}", train("pos", "neg", "--name", name), "--name: a voice's name must be one line")
+      for what, name in (("tab", "al\tice"), ("newline", "al\nice"), ("nothing", " "))),
     Case("train-target-share-above-1", train("pos", "neg", "--target-share", "1.5"), "invalid value for '--target-share'",
          exit_code=2),
     ok(train("pos", "neg", "--target-share", "0.5"), "train-target-share-of-a-podcast-host", output="voice",

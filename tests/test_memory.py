@@ -200,3 +200,52 @@ def test_hnsw_matches_exact_search():
     threshold = float(np.median(exact_scores))
     agree = (approx_scores >= threshold) == (exact_scores >= threshold)
     assert agree[np.abs(exact_scores - threshold) > 1e-3].all()
+
+
+def resealed(change):
+    """change(arrays, header), then the checksum computed again: a file that passes it."""
+    from speakertag.memory import _checksum
+
+    def apply(arrays, header):
+        change(arrays, header)
+        header.pop("checksum")
+        header["checksum"] = _checksum(arrays["embeddings"], arrays["negatives"], header)
+    return apply
+
+
+@pytest.mark.parametrize("change, phrase", [  # issue 34, case 13: checksummed, yet out of range
+    (lambda a, h: h["params"]["tag"].update(batch_windows=0), "tag.batch_windows = 0 is out of range"),
+    (lambda a, h: h["params"]["tag"].update(top_k=0), "tag.top_k = 0 is out of range"),
+    (lambda a, h: h["params"]["tag"].update(top_k=-3), "tag.top_k = -3 is out of range"),
+    (lambda a, h: h["params"]["tag"].update(negative_weight=float("nan")), "tag.negative_weight = nan"),
+    (lambda a, h: h.update(threshold=float("nan")), "threshold is nan"),
+    (lambda a, h: a.update(embeddings=a["embeddings"][:0]), "no embeddings"),
+    (lambda a, h: a.update(embeddings=np.full_like(a["embeddings"], np.nan)), "NaN"),
+])
+def test_out_of_range_memory_refused(tmp_path, change, phrase):
+    path = save_memory(make_memory(), tmp_path / "mem.npz")
+    rewrite(path, resealed(change))
+    with pytest.raises(SpeakertagError, match="damaged") as e:
+        load_memory(path)
+    assert phrase in str(e.value)
+
+
+def test_huge_rows_refused_from_the_headers(tmp_path):
+    """Issue 34, case 8: a small file announcing (1, 600,000,000) negatives is refused before
+    anything is read (the check reads the .npy headers only)."""
+    import io
+    import zipfile
+
+    path = save_memory(make_memory(), tmp_path / "mem.npz")
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 4), np.float32))
+    header["shape"] = (1, 600_000_000)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members["negatives.npy"] = buf.getvalue() + b"\0" * 64  # the header promises far more than is there
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    with pytest.raises(SpeakertagError, match=r"damaged: embeddings of shapes .*600000000"):
+        load_memory(path)

@@ -1,6 +1,8 @@
 """Tagging real audio with a real (tiny) model: scores, segments, pairing checks."""
 
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -61,6 +63,16 @@ def test_memory_of_another_model_is_refused(tiny_model_dir, tmp_path):
     voice = load_voice(tiny_model_dir)
     with pytest.raises(SpeakertagError, match="another model"):
         check_pair(voice.model, load_memory(other))
+
+
+
+def test_a_params_mismatch_names_what_differs(tiny_model_dir):
+    """Issue 34, case 14: the same encoder's fingerprint, another front end: say which number."""
+    voice = load_voice(tiny_model_dir)
+    a = voice.memory.params.audio
+    memory = replace(voice.memory, params=replace(voice.memory.params, audio=replace(a, hop_frames=a.hop_frames + 1)))
+    with pytest.raises(SpeakertagError, match=rf"audio.hop_frames: memory {a.hop_frames + 1}, model {a.hop_frames}"):
+        check_pair(voice.model, memory)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,10 @@ TINY_NEGATIVE = ["nonspeech__music_lounge_2.flac", "nonspeech__roomtone_pink.fla
                  "speech__ls_3005__3005-163389-0001.flac", "speech__lstc_8088__8088-284756-0000.flac"]
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than about 5 s (deselect with -m 'not slow')")
+
+
 @pytest.fixture(scope="session")
 def example() -> Path:
     """data/example of this checkout: positive/, negative/, movie01.mp4, ref/."""

@@ -569,10 +569,21 @@ def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = No
 
 
 def load_audio(path: str | Path, sample_rate_hz: int, stream: int | None = None,
-               channels: str = "auto") -> np.ndarray:
-    """A whole (short) file as one mono float32 array at `sample_rate_hz`, shape (n_samples,)."""
-    blocks = list(decode_blocks(path, sample_rate_hz, stream, channels=channels))
+               channels: str = "auto", gaps: list[tuple[float, float]] | None = None) -> np.ndarray:
+    """A whole (short) file as one mono float32 array at `sample_rate_hz`, shape (n_samples,),
+    on its timeline as decode_blocks gives it (the filled gaps appended to `gaps`)."""
+    blocks = list(decode_blocks(path, sample_rate_hz, stream, channels=channels, gaps=gaps))
     return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def without_gaps(samples: np.ndarray, gaps: Iterable[tuple[float, float]], sample_rate_hz: int) -> np.ndarray:
+    """`samples` (n,) at sample_rate_hz with the spans `gaps` ((start_s, end_s), as decode_blocks
+    reports them) cut out: the audio alone, where its timeline does not matter (a clip)."""
+    kept, at = [], 0
+    for start_s, end_s in gaps:  # in time order
+        kept.append(samples[at:round(start_s * sample_rate_hz)])
+        at = round(end_s * sample_rate_hz)
+    return np.concatenate(kept + [samples[at:]]) if kept else samples
 
 
 def encode_opus(blocks: Iterable[np.ndarray], sample_rate_hz: int, bit_rate: int, compression_level: int,

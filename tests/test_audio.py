@@ -4,7 +4,7 @@ import soundfile as sf
 
 from conftest import noise, sine, speech_like, write_audio, write_container, write_timed
 from speakertag.audio import (MAX_GAP_S, channel_mix, decode_blocks, decoded_channels, decoding_cost,
-                              find_media_files, load_audio, probe)
+                              find_media_files, load_audio, probe, without_gaps)
 from speakertag.errors import SpeakertagError
 
 RATE = 22050
@@ -378,6 +378,16 @@ def test_a_late_start_in_matroska_is_exact_and_the_rest_follows(example, tmp_pat
     zeros = np.zeros(round(2.5 * rate)), np.zeros(round(0.5 * rate))
     np.testing.assert_array_equal(x, quantised(np.concatenate([zeros[0], a, zeros[1], b])))
     assert gaps == [(0.0, 2.5), (5.38, 5.88)]
+
+
+def test_a_clip_can_be_had_without_its_gaps(example, tmp_path):
+    """Training clips keep no timeline: the silence filled in is cut out again."""
+    a, b, rate = two_pieces(example)
+    film = write_timed(tmp_path / "late.mkv", [(2.5, a), (2.5 + 2.88 + 0.5, b)], rate, "flac", video_s=10)
+    gaps = []
+    x = load_audio(film, rate, gaps=gaps)
+    np.testing.assert_array_equal(without_gaps(x, gaps, rate), quantised(np.concatenate([a, b])))
+    assert without_gaps(x, [], rate) is x
 
 
 def test_filled_silence_comes_in_blocks_and_is_bounded(example, tmp_path):

@@ -22,6 +22,13 @@ themselves (their `downmix` option, DECODER_DOWNMIX), running their inverse tran
 fewer channels: their mix leaves out the LFE and follows the stream's mix levels, a gain
 the features do not see (the encoder subtracts each frame's mean log-mel).
 
+Times follow the film's timeline, as a player shows it: time 0 is the container's start, and
+the decoded frames' timestamps place the audio on it. Audio that starts late is preceded by
+digital silence (zeros) of that length, and a forward jump in the timestamps (a broadcast
+recording's lost signal) is filled with zeros of its length, so that every sample sits at its
+film time (`_pyav_blocks` has the rules). soundfile's files have no timestamps: their samples
+start at 0 and are contiguous.
+
 Float files can hold any value: NaN samples become 0, infinite ones full scale (+-1), and
 samples are clipped to +-MAX_ABS_SAMPLE, so that what reaches the features is finite.
 Every failure to read a file is a SpeakertagError with a one-line message.
@@ -61,6 +68,11 @@ BLOCK_S = 20.0  # seconds of source audio gathered before one downmix + resample
 MAX_ABS_SAMPLE = 1e6
 # Planar frames with more channels than this are repacked before PyAV copies them (_safe_frames).
 MAX_PLANAR_CHANNELS = 7
+# A jump in the frames' timestamps up to this far beyond the end of the frame before is jitter,
+# or a dropped frame or two: not a gap (a frame is 10-64 ms).
+GAP_TOLERANCE_S = 0.1
+# A longer jump is taken for a damaged timestamp, not a gap: hours of silence from one bad frame.
+MAX_GAP_S = 3600.0
 # Source rates outside this range are damaged headers: 1 Hz audio would be upsampled 22050x.
 MIN_RATE_HZ, MAX_RATE_HZ = 1000, 1_000_000
 
@@ -393,10 +405,22 @@ def _safe_frames(frames: Iterator) -> Iterator:
         yield from repack.resample(None)
 
 
-def _pyav_blocks(path: Path, stream: int | None, block_s: float,
-                 channels: str) -> Iterator[tuple[np.ndarray, int, Mix]]:
+def _pyav_blocks(path: Path, stream: int | None, block_s: float, channels: str,
+                 gaps: list[tuple[float, float]] | None = None) -> Iterator[tuple[np.ndarray, int, Mix]]:
     """(k, n) blocks of the channels the mix keeps, their rate and their Mix. The mix is
-    chosen per layout: a TV channel's 5.1 can turn stereo mid-stream."""
+    chosen per layout: a TV channel's 5.1 can turn stereo mid-stream.
+
+    The samples follow the frames' timestamps from the container's start (its start_time, 0
+    where it has none). A frame that starts more than GAP_TOLERANCE_S after the end of the
+    samples before it (the first frame: after the container's start) is preceded by zeros
+    filling the difference, in blocks of at most block_s, and the filled span is appended to
+    `gaps` as (start_s, end_s), film seconds. No zeros for frames without a timestamp, for
+    frames that start earlier (an overlap, a jump back, audio before the container's start),
+    for jumps of more than MAX_GAP_S, nor for jumps that would make the zeros filled in more
+    than MAX_GAP_S beyond the audio decoded (damaged timestamps, which would give hours of
+    silence): such a frame follows the samples before it, and the timeline goes on from its
+    timestamp.
+    """
     container = _open_container(path)
     with container:
         s, _ = _pick_stream(container, path, stream)
@@ -407,6 +431,9 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float,
         pending: list[np.ndarray] = []  # the open block's frames, unless `kept` holds them
         kept = None  # planar audio of which some planes are kept: (k, room) samples, the first pending_n filled
         is_open, pending_n, rate, packed, n_channels, layout, mix = False, 0, 0, False, 1, "", Mix("average")
+        # The timeline: the timestamp (s) of film time 0, the film time of the next sample, the zeros filled in.
+        zero_s = container.start_time / 1e6 if container.start_time is not None else 0.0  # AV_TIME_BASE units
+        film_s, filled_s, time_base_s = 0.0, 0.0, 0.0
 
         def join() -> np.ndarray:
             if kept is not None:
@@ -424,7 +451,19 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float,
                 if is_open and (frame.sample_rate != rate or frame.layout.name != layout):
                     yield join(), rate, mix  # the format changed (a TV channel's 5.1 ends): close the block
                     is_open, pending, pending_n = False, [], 0
-                n = frame.samples
+                n, pts, fill = frame.samples, frame.pts, 0
+                if not is_open:  # read once a block: PyAV builds a Fraction for each call
+                    time_base_s = float(frame.time_base or 0)
+                if pts is not None and time_base_s:
+                    gap_s = pts * time_base_s - zero_s - film_s
+                    if not -GAP_TOLERANCE_S <= gap_s <= GAP_TOLERANCE_S:
+                        if 0 < gap_s <= MAX_GAP_S and filled_s + gap_s <= MAX_GAP_S + film_s - filled_s:
+                            fill = round(gap_s * frame.sample_rate)
+                            if is_open:  # the zeros go between this block and the next
+                                yield join(), rate, mix
+                                is_open, pending, pending_n = False, [], 0
+                        else:
+                            zero_s += gap_s
                 if not is_open:
                     is_open, rate, layout = True, frame.sample_rate, frame.layout.name
                     n_channels = frame.layout.nb_channels
@@ -436,6 +475,13 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float,
                     # per 2-hour 5.1 film).
                     dtype = None if packed or mix.channels is None else PLANE_DTYPES.get(frame.format.packed.name)
                     kept = None if dtype is None else np.empty((len(mix.channels), int(block_s * rate) + 2 * n), dtype)
+                if fill:
+                    if gaps is not None:
+                        gaps.append((round(film_s, 3), round(film_s + fill / rate, 3)))
+                    yield from _zeros(fill, n_channels if mix.channels is None else len(mix.channels),
+                                      max(1, int(block_s * rate)), rate, mix)
+                    film_s += fill / rate
+                    filled_s += fill / rate
                 if kept is not None:
                     if pending_n + n > kept.shape[1]:  # frames longer than the first: more room
                         kept = np.concatenate([kept[:, :pending_n], np.empty_like(kept)], axis=1)
@@ -445,6 +491,7 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float,
                     x = frame.to_ndarray()
                     pending.append(x if packed or mix.channels is None else x[list(mix.channels)])
                 pending_n += n
+                film_s += n / rate
                 if pending_n >= block_s * rate:
                     yield join(), rate, mix
                     is_open, pending, pending_n = False, [], 0
@@ -454,8 +501,15 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float,
             yield join(), rate, mix
 
 
+def _zeros(n: int, n_channels: int, block_n: int, rate: int, mix: Mix) -> Iterator[tuple[np.ndarray, int, Mix]]:
+    """n samples of digital silence as (n_channels, <= block_n) float32 blocks, with their rate and Mix."""
+    for i in range(0, n, block_n):
+        yield np.zeros((n_channels, min(block_n, n - i)), np.float32), rate, mix
+
+
 def source_blocks(path: str | Path, stream: int | None = None, block_s: float = BLOCK_S,
-                  channels: str = "auto") -> Iterator[tuple[np.ndarray, int, Mix]]:
+                  channels: str = "auto", gaps: list[tuple[float, float]] | None = None
+                  ) -> Iterator[tuple[np.ndarray, int, Mix]]:
     """The blocks of `path` as decoded, before `to_model_rate`: ((k, n) samples at the source
     rate, the rate, the Mix that keeps those k channels). Arguments as for `decode_blocks`."""
     check_channels(channels)
@@ -468,7 +522,7 @@ def source_blocks(path: str | Path, stream: int | None = None, block_s: float = 
             raise SpeakertagError(f"--stream {stream} does not exist in {path}: it has 1 audio stream")
         yield from _soundfile_blocks(path, block_s, channels)
     else:
-        yield from _pyav_blocks(path, stream, block_s, channels)
+        yield from _pyav_blocks(path, stream, block_s, channels, gaps)
 
 
 def to_model_rate(source: Iterable[tuple[np.ndarray, int, Mix]], sample_rate_hz: int,
@@ -499,22 +553,37 @@ def to_model_rate(source: Iterable[tuple[np.ndarray, int, Mix]], sample_rate_hz:
 
 
 def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = None,
-                  block_s: float = BLOCK_S, channels: str = "auto") -> Iterator[np.ndarray]:
+                  block_s: float = BLOCK_S, channels: str = "auto",
+                  gaps: list[tuple[float, float]] | None = None) -> Iterator[np.ndarray]:
     """Yield consecutive mono float32 blocks of `path` resampled to `sample_rate_hz`.
 
-    Each block is 1-D, about `block_s` seconds; their concatenation is the whole track.
+    Each block is 1-D, at most about `block_s` seconds; their concatenation is the whole
+    track on the film's timeline (sample i at i / sample_rate_hz s of the film): a late start
+    and gaps in the timestamps are filled with zeros, each filled span appended to `gaps`
+    (when given) as (start_s, end_s) as it is reached (module docstring).
     channels: how a 5.1 or 7.1 track becomes mono, one of CHANNEL_CHOICES (module docstring).
     Raises SpeakertagError for unreadable files, missing streams and decode failures.
     path may also be a binary file object that FFmpeg reads front to back (live.py).
     """
-    yield from to_model_rate(source_blocks(path, stream, block_s, channels), sample_rate_hz, path)
+    yield from to_model_rate(source_blocks(path, stream, block_s, channels, gaps), sample_rate_hz, path)
 
 
 def load_audio(path: str | Path, sample_rate_hz: int, stream: int | None = None,
-               channels: str = "auto") -> np.ndarray:
-    """A whole (short) file as one mono float32 array at `sample_rate_hz`, shape (n_samples,)."""
-    blocks = list(decode_blocks(path, sample_rate_hz, stream, channels=channels))
+               channels: str = "auto", gaps: list[tuple[float, float]] | None = None) -> np.ndarray:
+    """A whole (short) file as one mono float32 array at `sample_rate_hz`, shape (n_samples,),
+    on its timeline as decode_blocks gives it (the filled gaps appended to `gaps`)."""
+    blocks = list(decode_blocks(path, sample_rate_hz, stream, channels=channels, gaps=gaps))
     return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def without_gaps(samples: np.ndarray, gaps: Iterable[tuple[float, float]], sample_rate_hz: int) -> np.ndarray:
+    """`samples` (n,) at sample_rate_hz with the spans `gaps` ((start_s, end_s), as decode_blocks
+    reports them) cut out: the audio alone, where its timeline does not matter (a clip)."""
+    kept, at = [], 0
+    for start_s, end_s in gaps:  # in time order
+        kept.append(samples[at:round(start_s * sample_rate_hz)])
+        at = round(end_s * sample_rate_hz)
+    return np.concatenate(kept + [samples[at:]]) if kept else samples
 
 
 def encode_opus(blocks: Iterable[np.ndarray], sample_rate_hz: int, bit_rate: int, compression_level: int,

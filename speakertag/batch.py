@@ -202,7 +202,7 @@ def render_output(fmt: str, film: Path, result: TagResult, spec: VoiceSpec) -> s
     """The output file of one tagged film, naming each voice's model folder and threshold."""
     voices = [{"name": t.name, "model": str(d), "threshold": round(t.threshold, 4)}
               for t, d in zip(result.tracks, model_folders(spec.model_dirs))]
-    return writers.render(fmt, result.segments, input_path=str(film), voices=voices)
+    return writers.render(fmt, result.segments, input_path=str(film), voices=voices, gaps=result.gaps)
 
 
 @dataclass(frozen=True)

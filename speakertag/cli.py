@@ -407,7 +407,7 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
 
     from .live import GrowingFile, StdinSource
     from .params import LiveParams
-    from .tagging import LiveTagger
+    from .tagging import LiveTagger, gaps_note
 
     check_outputs([out] if out else [], ([] if film == Path(STDOUT) else [film]) + _voice_inputs(spec))
     if out is not None and not out.parent.exists():
@@ -459,8 +459,10 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
 
         text = writers.render(fmt, found, input_path=str(source), voices=[
             {"name": v.name, "model": str(d), "threshold": round(t, 4)}
-            for v, d, t in zip(voices, model_folders(spec.model_dirs), live.thresholds)])
+            for v, d, t in zip(voices, model_folders(spec.model_dirs), live.thresholds)], gaps=live.gaps)
         atomic_write_text(out or STDOUT, text)
+    if live.gaps:
+        click.echo(gaps_note(source, live.gaps), err=True)
     if not quiet or interrupted:
         click.echo(f"{len(found)} segments in {live.duration_s:.1f} s of {source}"
                    + (" (interrupted)" if interrupted else "") + (f", written to {out}" if out else ""), err=True)

@@ -6,8 +6,9 @@ thousands): on 2 cores, the decoding thread of a 2-hour AC-3 stereo film took 13
 instead of the 8-9 s it takes alone. With the decoding in a child process the film tagged in
 9.6-10.1 s, against 10.8-12.2 s (three interleaved pairs); its 5.1 rendition, decoder-bound,
 about as fast either way. The child runs the same `audio.source_blocks` and
-`audio.to_model_rate` and sends mono float32 blocks through a pipe; a SpeakertagError in the
-child is raised again in the parent with its message.
+`audio.to_model_rate` and sends mono float32 blocks through a pipe, and the gaps in the
+audio's timestamps that the blocks fill with zeros; a SpeakertagError in the child is raised
+again in the parent with its message.
 
     python -m speakertag.decoder PATH STREAM CHANNELS RATE_HZ
 
@@ -29,20 +30,22 @@ from .audio import Mix, _clean, source_blocks, to_model_rate
 from .errors import SpeakertagError
 
 # One message: kind, then for a block (b"B") its number of samples and their rate, for an
-# error (b"E") the length of its UTF-8 message and 0; the samples or the message follow.
+# error (b"E") the length of its UTF-8 message and 0; the samples or the message follow. A gap
+# (b"G") gives its start and end, microseconds of the film, and nothing follows.
 HEADER = struct.Struct("<cqq")
 # Films at least this long (or of unknown length) are decoded in a child process: starting it
 # costs about 0.4 s, which a film shorter than about 20 minutes does not win back.
 MIN_DURATION_S = 1200.0
 
 
-def _messages(path: Path, stream: int | None, channels: str, rate_hz: int) -> Iterator[tuple[np.ndarray, int]]:
-    """Mono float32 blocks and their rate, as the child sends them."""
+def _messages(path: Path, stream: int | None, channels: str, rate_hz: int,
+              gaps: list[tuple[float, float]]) -> Iterator[tuple[np.ndarray, int]]:
+    """Mono float32 blocks and their rate, as the child sends them; the gaps they fill are appended to `gaps`."""
     if rate_hz:
-        for block in to_model_rate(source_blocks(path, stream, channels=channels), rate_hz, path):
+        for block in to_model_rate(source_blocks(path, stream, channels=channels, gaps=gaps), rate_hz, path):
             yield block, rate_hz
     else:
-        for block, rate, mix in source_blocks(path, stream, channels=channels):
+        for block, rate, mix in source_blocks(path, stream, channels=channels, gaps=gaps):
             yield _clean(block, mix.weights), rate
 
 
@@ -50,9 +53,13 @@ def child(argv: list[str]) -> int:
     """The child's main: decode argv's file and write its messages to stdout."""
     path, stream, channels, rate_hz = Path(argv[0]), int(argv[1]) if argv[1] else None, argv[2], int(argv[3])
     out = sys.stdout.buffer
+    gaps: list[tuple[float, float]] = []
     try:
         try:
-            for block, rate in _messages(path, stream, channels, rate_hz):
+            for block, rate in _messages(path, stream, channels, rate_hz, gaps):
+                while gaps:
+                    start_s, end_s = gaps.pop(0)
+                    out.write(HEADER.pack(b"G", round(start_s * 1e6), round(end_s * 1e6)))
                 out.write(HEADER.pack(b"B", len(block), rate))
                 out.write(np.ascontiguousarray(block, np.float32).data)
         except SpeakertagError as e:
@@ -74,10 +81,11 @@ def _read_exactly(f, n_bytes: int, into: memoryview | None = None) -> memoryview
 
 
 def decoded_in_child(path: str | Path, stream: int | None = None, channels: str = "auto",
-                     rate_hz: int | None = None) -> Iterator:
+                     rate_hz: int | None = None, gaps: list[tuple[float, float]] | None = None) -> Iterator:
     """The blocks of `audio.decode_blocks(path, rate_hz, stream, channels=channels)` (mono
     float32), or with rate_hz None those of `audio.source_blocks` mixed to mono, as
-    `to_model_rate` takes them ((1, n), rate, Mix), decoded in a child process. The child is
+    `to_model_rate` takes them ((1, n), rate, Mix), decoded in a child process; the gaps the
+    blocks fill are appended to `gaps` (when given) as decode_blocks does. The child is
     stopped when the generator is closed."""
     cmd = [sys.executable, "-m", "speakertag.decoder", str(path), "" if stream is None else str(stream),
            channels, str(rate_hz or 0)]
@@ -88,6 +96,10 @@ def decoded_in_child(path: str | Path, stream: int | None = None, channels: str 
             kind, n, rate = HEADER.unpack(header)
             if kind == b"E":
                 raise SpeakertagError(bytes(_read_exactly(proc.stdout, n)).decode(errors="replace"))
+            if kind == b"G":
+                if gaps is not None:
+                    gaps.append((n / 1e6, rate / 1e6))
+                continue
             block = np.empty(n, np.float32)
             if len(_read_exactly(proc.stdout, 4 * n, memoryview(block).cast("B"))) < 4 * n:
                 break

@@ -10,6 +10,7 @@ another version of speakertag. This module imports no torch or faiss.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 FORMAT_VERSION = 4  # version of model and memory files; bump on incompatible change
@@ -96,6 +97,13 @@ class AudioParams:
     def window_samples(self) -> int:
         """Samples that one window's frames cover."""
         return self.n_fft + (self.window_frames - 1) * self.hop_length
+
+    @property
+    def silence_db(self) -> float:
+        """A cell whose speech-band level (features.cell_levels_db) is under this holds less power
+        than the log-mel floor: digital silence (a gap in the film's audio) or as good as; the
+        model hears nothing there, and segments never include it."""
+        return 10 * math.log10(2 * self.log_floor)
 
 
 @dataclass(frozen=True)

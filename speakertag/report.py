@@ -282,6 +282,10 @@ def render_html(result: TagResult, plot: PlotImage, audio: ReportAudio, version:
         f"<li><b>{_e(t.name)}</b>: {len(t.segments)} segments, "
         f"{clock(sum(s.duration_s for s in t.segments), with_hours)} speaking, threshold {t.threshold:.3f}</li>"
         for t in result.tracks)
+    if result.gaps:
+        spans = ", ".join(f"{clock(start_s, with_hours)}-{clock(end_s, with_hours)}" for start_s, end_s in result.gaps)
+        voices += (f"<li>No audio at {spans} (a late start or gaps in its timestamps): times follow the film, "
+                   "and nothing is found there</li>")
     png_uri = "data:image/png;base64," + base64.b64encode(plot.png).decode("ascii")
     if audio.data:
         source = (f'<audio id="player" controls preload="metadata"></audio>\n'

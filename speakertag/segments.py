@@ -13,10 +13,14 @@ target (scores at least `edge_threshold`, calibrated on the target's own film-li
 windows) and the cell is about as loud in the speech band as the core (within
 `tag.edge_db`), so that a segment stops where the speech stops and does not spread into
 the quieter background between sentences.
+
+Cells under AudioParams.silence_db (digital silence: the zeros that fill a gap in a film's
+audio) are never part of a segment, whatever the windows around them score.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -92,14 +96,18 @@ def segment_runs(window_scores: np.ndarray, threshold: float, audio: AudioParams
     """Window scores -> (cells (n_cells,) cell scores, [a, b) runs of cells the voice holds),
     before merging and the length filter; see to_segments."""
     cells = cell_scores(window_scores, audio)
+    heard = None
+    if cell_db is not None and len(cells):
+        if len(cell_db) != len(cells):
+            raise ValueError(f"cell_db has {len(cell_db)} cells, the scores {len(cells)}")
+        heard = cell_db >= np.float32(audio.silence_db)
+        cells = np.where(heard, cells, np.float32(-np.inf))
     # Hysteresis: a run of cells above threshold - hysteresis counts when it reaches the
     # threshold somewhere.
     high = cells >= threshold
     found = [(a, b) for a, b in runs(cells >= threshold - tag.hysteresis) if high[a:b].any()]
-    if cell_db is not None and edge_threshold is not None and len(cells):
-        if len(cell_db) != len(cells):
-            raise ValueError(f"cell_db has {len(cell_db)} cells, the scores {len(cells)}")
-        can_grow = max_cell_scores(window_scores, audio) >= max(threshold, edge_threshold)
+    if heard is not None and edge_threshold is not None:
+        can_grow = (max_cell_scores(window_scores, audio) >= max(threshold, edge_threshold)) & heard
         found = grow_edges(found, can_grow, cell_db, tag.edge_db)
     return cells, found
 
@@ -132,7 +140,8 @@ def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams,
     """Window scores -> merged, length-filtered segments (seconds), clipped to duration_s.
 
     cell_db: (n_cells,) speech-band level of each hop-long cell (features.cell_levels_db);
-    with it and edge_threshold, the segments' edges are refined (see the module's text):
+    with it, cells of digital silence are left out, and with edge_threshold too, the
+    segments' edges are refined (see the module's text):
     a cell joins a neighbouring segment when a window covering it scores at least
     max(threshold, edge_threshold). Without them, segments are the runs of cells whose mean
     score reaches the threshold.
@@ -191,6 +200,7 @@ class SegmentStream:
         self.threshold = float(np.float32(threshold))
         self.low = float(np.float32(threshold - tag.hysteresis))
         self.grow_at = None if edge_threshold is None else float(np.float32(max(threshold, edge_threshold)))
+        self.silence_db = float(np.float32(audio.silence_db))
         self.r = max(1, round(audio.window_frames / audio.hop_frames))
         self.recent: list[float] = []  # the last r - 1 window scores
         self.base = 0  # index of the first kept cell
@@ -216,6 +226,8 @@ class SegmentStream:
 
     def _add_cell(self, mean: float, best: float, db: float) -> None:
         c = self.n
+        if db < self.silence_db:  # digital silence: to_segments' rule
+            mean = best = -math.inf
         grows = self.grow_at is not None and best >= self.grow_at
         self.m.append(mean)
         self.can_grow.append(grows)

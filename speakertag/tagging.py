@@ -160,8 +160,11 @@ class TagResult:
     stage_s: dict[str, float]  # wall seconds spent in each stage (decode, features, encoder, search, and resample
     # where the encoder's thread resamples; the decoding has a thread of its own, so they overlap) and waiting
     # (the encoder's thread, for audio)
-    note: str = ""  # one line for the user about the film (shorter than one window), or ""
+    note: str = ""  # one line for the user about the film (shorter than one window, stretches without audio), or ""
     audio: AudioParams | None = None  # the front end the windows were cut with
+    # (start_s, end_s) film stretches without audio (a late start, gaps in the audio's timestamps), filled
+    # with silence so that times follow the film (audio.decode_blocks)
+    gaps: tuple[tuple[float, float], ...] = ()
 
     @property
     def segments(self) -> list[Segment]:
@@ -220,6 +223,7 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
                for v in voices]
     stage_s = {"decode": 0.0, "features": 0.0, "encoder": 0.0, "search": 0.0, "waiting": 0.0}
     peak, n_samples = 0.0, 0
+    gaps: list[tuple[float, float]] = []  # filled by the decoding thread
 
     def measured(blocks):
         nonlocal peak, n_samples
@@ -249,14 +253,15 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     with _core_left_for_decoding():
         if resampling_here:
             stage_s["resample"] = 0.0
-            source = decoded_in_child(path, stream, channels) if in_child else source_blocks(path, stream,
-                                                                                            channels=channels)
+            source = (decoded_in_child(path, stream, channels, gaps=gaps) if in_child else
+                      source_blocks(path, stream, channels=channels, gaps=gaps))
             arriving = _timed(_prefetch(_timed(source, stage_s, "decode")), stage_s, "waiting")
             blocks = measured(to_model_rate(arriving, a.sample_rate_hz, path))
             batches = _featured(blocks, a, batch_windows, stage_s, "resample")  # the waiting too: taken out below
         else:
-            decoded = (decoded_in_child(path, stream, channels, a.sample_rate_hz) if in_child else
-                       to_model_rate(source_blocks(path, stream, channels=channels), a.sample_rate_hz, path))
+            decoded = (decoded_in_child(path, stream, channels, a.sample_rate_hz, gaps) if in_child else
+                       to_model_rate(source_blocks(path, stream, channels=channels, gaps=gaps), a.sample_rate_hz,
+                                     path))
             blocks = measured(_timed(decoded, stage_s, "decode"))
             if cost == "light" and not encoder_fast:
                 batches = _timed(_prefetch(_featured(blocks, a, batch_windows, stage_s, None)), stage_s, "waiting")
@@ -283,6 +288,7 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
         # Rounded down and up, so that the figures never contradict the comparison.
         note = (f"{path}: {math.floor(duration_s * 1000 + 1e-6) / 1000:.3f} s of audio, shorter than one window "
                 f"({math.ceil(a.window_samples / a.sample_rate_hz * 1000) / 1000:.3f} s): no segments")
+    note = "; ".join(n for n in (note, gaps_note(path, gaps)) if n)
     cell_db = np.concatenate(levels + [last_levels])
     tracks = []
     for v, parts in zip(voices, scores):
@@ -292,7 +298,17 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
         tracks.append(VoiceTrack(v.name, thr, edge, window_scores,
                                  to_segments(window_scores, thr, a, v.params, v.name, duration_s, cell_db, edge),
                                  v.params))
-    return TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s, note, a)
+    return TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s, note, a, tuple(gaps))
+
+
+def gaps_note(path, gaps: Sequence[tuple[float, float]]) -> str:
+    """One line naming the film's stretches without audio (TagResult.gaps), or "" when there are none."""
+    if not gaps:
+        return ""
+    spans = ", ".join(f"{start_s:.1f}-{end_s:.1f} s" for start_s, end_s in gaps[:3])
+    more = f" and {len(gaps) - 3} more" if len(gaps) > 3 else ""
+    return (f"{path}: no audio at {spans}{more} of the film (a late start or gaps in its timestamps): "
+            "times follow the film, and nothing is found there")
 
 
 def exclusive(result: TagResult) -> TagResult:
@@ -334,6 +350,7 @@ class LiveTagger:
         self.streams = [SegmentStream(t, self.audio, v.params, v.name, v.memory.edge_threshold, live.max_delay_s)
                         for v, t in zip(self.voices, self.thresholds)]
         self.n_samples = 0  # decoded so far, at the model rate
+        self.gaps: list[tuple[float, float]] = []  # as TagResult.gaps, so far
         self.last_levels = np.zeros(0, np.float32)  # levels of the last window's cells after its first
 
     @property
@@ -349,7 +366,8 @@ class LiveTagger:
                 self.n_samples += len(block)
                 yield block
 
-        blocks = counted(decode_blocks(source, self.audio.sample_rate_hz, stream, self.live.block_s, channels))
+        blocks = counted(decode_blocks(source, self.audio.sample_rate_hz, stream, self.live.block_s, channels,
+                                       self.gaps))
         return stream_windows(blocks, self.audio, self.voices[0].params.batch_windows)
 
     def add(self, windows) -> list[Segment]:

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .audio import find_media_files, load_audio
+from .audio import find_media_files, load_audio, without_gaps
 from .augment import change_speed, film_like, generated_backgrounds, rms
 from .errors import SpeakertagError
 from .features import log_mel, tile_to
@@ -63,7 +63,10 @@ def load_clips(paths: list[str | Path], role: str, p: Params) -> tuple[list[Clip
     files = find_media_files(paths)
     clips, skipped = [], []
     for f in files:
-        x = load_audio(f, p.audio.sample_rate_hz)
+        gaps: list[tuple[float, float]] = []
+        x = load_audio(f, p.audio.sample_rate_hz, gaps=gaps)
+        # A clip has no film to keep in step with: the silence filled into its gaps is no training material.
+        x = without_gaps(x, gaps, p.audio.sample_rate_hz)
         if len(x) < p.train.min_clip_s * p.audio.sample_rate_hz:
             skipped.append(f"{f}: shorter than {p.train.min_clip_s:g} s")
         elif not np.any(np.abs(x) > 1e-4):

@@ -76,13 +76,16 @@ def _text(segments: Sequence[Segment], with_label: bool) -> str:
         for s in segments)
 
 
-def _json(segments: Sequence[Segment], input_path: str, voices: Sequence[dict]) -> str:
+def _json(segments: Sequence[Segment], input_path: str, voices: Sequence[dict],
+          gaps: Sequence[tuple[float, float]]) -> str:
     doc = {
         "input": input_path,
         "voices": list(voices),
         "segments": [{"start": round(s.start_s, 3), "end": round(s.end_s, 3), "score": round(s.score, 4),
                       "label": s.label} for s in segments],
     }
+    if gaps:
+        doc["gaps"] = [[round(start_s, 3), round(end_s, 3)] for start_s, end_s in gaps]
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -127,15 +130,17 @@ def _audacity(segments: Sequence[Segment]) -> str:
 
 
 def render(fmt: str, segments: Sequence[Segment], *, input_path: str, voices: Sequence[dict] = (),
-           with_label: bool | None = None, header: bool = True) -> str:
+           with_label: bool | None = None, header: bool = True, gaps: Sequence[tuple[float, float]] = ()) -> str:
     """The whole output file for `segments` (times in seconds) in format `fmt`, one of FORMATS.
     voices: what the JSON header says of each voice, e.g. {"name", "model", "threshold"}.
+    gaps: (start_s, end_s) stretches of the film without audio (tagging.TagResult.gaps): JSON
+    lists them as "gaps" when there are any.
     with_label: whether text and CSV name each segment's voice (None: when several labels
     occur); header: False leaves out the CSV header (a live run's later segments)."""
     with_label = _several_labels(segments) if with_label is None else with_label
     writers = {
         "text": lambda: _text(segments, with_label),
-        "json": lambda: _json(segments, input_path, voices),
+        "json": lambda: _json(segments, input_path, voices, gaps),
         "csv": lambda: _csv(segments, with_label, header),
         "rttm": lambda: _rttm(segments, input_path),
         "srt": lambda: _srt(segments),

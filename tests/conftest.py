@@ -24,6 +24,10 @@ TINY_NEGATIVE = ["nonspeech__music_lounge_2.flac", "nonspeech__roomtone_pink.fla
                  "speech__ls_3005__3005-163389-0001.flac", "speech__lstc_8088__8088-284756-0000.flac"]
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than about 5 s (deselect with -m 'not slow')")
+
+
 @pytest.fixture(scope="session")
 def example() -> Path:
     """data/example of this checkout: positive/, negative/, movie01.mp4, ref/."""
@@ -161,5 +165,56 @@ def write_container(path: Path, tracks: list[tuple[str, np.ndarray, int]], video
                 container.mux(packet)
         for packet in v.encode(None):
             container.mux(packet)
+    container.close()
+    return path
+
+
+def write_timed(path: Path, pieces: list[tuple[float, np.ndarray]], rate_hz: int, codec: str,
+                video_s: float = 0.0) -> Path:
+    """Write mono audio whose pieces sit at chosen times of the film, with PyAV (format from the suffix).
+
+    pieces: (start_s, samples (n,) float in [-1, 1]) each: the timestamps of a piece's frames
+    count from start_s, so that a piece starting after the previous one ended leaves a gap
+    in the audio's timestamps (a late start, for the first). Each piece is padded with zeros
+    to whole encoder frames. video_s: also a tiny video stream from 0 s that long (2
+    frames/s), which sets the container's start.
+    """
+    import av
+    from fractions import Fraction
+
+    container = av.open(str(path), "w")
+    a = container.add_stream(codec, rate=rate_hz, layout="mono")
+    a.codec_context.open()  # the encoder's frame size is known once it is open
+    n, fmt = a.codec_context.frame_size or 1024, a.codec_context.format
+    packets = []
+    for start_s, samples in pieces:
+        for i in range(0, len(samples), n):
+            chunk = np.pad(samples[i:i + n], (0, max(0, i + n - len(samples))))[None]
+            if fmt.name.startswith("s16"):
+                chunk = np.round(np.clip(chunk, -1, 1) * 32767).astype(np.int16)
+            elif fmt.name.startswith("s32"):
+                chunk = np.round(np.clip(chunk, -1, 1) * (2 ** 31 - 1)).astype(np.int32)
+            else:
+                chunk = chunk.astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(chunk, format=fmt.name, layout="mono")
+            frame.sample_rate, frame.time_base = rate_hz, Fraction(1, rate_hz)
+            frame.pts = round(start_s * rate_hz) + i
+            packets += a.encode(frame)
+    packets += a.encode(None)
+    video = []
+    if video_s:
+        v = container.add_stream("mpeg4", rate=2)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        for k in range(int(video_s * 2)):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            frame.pts = k
+            video += v.encode(frame)
+        video += v.encode(None)
+    for packet in packets:  # the audio in its order (timestamps may go back), the video interleaved by time
+        while video and video[0].dts * video[0].time_base <= packet.dts * packet.time_base:
+            container.mux(video.pop(0))
+        container.mux(packet)
+    for packet in video:
+        container.mux(packet)
     container.close()
     return path

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import noise, sine, speech_like, write_audio, write_container
-from speakertag.audio import (channel_mix, decode_blocks, decoded_channels, decoding_cost, find_media_files,
-                              load_audio, probe)
+from conftest import noise, sine, speech_like, write_audio, write_container, write_timed
+from speakertag.audio import (MAX_GAP_S, channel_mix, decode_blocks, decoded_channels, decoding_cost,
+                              find_media_files, load_audio, probe, without_gaps)
 from speakertag.errors import SpeakertagError
 
 RATE = 22050
@@ -35,9 +35,11 @@ def test_example_mp4(example):
     info = probe(example / "movie01.mp4")
     assert info.duration_s == pytest.approx(336.2, abs=0.5)
     assert (info.source_rate_hz, info.channels, info.codec) == (48000, 2, "aac")
-    x = load_audio(example / "movie01.mp4", RATE)
+    gaps = []
+    x = np.concatenate(list(decode_blocks(example / "movie01.mp4", RATE, gaps=gaps)))
     assert x.dtype == np.float32 and x.ndim == 1
     assert len(x) / RATE == pytest.approx(336.2, abs=0.1)
+    assert gaps == []  # its audio starts with the film, without gaps
     assert np.isfinite(x).all() and 0.05 < np.abs(x).max() <= 1.0
 
 
@@ -281,6 +283,125 @@ def test_blocks_concatenate_to_load_audio(tmp_path, name):
         joined = np.concatenate(blocks)
         assert len(joined) == len(whole)
         np.testing.assert_allclose(joined, whole, atol=1e-6)
+
+
+# --- times: the film's timeline (issue 34) -----------------------------------------------------
+
+def lag_s(x: np.ndarray, piece: np.ndarray, rate_hz: int) -> float:
+    """Where `piece` begins in `x`, seconds (the peak of their cross-correlation)."""
+    n = len(x) + len(piece)
+    c = np.fft.irfft(np.fft.rfft(x, n) * np.conj(np.fft.rfft(piece, n)), n)
+    return int(np.argmax(c[:len(x)])) / rate_hz
+
+
+def clip(example) -> tuple[np.ndarray, int]:
+    """The example's first positive clip: (samples (n,) float32, 16000)."""
+    x, rate_hz = sf.read(str(example / FLAC), dtype="float32")
+    return x, rate_hz
+
+
+def decoded(path, rate_hz: int, **kwargs) -> tuple[np.ndarray, list]:
+    gaps = []
+    blocks = list(decode_blocks(path, rate_hz, gaps=gaps, **kwargs))
+    return np.concatenate(blocks), gaps
+
+
+@pytest.mark.parametrize("start_s", [30.0, 7.3])
+def test_mp4_audio_starting_late_sits_at_its_film_time(example, tmp_path, start_s):
+    """An MP4 whose AAC starts after its video (ffmpeg -itsoffset): silence first, then the audio
+    at its film time (the encoder's priming is placed as the file says: no shift)."""
+    speech, rate = clip(example)
+    film = write_timed(tmp_path / "late.mp4", [(start_s, speech)], rate, "aac", video_s=start_s + 5)
+    x, gaps = decoded(film, rate)
+    assert lag_s(x, speech[:2 * rate], rate) == pytest.approx(start_s, abs=0.005)
+    assert len(gaps) == 1 and gaps[0][0] == 0.0 and gaps[0][1] == pytest.approx(start_s, abs=0.1)
+    assert not x[:round(gaps[0][1] * rate)].any()  # digital silence
+    assert len(x) / rate == pytest.approx(start_s + len(speech) / rate, abs=0.1)
+
+
+def test_mpeg_ts_gap_in_its_timestamps_is_filled(example, tmp_path):
+    """A broadcast recording that lost 10 s of signal: the audio after the gap stays at its film time."""
+    speech, rate = clip(example)
+    k = 1152 * 28  # a whole number of MP2 frames: the second piece starts exactly 10 s after the first ends
+    film = write_timed(tmp_path / "gap.ts", [(0.0, speech[:k]), (k / rate + 10.0, speech[k:])], rate, "mp2")
+    x, gaps = decoded(film, RATE)
+    x16 = load_audio(film, rate)
+    first, second = lag_s(x16, speech[:rate], rate), lag_s(x16, speech[k:k + rate], rate)
+    assert first < 0.1  # the encoder's delay
+    assert second - first == pytest.approx(k / rate + 10.0, abs=0.005)
+    assert len(gaps) == 1 and gaps[0][1] - gaps[0][0] == pytest.approx(10.0, abs=0.01)
+    assert gaps[0][0] == pytest.approx(first + k / rate, abs=0.1)
+    assert len(x) / RATE == pytest.approx(len(x16) / rate, abs=0.01)  # the same timeline at the model rate
+
+
+def quantised(x: np.ndarray) -> np.ndarray:
+    """x as 16-bit FLAC gives it back."""
+    return (np.round(np.clip(x, -1, 1) * 32767) / 32768).astype(np.float32)
+
+
+def two_pieces(example) -> tuple[np.ndarray, np.ndarray, int]:
+    """The clip's first 2.88 s and the 1.8 s after: whole FLAC frames at 16 kHz, exact in milliseconds."""
+    speech, rate = clip(example)
+    return speech[:1152 * 40], speech[1152 * 40:1152 * 65], rate
+
+
+@pytest.mark.parametrize("jump_s, filled_s", [
+    (0.05, 0.0),  # jitter, not a gap
+    (10.0, 10.0),  # a gap
+    (MAX_GAP_S + 1, 0.0),  # a jump of more than an hour: a damaged timestamp
+])
+def test_a_jump_in_the_timestamps_is_filled_only_when_it_is_a_gap(example, tmp_path, jump_s, filled_s):
+    a, b, rate = two_pieces(example)
+    film = write_timed(tmp_path / "jump.mkv", [(0.0, a), (2.88 + jump_s, b)], rate, "flac")
+    x, gaps = decoded(film, rate)
+    np.testing.assert_array_equal(x, quantised(np.concatenate([a, np.zeros(round(filled_s * rate)), b])))
+    assert gaps == ([(2.88, round(2.88 + filled_s, 3))] if filled_s else [])
+
+
+def test_timestamps_going_back_keep_the_samples_contiguous(example, tmp_path):
+    """Two MPEG-TS recordings joined, the second's timestamps 0.6 s before the first's end
+    (a muxer refuses to write that in one file): no gap, no overlap."""
+    a, b, rate = two_pieces(example)
+    first = write_timed(tmp_path / "a.ts", [(0.0, a)], rate, "mp2")
+    second = write_timed(tmp_path / "b.ts", [(2.88 - 0.6, b)], rate, "mp2")
+    both = tmp_path / "both.ts"
+    both.write_bytes(first.read_bytes() + second.read_bytes())
+    x, gaps = decoded(both, rate)
+    assert gaps == []
+    assert lag_s(x, b[:rate], rate) - lag_s(x, a[:rate], rate) == pytest.approx(2.88, abs=0.1)
+
+
+def test_a_late_start_in_matroska_is_exact_and_the_rest_follows(example, tmp_path):
+    a, b, rate = two_pieces(example)
+    film = write_timed(tmp_path / "late.mkv", [(2.5, a), (2.5 + 2.88 + 0.5, b)], rate, "flac", video_s=10)
+    x, gaps = decoded(film, rate)
+    zeros = np.zeros(round(2.5 * rate)), np.zeros(round(0.5 * rate))
+    np.testing.assert_array_equal(x, quantised(np.concatenate([zeros[0], a, zeros[1], b])))
+    assert gaps == [(0.0, 2.5), (5.38, 5.88)]
+
+
+def test_a_clip_can_be_had_without_its_gaps(example, tmp_path):
+    """Training clips keep no timeline: the silence filled in is cut out again."""
+    a, b, rate = two_pieces(example)
+    film = write_timed(tmp_path / "late.mkv", [(2.5, a), (2.5 + 2.88 + 0.5, b)], rate, "flac", video_s=10)
+    gaps = []
+    x = load_audio(film, rate, gaps=gaps)
+    np.testing.assert_array_equal(without_gaps(x, gaps, rate), quantised(np.concatenate([a, b])))
+    assert without_gaps(x, [], rate) is x
+
+
+def test_filled_silence_comes_in_blocks_and_is_bounded(example, tmp_path):
+    """Three gaps of 50 minutes: the first is filled, in blocks of at most block_s; the next two
+    would make the silence filled in more than an hour beyond the audio: damaged timestamps."""
+    speech, rate = clip(example)
+    a = speech[:1152 * 10]
+    pieces = [(i * 3000.0, a) for i in range(4)]
+    film = write_timed(tmp_path / "jumps.mkv", pieces, rate, "flac")
+    gaps = []
+    lengths = [len(b) for b in decode_blocks(film, rate, block_s=20.0, gaps=gaps)]
+    assert max(lengths) <= 20 * rate
+    assert gaps == [(0.72, 3000.0)]
+    assert sum(lengths) == round((3000.0 + 3 * 0.72) * rate)
 
 
 # --- streams ----------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
-from conftest import EXAMPLE, write_container
+from conftest import EXAMPLE, write_container, write_timed
 from speakertag.audio import _clean, decode_blocks, source_blocks
 from speakertag.decoder import decoded_in_child
 from speakertag.errors import SpeakertagError
@@ -30,6 +31,17 @@ def test_at_the_source_rate_the_child_mixes_the_centre_and_leaves_the_resampling
     assert [rate for _, rate, _ in there] == [rate for _, rate in here] == [48000]
     assert there[0][0].shape == (1, len(here[0][0])) and there[0][2].choice == "average"
     np.testing.assert_array_equal(there[0][0][0], here[0][0])
+
+
+def test_the_child_says_which_gaps_it_filled(tmp_path):
+    speech, rate = sf.read(str(EXAMPLE / "positive" / "ls_2609__2609-156975-0001.flac"), dtype="float32")
+    film = write_timed(tmp_path / "gaps.mkv", [(1.0, speech[:1152 * 20]), (7.44, speech[1152 * 20:1152 * 40])], rate,
+                       "flac", video_s=8)
+    here, there, at_source_rate = [], [], []
+    x = np.concatenate(list(decode_blocks(film, 22050, gaps=here)))
+    np.testing.assert_array_equal(np.concatenate(list(decoded_in_child(film, rate_hz=22050, gaps=there))), x)
+    list(decoded_in_child(film, gaps=at_source_rate))
+    assert here == there == at_source_rate == [(0.0, 1.0), (2.44, 7.44)]
 
 
 def test_an_error_in_the_child_is_raised_here_with_its_message(tmp_path):

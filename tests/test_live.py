@@ -156,3 +156,65 @@ def test_growing_file_waits_then_gives_up(tmp_path):
     assert g.read(10) == b"de" and now[0] == 3
     assert g.read(10) == b"" and now[0] == 8  # 5 s without growth
     g.close()
+
+
+@pytest.fixture(scope="module")
+def gap_ts(example, tmp_path_factory) -> Path:
+    """20 s of the example film (the target from about 6 s on) as MPEG-TS (MP2) with a 10 s gap
+    in its audio timestamps after about 5 s, as a broadcast recording that lost the signal."""
+    import numpy as np
+
+    from conftest import write_timed
+    from speakertag.audio import load_audio
+
+    rate = 22050
+    x = load_audio(example / "movie01.mp4", rate)[45 * rate:65 * rate]
+    k = 1152 * 96  # whole MP2 frames
+    return write_timed(tmp_path_factory.mktemp("gap") / "gap.ts", [(0.0, x[:k]), (k / rate + 10.0, x[k:])], rate,
+                       "mp2")
+
+
+def test_live_input_follows_the_film_timeline(tiny_model_dir, gap_ts):
+    """Piped or followed, a stream with a gap in its timestamps is placed on the film's
+    timeline as the file is: the same gap, the segments within a cell of tag()'s."""
+    import numpy as np
+
+    from speakertag.live import StdinSource
+    from speakertag.tagging import LiveTagger, load_voice, tag
+
+    import torch
+
+    voice = load_voice(tiny_model_dir)
+    threshold = float(np.median(tag(gap_ts, voice).tracks[0].window_scores))  # so that there are segments
+    batch = tag(gap_ts, voice, threshold)
+    assert len(batch.gaps) == 1 and batch.segments
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the CLI's live input: a window or two at a time
+    try:
+        with open(gap_ts, "rb") as f:
+            cat = subprocess.Popen(["cat"], stdin=f, stdout=subprocess.PIPE)
+            for source in (GrowingFile(gap_ts, timeout_s=0.2, poll_s=0.01), StdinSource(cat.stdout)):
+                live = LiveTagger(voice, threshold)
+                found = []
+                for _, windows in live.windows(source):
+                    found += live.add(windows)
+                found += live.finish()
+                assert live.gaps == list(batch.gaps), source
+                assert_within_a_cell([(s.start_s, s.end_s) for s in found],
+                                     [(s.start_s, s.end_s) for s in batch.segments])
+            cat.wait()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow  # a process of its own: torch is imported again
+def test_live_json_names_the_gap(tiny_model_dir, gap_ts):
+    import json
+
+    with open(gap_ts, "rb") as f:
+        r = subprocess.run(cli("tag", "-", "--model", tiny_model_dir, "--format", "json", "-q"), stdin=f,
+                           capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (gap,) = json.loads(r.stdout)["gaps"]
+    assert gap == pytest.approx([5.03, 15.03], abs=0.05)
+    assert "standard input: no audio at 5.0-15.0 s of the film" in r.stderr

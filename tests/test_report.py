@@ -7,6 +7,7 @@ import re
 import shutil
 import struct
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -93,6 +94,13 @@ def test_one_row_per_segment_in_time_order():
     starts = [float(s) for s in re.findall(r'<tr data-start="([\d.]+)"', page)]
     assert starts == [s.start_s for s in r.segments] and len(starts) == 6
     assert segment_rows([]) == ""
+
+
+def test_stretches_without_audio_are_named():
+    r = make_result()
+    assert "No audio" not in render_html(r, render_plot(r), ReportAudio(src="film.mkv"))
+    r = replace(r, gaps=((0.0, 30.0), (41.0, 51.0)))
+    assert "<li>No audio at 00:00-00:30, 00:41-00:51 (" in render_html(r, render_plot(r), ReportAudio(src="film.mkv"))
 
 
 def test_user_strings_are_escaped():

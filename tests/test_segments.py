@@ -160,6 +160,28 @@ def test_cell_levels_must_match_the_cells():
         to_segments(np.ones(10), 0.5, A, TP, cell_db=np.zeros(5), edge_threshold=0.5)
 
 
+@pytest.mark.parametrize("edge", [None, 0.4])
+def test_digital_silence_is_never_in_a_segment(edge):
+    """Cells of zeros (a gap in a film's audio, filled) are left out however the windows around
+    them score, also when the segment's own cells are quiet enough to grow over them; the
+    stream does the same."""
+    import torch
+
+    from speakertag.features import cell_levels_db, log_mel
+    from speakertag.segments import SegmentStream
+
+    zeros_db = float(cell_levels_db(log_mel(torch.zeros(A.window_samples), A)[None], A)[0, 0])
+    assert zeros_db < A.silence_db
+    w = np.full(40, 0.9, np.float32)
+    levels = np.full(43, -20.0, np.float32)
+    levels[10:15] = A.silence_db + 5  # quiet, but heard
+    levels[15:25] = zeros_db
+    batch = to_segments(w, 0.5, A, TP, "v", None, levels, edge)
+    assert [(s.start_s, s.end_s) for s in batch] == [(0.0, round(15 * HOP, 3)), (round(25 * HOP, 3), round(43 * HOP, 3))]
+    st = SegmentStream(0.5, A, TP, "v", edge)
+    assert st.push(w, levels[:40]) + st.finish(levels[40:], 43 * HOP) == batch
+
+
 def _random_film(seed: int, n_windows: int = 600):
     """Window scores that drift in and out of a voice, and cell levels with loud and quiet stretches."""
     rng = np.random.default_rng(seed)

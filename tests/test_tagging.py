@@ -1,6 +1,7 @@
 """Tagging real audio with a real (tiny) model: scores, segments, pairing checks."""
 
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -142,3 +143,58 @@ def test_cpu_and_cuda_agree(tiny_model_dir, minute_of_film):
     assert [(s.start_s, s.end_s, s.label) for s in on_gpu.segments] == \
         [(s.start_s, s.end_s, s.label) for s in on_cpu.segments]
     assert [s.score for s in on_gpu.segments] == pytest.approx([s.score for s in on_cpu.segments], abs=1e-3)
+
+
+# --- times on the film's timeline (issue 34) --------------------------------------------------
+
+def segments_within_a_cell(got, expected, cell_s: float):
+    """The same segments, each edge within one cell."""
+    assert len(got) == len(expected), (got, expected)
+    for g, e in zip(got, expected):
+        assert abs(g.start_s - e.start_s) <= cell_s + 1e-3 and abs(g.end_s - e.end_s) <= cell_s + 1e-3, (got, expected)
+
+
+@pytest.fixture(scope="module")
+def speech_piece(minute_of_film) -> np.ndarray:
+    """20 s of the example film at 22050 Hz, the target speaking from about 6 s on."""
+    x, rate = sf.read(str(minute_of_film), dtype="float32")
+    return x[5 * rate:25 * rate]
+
+
+@pytest.mark.parametrize("case", ["mp4 late 30 s", "mp4 late 7.3 s", "ts gap 10 s"])
+def test_segment_times_follow_the_film(tiny_model_dir, speech_piece, tmp_path, monkeypatch, case):
+    """Audio that starts late (MP4) or has a gap in its timestamps (MPEG-TS) is tagged on the
+    film's timeline: as a WAV of the same audio with silence in the same place, within one cell,
+    and decoded in this process or in a child alike; nothing is found inside the gap."""
+    from conftest import write_timed
+    from speakertag.batch import VoiceSpec, render_output
+
+    rate, x = 22050, speech_piece
+    k = 1152 * 96  # whole MP2 frames: about 5 s
+    if case.startswith("mp4"):
+        start_s = 30.0 if "30" in case else 7.3
+        film = write_timed(tmp_path / "film.mp4", [(start_s, x)], rate, "aac", video_s=start_s + 25)
+        timeline, gap_s = [np.zeros(round(start_s * rate)), x], (0.0, start_s)
+    else:
+        film = write_timed(tmp_path / "film.ts", [(0.0, x[:k]), (k / rate + 10.0, x[k:])], rate, "mp2")
+        timeline, gap_s = [x[:k], np.zeros(10 * rate), x[k:]], (k / rate, k / rate + 10.0)
+    reference = tmp_path / "reference.wav"  # no timestamps: the samples as they are
+    sf.write(str(reference), np.concatenate(timeline), rate, subtype="FLOAT")
+    voice = load_voice(tiny_model_dir)
+    a = voice.model.params.audio
+    expected = tag(reference, voice)
+    threshold = float(np.median(expected.tracks[0].window_scores))  # so that there are segments
+    expected = tag(reference, voice, threshold)
+    assert expected.segments and not expected.gaps
+    for child_from_s in (1e9, 0.0):
+        monkeypatch.setattr(speakertag.tagging, "MIN_DURATION_S", child_from_s)
+        r = tag(film, voice, threshold)
+        assert len(r.gaps) == 1 and r.gaps[0] == pytest.approx(gap_s, abs=0.1)
+        assert "no audio at" in r.note and r.duration_s == pytest.approx(expected.duration_s, abs=0.1)
+        doc = json.loads(render_output("json", film, r, VoiceSpec((tiny_model_dir,))))
+        assert doc["gaps"] == [[round(a_s, 3), round(b_s, 3)] for a_s, b_s in r.gaps]
+        segments_within_a_cell(r.segments, expected.segments, a.hop_s)
+        everything = tag(film, voice, threshold=-2.0).segments  # every cell with sound in it
+        for s in everything:
+            assert s.end_s <= r.gaps[0][0] + a.hop_s or s.start_s >= r.gaps[0][1] - a.hop_s, (s, r.gaps)
+        assert everything[-1].start_s == pytest.approx(r.gaps[0][1], abs=a.hop_s)

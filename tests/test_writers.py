@@ -137,6 +137,14 @@ def test_json_rounds_times_to_ms():
     assert seg == {"start": 3725.046, "end": 3731.999, "score": 0.7071, "label": "target"}
 
 
+def test_json_names_the_films_stretches_without_audio():
+    """Gaps (a late start, gaps in the audio's timestamps) are listed in film seconds; a film without any has none."""
+    doc = json.loads(render("json", ONE_LABEL, **META, gaps=[(0.0, 29.9363), (95.5, 105.5)]))
+    assert doc["gaps"] == [[0.0, 29.936], [95.5, 105.5]]
+    assert "gaps" not in json.loads(render("json", ONE_LABEL, **META))
+    assert render("csv", ONE_LABEL, **META, gaps=[(0.0, 1.0)]) == render("csv", ONE_LABEL, **META)
+
+
 def test_rttm_and_vtt_keep_their_syntax():
     seg = [Segment(1.0, 2.0, 0.9, label="Jean Gabin")]
     assert render("rttm", seg, **META) == "SPEAKER My_Film 1 1.000 1.000 <NA> <NA> Jean_Gabin <NA> <NA>\n"

@@ -97,16 +97,31 @@ def eer(same: np.ndarray, diff: np.ndarray) -> tuple[float, float]:
     return float((miss[i] + fa[i]) / 2), float(thr[i])
 
 
+def ge2e_embedder(batch_partials: int = 512):
+    """Resemblyzer's GE2E encoder as a function (windows (n, samples) at rate_hz, rate_hz) ->
+    (n, 256) unit embeddings, each window embedded as `VoiceEncoder.embed_utterance` does (the
+    mean of its 1.6 s partials' embeddings), all windows' partials in batches."""
+    from resemblyzer import VoiceEncoder, audio  # the teacher: only this script and pretraining use it
+    enc = VoiceEncoder("cpu", verbose=False)
+
+    def run(windows: np.ndarray, rate_hz: int) -> np.ndarray:
+        w16 = resample_poly(windows, 16000, rate_hz, axis=1).astype(np.float32)
+        wav_slices, mel_slices = enc.compute_partial_slices(w16.shape[1], 1.3, 0.75)
+        w16 = np.pad(w16, ((0, 0), (0, max(0, wav_slices[-1].stop - w16.shape[1]))))
+        partials = np.stack([np.stack([mel[s] for s in mel_slices])
+                             for mel in map(audio.wav_to_mel_spectrogram, w16)])  # (n, k, frames, mels)
+        flat = torch.from_numpy(partials.reshape(-1, *partials.shape[2:]))
+        with torch.no_grad():
+            emb = torch.cat([enc(flat[i:i + batch_partials]) for i in range(0, len(flat), batch_partials)]).numpy()
+        mean = emb.reshape(len(w16), len(mel_slices), -1).mean(axis=1)
+        return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    return run
+
+
 def embedder(name: str):
     """A function (windows (n, samples) at rate_hz, rate_hz) -> (n, dim) unit embeddings."""
     if name == "resemblyzer":
-        from resemblyzer import VoiceEncoder  # the teacher: only this script and pretraining use it
-        enc = VoiceEncoder("cpu", verbose=False)
-
-        def run(windows: np.ndarray, rate_hz: int) -> np.ndarray:
-            w16 = resample_poly(windows, 16000, rate_hz, axis=1).astype(np.float32)
-            return np.stack([enc.embed_utterance(w) for w in w16])
-        return run
+        return ge2e_embedder()
     model = load_model(name, "cpu")
     a = model.params.audio
 

@@ -38,9 +38,13 @@ mean normalisation, so channel invariance is learnt), and applies the cosine tri
 over all valid triplets of the batch (batch-all; batch-hard collapsed to a constant
 embedding on these corpora). With `--teacher resemblyzer`, Resemblyzer's GE2E encoder
 (trained on thousands of speakers; a dependency of this script only, extra `pretrain`)
-gives a centroid of every real training speaker, and the batch's student speaker centroids
-are pulled towards the teacher's geometry: the z-scored cosine matrix between the batch's
-real speakers matches the teacher's (weight `--teacher-weight`). The learning rate follows a
+embeds a fixed grid of clean 2 s crops of every training speaker once (kept in
+`--teacher-cache`); the real voices' windows are drawn from that grid, and the student's
+embedding of each degraded window, through a learnt linear map, is pulled towards the
+teacher's embedding of the clean crop (1 - cosine, weight `--teacher-weight`): the teacher's
+knowledge of many voices and channels, window by window. With `--chain-group G`, each window
+slot's recording chain (codec, film degradation, equaliser) is shared by G voices of the batch:
+a window's hardest negatives sound recorded as it was, its positives do not. The learning rate follows a
 cosine over --steps; the last weights are kept (no checkpoint is chosen on the held-out
 speakers, whose EER is printed every `--eval-every` steps as a diagnostic only).
 """
@@ -60,7 +64,6 @@ import librosa
 import numpy as np
 import scipy.fft
 import torch
-from scipy.signal import resample_poly
 
 from speakertag.audio import find_media_files, load_audio
 from speakertag.augment import change_speed, codec_round_trip, film_like, generated_backgrounds, random_crop
@@ -70,7 +73,7 @@ from speakertag.model import IMPOSTORS_DIR, cpu_has_bf16, embed, load_model, new
 from speakertag.params import AudioParams, Params
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eval_speakers import eer, read_held_out  # noqa: E402
+from eval_speakers import eer, ge2e_embedder, read_held_out  # noqa: E402
 
 SPEED_FACTORS = (0.85, 0.9, 1.1, 1.15)
 
@@ -127,11 +130,18 @@ def formant_warp_matrix(p: AudioParams, alpha: float, n_envelope: int = 16) -> n
 
 
 class Batches(torch.utils.data.IterableDataset):
-    """Endless (log-mel (P*K, n_mels, frames), voice labels (P*K,), real-speaker index or -1)."""
+    """Endless (log-mel (P*K, n_mels, frames), voice labels (P*K,), teacher crop index or -1).
+
+    crops: {speaker index: rows of (clip index, start sample)} of the teacher's crops, whose
+    global row numbers run through the speakers in order: a real voice's windows are drawn there."""
 
     def __init__(self, corpus, names, p: Params, n_voices: int, per_voice: int, seed: int,
-                 codec_probability: float = 0.0, formant_factors: tuple[float, ...] = ()):
+                 codec_probability: float = 0.0, formant_factors: tuple[float, ...] = (), chain_group: int = 1,
+                 crops: dict[int, np.ndarray] | None = None):
         self.corpus, self.names, self.p, self.codec_probability = corpus, names, p, codec_probability
+        self.chain_group, self.crops = chain_group, crops or {}
+        first = np.cumsum([0] + [len(self.crops.get(i, ())) for i in range(len(names))])
+        self.first_crop = first[:-1]
         # (speaker, speed factor, formant factor): the real voice, its speed copies, its formant copies
         self.voices = [(i, f, 1.0) for i in range(len(names)) for f in (1.0, *SPEED_FACTORS)]
         self.voices += [(i, 1.0, a) for i in range(len(names)) for a in formant_factors]
@@ -144,71 +154,86 @@ class Batches(torch.utils.data.IterableDataset):
         torch.set_num_threads(1)
         p, a = self.p, self.p.audio
         generated = generated_backgrounds(a.sample_rate_hz, rng, seconds=30.0)
+        group, k_max = self.chain_group, self.per_voice
         while True:
             picks = rng.choice(len(self.voices), size=self.n_voices, replace=False)
-            windows, labels, real, alphas = [], [], [], []
-            for v in picks:
-                spk, factor, alpha = self.voices[v]
-                clips = self.corpus[self.names[spk]]
+            n_groups = -(-len(picks) // group)
+            # One recording chain (codec, film degradation, equaliser) per (group of voices, window slot):
+            # with group > 1 a window's negatives of its group share its chain, its positives do not.
+            chain_seeds = rng.integers(2 ** 63, size=(n_groups, k_max))
+            windows, labels, taught, alphas, chains = [], [], [], [], []
+            for g in range(n_groups):
+                members = picks[g * group:(g + 1) * group]
+                own = {self.voices[v][0] for v in members}
                 others = [c[int(rng.integers(len(c)))] for j in rng.choice(len(self.names), size=8)
-                          if j != spk for c in [self.corpus[self.names[j]]]]
-                for _ in range(self.per_voice):
-                    w = speed_crop(clips[int(rng.integers(len(clips)))], a.window_samples, factor, rng)
-                    if rng.random() < self.codec_probability:  # the voice recorded through a phone or a codec
-                        w = codec_round_trip(w, a.sample_rate_hz, rng)
-                    if rng.random() < p.train.augment_probability:
-                        w = film_like(w, others, generated, a.sample_rate_hz, rng, p.train.snr_db_range)
-                    windows.append(w)
-                    labels.append(v)
-                    real.append(spk if factor == alpha == 1.0 else -1)
-                    alphas.append(alpha)
+                          if j not in own for c in [self.corpus[self.names[j]]]]
+                for v in members:
+                    spk, factor, alpha = self.voices[v]
+                    clips = self.corpus[self.names[spk]]
+                    grid = self.crops.get(spk) if factor == alpha == 1.0 else None
+                    for k in range(k_max):
+                        if grid is not None:  # a crop the teacher embedded
+                            row = int(rng.integers(len(grid)))
+                            c, start = grid[row]
+                            w = clips[c][start:start + a.window_samples]
+                            taught.append(int(self.first_crop[spk]) + row)
+                        else:
+                            w = speed_crop(clips[int(rng.integers(len(clips)))], a.window_samples, factor, rng)
+                            taught.append(-1)
+                        chain = np.random.default_rng(chain_seeds[g, k]) if group > 1 else rng
+                        if chain.random() < self.codec_probability:  # the voice recorded through a phone or a codec
+                            w = codec_round_trip(w, a.sample_rate_hz, chain)
+                        if chain.random() < p.train.augment_probability:
+                            w = film_like(w, others, generated, a.sample_rate_hz, chain, p.train.snr_db_range)
+                        windows.append(w)
+                        labels.append(v)
+                        alphas.append(alpha)
+                        chains.append(g * k_max + k)
             feats = log_mel(torch.from_numpy(np.stack(windows)), a)
             for i, alpha in enumerate(alphas):
                 if alpha != 1.0:
                     feats[i] = self.warps[alpha] @ feats[i]
-            feats = feats + torch.from_numpy(eq_curves(len(windows), a.n_mels, rng) * (rng.random((len(windows), 1, 1)) < 0.7))
-            yield feats, torch.tensor(labels), torch.tensor(real)
+            eqs = eq_curves(n_groups * k_max, a.n_mels, rng) * (rng.random((n_groups * k_max, 1, 1)) < 0.7)
+            feats = feats + torch.from_numpy(eqs[chains])
+            yield feats, torch.tensor(labels), torch.tensor(taught)
 
 
-def teacher_centroids(corpus, names, rate_hz: int, cache: Path | None, seed: int) -> np.ndarray:
-    """(n_speakers, 256) unit GE2E centroids of 8 clean 2 s windows of each speaker, at 16 kHz."""
+def teacher_crops(corpus, names, rate_hz: int, width: int, per_speaker: int, cache: Path | None
+                  ) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """({speaker index: (n, 2) rows of (clip index, start sample)}, (total n, 256) unit GE2E
+    embeddings of those clean crops at 16 kHz): up to `per_speaker` non-overlapping crops of
+    `width` samples per speaker, taken evenly over its clips. Cached in `cache` (npz)."""
+    crops = {}
+    for i, n in enumerate(names):
+        rows = [(c, s) for c, clip in enumerate(corpus[n]) for s in range(0, len(clip) - width + 1, width)]
+        if rows:
+            pick = np.linspace(0, len(rows) - 1, min(per_speaker, len(rows))).round().astype(int)
+            crops[i] = np.array([rows[j] for j in pick], dtype=np.int64)
     if cache and cache.exists():
         z = np.load(cache, allow_pickle=False)
-        if list(z["names"]) == list(names):
-            return z["centroids"]
-    from resemblyzer import VoiceEncoder
-    enc = VoiceEncoder("cpu", verbose=False)
-    rng = np.random.default_rng(seed)
+        if list(z["names"]) == list(names) and int(z["width"]) == width and int(z["per_speaker"]) == per_speaker:
+            return crops, z["embeddings"]
+    run = ge2e_embedder()
     out = []
     for i, n in enumerate(names):
-        clips = corpus[n]
-        wavs = [resample_poly(random_crop(clips[int(rng.integers(len(clips)))], 2 * rate_hz, rng), 16000, rate_hz)
-                .astype(np.float32) for _ in range(8)]
-        out.append(enc.embed_speaker(wavs))
+        if i in crops:
+            out.append(run(np.stack([corpus[n][c][start:start + width] for c, start in crops[i]]), rate_hz))
         if i % 50 == 0:
             print(f"teacher: {i}/{len(names)} speakers", file=sys.stderr, flush=True)
-    centroids = np.stack(out).astype(np.float32)
+    embeddings = np.concatenate(out).astype(np.float32)
     if cache:
-        np.savez(cache, names=np.array(names), centroids=centroids)
-    return centroids
+        np.savez(cache, names=np.array(names), width=width, per_speaker=per_speaker, embeddings=embeddings)
+    return crops, embeddings
 
 
-def zscore_offdiag(m: torch.Tensor) -> torch.Tensor:
-    """The off-diagonal entries of a square matrix, standardised to mean 0 and std 1."""
-    v = m[~torch.eye(len(m), dtype=torch.bool, device=m.device)]
-    return (v - v.mean()) / (v.std() + 1e-6)
-
-
-def distillation_loss(emb: torch.Tensor, real: torch.Tensor, teacher: torch.Tensor, per_voice: int) -> torch.Tensor:
-    """Mean squared difference between the z-scored cosine matrices of the student's and the
-    teacher's centroids of the batch's real (not speed-changed) speakers; 0 with fewer than 3."""
-    cent = torch.nn.functional.normalize(emb.reshape(-1, per_voice, emb.shape[-1]).mean(1), dim=-1)
-    spk = real.reshape(-1, per_voice)[:, 0]
-    keep = spk >= 0
-    if int(keep.sum()) < 3:
+def distillation_loss(emb: torch.Tensor, taught: torch.Tensor, teacher: torch.Tensor, proj: torch.nn.Linear
+                      ) -> torch.Tensor:
+    """Mean of 1 - cos(proj(student embedding), teacher embedding of the clean crop) over the
+    windows the teacher embedded (taught >= 0); 0 without any."""
+    keep = taught >= 0
+    if not bool(keep.any()):
         return emb.new_zeros(())
-    s, t = cent[keep], teacher[spk[keep]]
-    return torch.mean((zscore_offdiag(s @ s.T) - zscore_offdiag(t @ t.T)) ** 2)
+    return torch.mean(1 - torch.nn.functional.cosine_similarity(proj(emb[keep]), teacher[taught[keep]], dim=-1))
 
 
 def held_out_eer(model, windows: torch.Tensor, labels: np.ndarray) -> float:
@@ -228,8 +253,9 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--teacher", choices=["none", "resemblyzer"], default="none")
-    ap.add_argument("--teacher-weight", type=float, default=0.1)
-    ap.add_argument("--teacher-cache", type=Path, help="file keeping the teacher's centroids between runs")
+    ap.add_argument("--teacher-weight", type=float, default=0.5)
+    ap.add_argument("--teacher-crops", type=int, default=40, help="crops per speaker the teacher embeds")
+    ap.add_argument("--teacher-cache", type=Path, help="file keeping the teacher's embeddings between runs")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels", type=int, help="conv1d channels of a new encoder (EncoderParams.channels; "
@@ -240,6 +266,9 @@ def main() -> None:
                     "through a codec (augment.CODEC_CHANNELS: telephone codecs at 8 kHz, MP3, AAC, Opus, AC-3)")
     ap.add_argument("--formant-factors", type=float, nargs="*", default=[], help="each training speaker also joins "
                     "with its spectral envelope stretched by each factor, pitch and tempo kept (e.g. 0.88 1.12)")
+    ap.add_argument("--chain-group", type=int, default=1, help="voices of a batch that share each window slot's "
+                    "recording chain (codec, degradation, equaliser): a window's same-chain negatives (issue 32); "
+                    "1: every window its own chain")
     ap.add_argument("--init", type=Path, help="go on training this model folder's encoder (its front end and "
                     "architecture) instead of a new one; its pretraining record is kept under 'init'")
     args = ap.parse_args()
@@ -276,9 +305,11 @@ def main() -> None:
             hl.append(i)
     held_windows, held_labels = log_mel(torch.from_numpy(np.stack(hw)), p.audio), np.array(hl)
 
-    teacher = None
+    teacher, crops, proj = None, None, None
     if args.teacher == "resemblyzer":
-        teacher = torch.from_numpy(teacher_centroids(corpus, names, rate, args.teacher_cache, args.seed))
+        crops, emb = teacher_crops(corpus, names, rate, p.audio.window_samples, args.teacher_crops, args.teacher_cache)
+        teacher = torch.from_numpy(emb)
+        proj = torch.nn.Linear(p.encoder.embedding_dim, teacher.shape[1])
     model = new_model(p, {"name": "base", "pretraining": {
         "corpora": sorted({r["corpus"] for r in info.values()}), "speakers": len(names),
         "voices": n_voices, "speed_factors": list(SPEED_FACTORS),
@@ -286,26 +317,28 @@ def main() -> None:
         "seconds": round(sum(len(c) for v in corpus.values() for c in v) / rate, 1),
         "script": "scripts/pretrain.py", "seed": args.seed, "steps": args.steps, "teacher": args.teacher,
         "bfloat16": fast, "codec_probability": args.codec_probability,
+        "chain_group": args.chain_group,
         "teacher_weight": args.teacher_weight if teacher is not None else 0.0,
         "held_out_speakers": sorted(held_corpus),
         **({"init": start.meta.get("pretraining", {})} if start is not None else {})}})
     enc = model.encoder
     if start is not None:
         enc.load_state_dict(start.encoder.state_dict())
-    opt = torch.optim.AdamW(enc.parameters(), lr=args.learning_rate, weight_decay=1e-4)
+    trained = list(enc.parameters()) + (list(proj.parameters()) if proj is not None else [])
+    opt = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=1e-4)
     loader = torch.utils.data.DataLoader(
         Batches(corpus, names, p, args.voices_per_batch, args.windows_per_voice, args.seed, args.codec_probability,
-                tuple(args.formant_factors)),
+                tuple(args.formant_factors), args.chain_group, crops),
         batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=True)
     t0 = time.monotonic()
-    for step, (feats, labels, real) in enumerate(loader, start=1):
+    for step, (feats, labels, taught) in enumerate(loader, start=1):
         for g in opt.param_groups:
             g["lr"] = args.learning_rate * max(0.5 * (1 + math.cos(math.pi * step / args.steps)), 0.01)
         enc.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
             emb = enc(feats).float()
         triplet = batch_all_triplet_loss(emb, labels, p.train.margin)
-        distil = distillation_loss(emb, real, teacher, args.windows_per_voice) if teacher is not None else emb.new_zeros(())
+        distil = distillation_loss(emb, taught, teacher, proj) if teacher is not None else emb.new_zeros(())
         loss = triplet + args.teacher_weight * distil
         opt.zero_grad()
         loss.backward()

@@ -647,19 +647,25 @@ def memory_merge(first, second, out):
               help="Seconds around each reference boundary left out of scoring.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def evaluate(reference, hypothesis, speaker, voice, collar, as_json):
-    """Time-based precision, recall, F1 and detection error of a hypothesis."""
+    """Time-based precision, recall, F1 and detection error of a hypothesis, and where its errors
+    lie: edges, other voices, whole turns missed."""
     from dataclasses import asdict
 
-    from .evaluate import format_metrics, read_hypothesis, read_reference, score
+    from .evaluate import anatomy, format_anatomy, format_metrics, read_hypothesis, read_others, read_reference
 
     for path in (reference, hypothesis):
         if not path.is_file():
             raise SpeakertagError(f"no such file: {path}")
     try:
-        m = score(read_reference(reference, speaker), read_hypothesis(hypothesis, voice), collar)
+        found = anatomy(read_reference(reference, speaker), read_hypothesis(hypothesis, voice),
+                        read_others(reference, speaker), collar)
     except ValueError as e:
         raise SpeakertagError(str(e)) from None
-    click.echo(json.dumps(asdict(m)) if as_json else format_metrics(m))
+    if as_json:
+        parts = asdict(found)
+        click.echo(json.dumps({**parts.pop("metrics"), "anatomy": parts}))
+    else:
+        click.echo(format_metrics(found.metrics) + "\n" + format_anatomy(found))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,7 +55,8 @@ def best_threshold(result, voice: Voice, reference) -> tuple[float, float]:
     best = (0.0, -1.0)
     for thr in np.unique(np.round(track.window_scores, 3)):
         segs = to_segments(track.window_scores, float(thr), a, tp, duration_s=result.duration_s,
-                           cell_db=result.cell_db, edge_threshold=track.edge_threshold)
+                           cell_db=result.cell_db, edge_threshold=track.edge_threshold,
+                           short_scores=track.short_scores)
         f1 = score(reference, [(s.start_s, s.end_s) for s in segs]).f1
         if f1 > best[1]:
             best = (float(thr), f1)

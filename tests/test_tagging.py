@@ -130,3 +130,28 @@ def test_cpu_and_cuda_agree(tiny_model_dir, minute_of_film):
     assert [(s.start_s, s.end_s, s.label) for s in on_gpu.segments] == \
         [(s.start_s, s.end_s, s.label) for s in on_cpu.segments]
     assert [s.score for s in on_gpu.segments] == pytest.approx([s.score for s in on_cpu.segments], abs=1e-3)
+
+
+def test_short_edges_in_a_file_and_live(tiny_model_dir, minute_of_film):
+    """tag.short_edges: two short-window scores per window, edges that move, and a live stream
+    (blocks of its own, never forced) that gives the file's segments."""
+    from dataclasses import replace
+
+    from speakertag.params import LiveParams
+    from speakertag.tagging import LiveTagger, Voice
+
+    plain = load_voice(tiny_model_dir)
+    voice = Voice(plain.model, plain.memory, tag_params=replace(plain.params, short_edges=True))
+    threshold = float(np.mean(tag(minute_of_film, plain).tracks[0].window_scores))
+    r = tag(minute_of_film, voice, threshold)
+    (track,) = r.tracks
+    assert track.short_scores.shape == (2 * len(track.window_scores),) and np.all(np.isfinite(track.short_scores))
+    assert tag(minute_of_film, plain, threshold).tracks[0].short_scores is None
+    live = LiveTagger(voice, threshold, replace(LiveParams(), max_delay_s=None))
+    got = []
+    for _, windows in live.windows(minute_of_film):
+        got += live.add(windows)
+    got += live.finish()
+    assert r.segments and len(got) == len(r.segments)
+    for a, b in zip(got, r.segments):
+        assert (a.start_s, a.end_s) == (pytest.approx(b.start_s, abs=0.002), pytest.approx(b.end_s, abs=0.002))

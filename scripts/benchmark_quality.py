@@ -85,7 +85,7 @@ def trained_voice(task: Path, seed: int, p: Params, base, args) -> tuple[Voice, 
 def anatomy_row(label: str, a: Anatomy) -> str:
     m = a.metrics
     return (f"{label}{m.false_alarm_s:>8.1f}{a.false_alarm_edge_s:>8.1f}{a.false_alarm_elsewhere_s:>8.1f}"
-            f"{m.miss_s:>8.1f}{a.miss_edge_s:>8.1f}{a.miss_whole_s:>8.1f}{a.segments_missed:>4}/{a.segments:<3}"
+            f"{m.miss_s:>8.1f}{a.miss_edge_s:>9.1f}{a.miss_whole_s:>9.1f}{a.segments_missed:>5}/{a.segments:<3}"
             f"{m.f1:>7.3f}{a.exact.f1:>7.3f}")
 
 
@@ -158,7 +158,7 @@ def main() -> None:
     print("-" * len(header))
     print("\nerror anatomy (s): false alarm all / edge / elsewhere, missed all / edge / whole (turns missed / turns), "
           "F1 at collar 0.25 and 0")
-    head = f"{'':<44}{'FA':>8}{'FA edge':>8}{'FA else':>8}{'miss':>8}{'ms edge':>8}{'ms whole':>8}{'turns':>8}{'F1':>7}{'F1@0':>7}"
+    head = f"{'':<44}{'FA':>8}{'FA edge':>8}{'FA else':>8}{'miss':>8}{'ms edge':>9}{'ms whole':>9}{'turns':>9}{'F1':>7}{'F1@0':>7}"
     for name in args.film:
         print(head)
         for seed in args.seeds:

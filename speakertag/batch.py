@@ -30,6 +30,7 @@ class VoiceSpec:
     min_duration_s: float | None = None
     edge_db: float | None = None
     exclusive: bool = False  # each moment to at most one voice (tagging.exclusive), applied to each result
+    short_edges: bool | None = None  # None: each model's own tag params
 
     def load(self) -> list[Voice]:
         from .memory import load_memory
@@ -46,7 +47,8 @@ class VoiceSpec:
             tp = voice.params
             tp = replace(tp, min_gap_s=tp.min_gap_s if self.min_gap_s is None else self.min_gap_s,
                          min_duration_s=tp.min_duration_s if self.min_duration_s is None else self.min_duration_s,
-                         edge_db=tp.edge_db if self.edge_db is None else self.edge_db)
+                         edge_db=tp.edge_db if self.edge_db is None else self.edge_db,
+                         short_edges=tp.short_edges if self.short_edges is None else self.short_edges)
             voices.append(replace(voice, tag_params=tp))
         names = [v.name for v in voices]
         if len(set(names)) < len(names):  # voices trained under the same name: label them by folder
@@ -119,6 +121,7 @@ def run_settings(spec: VoiceSpec, fmt: str, threshold: float | None, stream: int
         "min_duration_s": spec.min_duration_s,
         "edge_db": spec.edge_db,
         **({"exclusive": True} if spec.exclusive else {}),  # absent when off: older stamps stay valid
+        **({"short_edges": spec.short_edges} if spec.short_edges is not None else {}),
         "voices": [{"folder": str(d), "model_sha256": _sha256_of_file(m), "memory_sha256": _sha256_of_file(mem)}
                    for d, m, mem in voice_files(spec)],
     }

@@ -294,6 +294,9 @@ def _error_message(e: BaseException) -> str:
 @click.option("--edge-db", type=click.FloatRange(0),
               help="Segment edges grow over cells that a target-like window covers and that are at most this "
                    "many dB quieter (250-4000 Hz) than the segment (default 10).")
+@click.option("--short-edges/--cell-edges", "short_edges", default=None,
+              help="Move segment edges to where 1 s windows stop sounding like the voice (slower, finer edges), "
+                   "or keep them on 0.5 s cells; default: what the model was trained with (cells).")
 @click.option("--exclusive", is_flag=True,
               help="Several voices: each moment goes to at most one, the one scoring furthest above its threshold.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -316,8 +319,8 @@ def _error_message(e: BaseException) -> str:
               help="With --follow: seconds without growth that end the recording.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no line per finished file.")
 def tag(films, model_dirs, memory_file, threshold, stream, channels, fmt, out, out_dir, jobs, min_gap, min_duration,
-        edge_db, device, report, report_audio, plot, quiet, engine, ray_address, force, scores, exclusive, follow,
-        follow_timeout):
+        edge_db, short_edges, device, report, report_audio, plot, quiet, engine, ray_address, force, scores, exclusive,
+        follow, follow_timeout):
     """Find where each model's voice speaks in each FILM (any audio or video file, or a folder
     searched recursively). Several inputs or a folder need --out-dir; a file that fails is
     reported and the others go on (exit code 1 if any failed). FILM '-' reads a stream
@@ -352,7 +355,7 @@ def tag(films, model_dirs, memory_file, threshold, stream, channels, fmt, out, o
 
     out = None if out == Path(STDOUT) else out
     fmt = fmt or (writers.format_of(out) if out is not None else None) or "text"
-    spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db, exclusive)
+    spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db, exclusive, short_edges)
     if films[0] == Path(STDOUT) or follow:
         _tag_live(films[0], out, fmt, spec, threshold, stream, quiet, follow_timeout if follow else None, channels)
     elif out_dir is None:
@@ -654,19 +657,25 @@ def memory_merge(first, second, out):
               help="Seconds around each reference boundary left out of scoring.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def evaluate(reference, hypothesis, speaker, voice, collar, as_json):
-    """Time-based precision, recall, F1 and detection error of a hypothesis."""
+    """Time-based precision, recall, F1 and detection error of a hypothesis, and where its errors
+    lie: edges, other voices, whole turns missed."""
     from dataclasses import asdict
 
-    from .evaluate import format_metrics, read_hypothesis, read_reference, score
+    from .evaluate import anatomy, format_anatomy, format_metrics, read_hypothesis, read_others, read_reference
 
     for path in (reference, hypothesis):
         if not path.is_file():
             raise SpeakertagError(f"no such file: {path}")
     try:
-        m = score(read_reference(reference, speaker), read_hypothesis(hypothesis, voice), collar)
+        found = anatomy(read_reference(reference, speaker), read_hypothesis(hypothesis, voice),
+                        read_others(reference, speaker), collar)
     except ValueError as e:
         raise SpeakertagError(str(e)) from None
-    click.echo(json.dumps(asdict(m)) if as_json else format_metrics(m))
+    if as_json:
+        parts = asdict(found)
+        click.echo(json.dumps({**parts.pop("metrics"), "anatomy": parts}))
+    else:
+        click.echo(format_metrics(found.metrics) + "\n" + format_anatomy(found))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -114,6 +114,118 @@ def format_metrics(m: Metrics) -> str:
             f"detected time    {m.hyp_s:.1f} s")
 
 
+# ---- error anatomy: which errors are edges, other voices, whole turns ----
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Where the scored errors of a hypothesis lie (seconds on the scoring grid, collars left out
+    as in `score`). false_alarm_s = edge + elsewhere; miss_s = edge + whole."""
+    metrics: Metrics                 # score() at collar_s
+    exact: Metrics                   # score() at collar 0: edges counted to the frame
+    edge_s: float                    # how near the target's speech a false alarm counts as an edge
+    false_alarm_edge_s: float        # false alarm within edge_s of the reference's target speech
+    false_alarm_elsewhere_s: float
+    miss_edge_s: float               # missed inside reference segments the hypothesis found in part
+    miss_whole_s: float              # missed inside reference segments it missed whole
+    segments: int                    # reference segments (touching ones joined) with scored time
+    segments_missed: int             # of them, missed whole
+    # false alarm over each other speaker's speech, and "" for non-speech (None: the reference
+    # names no other speaker); where several others speak at once, the frame is shared among them
+    false_alarm_by_speaker: dict[str, float] | None = None
+
+
+def anatomy(reference: Sequence[Span], hypothesis: Sequence[Span],
+            others: Sequence[tuple[float, float, str]] | None = None, collar_s: float = 0.25,
+            step_s: float = 0.01, edge_s: float = 1.0) -> Anatomy:
+    """Split the errors of `score(reference, hypothesis, collar_s, step_s)` into edges and the rest.
+
+    others: (start_s, end_s, speaker) of every other voice in the reference (None: not known);
+    with them the false alarms are also counted per other speaker and on non-speech."""
+    m = score(reference, hypothesis, collar_s, step_s)
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1, 2)
+    hyp = np.asarray(hypothesis, dtype=np.float64).reshape(-1, 2)
+    oth = [] if others is None else list(others)
+    end_s = max(ref[:, 1].max(initial=0.0), hyp[:, 1].max(initial=0.0),
+                max((e for _, e, _ in oth), default=0.0))
+    n = math.ceil(end_s / step_s) + 1
+    ra, rb = _grid(ref[:, 0], step_s), _grid(ref[:, 1], step_s)
+    r = _cover(ra, rb, n)
+    h = _cover(_grid(hyp[:, 0], step_s), _grid(hyp[:, 1], step_s), n)
+    scored = np.ones(n, dtype=bool)
+    if collar_s > 0:
+        c = round(collar_s / step_s)
+        i = _grid(ref.ravel(), step_s)
+        scored &= ~_cover(i - c, i + c, n)
+    fa = scored & ~r & h
+    miss = scored & r & ~h
+    e = round(edge_s / step_s)
+    near = _cover(ra - e, rb + e, n)
+    edge_miss = whole_miss = 0
+    n_segments = n_missed = 0
+    for a, b in _runs(r):
+        if not scored[a:b].any():
+            continue
+        n_segments += 1
+        missed = int(np.count_nonzero(miss[a:b]))
+        if np.count_nonzero(scored[a:b] & h[a:b]):
+            edge_miss += missed
+        else:
+            whole_miss += missed
+            n_missed += 1
+    by_speaker = None
+    if others is not None:
+        names = sorted({k for _, _, k in oth})
+        covers = np.stack([_cover(_grid(np.array([s for s, _, k in oth if k == name]), step_s),
+                                  _grid(np.array([t for _, t, k in oth if k == name]), step_s), n)
+                           for name in names]) if names else np.zeros((0, n), bool)
+        talking = covers.sum(0)
+        share = np.where(fa & (talking > 0), 1.0 / np.maximum(talking, 1), 0.0)
+        by_speaker = {name: float(share[covers[i]].sum()) * step_s for i, name in enumerate(names)}
+        by_speaker = {k: v for k, v in sorted(by_speaker.items(), key=lambda kv: -kv[1]) if v > 0}
+        by_speaker[""] = int(np.count_nonzero(fa & (talking == 0))) * step_s
+    return Anatomy(m, score(reference, hypothesis, 0.0, step_s), edge_s,
+                   int(np.count_nonzero(fa & near)) * step_s, int(np.count_nonzero(fa & ~near)) * step_s,
+                   edge_miss * step_s, whole_miss * step_s, n_segments, n_missed, by_speaker)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) index pairs of the True runs of a bool mask."""
+    d = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+def pool_anatomy(parts: Sequence[Anatomy]) -> Anatomy:
+    """Anatomy over several files: seconds and counts summed, metrics pooled."""
+    if not parts:
+        raise ValueError("no anatomy to pool")
+    speakers = None
+    if all(p.false_alarm_by_speaker is not None for p in parts):
+        speakers = {}
+        for p in parts:
+            for k, v in p.false_alarm_by_speaker.items():
+                speakers[k] = speakers.get(k, 0.0) + v
+    total = {f: sum(getattr(p, f) for p in parts) for f in
+             ("false_alarm_edge_s", "false_alarm_elsewhere_s", "miss_edge_s", "miss_whole_s", "segments",
+              "segments_missed")}
+    return Anatomy(pool([p.metrics for p in parts]), pool([p.exact for p in parts]), parts[0].edge_s,
+                   false_alarm_by_speaker=speakers, **total)
+
+
+def format_anatomy(a: Anatomy) -> str:
+    """A few lines for people: what kind of error each second is."""
+    m = a.metrics
+    lines = [f"false alarm      {m.false_alarm_s:.1f} s: {a.false_alarm_edge_s:.1f} s within {a.edge_s:g} s of the "
+             f"target's speech (edges), {a.false_alarm_elsewhere_s:.1f} s elsewhere",
+             f"missed           {m.miss_s:.1f} s: {a.miss_edge_s:.1f} s in turns found in part (edges), "
+             f"{a.miss_whole_s:.1f} s in {a.segments_missed} of {a.segments} turns missed whole"]
+    if a.false_alarm_by_speaker is not None:
+        parts = [f"{k} {v:.1f} s" for k, v in a.false_alarm_by_speaker.items() if k]
+        parts.append(f"non-speech {a.false_alarm_by_speaker.get('', 0.0):.1f} s")
+        lines.append(f"false alarm on   {', '.join(parts)}")
+    lines.append(f"F1 at collar 0   {a.exact.f1:.3f}")
+    return "\n".join(lines)
+
+
 # ---- reading reference and hypothesis files ----
 
 def _read(path: str | Path) -> str:
@@ -199,6 +311,20 @@ def read_reference(path: str | Path, speaker: str | None = None) -> list[Span]:
         rows = [(s, e, rest[0].strip() if rest and rest[0].strip() and not _is_float(rest[0]) else None)
                 for s, e, rest in _csv_rows(path, text)]
     return _spans_of(rows, speaker, f"reference {path}", "speaker", "choose one")
+
+
+def read_others(path: str | Path, speaker: str | None = None) -> list[tuple[float, float, str]] | None:
+    """(start_s, end_s, speaker) of every speaker but `speaker` in a reference that names
+    several (RTTM, or CSV start,end,speaker); None when it names at most one."""
+    text = _read(path)
+    if _is_rttm(path, text):
+        rows = _rttm_rows(path, text)
+    else:
+        rows = [(s, e, rest[0].strip() if rest and rest[0].strip() and not _is_float(rest[0]) else None)
+                for s, e, rest in _csv_rows(path, text)]
+    if len({k for _, _, k in rows if k is not None}) < 2 or any(k is None for _, _, k in rows):
+        return None
+    return [(s, e, k) for s, e, k in rows if k != speaker]
 
 
 def _json_rows(path: str | Path, text: str) -> list[tuple[float, float, str | None]]:

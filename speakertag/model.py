@@ -200,6 +200,50 @@ class Encoder(nn.Module):
             parts.append(torch.cat([mean, std]).T)
         return torch.cat(parts)
 
+    @staticmethod
+    def half_cell_pooled_stats(h: torch.Tensor, logits: torch.Tensor, n: int, hop: int,
+                               chunk_hops: int = 16) -> torch.Tensor:
+        """pooled_stats of windows three half-hops long, two per hop: for j < n, frames
+        [j hop, j hop + hop // 2 + hop) and [j hop + hop // 2, (j + 2) hop) of one stretch of
+        frame features and logits (C, >= (n + 1) hop) -> (n, 2, 2 C). Each half hop is summed
+        under its hop's largest logit, and a window's three halves rescaled to the largest of
+        theirs (no underflow, whatever the logits span)."""
+        c, half = h.shape[0], hop // 2
+        halves = torch.zeros(hop, 2)
+        halves[:half, 0], halves[half:, 1] = 1, 1
+        tops, parts = [], []
+        for i in range(0, n + 1, chunk_hops):  # a few hops at a time: they stay in cache
+            k = min(chunk_hops, n + 1 - i)
+            hh = h[:, i * hop:(i + k) * hop].float().reshape(c, k, hop)
+            ll = logits[:, i * hop:(i + k) * hop].float().reshape(c, k, hop)
+            top = ll.amax(-1)  # (C, k): each hop's largest logit
+            e = torch.exp(ll - top[..., None])
+            eh = e * hh
+            # (3, C, k, 2) sums over each half hop, in one matrix product
+            parts.append((torch.stack([e, eh, eh * hh]).reshape(-1, hop) @ halves).reshape(3, c, 2 * k))
+            tops.append(top)
+        blocks = torch.cat(parts, 2)  # (3, C, 2 n + 2) half hops in time order
+        top = torch.cat(tops, 1)
+        tops = top.repeat_interleave(2, dim=1)  # (C, 2 n + 2)
+        m = torch.maximum(tops[:, :-2], tops[:, 2:])  # a window's three halves span two hops
+        sums = sum(torch.exp(tops[:, k:k + 2 * n] - m) * blocks[:, :, k:k + 2 * n] for k in range(3))
+        mean = sums[1] / sums[0]
+        std = (sums[2] / sums[0] - mean.square()).clamp_min(1e-6).sqrt()
+        return torch.cat([mean, std]).T.reshape(n, 2, 2 * c)
+
+    @torch.inference_mode()
+    def forward_overlapping_short(self, windows: torch.Tensor, hop_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward_overlapping, and the embeddings of the short windows of half_cell_pooled_stats
+        (1.5 hops of frame features, 2 context-widths more of input, two per window, starting at
+        its start and half a hop in): (n, embedding_dim), (n, 2, embedding_dim). The frame
+        features are computed once for both."""
+        n, n_mels, width = windows.shape
+        frames = torch.cat([windows[0], windows[1:, :, width - hop_frames:].permute(1, 0, 2).reshape(n_mels, -1)], 1)
+        h, logits = self.frame_features(frames[None])
+        long = self.embed_stats(self.sliding_pooled_stats(h[0], logits[0], width - 2 * self.context_frames, hop_frames))
+        short = self.embed_stats(self.half_cell_pooled_stats(h[0], logits[0], n, hop_frames).reshape(2 * n, -1))
+        return long, short.reshape(n, 2, -1)
+
     @torch.inference_mode()
     def forward_overlapping(self, windows: torch.Tensor, hop_frames: int) -> torch.Tensor:
         """The same as forward() in eval mode, for consecutive windows `hop_frames` apart
@@ -354,3 +398,14 @@ def embed(model: Model, windows: torch.Tensor, hop_frames: int | None = None) ->
     if hop_frames is None or len(windows) < 2:
         return model.encoder(windows).float().cpu()
     return model.encoder.forward_overlapping(windows, hop_frames).float().cpu()
+
+
+@torch.inference_mode()
+def embed_with_short(model: Model, windows: torch.Tensor, hop_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """embed() of consecutive windows, and of two short windows per window (Encoder.
+    forward_overlapping_short): (n, embedding_dim), (2 n, embedding_dim) float32 on the CPU,
+    short window 2 j + o starting o half hops after window j."""
+    model.encoder.eval()
+    device = next(model.encoder.parameters()).device
+    long, short = model.encoder.forward_overlapping_short(windows.to(device), hop_frames)
+    return long.float().cpu(), short.reshape(2 * len(windows), -1).float().cpu()

@@ -13,14 +13,15 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = 4  # version of model and memory files; bump on incompatible change
+FORMAT_VERSION = 5  # version of model and memory files; bump on incompatible change
 # 3: the model file's checksum covers params and metadata too; speech band, edge quantile,
 #    film-like degradation and pool size in Params; files record the speakertag version.
 # 4: train.f1_tolerance.
+# 5: tag.short_edges.
 OLDEST_READABLE_FORMAT = 3
 # What each format version added to the params, at the values that give what files of the
 # version before did: a file of an older readable version is read with these filled in.
-ADDED_IN_FORMAT = {4: {"train": {"f1_tolerance": 0.0}}}
+ADDED_IN_FORMAT = {4: {"train": {"f1_tolerance": 0.0}}, 5: {"tag": {"short_edges": False}}}
 
 
 def speakertag_version() -> str:
@@ -183,6 +184,8 @@ class TagParams:
     edge_db: float = 10.0  # segment edges grow over target-like cells at most this far below the core's level
     min_gap_s: float = 0.5  # merge segments separated by less than this
     min_duration_s: float = 1.0  # drop segments shorter than this: half a window (dev: 1.0-1.5 > 0.5, 2.0)
+    short_edges: bool = False  # move segment edges to where ~1 s windows stop looking like the voice
+    # (segments.ShortEdges; why it is off: docs/experiments.md, issue 33)
     batch_windows: int = 256  # windows embedded per encoder call
 
 

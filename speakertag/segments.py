@@ -21,7 +21,7 @@ audio) are never part of a segment, whatever the windows around them score.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -134,9 +134,93 @@ def runs_to_segments(found: list[tuple[int, int]], cells: np.ndarray, threshold:
             for s, e, a, b in merged if e - s >= tag.min_duration_s and high[a:b].any()]
 
 
+@dataclass(frozen=True)
+class ShortEdges:
+    """How a segment's edges are moved to where short windows (about 1 s, two per cell,
+    model.embed_with_short) stop looking like the voice: a 2 s window holding the end of the
+    target's turn and the start of another's still scores as the target, a 1 s one much less."""
+    level: float = -0.15  # a short window is the voice's when it scores at least the threshold plus this
+    extend_level: float = -0.15  # an edge moves outwards only over short windows scoring the threshold plus this
+    search_s: float = 1.5  # an edge moves inwards at most this far
+    extend_s: float = 0.5  # ... and outwards at most this far (a cell: what a live stream has when it settles)
+
+
+SHORT_EDGES = ShortEdges()
+
+
+def short_centres_s(index: np.ndarray, audio: AudioParams) -> np.ndarray:
+    """Centre (seconds) of short window k: it starts k // 2 hops and k % 2 half hops in and
+    spans about two hops of input."""
+    return ((index // 2) * audio.hop_frames + (index % 2) * (audio.hop_frames // 2) + audio.hop_frames) * audio.frame_s
+
+
+def _crossing(scores: np.ndarray, centres: np.ndarray, k: int, step: int, level: float) -> float:
+    """Where the scores cross `level` between short window k (at or above it) and k + step."""
+    j = k + step
+    if not 0 <= j < len(scores):
+        return float(centres[k])
+    f = min(1.0, max(0.0, (scores[k] - level) / max(float(scores[k] - scores[j]), 1e-6)))
+    return float(centres[k] + f * (centres[j] - centres[k]))
+
+
+def _short_edge(scores: np.ndarray, centres: np.ndarray, edge_s: float, level: float, se: ShortEdges,
+                end: bool) -> float | None:
+    """The edge at `edge_s` (a segment's end, or its start) moved to the crossing of `level`
+    nearest it that the segment's inside reaches; None: no short window near it looks like the voice."""
+    if end:
+        zone = np.flatnonzero((centres >= edge_s - se.search_s) & (centres <= edge_s + se.extend_s))
+    else:
+        zone = np.flatnonzero((centres >= edge_s - se.extend_s) & (centres <= edge_s + se.search_s))
+    found = [(zone[a], zone[b - 1]) for a, b in runs(scores[zone] >= level)
+             if (centres[zone[a]] < edge_s if end else centres[zone[b - 1]] > edge_s)]
+    if not found:
+        return None
+    return _crossing(scores, centres, found[-1][1], 1, level) if end else _crossing(scores, centres, found[0][0], -1, level)
+
+
+def short_edges(start_s: float, end_s: float, short_scores: np.ndarray, first: int, threshold: float,
+                audio: AudioParams, se: ShortEdges = SHORT_EDGES) -> tuple[float, float]:
+    """One segment's edges moved with the short windows' scores: short_scores (k,) those of
+    short windows first.. (all those within a cell and a half of the segment and inside it)
+    -> (start_s, end_s), at most se.search_s in and se.extend_s out."""
+    scores = np.asarray(short_scores, np.float64)
+    centres = short_centres_s(np.arange(first, first + len(scores)), audio)
+    edges = []
+    for edge_s, end in ((start_s, False), (end_s, True)):
+        moved = _short_edge(scores, centres, edge_s, threshold + se.level, se, end)
+        if moved is not None and (moved > edge_s) == end and moved != edge_s:
+            out = _short_edge(scores, centres, edge_s, threshold + se.extend_level, se, end)
+            moved = edge_s if out is None else (min(moved, max(edge_s, out)) if end else max(moved, min(edge_s, out)))
+        moved = edge_s if moved is None else moved
+        edges.append(min(max(moved, edge_s - se.search_s), edge_s + se.extend_s) if end
+                     else min(max(moved, edge_s - se.extend_s), edge_s + se.search_s))
+    start, end = edges
+    return (start_s, end_s) if end - start < audio.hop_s else (round(start, 3), round(end, 3))
+
+
+def short_window_span(a: int, b: int, n_cells: int) -> tuple[int, int]:
+    """[first, stop) short windows the edges of a segment over cells [a, b) may use (of n_cells
+    cells with short windows): what a live stream still holds when it settles the segment."""
+    return 2 * max(0, a - 3), 2 * min(n_cells, b + 1)
+
+
+def apply_short_edges(segments: list[Segment], short_scores: np.ndarray, threshold: float, audio: AudioParams,
+                      limit_s: float, se: ShortEdges = SHORT_EDGES) -> list[Segment]:
+    """short_edges on each segment, none starting before the previous one ends."""
+    out: list[Segment] = []
+    n_cells = len(short_scores) // 2
+    for seg in segments:
+        a, b = round(seg.start_s / audio.hop_s), round(seg.end_s / audio.hop_s)
+        first, stop = short_window_span(a, b, n_cells)
+        start, end = short_edges(seg.start_s, seg.end_s, short_scores[first:stop], first, threshold, audio, se)
+        start = max(start, out[-1].end_s) if out else max(start, 0.0)
+        out.append(replace(seg, start_s=start, end_s=min(end, limit_s)))
+    return out
+
+
 def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams, tag: TagParams,
                 label: str = "target", duration_s: float | None = None, cell_db: np.ndarray | None = None,
-                edge_threshold: float | None = None) -> list[Segment]:
+                edge_threshold: float | None = None, short_scores: np.ndarray | None = None) -> list[Segment]:
     """Window scores -> merged, length-filtered segments (seconds), clipped to duration_s.
 
     cell_db: (n_cells,) speech-band level of each hop-long cell (features.cell_levels_db);
@@ -148,7 +232,10 @@ def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams,
     """
     cells, found = segment_runs(window_scores, threshold, audio, tag, cell_db, edge_threshold)
     limit = duration_s if duration_s is not None else len(cells) * audio.hop_s
-    return runs_to_segments(found, cells, threshold, audio.hop_s, limit, tag, label)
+    segments = runs_to_segments(found, cells, threshold, audio.hop_s, limit, tag, label)
+    if short_scores is not None and tag.short_edges:
+        segments = apply_short_edges(segments, short_scores, threshold, audio, limit)
+    return segments
 
 
 def exclusive_segments(voices: Sequence[tuple[np.ndarray, float, list[tuple[int, int]], TagParams, str]],
@@ -198,6 +285,7 @@ class SegmentStream:
         # Cells are float32 and compared in float32, as NumPy compares them in to_segments.
         self.tag, self.label, self.hop_s = tag, label, audio.hop_s
         self.threshold = float(np.float32(threshold))
+        self.threshold_exact = threshold  # as to_segments gets it, for the short windows
         self.low = float(np.float32(threshold - tag.hysteresis))
         self.grow_at = None if edge_threshold is None else float(np.float32(max(threshold, edge_threshold)))
         self.silence_db = float(np.float32(audio.silence_db))
@@ -219,6 +307,14 @@ class SegmentStream:
         self.window_s, self.max_delay_s = audio.window_s, max_delay_s
         self.settled_b = 0  # cells before this are in segments already given out
         self.forced = 0  # segments settled by max_delay_s
+        self.short: list[float] = []  # kept cells' short-window scores, two per cell (with tag.short_edges)
+        self.audio = audio
+        self.last_end_s: float | None = None  # where the last segment given out ends
+
+    @property
+    def n_short_cells(self) -> int:
+        """Cells whose short windows have come."""
+        return self.base + len(self.short) // 2
 
     def _cell(self, i: int) -> tuple[float, bool, float]:
         j = i - self.base
@@ -315,7 +411,17 @@ class SegmentStream:
         cells = np.asarray(self.m[a - self.base:b - self.base], np.float32)
         high = cells >= self.threshold
         if e - s >= self.tag.min_duration_s and high.any():
-            out.append(Segment(round(s, 3), round(e, 3), float(cells[high].mean()), self.label))
+            seg = Segment(round(s, 3), round(e, 3), float(cells[high].mean()), self.label)
+            if self.tag.short_edges and self.short:
+                first, stop = short_window_span(round(s / self.hop_s), round(e / self.hop_s), self.n_short_cells)
+                first = max(first, 2 * self.base)  # equal to it: the cells kept reach three before the segment
+                start, end = short_edges(seg.start_s, seg.end_s, np.asarray(self.short[first - 2 * self.base:
+                                                                                         stop - 2 * self.base]),
+                                         first, self.threshold_exact, self.audio)
+                start = max(start, self.last_end_s if self.last_end_s is not None else 0.0)
+                seg = replace(seg, start_s=start, end_s=end if limit_s is None else min(end, limit_s))
+            self.last_end_s = seg.end_s
+            out.append(seg)
 
     def _trim(self) -> None:
         keep = [self.n, self.last_barrier]
@@ -326,14 +432,18 @@ class SegmentStream:
             keep.append(self.grown[0])
         if self.merged:
             keep.append(self.merged[2])
-        drop = max(0, min(keep)) - self.base
+        drop = max(0, min(keep) - 3) - self.base  # short edges look three cells before a segment
         if drop > 256:  # in bulk: deleting from the front of a list costs its length
-            del self.m[:drop], self.can_grow[:drop], self.db[:drop]
+            del self.m[:drop], self.can_grow[:drop], self.db[:drop], self.short[:2 * drop]
             self.base += drop
 
-    def push(self, window_scores: np.ndarray, cell_db: np.ndarray) -> list[Segment]:
+    def push(self, window_scores: np.ndarray, cell_db: np.ndarray, short_scores: np.ndarray | None = None
+             ) -> list[Segment]:
         """The next windows' scores (k,) and the levels (k,) of their first cells (cell j of
-        window j, features.cell_levels_db) -> the segments this settles, by start time."""
+        window j, features.cell_levels_db) -> the segments this settles, by start time.
+        short_scores: (2 k,) their short windows' scores (with tag.short_edges)."""
+        if self.tag.short_edges and short_scores is not None:
+            self.short += np.asarray(short_scores, np.float32).tolist()
         for score, db in zip(np.asarray(window_scores, np.float64).tolist(), np.asarray(cell_db).tolist()):
             self.recent.append(score)
             cover = self.recent[-self.r:]

@@ -20,7 +20,7 @@ from .decoder import MIN_DURATION_S, decoded_in_child
 from .errors import SpeakertagError
 from .features import cell_levels_db, stream_windows
 from .memory import Memory, load_memory
-from .model import Model, embed, load_model
+from .model import Model, embed, embed_with_short, load_model
 from .params import AudioParams, LiveParams, TagParams
 from .scoring import Scorer
 from .segments import Segment, SegmentStream, exclusive_segments, segment_runs, to_segments
@@ -138,6 +138,20 @@ def _featured(blocks: Iterator[np.ndarray], a: AudioParams, batch_windows: int, 
         stage_s[wait_key] += waited["blocks"]
 
 
+def _embedded(encoders: list, windows: torch.Tensor, hop_frames: int, with_short: set[int]
+              ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Each encoder's embeddings of the windows, and of their short windows for the encoders in
+    with_short (ids): ({id: (n, dim)}, {id: (2 n, dim)})."""
+    emb, emb_short = {}, {}
+    for m in encoders:
+        if id(m) in with_short:
+            long, short = embed_with_short(m, windows, hop_frames)
+            emb[id(m)], emb_short[id(m)] = long.numpy(), short.numpy()
+        else:
+            emb[id(m)] = embed(m, windows, hop_frames).numpy()
+    return emb, emb_short
+
+
 @dataclass(frozen=True)
 class VoiceTrack:
     """What one voice's pass over a film found."""
@@ -147,6 +161,7 @@ class VoiceTrack:
     window_scores: np.ndarray  # (n_windows,) score of window j, which starts at j * hop_s
     segments: list[Segment]
     params: TagParams | None = None  # the rules its segments were formed with
+    short_scores: np.ndarray | None = None  # (2 n_windows,) scores of the short windows (model.embed_with_short)
 
 
 @dataclass(frozen=True)
@@ -249,6 +264,8 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     batch_windows = voices[0].params.batch_windows
     resampling_here = cost == "decoder" and encoder_fast
     scores: list[list[np.ndarray]] = [[] for _ in voices]
+    short: list[list[np.ndarray]] = [[] for _ in voices]
+    with_short = {id(v.model) for v in voices if v.params.short_edges}  # encoders whose voices move edges
     levels, last_levels = [], np.zeros(0, np.float32)  # cell j's level from window j; the last window's others
     with _core_left_for_decoding():
         if resampling_here:
@@ -270,11 +287,13 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
         for first, windows, first_levels, last_levels in batches:
             levels.append(first_levels)
             t = time.perf_counter()
-            emb = {id(m): embed(m, windows, a.hop_frames).numpy() for m in encoders}
+            emb, emb_short = _embedded(encoders, windows, a.hop_frames, with_short)
             stage_s["encoder"] += time.perf_counter() - t
             t = time.perf_counter()
-            for out, v, scorer in zip(scores, voices, scorers):
+            for out, out_short, v, scorer in zip(scores, short, voices, scorers):
                 out.append(scorer(emb[id(v.model)]))
+                if v.params.short_edges:
+                    out_short.append(scorer(emb_short[id(v.model)]))
             stage_s["search"] += time.perf_counter() - t
             if progress:
                 progress((first + len(windows)) * a.hop_s)
@@ -291,13 +310,16 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     note = "; ".join(n for n in (note, gaps_note(path, gaps)) if n)
     cell_db = np.concatenate(levels + [last_levels])
     tracks = []
-    for v, parts in zip(voices, scores):
+    for v, parts, short_parts in zip(voices, scores, short):
         window_scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        short_scores = (np.concatenate(short_parts) if short_parts else np.zeros(0, np.float32)) \
+            if v.params.short_edges else None
         thr = v.memory.threshold if threshold is None else threshold
         edge = v.memory.edge_threshold
         tracks.append(VoiceTrack(v.name, thr, edge, window_scores,
-                                 to_segments(window_scores, thr, a, v.params, v.name, duration_s, cell_db, edge),
-                                 v.params))
+                                 to_segments(window_scores, thr, a, v.params, v.name, duration_s, cell_db, edge,
+                                             short_scores),
+                                 v.params, short_scores))
     return TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s, note, a, tuple(gaps))
 
 
@@ -349,6 +371,7 @@ class LiveTagger:
         self.thresholds = [v.memory.threshold if threshold is None else threshold for v in self.voices]
         self.streams = [SegmentStream(t, self.audio, v.params, v.name, v.memory.edge_threshold, live.max_delay_s)
                         for v, t in zip(self.voices, self.thresholds)]
+        self.with_short = {id(v.model) for v in self.voices if v.params.short_edges}
         self.n_samples = 0  # decoded so far, at the model rate
         self.gaps: list[tuple[float, float]] = []  # as TagResult.gaps, so far
         self.last_levels = np.zeros(0, np.float32)  # levels of the last window's cells after its first
@@ -374,10 +397,12 @@ class LiveTagger:
         """Embed and score the next batch of windows (n, n_mels, window_frames); the segments it closes."""
         a = self.audio
         levels = cell_levels_db(windows[:, :, :a.hop_frames], a).numpy()[:, 0]
-        emb = {id(m): embed(m, windows, a.hop_frames).numpy() for m in self.encoders}
+        emb, emb_short = _embedded(self.encoders, windows, a.hop_frames, self.with_short)
         scores = [scorer(emb[id(v.model)]) for v, scorer in zip(self.voices, self.scorers)]
+        short = [scorer(emb_short[id(v.model)]) if v.params.short_edges else None
+                 for v, scorer in zip(self.voices, self.scorers)]
         self.last_levels = cell_levels_db(windows[-1:, :, a.hop_frames:], a).numpy()[0]
-        closed = [s for st, sc in zip(self.streams, scores) for s in st.push(sc, levels)]
+        closed = [s for st, sc, sh in zip(self.streams, scores, short) for s in st.push(sc, levels, sh)]
         return sorted(closed, key=lambda s: (s.start_s, s.end_s, s.label))
 
     def finish(self) -> list[Segment]:

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakertag.evaluate import Metrics, format_metrics, pool, read_hypothesis, read_reference, score
+from speakertag.evaluate import (Metrics, anatomy, format_anatomy, format_metrics, pool, pool_anatomy,
+                                 read_hypothesis, read_others, read_reference, score)
 from speakertag.segments import Segment
 from speakertag.writers import render
 
@@ -135,6 +136,53 @@ def test_agrees_with_reference_scorer_on_real_reference(other):
         for collar_s in (0.25, 0.0):
             assert ours(score(ref, hyp, collar_s)) == reference_numbers(ref, hyp, collar_s)
     assert score(read_reference(TARGET_CSV), hyp) == score(read_reference(ALL_RTTM, "ls_2609"), hyp)
+
+
+# ---- error anatomy ----
+
+def test_anatomy_on_hand_made_spans():
+    ref = [(10.0, 20.0), (30.0, 32.0)]
+    hyp = [(9.0, 15.0), (21.5, 22.0), (40.0, 41.0)]
+    others = [(9.0, 9.5, "bob"), (9.25, 9.5, "carol"), (40.0, 40.5, "bob"), (21.0, 23.0, "dan")]
+    a = anatomy(ref, hyp, others)
+    assert a.metrics == score(ref, hyp)
+    # 9.0-9.75 is within 1 s of the target's speech (9.75-10.25 is collar); 21.5-22 and 40-41 are not
+    assert a.false_alarm_edge_s == pytest.approx(0.75) and a.false_alarm_elsewhere_s == pytest.approx(1.5)
+    # 15-19.75 of a turn found in part; 30.25-31.75 of a turn missed whole
+    assert a.miss_edge_s == pytest.approx(4.75) and a.miss_whole_s == pytest.approx(1.5)
+    assert (a.segments, a.segments_missed) == (2, 1)
+    # 9.25-9.5: bob and carol at once, shared
+    assert a.false_alarm_by_speaker == pytest.approx({"bob": 0.875, "dan": 0.5, "carol": 0.125, "": 0.75})
+    assert sum(a.false_alarm_by_speaker.values()) == pytest.approx(a.metrics.false_alarm_s)
+    # collar 0: TP 5 s, FA 2.5 s, miss 7 s
+    assert a.exact.f1 == pytest.approx(10 / 19.5)
+    assert anatomy(ref, hyp).false_alarm_by_speaker is None
+    text = format_anatomy(a)
+    assert "0.8 s within 1 s" in text and "1 of 2 turns missed whole" in text and "non-speech 0.8 s" in text
+
+
+def test_pool_anatomy_sums():
+    a = anatomy([(10.0, 20.0)], [(9.0, 15.0)])
+    b = anatomy([(30.0, 32.0)], [(40.0, 41.0)])
+    p = pool_anatomy([a, b])
+    assert p.false_alarm_edge_s == pytest.approx(0.75) and p.false_alarm_elsewhere_s == pytest.approx(1.0)
+    assert (p.segments, p.segments_missed) == (2, 1)
+    assert p.metrics == pool([a.metrics, b.metrics]) and p.exact == pool([a.exact, b.exact])
+
+
+def test_anatomy_on_the_example_films_reference():
+    ref = read_reference(TARGET_CSV)
+    others = read_others(ALL_RTTM, "ls_2609")
+    assert read_others(TARGET_CSV) is None and all(k != "ls_2609" for _, _, k in others)
+    exact = anatomy(ref, ref, others)
+    assert exact.metrics.f1 == 1.0 and exact.false_alarm_edge_s == exact.miss_edge_s == exact.miss_whole_s == 0
+    # every turn 0.5 s late, the first one missed: 0.25 s of each edge is outside the collar
+    late = [(s + 0.5, e + 0.5) for s, e in ref[1:]]
+    a = anatomy(ref, late, others)
+    assert a.false_alarm_edge_s == pytest.approx(0.75) and a.false_alarm_elsewhere_s == 0
+    assert a.miss_edge_s == pytest.approx(0.75)
+    assert a.miss_whole_s == pytest.approx(69.091 - 50.961 - 0.5, abs=0.011) and a.segments_missed == 1
+    assert sum(a.false_alarm_by_speaker.values()) == pytest.approx(a.metrics.false_alarm_s)
 
 
 # ---- reading files ----

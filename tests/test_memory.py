@@ -96,11 +96,13 @@ def test_format_3_memory_is_read(tmp_path):
     def to_format_3(arrays, header):
         header.update(format_version=3)
         del header["params"]["train"]["f1_tolerance"]
+        del header["params"]["tag"]["short_edges"]  # format 5's
         header.pop("checksum")
         header["checksum"] = _checksum(arrays["embeddings"], arrays["negatives"], header)
 
     rewrite(path, to_format_3)
     assert load_memory(path).params.train.f1_tolerance == 0.0
+    assert load_memory(path).params.tag.short_edges is False
 
 
 @pytest.mark.parametrize("content", [b"", b"hello", bytes(range(256)) * 4])

@@ -123,9 +123,11 @@ def test_format_3_files_are_read_with_format_4s_additions_at_their_old_values(mo
     payload = payload_of(path)
     payload["format_version"] = 3
     del payload["params"]["train"]["f1_tolerance"]
+    del payload["params"]["tag"]["short_edges"]  # format 5's
     payload["checksum"] = payload_checksum(payload)
     torch.save(payload, path)
     assert load_model(tmp_path, "cpu").params.train.f1_tolerance == 0.0
+    assert load_model(tmp_path, "cpu").params.tag.short_edges is False
     payload["params"]["train"]["f1_tolerance"] = 0.02
     payload["checksum"] = payload_checksum(payload)
     torch.save(payload, path)
@@ -190,6 +192,27 @@ def test_overlapping_windows_path_equals_per_window_forward():
     frames = torch.randn(p.audio.n_mels, p.audio.window_frames + 20 * p.audio.hop_frames) * 3 - 5
     windows = slice_windows(frames, p.audio)
     torch.testing.assert_close(embed(model, windows, p.audio.hop_frames), embed(model, windows), atol=1e-5, rtol=0)
+
+
+def test_short_windows_equal_their_own_forward():
+    """embed_with_short: the long windows as embed gives them, and each short window (half-hop
+    blocks pooled under a shared shift) as the encoder embeds it alone."""
+    from speakertag.features import slice_windows
+    from speakertag.model import embed_with_short
+
+    p = Params()
+    a = p.audio
+    model = _trained_looking(p)
+    frames = torch.randn(a.n_mels, a.window_frames + 20 * a.hop_frames) * 3 - 5
+    windows = slice_windows(frames, a)
+    long, short = embed_with_short(model, windows, a.hop_frames)
+    torch.testing.assert_close(long, embed(model, windows, a.hop_frames), atol=1e-5, rtol=0)
+    ctx, half = model.encoder.context_frames, a.hop_frames // 2
+    for j in (0, 7, len(windows) - 1):
+        first = frames[:, j * a.hop_frames:j * a.hop_frames + half + a.hop_frames + 2 * ctx]
+        second = frames[:, j * a.hop_frames + half:(j + 2) * a.hop_frames + 2 * ctx]
+        torch.testing.assert_close(short[2 * j], embed(model, first[None])[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(short[2 * j + 1], embed(model, second[None])[0], atol=1e-5, rtol=0)
 
 
 def _trained_looking(p: Params):

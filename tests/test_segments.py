@@ -235,3 +235,61 @@ def test_segment_stream_with_a_deadline_is_prompt_and_within_a_cell():
         differ = covered(batch) ^ covered(got)
         assert differ.sum() * 0.01 <= 0.5 * st.forced + 0.02, seed
         assert all(b - a <= 51 for a, b in runs(differ))  # never more than one cell in a row
+
+
+# ---- edges from short windows ----
+
+def _short_scores(n_cells: int, voice_s: list[tuple[float, float]], p: AudioParams) -> np.ndarray:
+    """Short-window scores 0.6 where a window's centre is in a voice span, 0 elsewhere."""
+    from speakertag.segments import short_centres_s
+
+    centres = short_centres_s(np.arange(2 * n_cells), p)
+    return np.where(np.any([(centres >= a) & (centres < b) for a, b in voice_s], axis=0), 0.6, 0.0)
+
+
+def test_short_edges_trim_and_extend_to_the_crossing():
+    from speakertag.segments import ShortEdges, short_centres_s, short_edges
+
+    p = AudioParams()
+    scores = _short_scores(100, [(10.1, 20.3)], p)
+    se = ShortEdges(level=-0.2, extend_level=-0.1, search_s=1.5, extend_s=0.5)
+    start, end = short_edges(9.0, 21.0, scores, 0, 0.5, p, se)  # the segment runs on 1 s past each edge
+    centres = short_centres_s(np.arange(200), p)
+    first, last = centres[scores > 0][[0, -1]]
+    step = centres[1] - centres[0]
+    # the crossing of 0.3 lies half way between the last window at 0.6 and the first at 0
+    assert start == pytest.approx(first - step / 2, abs=0.01) and end == pytest.approx(last + step / 2, abs=0.01)
+    # a segment cut short grows, by at most extend_s
+    start, end = short_edges(11.0, 19.5, scores, 0, 0.5, p, se)
+    assert start == pytest.approx(10.5) and end == pytest.approx(20.0)
+    # nothing like the voice near an edge: it stays
+    assert short_edges(30.0, 35.0, scores, 0, 0.5, p, se) == (30.0, 35.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_segment_stream_gives_the_batch_short_edges(seed):
+    from dataclasses import replace
+
+    from speakertag.segments import SegmentStream
+
+    p, tp = AudioParams(), TagParams(short_edges=True)
+    scores, levels = _random_film(seed)
+    n = len(scores)
+    short = (np.repeat(scores, 2) + np.random.default_rng(seed).normal(0, 0.15, 2 * n)).astype(np.float32)
+    duration_s = (n - 1) * p.hop_s + p.window_s
+    moved = 0
+    for threshold, edge in ((0.3, 0.25), (0.4, None), (0.5, 0.55)):
+        batch = to_segments(scores, threshold, p, tp, "v", duration_s, levels, edge, short)
+        plain = to_segments(scores, threshold, p, replace(tp, short_edges=False), "v", duration_s, levels, edge)
+        moved += batch != plain
+        assert all(a.end_s <= b.start_s for a, b in zip(batch, batch[1:]))
+        for chunk in (1, 7, 64):
+            for delay in (None, 2.4):
+                st = SegmentStream(threshold, p, tp, "v", edge, delay)
+                got = []
+                for i in range(0, n, chunk):
+                    got += st.push(scores[i:i + chunk], levels[i:i + chunk], short[2 * i:2 * (i + chunk)])
+                got += st.finish(levels[n:], duration_s)
+                if delay is None:
+                    assert got == batch, (threshold, edge, chunk)
+    assert moved

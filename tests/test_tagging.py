@@ -198,3 +198,28 @@ def test_segment_times_follow_the_film(tiny_model_dir, speech_piece, tmp_path, m
         for s in everything:
             assert s.end_s <= r.gaps[0][0] + a.hop_s or s.start_s >= r.gaps[0][1] - a.hop_s, (s, r.gaps)
         assert everything[-1].start_s == pytest.approx(r.gaps[0][1], abs=a.hop_s)
+
+
+def test_short_edges_in_a_file_and_live(tiny_model_dir, minute_of_film):
+    """tag.short_edges: two short-window scores per window, edges that move, and a live stream
+    (blocks of its own, never forced) that gives the file's segments."""
+    from dataclasses import replace
+
+    from speakertag.params import LiveParams
+    from speakertag.tagging import LiveTagger, Voice
+
+    plain = load_voice(tiny_model_dir)
+    voice = Voice(plain.model, plain.memory, tag_params=replace(plain.params, short_edges=True))
+    threshold = float(np.mean(tag(minute_of_film, plain).tracks[0].window_scores))
+    r = tag(minute_of_film, voice, threshold)
+    (track,) = r.tracks
+    assert track.short_scores.shape == (2 * len(track.window_scores),) and np.all(np.isfinite(track.short_scores))
+    assert tag(minute_of_film, plain, threshold).tracks[0].short_scores is None
+    live = LiveTagger(voice, threshold, replace(LiveParams(), max_delay_s=None))
+    got = []
+    for _, windows in live.windows(minute_of_film):
+        got += live.add(windows)
+    got += live.finish()
+    assert r.segments and len(got) == len(r.segments)
+    for a, b in zip(got, r.segments):
+        assert (a.start_s, a.end_s) == (pytest.approx(b.start_s, abs=0.002), pytest.approx(b.end_s, abs=0.002))

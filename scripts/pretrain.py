@@ -257,6 +257,8 @@ def main() -> None:
     ap.add_argument("--teacher-crops", type=int, default=40, help="crops per speaker the teacher embeds")
     ap.add_argument("--teacher-cache", type=Path, help="file keeping the teacher's embeddings between runs")
     ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (OUT.checkpoint.pt); "
+                    "the same command run again goes on from the last one")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--channels", type=int, help="conv1d channels of a new encoder (EncoderParams.channels; "
                     "default: the shipped architecture's)")
@@ -326,12 +328,23 @@ def main() -> None:
         enc.load_state_dict(start.encoder.state_dict())
     trained = list(enc.parameters()) + (list(proj.parameters()) if proj is not None else [])
     opt = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=1e-4)
+    # A run stopped (a session's end, a machine given back) goes on from its last checkpoint.
+    checkpoint = args.out.with_name(args.out.name + ".checkpoint.pt")
+    done = 0
+    if checkpoint.exists():
+        ckpt = torch.load(checkpoint, weights_only=True)
+        enc.load_state_dict(ckpt["encoder"])
+        if proj is not None:
+            proj.load_state_dict(ckpt["proj"])
+        opt.load_state_dict(ckpt["optimizer"])
+        done = int(ckpt["step"])
+        print(f"resuming from {checkpoint} at step {done}", file=sys.stderr, flush=True)
     loader = torch.utils.data.DataLoader(
-        Batches(corpus, names, p, args.voices_per_batch, args.windows_per_voice, args.seed, args.codec_probability,
-                tuple(args.formant_factors), args.chain_group, crops),
+        Batches(corpus, names, p, args.voices_per_batch, args.windows_per_voice, args.seed + done,
+                args.codec_probability, tuple(args.formant_factors), args.chain_group, crops),
         batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=True)
     t0 = time.monotonic()
-    for step, (feats, labels, taught) in enumerate(loader, start=1):
+    for step, (feats, labels, taught) in enumerate(loader, start=done + 1):
         for g in opt.param_groups:
             g["lr"] = args.learning_rate * max(0.5 * (1 + math.cos(math.pi * step / args.steps)), 0.01)
         enc.train()
@@ -347,10 +360,16 @@ def main() -> None:
             print(f"step {step} {time.monotonic() - t0:.0f}s triplet {float(triplet.detach()):.4f} distil {float(distil.detach()):.3f} "
                   f"held-out film-like EER {100 * held_out_eer(model, held_windows, held_labels):.1f}%",
                   file=sys.stderr, flush=True)
+        if step % args.checkpoint_every == 0 and step < args.steps:
+            state = {"step": step, "encoder": enc.state_dict(), "optimizer": opt.state_dict(),
+                     "proj": proj.state_dict() if proj is not None else {}}
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
         if step >= args.steps:
             break
     model.meta["pretraining"]["minutes"] = round((time.monotonic() - t0) / 60, 1)
     save_model(model, args.out)
+    checkpoint.unlink(missing_ok=True)
     # The held-out speakers ship with the model: `train` calibrates thresholds against these
     # voices, which neither the base encoder nor a user's training has heard. One file each
     # (about 12 s), so that calibrating stays quick.

@@ -31,3 +31,25 @@ def test_formant_warp_moves_the_envelope_and_keeps_the_harmonics():
         fine, fine_before = (warped - _envelope(warped))[:, 0], (frames - _envelope(frames))[:, 0]
         assert np.corrcoef(fine, fine_before)[0, 1] > 0.99
     assert peaks[0.88] < 60 - 2 and peaks[1.12] > 60 + 2
+
+
+def test_a_chain_group_shares_each_slots_recording_chain():
+    """--chain-group: two voices of one group, here the same clean clip under two names, come
+    out alike window slot by window slot (one chain each slot, other slots other chains); with
+    chains of their own they differ."""
+    import torch
+
+    from pretrain import Batches
+    from speakertag.params import Params
+
+    p = Params()
+    rng = np.random.default_rng(0)
+    clip = (0.1 * rng.standard_normal(p.audio.window_samples)).astype(np.float32)
+    corpus = {"a": [clip], "b": [clip]}
+    for group, alike in ((10, True), (1, False)):
+        feats, labels, taught = next(iter(Batches(corpus, ["a", "b"], p, n_voices=10, per_voice=3, seed=1,
+                                                  chain_group=group)))
+        assert feats.shape == (30, p.audio.n_mels, p.audio.window_frames) and (taught == -1).all()
+        a, b = (feats[labels == v] for v in (0, 5))  # voice 0: "a" at its own speed, voice 5: "b" likewise
+        assert torch.equal(a, b) == alike
+        assert not torch.equal(a[0], a[1])  # another slot, another chain

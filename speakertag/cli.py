@@ -17,8 +17,8 @@ import click
 from . import signals, writers
 from .allocator import reuse_freed_memory
 from .errors import SpeakertagError
-from .io_utils import (STDOUT, atomic_write_bytes, atomic_write_text, check_output_folder, check_outputs, followed,
-                       write_model_folder)
+from .io_utils import (STDOUT, GrowingOutput, atomic_write_bytes, atomic_write_text, check_output_folder,
+                       check_outputs, followed, write_model_folder)
 from .params import CHANNEL_CHOICES, CHANNELS, TrainParams
 from .signals import Interrupted, raise_if_interrupted, signals_noted
 
@@ -400,7 +400,8 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
 def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
               follow_timeout_s: float | None, channels: str = "auto") -> None:
     """Standard input or a growing file: each segment printed (to stderr when --out is given)
-    and, in formats that allow it, added to the output as soon as it closes; JSON, SRT and
+    and, in formats that allow it, added to the output as soon as it closes (a new file grows;
+    an existing one is replaced when the run ends, and kept if it fails); JSON, SRT and
     WebVTT are written whole at the end. Ctrl-C ends the input (a pipe: at its next data), and
     what was found is kept; a second Ctrl-C then stops at once."""
     import torch
@@ -423,16 +424,18 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
     live = LiveTagger(voices, threshold, live_params)
     appendable, several = fmt in writers.APPENDABLE, len(voices) > 1
     found: list = []
-    sinks: list = []  # the --out file, opened with the first segment (a stream that cannot be read leaves none)
+    # --out, created with the first segment (a stream that cannot be read leaves none); an
+    # existing file is replaced only when the run ends, and stays as it was if the run fails
+    sink = GrowingOutput(out) if out is not None and appendable else None
 
     def write(text: str) -> None:
-        if out is not None and not sinks:
-            sinks.append(open(out, "w", encoding="utf-8"))  # noqa: SIM115 - closed below
-            if fmt == "csv":  # the header first, the rows as they come
-                sinks[0].write(writers.render(fmt, [], input_path="", with_label=several))
-        f = sinks[0] if sinks else sys.stdout
-        f.write(text)
-        f.flush()
+        if sink is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        if sink.file is None and fmt == "csv":  # the header first, the rows as they come
+            sink.write(writers.render(fmt, [], input_path="", with_label=several))
+        sink.write(text)
 
     def emit(segments) -> None:
         if appendable and segments:
@@ -444,17 +447,26 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
 
     if fmt == "csv" and out is None:  # the header first, the rows as they come
         write(writers.render(fmt, [], input_path="", with_label=several))
-    with signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
-        for _, windows in live.windows(source, stream, channels):
-            emit(live.add(windows))
-            if stop():
-                break
-    interrupted = stop()
-    emit(live.finish())
-    if appendable and out is not None:
-        write("")  # a run that found nothing still writes its (empty) file
-        sinks[0].close()
-    elif not appendable:
+    try:
+        with signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
+            for _, windows in live.windows(source, stream, channels):
+                emit(live.add(windows))
+                if stop():
+                    break
+        interrupted = stop()
+        emit(live.finish())
+        if sink is not None:
+            write("")  # a run that found nothing still writes its (empty) file
+            sink.commit()
+    except Interrupted:  # stopped at once (a second signal): the segments already out are kept
+        if sink is not None:
+            sink.commit()
+        raise
+    except BaseException:
+        if sink is not None:
+            sink.discard()
+        raise
+    if not appendable:
         from .batch import model_folders
 
         text = writers.render(fmt, found, input_path=str(source), voices=[

@@ -112,6 +112,72 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+class GrowingOutput:
+    """An output file written piece by piece as results come (a live run's segments), that
+    never costs the user an older file: a new file is created (exclusively) and grows in
+    place; over an existing file the pieces go to a temporary file beside it, which replaces
+    it only at commit(). discard() (a failed run) removes what this run created and leaves an
+    older file as it was. Nothing is created before the first write()."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = followed(path)  # a symlink: its target is written, the link stays
+        self.file = None
+        self.tmp: Path | None = None  # set when an existing file is being replaced
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(self.path, flags, 0o666)
+        except FileExistsError:  # the user's file: kept whole until this run has ended well
+            self.tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                fd = os.open(self.tmp, flags, 0o666)
+            except OSError as e:
+                self.tmp = None
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
+        return os.fdopen(fd, "w", encoding="utf-8", newline="")
+
+    def write(self, text: str) -> None:
+        """Add `text` (flushed: a reader of the file sees it at once)."""
+        try:
+            if self.file is None:
+                self.file = self._open()
+            self.file.write(text)
+            self.file.flush()
+        except OSError as e:
+            if e.errno is not None and e.filename is None:
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
+            raise
+
+    def commit(self) -> None:
+        """The run has ended: close the file; a temporary file replaces the older one now."""
+        if self.file is None:
+            return
+        with uninterrupted():
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+                self.file.close()
+                if self.tmp is not None:
+                    os.replace(self.tmp, self.path)
+            except OSError as e:
+                self.discard()
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
+        self.file = self.tmp = None
+
+    def discard(self) -> None:
+        """The run failed: remove what it created; an older file stays as it was."""
+        if self.file is None:
+            return
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp if self.tmp is not None else self.path)
+        self.file = self.tmp = None
+
+
 def replace_dir(tmp: Path, target: Path) -> None:
     """Move a finished folder into place; an older folder is kept until the new one is there.
     Not interruptible: a signal never leaves the target missing or an old copy behind."""

@@ -218,3 +218,32 @@ def test_live_json_names_the_gap(tiny_model_dir, gap_ts):
     (gap,) = json.loads(r.stdout)["gaps"]
     assert gap == pytest.approx([5.03, 15.03], abs=0.05)
     assert "standard input: no audio at 5.0-15.0 s of the film" in r.stderr
+
+
+@pytest.mark.slow  # three processes of their own
+def test_live_out_never_costs_an_existing_file(tiny_model_dir, film_mkv, tmp_path):
+    """issue 34, case 3: a stream that fails after its first segment leaves an existing --out
+    file as it was (and no partial file when there was none); one that ends well replaces it."""
+    import os
+
+    head = film_mkv.read_bytes()[:80 * film_mkv.stat().st_size // 336]  # the first segment closes at about 72 s
+    broken = head + os.urandom(1 << 20)  # then data that cannot be decoded: exit 1
+    for fmt, name in (("csv", "rec.csv"), ("rttm", "rec.rttm")):
+        out = tmp_path / name
+        out.write_text("the user's own lines\n")
+        r = subprocess.run(cli("tag", "-", "--model", tiny_model_dir, "--out", out, "--format", fmt), input=broken,
+                           capture_output=True, timeout=300)
+        assert r.returncode == 1 and b"closed at" in r.stderr, r.stderr  # it failed after a segment
+        assert r.stderr.decode().splitlines()[-1].startswith("speakertag: error: cannot decode standard input")
+        assert out.read_text() == "the user's own lines\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv", "rec.rttm"]  # no temporary file
+    new = tmp_path / "new.csv"
+    r = subprocess.run(cli("tag", "-", "--model", tiny_model_dir, "--out", new, "-q"), input=broken,
+                       capture_output=True, timeout=300)
+    assert r.returncode == 1 and not new.exists(), r.stderr
+    out = tmp_path / "rec.csv"
+    r = subprocess.run(cli("tag", "-", "--model", tiny_model_dir, "--out", out, "-q"), input=head,
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert read_csv(out.read_text())[0] == pytest.approx((50.9, 69.9), abs=0.1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv", "rec.rttm"]

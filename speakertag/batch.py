@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 
 from . import writers
 from .errors import SpeakertagError
-from .io_utils import atomic_write_text, check_outputs
+from .io_utils import atomic_write_text, check_outputs, folder_lock
 from .tagging import TagResult, Voice, check_pair, cpu_count, exclusive, load_voice, tag
 
 
@@ -227,9 +227,11 @@ def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, t
     however often it was named. Yields, in this order: the folders that could not be listed,
     the films skipped because their output is up to date (its stamp records the same film and
     settings; none with `force`), then each other film as it finishes, its output and stamp
-    written (out_dir is made with the first). A film that fails yields its error and the
-    others go on. What fails for all (a missing input, an output that would overwrite an
-    input, a model that does not load, Ray not installed) raises before any film is tagged.
+    written. A film that fails yields its error and the others go on. What fails for all (a
+    missing input, an output that would overwrite an input, out_dir in use by another run,
+    a model that does not load, Ray not installed) raises before any film is tagged.
+    out_dir is locked while the iterator runs (io_utils.folder_lock) and left out if nothing
+    was written into it.
 
     engine "local" tags in this process, or in `jobs` processes (tag_in_pool); "ray" on a Ray
     cluster (cluster.tag_on_ray, at ray_address). tag_one(film, voices): how this process
@@ -249,50 +251,50 @@ def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, t
     inputs = list(unique.values())
     out_for = dict(zip(inputs, output_paths(inputs, out_dir, writers.SUFFIX[fmt])))
     check_outputs(out_for.values(), [*inputs, *(f for _, m, mem in voice_files(spec) for f in (m, mem))])
-    for e in unreadable:
-        yield Outcome(Path(e.filename), None, error=e)
-    n_workers = min(jobs, len(inputs))
-    voices: list[Voice] = []
-    if engine == "ray" or n_workers > 1:  # workers load the model; a bad model fails once, here
-        if engine == "local":
-            resolve_device(spec.device)
-        replace(spec, device="cpu").load()
-    else:
-        voices = spec.load()
-    settings = run_settings(spec, fmt, threshold, stream, channels)
-    state: dict[Path, dict | None] = {}  # taken before tagging: a film changed meanwhile is tagged next time
-    for film in inputs:
-        try:
-            state[film] = film_state(film)
-        except OSError:
-            state[film] = None  # tagging it reports the problem
-    todo = [f for f in inputs if force or state[f] is None or not is_up_to_date(out_for[f], state[f], settings)]
-    for film in inputs:
-        if film not in todo:
-            yield Outcome(film, out_for[film], skipped=True)
-
-    if engine == "ray" and todo:
-        results = tag_on_ray(todo, spec, threshold, stream, ray_address, channels)
-    elif n_workers > 1 and todo:
-        results = tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, channels)
-    else:
-        results = _tag_here(todo, voices, tag_one or (
-            lambda film, voices: tag(film, voices, threshold, stream, channels=channels)))
-    with contextlib.closing(results):
-        for film, result in results:
+    with folder_lock(out_dir):  # a second run on out_dir meanwhile is refused, not mixed in
+        for e in unreadable:
+            yield Outcome(Path(e.filename), None, error=e)
+        n_workers = min(jobs, len(inputs))
+        voices: list[Voice] = []
+        if engine == "ray" or n_workers > 1:  # workers load the model; a bad model fails once, here
+            if engine == "local":
+                resolve_device(spec.device)
+            replace(spec, device="cpu").load()
+        else:
+            voices = spec.load()
+        settings = run_settings(spec, fmt, threshold, stream, channels)
+        state: dict[Path, dict | None] = {}  # taken before tagging: a film changed meanwhile is tagged next time
+        for film in inputs:
             try:
-                if isinstance(result, BaseException):
-                    raise result
-                result = exclusive(result) if spec.exclusive else result
-                text = render_output(fmt, film, result, spec)
-                out_dir.mkdir(parents=True, exist_ok=True)  # with the first output: a run that writes none leaves none
-                atomic_write_text(out_for[film], text)
-                if state[film] is not None:
-                    write_stamp(out_for[film], state[film], settings, text)
-            except Exception as e:  # noqa: BLE001 - one file's failure does not stop the batch
-                yield Outcome(film, out_for[film], error=e)
-                continue
-            yield Outcome(film, out_for[film], result)
+                state[film] = film_state(film)
+            except OSError:
+                state[film] = None  # tagging it reports the problem
+        todo = [f for f in inputs if force or state[f] is None or not is_up_to_date(out_for[f], state[f], settings)]
+        for film in inputs:
+            if film not in todo:
+                yield Outcome(film, out_for[film], skipped=True)
+
+        if engine == "ray" and todo:
+            results = tag_on_ray(todo, spec, threshold, stream, ray_address, channels)
+        elif n_workers > 1 and todo:
+            results = tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, channels)
+        else:
+            results = _tag_here(todo, voices, tag_one or (
+                lambda film, voices: tag(film, voices, threshold, stream, channels=channels)))
+        with contextlib.closing(results):
+            for film, result in results:
+                try:
+                    if isinstance(result, BaseException):
+                        raise result
+                    result = exclusive(result) if spec.exclusive else result
+                    text = render_output(fmt, film, result, spec)
+                    atomic_write_text(out_for[film], text)
+                    if state[film] is not None:
+                        write_stamp(out_for[film], state[film], settings, text)
+                except Exception as e:  # noqa: BLE001 - one file's failure does not stop the batch
+                    yield Outcome(film, out_for[film], error=e)
+                    continue
+                yield Outcome(film, out_for[film], result)
 
 
 def _tag_here(films: list[Path], voices: list[Voice], tag_one: Callable[[Path, list[Voice]], TagResult]

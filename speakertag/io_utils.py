@@ -7,7 +7,7 @@ import stat
 import sys
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from .errors import SpeakertagError
 from .signals import uninterrupted
@@ -176,6 +176,49 @@ class GrowingOutput:
         with contextlib.suppress(OSError):
             os.unlink(self.tmp if self.tmp is not None else self.path)
         self.file = self.tmp = None
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder` (made here if missing, with its parents) for one run's outputs: a second
+    run on it meanwhile is refused (SpeakertagError), not mixed in. The lock is the kernel's
+    (flock on the folder itself): it ends with the process, so a killed run leaves none. The
+    folders made here are removed again at the end if nothing was written into them."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpeakertagError(f"cannot make the output folder {folder}: {e.strerror or e}") from None
+    try:
+        with _flocked(folder):
+            yield
+    finally:
+        for p in made:  # innermost first; rmdir fails, and stops, at the first one written into
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+@contextlib.contextmanager
+def _flocked(folder: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SpeakertagError(f"another speakertag run is writing to {folder}: wait for it to end, "
+                                  "or give another output folder") from None
+        except OSError:  # a file system without locks (some network disks): go on unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def replace_dir(tmp: Path, target: Path) -> None:

@@ -284,6 +284,19 @@ def test_tag_folder_again_skips_finished_films(tiny_model_dir, film_folder, tmp_
     assert all((out_dir / name).stat().st_mtime_ns != now[name] for name in names)
 
 
+def test_tag_out_dir_in_use_by_another_run(tiny_model_dir, inputs, tmp_path):
+    """issue 34, case 4: two runs on one --out-dir at once: the second is refused in one line."""
+    from speakertag.io_utils import folder_lock
+
+    out_dir = tmp_path / "tags"
+    out_dir.mkdir()
+    (out_dir / "other.json").write_text("{}")  # the first run's output
+    with folder_lock(out_dir):  # the first run, still going (a lock of another process)
+        r = run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--out-dir", out_dir, "-q")
+    assert_fails(r, f"another speakertag run is writing to {out_dir}")
+    assert listing(out_dir) == {"other.json"}
+
+
 @pytest.mark.parametrize("args, phrase", [
     (["excerpt.wav", "one_second.wav"], "several inputs or a folder need --out-dir"),
     (["short_clips"], "several inputs or a folder need --out-dir"),

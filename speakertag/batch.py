@@ -8,7 +8,9 @@ import contextlib
 import hashlib
 import json
 import multiprocessing
+import os
 import signal
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 from . import writers
 from .errors import SpeakertagError
 from .io_utils import atomic_write_text, check_outputs, folder_lock
+from .signals import die_with_parent
 from .tagging import TagResult, Voice, check_pair, cpu_count, exclusive, load_voice, tag
 
 
@@ -162,10 +165,11 @@ def is_up_to_date(out: Path, film: dict, settings: dict) -> bool:
 _worker: dict = {}  # in a worker process: its voices, loaded once by _init_worker
 
 
-def _init_worker(spec: VoiceSpec, n_threads: int) -> None:
+def _init_worker(spec: VoiceSpec, n_threads: int, parent_pid: int) -> None:
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops workers
+    die_with_parent(parent_pid)  # a parent killed outright leaves no worker behind
     torch.set_num_threads(n_threads)
     _worker["voices"] = spec.load()
 
@@ -180,7 +184,7 @@ def tag_in_pool(films: list[Path], n_workers: int, spec: VoiceSpec, threshold: f
     loading the voices once and using its share of the CPU cores. Yields (film, TagResult or
     exception) as each film finishes; interrupted or closed early, the workers are stopped."""
     pool = ProcessPoolExecutor(n_workers, multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(spec, max(1, cpu_count() // n_workers)))
+                               initargs=(spec, max(1, cpu_count() // n_workers), os.getpid()))
     try:
         futures = {pool.submit(_work, film, threshold, stream, channels): film for film in films}
         for future in as_completed(futures):
@@ -190,12 +194,26 @@ def tag_in_pool(films: list[Path], n_workers: int, spec: VoiceSpec, threshold: f
                 result = e
             yield futures[future], result
     except BaseException:
-        # Interrupted: don't wait for films in progress (Python 3.11 has no terminate_workers()).
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()
+        _stop_pool(pool)
         raise
     pool.shutdown()
+
+
+def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
+    """Interrupted or closed early: the workers stopped now, not after their films (Python
+    3.11 has no terminate_workers()). Their list is taken first: shutdown() drops it."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError):
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace_s
+    for process in processes:  # SIGTERM ends a worker at once; one that lingers is killed
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(grace_s)
 
 
 def render_output(fmt: str, film: Path, result: TagResult, spec: VoiceSpec) -> str:

@@ -10,7 +10,9 @@ the block ends; inside signals_noted() it is only recorded, and the block ends i
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 from typing import Iterator
 
 
@@ -69,3 +71,17 @@ def uninterrupted() -> Iterator[None]:
     with signals_noted():
         yield
     raise_if_interrupted()
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a worker or child process: be killed when the process that started it (parent_pid)
+    dies, however it dies (a SIGKILL included), instead of living on orphaned. Linux only
+    (prctl PR_SET_PDEATHSIG); elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before the prctl: nobody will send it
+        os._exit(1)

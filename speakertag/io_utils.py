@@ -180,8 +180,9 @@ class GrowingOutput:
 
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold `folder` (made here if missing, with its parents) for one run's outputs: a second
-    run on it meanwhile is refused (SpeakertagError), not mixed in. The lock is the kernel's
+    """Hold `folder` (made here if missing, with its parents) for one run's outputs: one that
+    cannot be made or written, or that a second run holds meanwhile, is refused
+    (SpeakertagError) before the run's work, not found out at its end. The lock is the kernel's
     (flock on the folder itself): it ends with the process, so a killed run leaves none. The
     folders made here are removed again at the end if nothing was written into them."""
     made = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -190,6 +191,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
     except OSError as e:
         raise SpeakertagError(f"cannot make the output folder {folder}: {e.strerror or e}") from None
     try:
+        _check_writable(folder)
         with _flocked(folder):
             yield
     finally:
@@ -198,6 +200,17 @@ def folder_lock(folder: Path) -> Iterator[None]:
                 p.rmdir()
             except OSError:
                 break
+
+
+def _check_writable(folder: Path) -> None:
+    """Create and remove a file in `folder`: what permissions say (os.access) misses a
+    read-only disk and, for root, counts for nothing."""
+    probe = folder / f".speakertag-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise SpeakertagError(f"cannot write to the output folder {folder}: {e.strerror or e}") from None
 
 
 @contextlib.contextmanager

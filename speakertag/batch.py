@@ -162,6 +162,45 @@ def is_up_to_date(out: Path, film: dict, settings: dict) -> bool:
             and stamp.get("output_sha256") == output_sha256)
 
 
+# What one worker process holds (torch, the voices, a film's blocks in flight), for --jobs'
+# memory cap: rounded up, so that the cap errs towards fewer workers.
+WORKER_MEMORY_BYTES = 800 * 2**20
+
+
+def available_memory_bytes() -> int | None:
+    """Memory that new processes can have without swapping: Linux's MemAvailable, less where
+    a cgroup (a container) allows less; None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as fh:
+            found += [int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(0, min(found)) if found else None
+
+
+def usable_jobs(jobs: int, n_cores: int | None = None, memory_bytes: int | None = -1) -> tuple[int, str | None]:
+    """`jobs` lowered to the CPU cores and to the workers the available memory holds (at
+    least 1), and a note saying why when it was lowered (else None). n_cores and
+    memory_bytes default to this machine's (memory_bytes None: not known, no cap)."""
+    n_cores = cpu_count() if n_cores is None else n_cores
+    memory_bytes = available_memory_bytes() if memory_bytes == -1 else memory_bytes
+    by_memory = jobs if memory_bytes is None else max(1, memory_bytes // WORKER_MEMORY_BYTES)
+    n = max(1, min(jobs, n_cores, by_memory))
+    if n == jobs:
+        return n, None
+    why = (f"this machine has {n_cores} CPU core{'s' if n_cores > 1 else ''}" if n == n_cores else
+           f"{memory_bytes / 1e9:.1f} GB of memory available, a worker needs about "
+           f"{WORKER_MEMORY_BYTES / 1e9:.1f} GB")
+    return n, f"--jobs {jobs} lowered to {n}: {why}"
+
+
 _worker: dict = {}  # in a worker process: its voices, loaded once by _init_worker
 
 
@@ -240,7 +279,8 @@ class Outcome:
 def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, threshold: float | None = None,
               stream: int | None = None, channels: str = "auto", jobs: int = 1, engine: str = "local",
               ray_address: str | None = None, force: bool = False,
-              tag_one: Callable[[Path, list[Voice]], TagResult] | None = None) -> Iterator[Outcome]:
+              tag_one: Callable[[Path, list[Voice]], TagResult] | None = None,
+              note: Callable[[str], None] | None = None) -> Iterator[Outcome]:
     """Files and folders (searched recursively) to one output each in out_dir, each file once
     however often it was named. Yields, in this order: the folders that could not be listed,
     the films skipped because their output is up to date (its stamp records the same film and
@@ -253,7 +293,8 @@ def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, t
 
     engine "local" tags in this process, or in `jobs` processes (tag_in_pool); "ray" on a Ray
     cluster (cluster.tag_on_ray, at ray_address). tag_one(film, voices): how this process
-    tags one film (default tagging.tag; the CLI adds a progress bar).
+    tags one film (default tagging.tag; the CLI adds a progress bar). `jobs` is lowered to
+    the CPU cores and the memory available (usable_jobs), and note(text) told so.
     Close the iterator when leaving it early: the workers and Ray tasks are stopped."""
     from .audio import find_media_files
     from .model import resolve_device
@@ -295,7 +336,10 @@ def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, t
         if engine == "ray" and todo:
             results = tag_on_ray(todo, spec, threshold, stream, ray_address, channels)
         elif n_workers > 1 and todo:
-            results = tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, channels)
+            usable, lowered = usable_jobs(jobs)
+            if lowered and note and usable < min(jobs, len(todo)):
+                note(lowered)
+            results = tag_in_pool(todo, min(usable, len(todo)), spec, threshold, stream, channels)
         else:
             results = _tag_here(todo, voices, tag_one or (
                 lambda film, voices: tag(film, voices, threshold, stream, channels=channels)))

@@ -280,7 +280,8 @@ def _error_message(e: BaseException) -> str:
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Write one file per input here, named after the input (needed for several inputs or folders).")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
-              help="Tag this many files at once, each in its own process.")
+              help="Tag this many files at once, each in its own process; at most one per CPU core, "
+                   "and as many as the free memory holds.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="With --out-dir: 'ray' tags each film as a task on a Ray cluster "
                    "(pip install 'speakertag[ray]'; the films at the same paths on every machine).")
@@ -517,7 +518,8 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
 
     n_inputs, n_skipped, n_failed, unreadable = 0, 0, 0, []
     with contextlib.closing(tag_films(films, out_dir, fmt, spec, threshold, stream, channels, jobs, engine,
-                                      ray_address, force, tag_one)) as outcomes:
+                                      ray_address, force, tag_one, lambda note: click.echo(note, err=True))
+                         ) as outcomes:
         for o in outcomes:
             if o.unreadable_folder:
                 unreadable.append(o.error)

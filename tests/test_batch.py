@@ -98,3 +98,15 @@ def test_an_out_dir_in_use_is_refused(tiny_model_dir, tmp_path):
     assert outcome.error is None and sorted(os.listdir(out)) == [".speakertag", "film.json"]
     with folder_lock(out):  # the lock is gone with its run: the next one takes it
         pass
+
+
+def test_jobs_are_capped_by_cores_and_memory():
+    """issue 34, case 9: --jobs lowered to the cores and to what the memory holds, with a note."""
+    from speakertag.batch import WORKER_MEMORY_BYTES, usable_jobs
+
+    assert usable_jobs(2, n_cores=4, memory_bytes=None) == (2, None)
+    assert usable_jobs(12, n_cores=2, memory_bytes=None) == (2, "--jobs 12 lowered to 2: this machine has 2 CPU cores")
+    n, note = usable_jobs(12, n_cores=16, memory_bytes=3 * WORKER_MEMORY_BYTES + 1)
+    assert n == 3 and note.startswith("--jobs 12 lowered to 3: 2.5 GB of memory available, a worker needs about 0.8 GB")
+    assert usable_jobs(4, n_cores=1, memory_bytes=0)[0] == 1  # never below one
+    assert usable_jobs(1)[0] == 1

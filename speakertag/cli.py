@@ -420,8 +420,8 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
     def stop() -> bool:
         return signals.interrupted()
 
-    source = StdinSource(stop=stop) if film == Path(STDOUT) else GrowingFile(film, follow_timeout_s,
-                                                                            live_params.poll_s, stop)
+    source = (StdinSource(stop=stop, live=live_params) if film == Path(STDOUT)
+              else GrowingFile(film, follow_timeout_s, live_params.poll_s, stop))
     live = LiveTagger(voices, threshold, live_params)
     appendable, several = fmt in writers.APPENDABLE, len(voices) > 1
     found: list = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from .errors import SpeakertagError
+from .params import LiveParams
 
 
 def _is_mp4(head: bytes) -> bool:
@@ -24,24 +25,52 @@ def _is_mp4(head: bytes) -> bool:
     return len(head) >= 8 and head[4:8] == b"ftyp"
 
 
+def _spool(head: bytes, f: BinaryIO, live: LiveParams) -> BinaryIO:
+    """head and the rest of the pipe f in a temporary file (removed when closed), at the
+    start; SpeakertagError, the temporary file gone, where it would pass live.max_spool_bytes,
+    leave less than live.spool_reserve_bytes free on its disk, or cannot be written."""
+    folder = tempfile.gettempdir()
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - it lives as long as the source reading it
+    try:
+        limit = min(live.max_spool_bytes, shutil.disk_usage(folder).free - live.spool_reserve_bytes)
+        n_bytes = 0
+        while chunk := head or f.read(1 << 20):
+            head, n_bytes = b"", n_bytes + len(chunk)
+            if n_bytes > limit:
+                why = (f"more than {live.max_spool_bytes / 2**30:g} GiB" if limit == live.max_spool_bytes else
+                       f"more than the free space in {folder} allows")
+                raise SpeakertagError(f"standard input: an MP4 piped in is copied to a temporary file first (its "
+                                      f"index may be at its end), and this one is {why}: give it as a file, or as "
+                                      "a stream (ffmpeg -i FILM -c copy -f matroska -)")
+            spool.write(chunk)
+        spool.flush()
+        spool.seek(0)
+        return spool
+    except OSError as e:
+        spool.close()
+        raise SpeakertagError(f"cannot copy standard input (an MP4) to a temporary file in {folder}: "
+                              f"{e.strerror or e}") from None
+    except BaseException:
+        spool.close()
+        raise
+
+
 class StdinSource:
     """Standard input as PyAV reads it: front to back from a pipe; a file redirected to it
     (`< film.mp4`) can be sought in, so any format FFmpeg reads works then. An MP4 piped in
     cannot be read front to back (its index may be at its end): it is first copied to a
-    temporary file (on disk, not in memory), so its segments come only once the pipe ends."""
+    temporary file (on disk, not in memory, within live.max_spool_bytes and the disk's free
+    space), so its segments come only once the pipe ends."""
 
-    def __init__(self, stream: BinaryIO | None = None, stop: Callable[[], bool] | None = None):
+    def __init__(self, stream: BinaryIO | None = None, stop: Callable[[], bool] | None = None,
+                 live: LiveParams = LiveParams()):
         self.f, self.stop = stream or sys.stdin.buffer, stop
         self.head = b""  # bytes read ahead from a pipe, given out before the rest
         self.spooled = False
         if not self.f.seekable():
             self.head = self.f.read(8)
             if _is_mp4(self.head):
-                spool = tempfile.TemporaryFile()  # noqa: SIM115 - it lives as long as this source
-                spool.write(self.head)
-                shutil.copyfileobj(self.f, spool)
-                spool.seek(0)
-                self.f, self.head, self.spooled = spool, b"", True
+                self.f, self.head, self.spooled = _spool(self.head, self.f, live), b"", True
 
     def read(self, n: int = -1) -> bytes:
         """The next bytes, or b"" (the end) once stop() says so: a pipe's read waits for data."""

@@ -247,3 +247,57 @@ def test_live_out_never_costs_an_existing_file(tiny_model_dir, film_mkv, tmp_pat
     assert r.returncode == 0, r.stderr
     assert read_csv(out.read_text())[0] == pytest.approx((50.9, 69.9), abs=0.1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv", "rec.rttm"]
+
+
+class Pipe(io.BytesIO):
+    """Bytes read as from a pipe: front to back only."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+MP4_HEAD = b"\x00\x00\x00\x20ftypisom"  # an 'ftyp' box first: copied to a temporary file
+
+
+def test_a_piped_mp4_is_copied_within_bounds(tmp_path, monkeypatch):
+    """issue 34, case 10: the copy of a piped MP4 stops at its limit and at the disk's free
+    space less a reserve, with one clear error, and leaves no temporary file."""
+    import shutil
+    import tempfile
+
+    from speakertag.errors import SpeakertagError
+    from speakertag.live import StdinSource
+    from speakertag.params import LiveParams
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data = MP4_HEAD + bytes(3 << 20)
+    with pytest.raises(SpeakertagError, match=r"^standard input: an MP4 piped in is copied to a temporary file "
+                                              r"first .+ this one is more than 0\.00195312 GiB: give it as a file"):
+        StdinSource(Pipe(data), live=LiveParams(max_spool_bytes=2 << 20))
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(SpeakertagError, match=f"more than the free space in {tmp_path} allows"):
+        StdinSource(Pipe(data), live=LiveParams(spool_reserve_bytes=free - (1 << 20)))
+    assert list(tmp_path.iterdir()) == []
+    source = StdinSource(Pipe(data), live=LiveParams(max_spool_bytes=4 << 20))  # within bounds: copied whole
+    assert source.spooled and source.read(len(data) + 1) == data
+
+
+def test_a_full_disk_while_copying_a_piped_mp4_names_the_folder(tmp_path, monkeypatch):
+    """issue 34, case 10: a disk that fills up during the copy is named in one line."""
+    import errno
+    import tempfile
+
+    from speakertag.errors import SpeakertagError
+    from speakertag.live import StdinSource
+
+    class FullDisk(io.BytesIO):
+        def write(self, data):
+            if self.tell() + len(data) > 1 << 20:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "TemporaryFile", FullDisk)
+    with pytest.raises(SpeakertagError, match=f"^cannot copy standard input \\(an MP4\\) to a temporary file in "
+                                              f"{tmp_path}: No space left on device$"):
+        StdinSource(Pipe(MP4_HEAD + bytes(3 << 20)))

@@ -479,6 +479,9 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
     if not quiet or interrupted:
         click.echo(f"{len(found)} segments in {live.duration_s:.1f} s of {source}"
                    + (" (interrupted)" if interrupted else "") + (f", written to {out}" if out else ""), err=True)
+    if getattr(source, "cut_short", None):  # a new recording in the old one's file: not joined to it
+        raise SpeakertagError(f"{source} {source.cut_short} (a new recording?): stopped at {live.duration_s:.1f} s "
+                              "of audio, the segments found before are kept; tag the new recording on its own")
 
 
 def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: Path | None, stream,

@@ -97,7 +97,9 @@ class StdinSource:
 class GrowingFile:
     """A file that may still grow: at its end, read() waits (polling every poll_s) for more,
     and gives up (returns b"", the end) once the file has not grown for timeout_s seconds.
-    stop() (a callable) ends the wait early when it returns True."""
+    stop() (a callable) ends the wait early when it returns True. A file cut shorter than
+    what was read, or replaced by another file of its name (a recorder starting anew), ends
+    it too, with `cut_short` saying so: reading on would join two recordings."""
 
     def __init__(self, path: Path, timeout_s: float, poll_s: float, stop: Callable[[], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -110,16 +112,37 @@ class GrowingFile:
             raise SpeakertagError(f"cannot read {path}: {e.strerror or e}") from None
         self.path, self.timeout_s, self.poll_s, self.stop, self.clock = path, timeout_s, poll_s, stop, clock
         self.last_growth = clock()
+        self.cut_short: str | None = None  # why the file ended before its recorder did, if so
 
     def read(self, n: int = -1) -> bytes:
         while True:
+            if self.cut_short or self._truncated():
+                return b""
             data = self.f.read(n)
             if data:
                 self.last_growth = self.clock()
                 return data
-            if self.clock() - self.last_growth >= self.timeout_s or (self.stop and self.stop()):
+            if self._replaced() or self.clock() - self.last_growth >= self.timeout_s or (self.stop and self.stop()):
                 return b""
             time.sleep(self.poll_s)
+
+    def _truncated(self) -> bool:
+        """Whether the file is now shorter than what was read of it."""
+        size, read = os.fstat(self.f.fileno()).st_size, self.f.tell()
+        if size < read:
+            self.cut_short = f"was cut short to {size} bytes after {read} had been read"
+        return self.cut_short is not None
+
+    def _replaced(self) -> bool:
+        """Whether the name now is another file's (this one read to its end)."""
+        mine = os.fstat(self.f.fileno())
+        try:
+            now = os.stat(self.path)
+        except OSError:  # removed, not replaced (yet): wait on
+            return False
+        if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            self.cut_short = "was replaced by another file"
+        return self.cut_short is not None
 
     def seekable(self) -> bool:
         return False

@@ -301,3 +301,50 @@ def test_a_full_disk_while_copying_a_piped_mp4_names_the_folder(tmp_path, monkey
     with pytest.raises(SpeakertagError, match=f"^cannot copy standard input \\(an MP4\\) to a temporary file in "
                                               f"{tmp_path}: No space left on device$"):
         StdinSource(Pipe(MP4_HEAD + bytes(3 << 20)))
+
+
+def test_growing_file_cut_short_or_replaced_ends_it(tmp_path):
+    """issue 34, case 12: a followed file truncated (and written anew), or replaced, is not
+    read on into the new recording: its end, with cut_short saying why."""
+    import os
+
+    f = tmp_path / "rec.ts"
+    f.write_bytes(b"abcdef")
+    g = GrowingFile(f, timeout_s=60, poll_s=0)
+    assert g.read(4) == b"abcd"
+    f.write_bytes(b"XY")  # the recorder starts again: truncated, then written from the start
+    assert g.read(10) == b"" and g.cut_short == "was cut short to 2 bytes after 4 had been read"
+    assert g.read(10) == b""  # and stays ended
+    g.close()
+
+    g = GrowingFile(f, timeout_s=60, poll_s=0)
+    assert g.read(1) == b"X"
+    new = tmp_path / "new.ts"
+    new.write_bytes(b"0123456789")
+    os.replace(new, f)
+    assert g.read(10) == b"Y"  # what the old file still held comes first
+    assert g.read(10) == b"" and g.cut_short == "was replaced by another file"
+    g.close()
+
+
+@pytest.mark.slow  # a process of its own
+def test_follow_stops_when_the_file_is_written_anew(tiny_model_dir, film_mkv, tmp_path):
+    """issue 34, case 12, through the command line: one error line, the first recording's
+    segments kept in --out, nothing of the second joined to them."""
+    growing, out = tmp_path / "rec.mkv", tmp_path / "rec.csv"
+    head = film_mkv.read_bytes()[:80 * film_mkv.stat().st_size // 336]  # the first segment closes at about 72 s
+    growing.write_bytes(head)
+    p = subprocess.Popen(cli("tag", growing, "--follow", "--follow-timeout", "60", "--model", tiny_model_dir,
+                             "--out", out), stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in p.stderr:
+        lines.append(line)
+        if "closed at" in line:
+            break
+    growing.write_bytes(head[:100_000])  # truncated and written anew, as a recorder restarting
+    rest = p.stderr.read()
+    assert p.wait(timeout=120) == 1, lines + [rest]
+    error = rest.splitlines()[-1]
+    assert error.startswith(f"speakertag: error: {growing} was cut short to 100000 bytes after "), rest
+    assert "the segments found before are kept" in error and "Traceback" not in rest
+    assert read_csv(out.read_text())[0] == pytest.approx((50.9, 69.9), abs=0.1)

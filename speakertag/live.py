@@ -8,8 +8,11 @@ str() of each names it in messages.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -18,6 +21,7 @@ from typing import BinaryIO, Callable
 
 from .errors import SpeakertagError
 from .params import LiveParams
+from .signals import Interrupted
 
 
 def _is_mp4(head: bytes) -> bool:
@@ -64,22 +68,47 @@ class StdinSource:
 
     def __init__(self, stream: BinaryIO | None = None, stop: Callable[[], bool] | None = None,
                  live: LiveParams = LiveParams()):
-        self.f, self.stop = stream or sys.stdin.buffer, stop
+        self.f, self.stop, self.poll_s = stream or sys.stdin.buffer, stop, live.poll_s
         self.head = b""  # bytes read ahead from a pipe, given out before the rest
         self.spooled = False
+        self.fd: int | None = None  # a pipe, read through its descriptor: a wait for data can end on stop()
         if not self.f.seekable():
-            self.head = self.f.read(8)
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                mode = os.fstat(self.f.fileno()).st_mode
+                if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                    self.fd = self.f.fileno()  # nothing read through self.f yet: its buffer is empty
+            self.head = self._read_head(8)
             if _is_mp4(self.head):
-                self.f, self.head, self.spooled = _spool(self.head, self.f, live), b"", True
+                self.f, self.head, self.spooled, self.fd = _spool(self.head, self.f, live), b"", True, None
+
+    def _read_head(self, n: int) -> bytes:
+        if self.fd is None:
+            return self.f.read(n)
+        head = b""
+        while len(head) < n and (more := os.read(self.fd, n - len(head))):
+            head += more
+        return head
 
     def read(self, n: int = -1) -> bytes:
-        """The next bytes, or b"" (the end) once stop() says so: a pipe's read waits for data."""
+        """The next bytes, or b"" (the end) once stop() says so: a pipe's read waits for data,
+        looking at stop() every live.poll_s (a stalled pipe still stops)."""
+        try:
+            return self._read(n)
+        except Interrupted:  # a second signal, raised inside FFmpeg's read: it would print and drop it
+            return b""
+
+    def _read(self, n: int) -> bytes:
         if self.stop and self.stop():
             return b""
         if self.head:
             out, self.head = (self.head, b"") if n < 0 or n >= len(self.head) else (self.head[:n], self.head[n:])
             return out
-        return self.f.read(n)
+        if self.fd is None:
+            return self.f.read(n)
+        while not select.select([self.fd], [], [], self.poll_s)[0]:
+            if self.stop and self.stop():
+                return b""
+        return os.read(self.fd, n if n > 0 else 1 << 16)
 
     def seekable(self) -> bool:
         return self.f.seekable()
@@ -115,6 +144,12 @@ class GrowingFile:
         self.cut_short: str | None = None  # why the file ended before its recorder did, if so
 
     def read(self, n: int = -1) -> bytes:
+        try:
+            return self._read(n)
+        except Interrupted:  # a second signal, raised inside FFmpeg's read: it would print and drop it
+            return b""
+
+    def _read(self, n: int) -> bytes:
         while True:
             if self.cut_short or self._truncated():
                 return b""

@@ -234,3 +234,26 @@ def test_interrupted_jobs_stop_their_workers(tiny_model_dir, tmp_path, sig):
     if sig != signal.SIGKILL:
         assert_interrupted(run, code, r"^$")
     assert not out_dir.exists() or files_of(out_dir) == {}
+
+
+def test_a_second_signal_in_signals_noted_raises_at_once(monkeypatch):
+    """issue 34, case 6: in a live run's loop the first signal is noted (the input ends), a
+    second raises at once; a block that must not be left half-done still waits for its end."""
+    from speakertag import signals
+
+    monkeypatch.setattr(signals, "_received", [])
+    with signals.signals_noted():
+        signals.on_signal(signal.SIGINT, None)  # noted: the loop looks and ends itself
+        assert signals.interrupted()
+        with pytest.raises(signals.Interrupted):
+            signals.on_signal(signal.SIGTERM, None)
+    monkeypatch.setattr(signals, "_received", [])
+    with signals.signals_noted():
+        signals.on_signal(signal.SIGINT, None)
+        with pytest.raises(signals.Interrupted):  # a new signal inside: acted on when the block ends
+            with signals.uninterrupted():
+                signals.on_signal(signal.SIGTERM, None)  # the second, yet the block goes on
+                finished = True
+        assert finished
+    with signals.uninterrupted():  # signals from before the block are not its to act on
+        pass

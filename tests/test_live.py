@@ -348,3 +348,32 @@ def test_follow_stops_when_the_file_is_written_anew(tiny_model_dir, film_mkv, tm
     assert error.startswith(f"speakertag: error: {growing} was cut short to 100000 bytes after "), rest
     assert "the segments found before are kept" in error and "Traceback" not in rest
     assert read_csv(out.read_text())[0] == pytest.approx((50.9, 69.9), abs=0.1)
+
+
+@pytest.mark.slow  # a process of its own
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGTERM]],
+                         ids=["SIGTERM", "SIGINT-then-SIGTERM"])
+def test_a_stalled_pipe_stops_on_a_signal(tiny_model_dir, film_mkv, tmp_path, signals):
+    """issue 34, case 6: a stream that stalls (the pipe open, no data) stops within seconds of
+    a signal, not when the pipe closes; what was found is kept."""
+    out = tmp_path / "rec.csv"
+    p = subprocess.Popen(cli("tag", "-", "--model", tiny_model_dir, "--out", out), stdin=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=False)
+    p.stdin.write(film_mkv.read_bytes()[:80 * film_mkv.stat().st_size // 336])  # then the pipe stalls
+    p.stdin.flush()
+    lines = []
+    for line in p.stderr:  # the first segment closes at about 72 s
+        lines.append(line.decode())
+        if b"closed at" in line:
+            break
+    for sig in signals:  # back to back: the second comes while the first is acted on
+        p.send_signal(sig)
+    try:
+        code = p.wait(timeout=15)
+    finally:
+        p.kill()
+        p.stdin.close()
+    rest = p.stderr.read().decode()
+    assert code in (0, 130), lines + [rest]  # a first signal ends the input (0), a second stops at once (130)
+    assert "Traceback" not in rest and ("(interrupted)" in rest or "speakertag: interrupted" in rest), rest
+    assert read_csv(out.read_text())[0] == pytest.approx((50.9, 69.9), abs=0.1)

@@ -8,7 +8,9 @@ import contextlib
 import hashlib
 import json
 import multiprocessing
+import os
 import signal
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,7 +18,8 @@ from typing import Callable, Iterator, Sequence
 
 from . import writers
 from .errors import SpeakertagError
-from .io_utils import atomic_write_text, check_outputs
+from .io_utils import atomic_write_text, check_outputs, folder_lock
+from .signals import die_with_parent
 from .tagging import TagResult, Voice, check_pair, cpu_count, exclusive, load_voice, tag
 
 
@@ -162,13 +165,53 @@ def is_up_to_date(out: Path, film: dict, settings: dict) -> bool:
             and stamp.get("output_sha256") == output_sha256)
 
 
+# What one worker process holds (torch, the voices, a film's blocks in flight), for --jobs'
+# memory cap: rounded up, so that the cap errs towards fewer workers.
+WORKER_MEMORY_BYTES = 800 * 2**20
+
+
+def available_memory_bytes() -> int | None:
+    """Memory that new processes can have without swapping: Linux's MemAvailable, less where
+    a cgroup (a container) allows less; None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as fh:
+            found += [int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(0, min(found)) if found else None
+
+
+def usable_jobs(jobs: int, n_cores: int | None = None, memory_bytes: int | None = -1) -> tuple[int, str | None]:
+    """`jobs` lowered to the CPU cores and to the workers the available memory holds (at
+    least 1), and a note saying why when it was lowered (else None). n_cores and
+    memory_bytes default to this machine's (memory_bytes None: not known, no cap)."""
+    n_cores = cpu_count() if n_cores is None else n_cores
+    memory_bytes = available_memory_bytes() if memory_bytes == -1 else memory_bytes
+    by_memory = jobs if memory_bytes is None else max(1, memory_bytes // WORKER_MEMORY_BYTES)
+    n = max(1, min(jobs, n_cores, by_memory))
+    if n == jobs:
+        return n, None
+    why = (f"this machine has {n_cores} CPU core{'s' if n_cores > 1 else ''}" if n == n_cores else
+           f"{memory_bytes / 1e9:.1f} GB of memory available, a worker needs about "
+           f"{WORKER_MEMORY_BYTES / 1e9:.1f} GB")
+    return n, f"--jobs {jobs} lowered to {n}: {why}"
+
+
 _worker: dict = {}  # in a worker process: its voices, loaded once by _init_worker
 
 
-def _init_worker(spec: VoiceSpec, n_threads: int) -> None:
+def _init_worker(spec: VoiceSpec, n_threads: int, parent_pid: int) -> None:
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops workers
+    die_with_parent(parent_pid)  # a parent killed outright leaves no worker behind
     torch.set_num_threads(n_threads)
     _worker["voices"] = spec.load()
 
@@ -183,7 +226,7 @@ def tag_in_pool(films: list[Path], n_workers: int, spec: VoiceSpec, threshold: f
     loading the voices once and using its share of the CPU cores. Yields (film, TagResult or
     exception) as each film finishes; interrupted or closed early, the workers are stopped."""
     pool = ProcessPoolExecutor(n_workers, multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(spec, max(1, cpu_count() // n_workers)))
+                               initargs=(spec, max(1, cpu_count() // n_workers), os.getpid()))
     try:
         futures = {pool.submit(_work, film, threshold, stream, channels): film for film in films}
         for future in as_completed(futures):
@@ -193,12 +236,26 @@ def tag_in_pool(films: list[Path], n_workers: int, spec: VoiceSpec, threshold: f
                 result = e
             yield futures[future], result
     except BaseException:
-        # Interrupted: don't wait for films in progress (Python 3.11 has no terminate_workers()).
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()
+        _stop_pool(pool)
         raise
     pool.shutdown()
+
+
+def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
+    """Interrupted or closed early: the workers stopped now, not after their films (Python
+    3.11 has no terminate_workers()). Their list is taken first: shutdown() drops it."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError):
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace_s
+    for process in processes:  # SIGTERM ends a worker at once; one that lingers is killed
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(grace_s)
 
 
 def render_output(fmt: str, film: Path, result: TagResult, spec: VoiceSpec) -> str:
@@ -225,18 +282,22 @@ class Outcome:
 def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, threshold: float | None = None,
               stream: int | None = None, channels: str = "auto", jobs: int = 1, engine: str = "local",
               ray_address: str | None = None, force: bool = False,
-              tag_one: Callable[[Path, list[Voice]], TagResult] | None = None) -> Iterator[Outcome]:
+              tag_one: Callable[[Path, list[Voice]], TagResult] | None = None,
+              note: Callable[[str], None] | None = None) -> Iterator[Outcome]:
     """Files and folders (searched recursively) to one output each in out_dir, each file once
     however often it was named. Yields, in this order: the folders that could not be listed,
     the films skipped because their output is up to date (its stamp records the same film and
     settings; none with `force`), then each other film as it finishes, its output and stamp
-    written (out_dir is made with the first). A film that fails yields its error and the
-    others go on. What fails for all (a missing input, an output that would overwrite an
-    input, a model that does not load, Ray not installed) raises before any film is tagged.
+    written. A film that fails yields its error and the others go on. What fails for all (a
+    missing input, an output that would overwrite an input, out_dir in use by another run,
+    a model that does not load, Ray not installed) raises before any film is tagged.
+    out_dir is locked while the iterator runs (io_utils.folder_lock) and left out if nothing
+    was written into it.
 
     engine "local" tags in this process, or in `jobs` processes (tag_in_pool); "ray" on a Ray
     cluster (cluster.tag_on_ray, at ray_address). tag_one(film, voices): how this process
-    tags one film (default tagging.tag; the CLI adds a progress bar).
+    tags one film (default tagging.tag; the CLI adds a progress bar). `jobs` is lowered to
+    the CPU cores and the memory available (usable_jobs), and note(text) told so.
     Close the iterator when leaving it early: the workers and Ray tasks are stopped."""
     from .audio import find_media_files
     from .model import resolve_device
@@ -252,50 +313,53 @@ def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, t
     inputs = list(unique.values())
     out_for = dict(zip(inputs, output_paths(inputs, out_dir, writers.SUFFIX[fmt])))
     check_outputs(out_for.values(), [*inputs, *(f for _, m, mem in voice_files(spec) for f in (m, mem))])
-    for e in unreadable:
-        yield Outcome(Path(e.filename), None, error=e)
-    n_workers = min(jobs, len(inputs))
-    voices: list[Voice] = []
-    if engine == "ray" or n_workers > 1:  # workers load the model; a bad model fails once, here
-        if engine == "local":
-            resolve_device(spec.device)
-        replace(spec, device="cpu").load()
-    else:
-        voices = spec.load()
-    settings = run_settings(spec, fmt, threshold, stream, channels)
-    state: dict[Path, dict | None] = {}  # taken before tagging: a film changed meanwhile is tagged next time
-    for film in inputs:
-        try:
-            state[film] = film_state(film)
-        except OSError:
-            state[film] = None  # tagging it reports the problem
-    todo = [f for f in inputs if force or state[f] is None or not is_up_to_date(out_for[f], state[f], settings)]
-    for film in inputs:
-        if film not in todo:
-            yield Outcome(film, out_for[film], skipped=True)
-
-    if engine == "ray" and todo:
-        results = tag_on_ray(todo, spec, threshold, stream, ray_address, channels)
-    elif n_workers > 1 and todo:
-        results = tag_in_pool(todo, min(n_workers, len(todo)), spec, threshold, stream, channels)
-    else:
-        results = _tag_here(todo, voices, tag_one or (
-            lambda film, voices: tag(film, voices, threshold, stream, channels=channels)))
-    with contextlib.closing(results):
-        for film, result in results:
+    with folder_lock(out_dir):  # a second run on out_dir meanwhile is refused, not mixed in
+        for e in unreadable:
+            yield Outcome(Path(e.filename), None, error=e)
+        n_workers = min(jobs, len(inputs))
+        voices: list[Voice] = []
+        if engine == "ray" or n_workers > 1:  # workers load the model; a bad model fails once, here
+            if engine == "local":
+                resolve_device(spec.device)
+            replace(spec, device="cpu").load()
+        else:
+            voices = spec.load()
+        settings = run_settings(spec, fmt, threshold, stream, channels)
+        state: dict[Path, dict | None] = {}  # taken before tagging: a film changed meanwhile is tagged next time
+        for film in inputs:
             try:
-                if isinstance(result, BaseException):
-                    raise result
-                result = exclusive(result) if spec.exclusive else result
-                text = render_output(fmt, film, result, spec)
-                out_dir.mkdir(parents=True, exist_ok=True)  # with the first output: a run that writes none leaves none
-                atomic_write_text(out_for[film], text)
-                if state[film] is not None:
-                    write_stamp(out_for[film], state[film], settings, text)
-            except Exception as e:  # noqa: BLE001 - one file's failure does not stop the batch
-                yield Outcome(film, out_for[film], error=e)
-                continue
-            yield Outcome(film, out_for[film], result)
+                state[film] = film_state(film)
+            except OSError:
+                state[film] = None  # tagging it reports the problem
+        todo = [f for f in inputs if force or state[f] is None or not is_up_to_date(out_for[f], state[f], settings)]
+        for film in inputs:
+            if film not in todo:
+                yield Outcome(film, out_for[film], skipped=True)
+
+        if engine == "ray" and todo:
+            results = tag_on_ray(todo, spec, threshold, stream, ray_address, channels)
+        elif n_workers > 1 and todo:
+            usable, lowered = usable_jobs(jobs)
+            if lowered and note and usable < min(jobs, len(todo)):
+                note(lowered)
+            results = tag_in_pool(todo, min(usable, len(todo)), spec, threshold, stream, channels)
+        else:
+            results = _tag_here(todo, voices, tag_one or (
+                lambda film, voices: tag(film, voices, threshold, stream, channels=channels)))
+        with contextlib.closing(results):
+            for film, result in results:
+                try:
+                    if isinstance(result, BaseException):
+                        raise result
+                    result = exclusive(result) if spec.exclusive else result
+                    text = render_output(fmt, film, result, spec)
+                    atomic_write_text(out_for[film], text)
+                    if state[film] is not None:
+                        write_stamp(out_for[film], state[film], settings, text)
+                except Exception as e:  # noqa: BLE001 - one file's failure does not stop the batch
+                    yield Outcome(film, out_for[film], error=e)
+                    continue
+                yield Outcome(film, out_for[film], result)
 
 
 def _tag_here(films: list[Path], voices: list[Voice], tag_one: Callable[[Path, list[Voice]], TagResult]

@@ -17,8 +17,8 @@ import click
 from . import signals, writers
 from .allocator import reuse_freed_memory
 from .errors import SpeakertagError
-from .io_utils import (STDOUT, atomic_write_bytes, atomic_write_text, check_output_folder, check_outputs, followed,
-                       write_model_folder)
+from .io_utils import (STDOUT, GrowingOutput, atomic_write_bytes, atomic_write_text, check_output_folder,
+                       check_outputs, followed, write_model_folder)
 from .params import CHANNEL_CHOICES, CHANNELS, TrainParams
 from .signals import Interrupted, raise_if_interrupted, signals_noted
 
@@ -280,7 +280,8 @@ def _error_message(e: BaseException) -> str:
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Write one file per input here, named after the input (needed for several inputs or folders).")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
-              help="Tag this many files at once, each in its own process.")
+              help="Tag this many files at once, each in its own process; at most one per CPU core, "
+                   "and as many as the free memory holds.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="With --out-dir: 'ray' tags each film as a task on a Ray cluster "
                    "(pip install 'speakertag[ray]'; the films at the same paths on every machine).")
@@ -403,7 +404,8 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, qu
 def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
               follow_timeout_s: float | None, channels: str = "auto") -> None:
     """Standard input or a growing file: each segment printed (to stderr when --out is given)
-    and, in formats that allow it, added to the output as soon as it closes; JSON, SRT and
+    and, in formats that allow it, added to the output as soon as it closes (a new file grows;
+    an existing one is replaced when the run ends, and kept if it fails); JSON, SRT and
     WebVTT are written whole at the end. Ctrl-C ends the input (a pipe: at its next data), and
     what was found is kept; a second Ctrl-C then stops at once."""
     import torch
@@ -421,21 +423,23 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
     def stop() -> bool:
         return signals.interrupted()
 
-    source = StdinSource(stop=stop) if film == Path(STDOUT) else GrowingFile(film, follow_timeout_s,
-                                                                            live_params.poll_s, stop)
+    source = (StdinSource(stop=stop, live=live_params) if film == Path(STDOUT)
+              else GrowingFile(film, follow_timeout_s, live_params.poll_s, stop))
     live = LiveTagger(voices, threshold, live_params)
     appendable, several = fmt in writers.APPENDABLE, len(voices) > 1
     found: list = []
-    sinks: list = []  # the --out file, opened with the first segment (a stream that cannot be read leaves none)
+    # --out, created with the first segment (a stream that cannot be read leaves none); an
+    # existing file is replaced only when the run ends, and stays as it was if the run fails
+    sink = GrowingOutput(out) if out is not None and appendable else None
 
     def write(text: str) -> None:
-        if out is not None and not sinks:
-            sinks.append(open(out, "w", encoding="utf-8"))  # noqa: SIM115 - closed below
-            if fmt == "csv":  # the header first, the rows as they come
-                sinks[0].write(writers.render(fmt, [], input_path="", with_label=several))
-        f = sinks[0] if sinks else sys.stdout
-        f.write(text)
-        f.flush()
+        if sink is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        if sink.file is None and fmt == "csv":  # the header first, the rows as they come
+            sink.write(writers.render(fmt, [], input_path="", with_label=several))
+        sink.write(text)
 
     def emit(segments) -> None:
         if appendable and segments:
@@ -447,17 +451,26 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
 
     if fmt == "csv" and out is None:  # the header first, the rows as they come
         write(writers.render(fmt, [], input_path="", with_label=several))
-    with signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
-        for _, windows in live.windows(source, stream, channels):
-            emit(live.add(windows))
-            if stop():
-                break
-    interrupted = stop()
-    emit(live.finish())
-    if appendable and out is not None:
-        write("")  # a run that found nothing still writes its (empty) file
-        sinks[0].close()
-    elif not appendable:
+    try:
+        with signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
+            for _, windows in live.windows(source, stream, channels):
+                emit(live.add(windows))
+                if stop():
+                    break
+        interrupted = stop()
+        emit(live.finish())
+        if sink is not None:
+            write("")  # a run that found nothing still writes its (empty) file
+            sink.commit()
+    except Interrupted:  # stopped at once (a second signal): the segments already out are kept
+        if sink is not None:
+            sink.commit()
+        raise
+    except BaseException:
+        if sink is not None:
+            sink.discard()
+        raise
+    if not appendable:
         from .batch import model_folders
 
         text = writers.render(fmt, found, input_path=str(source), voices=[
@@ -469,6 +482,9 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, q
     if not quiet or interrupted:
         click.echo(f"{len(found)} segments in {live.duration_s:.1f} s of {source}"
                    + (" (interrupted)" if interrupted else "") + (f", written to {out}" if out else ""), err=True)
+    if getattr(source, "cut_short", None):  # a new recording in the old one's file: not joined to it
+        raise SpeakertagError(f"{source} {source.cut_short} (a new recording?): stopped at {live.duration_s:.1f} s "
+                              "of audio, the segments found before are kept; tag the new recording on its own")
 
 
 def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: Path | None, stream,
@@ -508,7 +524,8 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
 
     n_inputs, n_skipped, n_failed, unreadable = 0, 0, 0, []
     with contextlib.closing(tag_films(films, out_dir, fmt, spec, threshold, stream, channels, jobs, engine,
-                                      ray_address, force, tag_one)) as outcomes:
+                                      ray_address, force, tag_one, lambda note: click.echo(note, err=True))
+                         ) as outcomes:
         for o in outcomes:
             if o.unreadable_folder:
                 unreadable.append(o.error)

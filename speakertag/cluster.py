@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import signal
+import socket
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, replace
@@ -24,6 +27,8 @@ from .errors import SpeakertagError, first_line
 from .tagging import TagResult, Voice, tag
 
 WAIT_S = 0.2  # how often the driver looks for finished films and for Ctrl-C
+CONNECT_S = 10.0  # a cluster's head that does not answer in this long is taken for absent
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # and an empty SETTINGS
 INSTALL_HINT = "--engine ray needs Ray, which is not installed here: pip install 'speakertag[ray]'"
 
 
@@ -104,10 +109,12 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    check_reachable(address)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         # log_to_driver off: the workers' logs stay in Ray's log files, our stderr has one line per film
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        with _stderr_hidden() if address and "://" not in address else contextlib.nullcontext():
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     except Exception as e:  # noqa: BLE001 - ConnectionError, ValueError, RuntimeError...: one line
         for inner in (e.__cause__, e.__context__):
             if inner is not None and not isinstance(inner, Exception):  # Ctrl-C while Ray starts
@@ -122,6 +129,48 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _stderr_hidden() -> Iterator[None]:
+    """Standard error (the file descriptor, for C++ too) into a discarded file inside: joining
+    a cluster, Ray's core prints each retry there, where the one-line error should be alone."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def check_reachable(address: str | None, timeout_s: float = CONNECT_S) -> None:
+    """A cluster address HOST:PORT where nothing answers fails here, within timeout_s, in one
+    line (SpeakertagError): ray.init would retry for minutes and print its own log lines.
+    Other addresses (None, "auto", ray://...) are left to ray.init, which fails fast on them."""
+    if not address or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    hint = "start one with `ray start --head`, or give its address"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
+            if os.environ.get("RAY_USE_TLS", "0") in ("", "0"):  # with TLS the head answers only a TLS client
+                conn.sendall(HTTP2_PREFACE)
+                answer = b""
+                while len(answer) < 9 and (more := conn.recv(9 - len(answer))):
+                    answer += more
+                if len(answer) < 9 or answer[3] != 4:  # a head speaks gRPC: HTTP/2 answers with SETTINGS
+                    raise SpeakertagError(f"cannot reach Ray at {address}: something answers there, but not a "
+                                          f"Ray cluster's head; {hint}")
+    except OSError as e:
+        raise SpeakertagError(f"cannot reach Ray at {address}: {e.strerror or e or 'timed out'} (no Ray cluster's "
+                              f"head answers there: {hint})") from None
 
 
 def _failure(ray, e: Exception) -> BaseException:

@@ -10,14 +10,16 @@ about as fast either way. The child runs the same `audio.source_blocks` and
 audio's timestamps that the blocks fill with zeros; a SpeakertagError in the child is raised
 again in the parent with its message.
 
-    python -m speakertag.decoder PATH STREAM CHANNELS RATE_HZ
+    python -m speakertag.decoder PATH STREAM CHANNELS RATE_HZ [PARENT_PID]
 
 is the child (STREAM "" for the default stream; RATE_HZ 0 for the source rate, mixed to mono
-but not resampled: the parent resamples where the decoder itself is the dear part).
+but not resampled: the parent resamples where the decoder itself is the dear part; PARENT_PID:
+the child dies with that process, see signals.die_with_parent).
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -28,6 +30,7 @@ import numpy as np
 
 from .audio import Mix, _clean, source_blocks, to_model_rate
 from .errors import SpeakertagError
+from .signals import die_with_parent
 
 # One message: kind, then for a block (b"B") its number of samples and their rate, for an
 # error (b"E") the length of its UTF-8 message and 0; the samples or the message follow. A gap
@@ -52,6 +55,8 @@ def _messages(path: Path, stream: int | None, channels: str, rate_hz: int,
 def child(argv: list[str]) -> int:
     """The child's main: decode argv's file and write its messages to stdout."""
     path, stream, channels, rate_hz = Path(argv[0]), int(argv[1]) if argv[1] else None, argv[2], int(argv[3])
+    if len(argv) > 4:
+        die_with_parent(int(argv[4]))  # a parent killed outright (a stopped batch worker) leaves no decoder
     out = sys.stdout.buffer
     gaps: list[tuple[float, float]] = []
     try:
@@ -88,7 +93,7 @@ def decoded_in_child(path: str | Path, stream: int | None = None, channels: str 
     blocks fill are appended to `gaps` (when given) as decode_blocks does. The child is
     stopped when the generator is closed."""
     cmd = [sys.executable, "-m", "speakertag.decoder", str(path), "" if stream is None else str(stream),
-           channels, str(rate_hz or 0)]
+           channels, str(rate_hz or 0), str(os.getpid())]
     # A session of its own: Ctrl-C in a terminal goes to this process alone, which stops the child.
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True)
     try:

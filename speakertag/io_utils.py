@@ -7,7 +7,7 @@ import stat
 import sys
 import uuid
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from .errors import SpeakertagError
 from .signals import uninterrupted
@@ -110,6 +110,128 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` as UTF-8 (newlines kept as written) with atomic_write_bytes."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class GrowingOutput:
+    """An output file written piece by piece as results come (a live run's segments), that
+    never costs the user an older file: a new file is created (exclusively) and grows in
+    place; over an existing file the pieces go to a temporary file beside it, which replaces
+    it only at commit(). discard() (a failed run) removes what this run created and leaves an
+    older file as it was. Nothing is created before the first write()."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = followed(path)  # a symlink: its target is written, the link stays
+        self.file = None
+        self.tmp: Path | None = None  # set when an existing file is being replaced
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(self.path, flags, 0o666)
+        except FileExistsError:  # the user's file: kept whole until this run has ended well
+            self.tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                fd = os.open(self.tmp, flags, 0o666)
+            except OSError as e:
+                self.tmp = None
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
+        return os.fdopen(fd, "w", encoding="utf-8", newline="")
+
+    def write(self, text: str) -> None:
+        """Add `text` (flushed: a reader of the file sees it at once)."""
+        try:
+            if self.file is None:
+                self.file = self._open()
+            self.file.write(text)
+            self.file.flush()
+        except OSError as e:
+            if e.errno is not None and e.filename is None:
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
+            raise
+
+    def commit(self) -> None:
+        """The run has ended: close the file; a temporary file replaces the older one now."""
+        if self.file is None:
+            return
+        with uninterrupted():
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+                self.file.close()
+                if self.tmp is not None:
+                    os.replace(self.tmp, self.path)
+            except OSError as e:
+                self.discard()
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
+        self.file = self.tmp = None
+
+    def discard(self) -> None:
+        """The run failed: remove what it created; an older file stays as it was."""
+        if self.file is None:
+            return
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp if self.tmp is not None else self.path)
+        self.file = self.tmp = None
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder` (made here if missing, with its parents) for one run's outputs: one that
+    cannot be made or written, or that a second run holds meanwhile, is refused
+    (SpeakertagError) before the run's work, not found out at its end. The lock is the kernel's
+    (flock on the folder itself): it ends with the process, so a killed run leaves none. The
+    folders made here are removed again at the end if nothing was written into them."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpeakertagError(f"cannot make the output folder {folder}: {e.strerror or e}") from None
+    try:
+        _check_writable(folder)
+        with _flocked(folder):
+            yield
+    finally:
+        for p in made:  # innermost first; rmdir fails, and stops, at the first one written into
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+def _check_writable(folder: Path) -> None:
+    """Create and remove a file in `folder`: what permissions say (os.access) misses a
+    read-only disk and, for root, counts for nothing."""
+    probe = folder / f".speakertag-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise SpeakertagError(f"cannot write to the output folder {folder}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def _flocked(folder: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SpeakertagError(f"another speakertag run is writing to {folder}: wait for it to end, "
+                                  "or give another output folder") from None
+        except OSError:  # a file system without locks (some network disks): go on unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def replace_dir(tmp: Path, target: Path) -> None:

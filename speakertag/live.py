@@ -8,8 +8,11 @@ str() of each names it in messages.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from .errors import SpeakertagError
+from .params import LiveParams
+from .signals import Interrupted
 
 
 def _is_mp4(head: bytes) -> bool:
@@ -24,33 +29,86 @@ def _is_mp4(head: bytes) -> bool:
     return len(head) >= 8 and head[4:8] == b"ftyp"
 
 
+def _spool(head: bytes, f: BinaryIO, live: LiveParams) -> BinaryIO:
+    """head and the rest of the pipe f in a temporary file (removed when closed), at the
+    start; SpeakertagError, the temporary file gone, where it would pass live.max_spool_bytes,
+    leave less than live.spool_reserve_bytes free on its disk, or cannot be written."""
+    folder = tempfile.gettempdir()
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - it lives as long as the source reading it
+    try:
+        limit = min(live.max_spool_bytes, shutil.disk_usage(folder).free - live.spool_reserve_bytes)
+        n_bytes = 0
+        while chunk := head or f.read(1 << 20):
+            head, n_bytes = b"", n_bytes + len(chunk)
+            if n_bytes > limit:
+                why = (f"more than {live.max_spool_bytes / 2**30:g} GiB" if limit == live.max_spool_bytes else
+                       f"more than the free space in {folder} allows")
+                raise SpeakertagError(f"standard input: an MP4 piped in is copied to a temporary file first (its "
+                                      f"index may be at its end), and this one is {why}: give it as a file, or as "
+                                      "a stream (ffmpeg -i FILM -c copy -f matroska -)")
+            spool.write(chunk)
+        spool.flush()
+        spool.seek(0)
+        return spool
+    except OSError as e:
+        spool.close()
+        raise SpeakertagError(f"cannot copy standard input (an MP4) to a temporary file in {folder}: "
+                              f"{e.strerror or e}") from None
+    except BaseException:
+        spool.close()
+        raise
+
+
 class StdinSource:
     """Standard input as PyAV reads it: front to back from a pipe; a file redirected to it
     (`< film.mp4`) can be sought in, so any format FFmpeg reads works then. An MP4 piped in
     cannot be read front to back (its index may be at its end): it is first copied to a
-    temporary file (on disk, not in memory), so its segments come only once the pipe ends."""
+    temporary file (on disk, not in memory, within live.max_spool_bytes and the disk's free
+    space), so its segments come only once the pipe ends."""
 
-    def __init__(self, stream: BinaryIO | None = None, stop: Callable[[], bool] | None = None):
-        self.f, self.stop = stream or sys.stdin.buffer, stop
+    def __init__(self, stream: BinaryIO | None = None, stop: Callable[[], bool] | None = None,
+                 live: LiveParams = LiveParams()):
+        self.f, self.stop, self.poll_s = stream or sys.stdin.buffer, stop, live.poll_s
         self.head = b""  # bytes read ahead from a pipe, given out before the rest
         self.spooled = False
+        self.fd: int | None = None  # a pipe, read through its descriptor: a wait for data can end on stop()
         if not self.f.seekable():
-            self.head = self.f.read(8)
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                mode = os.fstat(self.f.fileno()).st_mode
+                if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                    self.fd = self.f.fileno()  # nothing read through self.f yet: its buffer is empty
+            self.head = self._read_head(8)
             if _is_mp4(self.head):
-                spool = tempfile.TemporaryFile()  # noqa: SIM115 - it lives as long as this source
-                spool.write(self.head)
-                shutil.copyfileobj(self.f, spool)
-                spool.seek(0)
-                self.f, self.head, self.spooled = spool, b"", True
+                self.f, self.head, self.spooled, self.fd = _spool(self.head, self.f, live), b"", True, None
+
+    def _read_head(self, n: int) -> bytes:
+        if self.fd is None:
+            return self.f.read(n)
+        head = b""
+        while len(head) < n and (more := os.read(self.fd, n - len(head))):
+            head += more
+        return head
 
     def read(self, n: int = -1) -> bytes:
-        """The next bytes, or b"" (the end) once stop() says so: a pipe's read waits for data."""
+        """The next bytes, or b"" (the end) once stop() says so: a pipe's read waits for data,
+        looking at stop() every live.poll_s (a stalled pipe still stops)."""
+        try:
+            return self._read(n)
+        except Interrupted:  # a second signal, raised inside FFmpeg's read: it would print and drop it
+            return b""
+
+    def _read(self, n: int) -> bytes:
         if self.stop and self.stop():
             return b""
         if self.head:
             out, self.head = (self.head, b"") if n < 0 or n >= len(self.head) else (self.head[:n], self.head[n:])
             return out
-        return self.f.read(n)
+        if self.fd is None:
+            return self.f.read(n)
+        while not select.select([self.fd], [], [], self.poll_s)[0]:
+            if self.stop and self.stop():
+                return b""
+        return os.read(self.fd, n if n > 0 else 1 << 16)
 
     def seekable(self) -> bool:
         return self.f.seekable()
@@ -68,7 +126,9 @@ class StdinSource:
 class GrowingFile:
     """A file that may still grow: at its end, read() waits (polling every poll_s) for more,
     and gives up (returns b"", the end) once the file has not grown for timeout_s seconds.
-    stop() (a callable) ends the wait early when it returns True."""
+    stop() (a callable) ends the wait early when it returns True. A file cut shorter than
+    what was read, or replaced by another file of its name (a recorder starting anew), ends
+    it too, with `cut_short` saying so: reading on would join two recordings."""
 
     def __init__(self, path: Path, timeout_s: float, poll_s: float, stop: Callable[[], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -81,16 +141,43 @@ class GrowingFile:
             raise SpeakertagError(f"cannot read {path}: {e.strerror or e}") from None
         self.path, self.timeout_s, self.poll_s, self.stop, self.clock = path, timeout_s, poll_s, stop, clock
         self.last_growth = clock()
+        self.cut_short: str | None = None  # why the file ended before its recorder did, if so
 
     def read(self, n: int = -1) -> bytes:
+        try:
+            return self._read(n)
+        except Interrupted:  # a second signal, raised inside FFmpeg's read: it would print and drop it
+            return b""
+
+    def _read(self, n: int) -> bytes:
         while True:
+            if self.cut_short or self._truncated():
+                return b""
             data = self.f.read(n)
             if data:
                 self.last_growth = self.clock()
                 return data
-            if self.clock() - self.last_growth >= self.timeout_s or (self.stop and self.stop()):
+            if self._replaced() or self.clock() - self.last_growth >= self.timeout_s or (self.stop and self.stop()):
                 return b""
             time.sleep(self.poll_s)
+
+    def _truncated(self) -> bool:
+        """Whether the file is now shorter than what was read of it."""
+        size, read = os.fstat(self.f.fileno()).st_size, self.f.tell()
+        if size < read:
+            self.cut_short = f"was cut short to {size} bytes after {read} had been read"
+        return self.cut_short is not None
+
+    def _replaced(self) -> bool:
+        """Whether the name now is another file's (this one read to its end)."""
+        mine = os.fstat(self.f.fileno())
+        try:
+            now = os.stat(self.path)
+        except OSError:  # removed, not replaced (yet): wait on
+            return False
+        if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            self.cut_short = "was replaced by another file"
+        return self.cut_short is not None
 
     def seekable(self) -> bool:
         return False

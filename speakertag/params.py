@@ -273,3 +273,7 @@ class LiveParams:
     max_delay_s: float = 2.4  # a segment is given out by the time the windows cover this much audio past its end
     # (2.4: when the window ending 2.5 s after it is in; with a block, segments come <= 2.8 s after their end)
     poll_s: float = 0.2  # --follow: wait this long before looking again for more of a growing file
+    # An MP4 piped in is copied to a temporary file first: at most this much (a long film in
+    # high definition fits), and never so much that less than spool_reserve_bytes stays free
+    max_spool_bytes: int = 32 * 2**30
+    spool_reserve_bytes: int = 2**30

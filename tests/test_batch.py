@@ -72,3 +72,41 @@ def test_skip_rule(tiny_model_dir, tmp_path):
     write_stamp(out, state, settings, out.read_text())
     out.unlink()
     assert not is_up_to_date(out, state, settings)
+
+
+def test_an_out_dir_in_use_is_refused(tiny_model_dir, tmp_path):
+    """issue 34, case 4: a second run on an --out-dir another run holds is refused before any
+    film is tagged; a folder made for a run that wrote nothing is not left behind."""
+    import os
+
+    import pytest
+
+    from conftest import speech_like, write_audio
+    from speakertag.batch import tag_films
+    from speakertag.errors import SpeakertagError
+    from speakertag.io_utils import folder_lock
+
+    film = write_audio(tmp_path / "film.wav", speech_like(4.0, 16000), 16000)
+    out = tmp_path / "runs" / "tags"
+    spec = VoiceSpec((tiny_model_dir,))
+    with folder_lock(out):  # another run's, held meanwhile
+        with pytest.raises(SpeakertagError, match=f"another speakertag run is writing to {out}: wait for it"):
+            next(tag_films([film], out, "json", spec))
+        assert os.listdir(out) == []
+    assert not (tmp_path / "runs").exists()  # made for the run and removed again: nothing written
+    (outcome,) = list(tag_films([film], out, "json", spec))
+    assert outcome.error is None and sorted(os.listdir(out)) == [".speakertag", "film.json"]
+    with folder_lock(out):  # the lock is gone with its run: the next one takes it
+        pass
+
+
+def test_jobs_are_capped_by_cores_and_memory():
+    """issue 34, case 9: --jobs lowered to the cores and to what the memory holds, with a note."""
+    from speakertag.batch import WORKER_MEMORY_BYTES, usable_jobs
+
+    assert usable_jobs(2, n_cores=4, memory_bytes=None) == (2, None)
+    assert usable_jobs(12, n_cores=2, memory_bytes=None) == (2, "--jobs 12 lowered to 2: this machine has 2 CPU cores")
+    n, note = usable_jobs(12, n_cores=16, memory_bytes=3 * WORKER_MEMORY_BYTES + 1)
+    assert n == 3 and note.startswith("--jobs 12 lowered to 3: 2.5 GB of memory available, a worker needs about 0.8 GB")
+    assert usable_jobs(4, n_cores=1, memory_bytes=0)[0] == 1  # never below one
+    assert usable_jobs(1)[0] == 1

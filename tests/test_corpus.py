@@ -199,6 +199,12 @@ CASES = [
          check=batch_wrote("speech.json")),
     Case("folder-without-audio", lambda c, o: ["tag", c["no-audio"], "--model", c["model"], "--out-dir", o / "tags"],
          "no audio or video files in folder"),
+    # issue 34, case 11: an --out-dir that cannot be written is refused before any film is tagged
+    Case("out-dir-read-only", lambda c, o: ["tag", c["speech.wav"], "--model", c["model"], "--out-dir",
+                                            c["read-only"]], "cannot write to the output folder", unreadable=True),
+    Case("out-dir-in-a-read-only-folder", lambda c, o: ["tag", c["speech.wav"], "--model", c["model"], "--out-dir",
+                                                        c["read-only"] / "tags"],
+         "cannot make the output folder", unreadable=True),
     Case("unreadable-file", tag("unreadable.wav"), "is not readable", exit_code=2, unreadable=True),
     # fuzzing findings: ID3 tags that are not UTF-8 (PyAV raised UnicodeDecodeError); planar
     # audio of 8 or more channels (PyAV read past its planes: a segfault, also on any 7.1 Opus);
@@ -500,6 +506,9 @@ def corpus(tmp_path_factory, tiny_model_dir) -> Corpus:
     write_audio(r / "folder.wav" / "inside.wav", speech, RATE)
     c["folder.wav"] = r / "folder.wav"
     audio("unreadable.wav", speech).chmod(0)
+    (r / "read-only").mkdir()
+    (r / "read-only").chmod(0o555)
+    c["read-only"] = r / "read-only"
 
     for folder, role, names in (("pos", "positive", TINY_POSITIVE), ("neg", "negative", TINY_NEGATIVE[:3])):
         (r / folder).mkdir()

@@ -67,15 +67,13 @@ class Run:
         assert self.p.poll() is None, f"ended before {pattern!r}: {self.lines}"
 
     def wait_for_open(self, path: Path, timeout_s: float = 120) -> None:
-        """Block until the process, or its decoding process (a long film's: decoder.py), has
-        `path` open (Linux /proc): it is reading that input."""
+        """Block until the process, or one it started (a long film's decoding process:
+        decoder.py; a batch worker), has `path` open (Linux /proc): it is reading that input."""
         deadline = time.monotonic() + timeout_s
-        proc = Path(f"/proc/{self.p.pid}")
         while time.monotonic() < deadline:
             assert self.p.poll() is None, f"ended before opening {path}: {self.lines}"
             try:
-                children = [c for task in (proc / "task").iterdir() for c in (task / "children").read_text().split()]
-                fds = [fd for pid in [str(self.p.pid), *children] for fd in Path(f"/proc/{pid}/fd").iterdir()]
+                fds = [fd for pid in [self.p.pid, *descendants(self.p.pid)] for fd in Path(f"/proc/{pid}/fd").iterdir()]
                 if any(os.readlink(fd) == str(path) for fd in fds):
                     return
             except OSError:  # a process ended or an fd closed while listing
@@ -90,6 +88,29 @@ class Run:
         code = self.p.wait(timeout_s)
         self.reader.join(timeout_s)
         return code
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes `pid` started, and those they started, ... (Linux /proc)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            kids = {int(c) for task in Path(f"/proc/{parent}/task").iterdir()
+                    for c in (task / "children").read_text().split()}
+        except OSError:  # it ended meanwhile
+            continue
+        todo.extend(kids - found)
+        found |= kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and has not ended (a zombie has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -184,3 +205,55 @@ def test_interrupted_batch(tiny_model_dir, tmp_path, sig):
     assert_interrupted(run, code, r"[ab]\.wav: \d+ segments written")
     assert {"a.json", "b.json"} <= set(done) and not any("long" in name for name in done)
     assert files_of(out_dir) == done  # intact, nothing for long.wav, no temporary file
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to see the workers")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
+def test_interrupted_jobs_stop_their_workers(tiny_model_dir, tmp_path, sig):
+    """issue 34, case 5: `tag --jobs 2` stopped while both workers tag a film: the workers and
+    their decoding processes end within seconds, not after their films; also when the parent
+    is killed outright (SIGKILL: no handler runs), none lives on orphaned."""
+    (tmp_path / "films").mkdir()
+    films = [sparse_silent_wav(tmp_path / "films" / f"long{i}.wav", 4 * 3600).resolve() for i in range(2)]
+    out_dir = tmp_path / "tags"
+    run = Run(["tag", *films, "--model", tiny_model_dir, "--format", "json", "--out-dir", out_dir, "--jobs", "2"],
+              cwd=tmp_path)
+    for film in films:
+        run.wait_for_open(film, timeout_s=240)  # each worker is reading its film
+    started = descendants(run.p.pid)
+    assert len(started) >= 2
+    run.p.send_signal(sig)
+    code = run.p.wait(60)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in started if alive(pid)], run.lines
+    run.p.stdout.read()  # no process is left to hold its pipes open
+    run.reader.join(10)
+    if sig != signal.SIGKILL:
+        assert_interrupted(run, code, r"^$")
+    assert not out_dir.exists() or files_of(out_dir) == {}
+
+
+def test_a_second_signal_in_signals_noted_raises_at_once(monkeypatch):
+    """issue 34, case 6: in a live run's loop the first signal is noted (the input ends), a
+    second raises at once; a block that must not be left half-done still waits for its end."""
+    from speakertag import signals
+
+    monkeypatch.setattr(signals, "_received", [])
+    with signals.signals_noted():
+        signals.on_signal(signal.SIGINT, None)  # noted: the loop looks and ends itself
+        assert signals.interrupted()
+        with pytest.raises(signals.Interrupted):
+            signals.on_signal(signal.SIGTERM, None)
+    monkeypatch.setattr(signals, "_received", [])
+    with signals.signals_noted():
+        signals.on_signal(signal.SIGINT, None)
+        with pytest.raises(signals.Interrupted):  # a new signal inside: acted on when the block ends
+            with signals.uninterrupted():
+                signals.on_signal(signal.SIGTERM, None)  # the second, yet the block goes on
+                finished = True
+        assert finished
+    with signals.uninterrupted():  # signals from before the block are not its to act on
+        pass

@@ -41,3 +41,29 @@ def test_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_growing_output_keeps_an_existing_file_until_commit(tmp_path):
+    """issue 34, case 3: pieces over an existing file go beside it; a failed run leaves it whole."""
+    from speakertag.io_utils import GrowingOutput
+
+    old = tmp_path / "rec.csv"
+    old.write_text("mine\n")
+    out = GrowingOutput(old)
+    out.write("a\n")
+    assert old.read_text() == "mine\n"
+    out.discard()
+    assert os.listdir(tmp_path) == ["rec.csv"] and old.read_text() == "mine\n"
+    out = GrowingOutput(old)
+    out.write("a\n")
+    out.write("b\n")
+    out.commit()
+    assert os.listdir(tmp_path) == ["rec.csv"] and old.read_text() == "a\nb\n"
+    new = tmp_path / "new.csv"
+    out = GrowingOutput(new)
+    out.write("a\n")
+    assert new.read_text() == "a\n"  # a new file grows in place, visible as it comes
+    out.discard()
+    assert os.listdir(tmp_path) == ["rec.csv"]
+    GrowingOutput(new).discard()  # nothing written: nothing made
+    assert not new.exists()

@@ -218,3 +218,162 @@ def test_live_json_names_the_gap(tiny_model_dir, gap_ts):
     (gap,) = json.loads(r.stdout)["gaps"]
     assert gap == pytest.approx([5.03, 15.03], abs=0.05)
     assert "standard input: no audio at 5.0-15.0 s of the film" in r.stderr
+
+
+@pytest.mark.slow  # three processes of their own
+def test_live_out_never_costs_an_existing_file(tiny_model_dir, film_mkv, tmp_path):
+    """issue 34, case 3: a stream that fails after its first segment leaves an existing --out
+    file as it was (and no partial file when there was none); one that ends well replaces it."""
+    import os
+
+    head = film_mkv.read_bytes()[:80 * film_mkv.stat().st_size // 336]  # the first segment closes at about 72 s
+    broken = head + os.urandom(1 << 20)  # then data that cannot be decoded: exit 1
+    for fmt, name in (("csv", "rec.csv"), ("rttm", "rec.rttm")):
+        out = tmp_path / name
+        out.write_text("the user's own lines\n")
+        r = subprocess.run(cli("tag", "-", "--model", tiny_model_dir, "--out", out, "--format", fmt), input=broken,
+                           capture_output=True, timeout=300)
+        assert r.returncode == 1 and b"closed at" in r.stderr, r.stderr  # it failed after a segment
+        assert r.stderr.decode().splitlines()[-1].startswith("speakertag: error: cannot decode standard input")
+        assert out.read_text() == "the user's own lines\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv", "rec.rttm"]  # no temporary file
+    new = tmp_path / "new.csv"
+    r = subprocess.run(cli("tag", "-", "--model", tiny_model_dir, "--out", new, "-q"), input=broken,
+                       capture_output=True, timeout=300)
+    assert r.returncode == 1 and not new.exists(), r.stderr
+    out = tmp_path / "rec.csv"
+    r = subprocess.run(cli("tag", "-", "--model", tiny_model_dir, "--out", out, "-q"), input=head,
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert read_csv(out.read_text())[0] == pytest.approx((50.9, 69.9), abs=0.1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv", "rec.rttm"]
+
+
+class Pipe(io.BytesIO):
+    """Bytes read as from a pipe: front to back only."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+MP4_HEAD = b"\x00\x00\x00\x20ftypisom"  # an 'ftyp' box first: copied to a temporary file
+
+
+def test_a_piped_mp4_is_copied_within_bounds(tmp_path, monkeypatch):
+    """issue 34, case 10: the copy of a piped MP4 stops at its limit and at the disk's free
+    space less a reserve, with one clear error, and leaves no temporary file."""
+    import shutil
+    import tempfile
+
+    from speakertag.errors import SpeakertagError
+    from speakertag.live import StdinSource
+    from speakertag.params import LiveParams
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data = MP4_HEAD + bytes(3 << 20)
+    with pytest.raises(SpeakertagError, match=r"^standard input: an MP4 piped in is copied to a temporary file "
+                                              r"first .+ this one is more than 0\.00195312 GiB: give it as a file"):
+        StdinSource(Pipe(data), live=LiveParams(max_spool_bytes=2 << 20))
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(SpeakertagError, match=f"more than the free space in {tmp_path} allows"):
+        StdinSource(Pipe(data), live=LiveParams(spool_reserve_bytes=free - (1 << 20)))
+    assert list(tmp_path.iterdir()) == []
+    source = StdinSource(Pipe(data), live=LiveParams(max_spool_bytes=4 << 20))  # within bounds: copied whole
+    assert source.spooled and source.read(len(data) + 1) == data
+
+
+def test_a_full_disk_while_copying_a_piped_mp4_names_the_folder(tmp_path, monkeypatch):
+    """issue 34, case 10: a disk that fills up during the copy is named in one line."""
+    import errno
+    import tempfile
+
+    from speakertag.errors import SpeakertagError
+    from speakertag.live import StdinSource
+
+    class FullDisk(io.BytesIO):
+        def write(self, data):
+            if self.tell() + len(data) > 1 << 20:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "TemporaryFile", FullDisk)
+    with pytest.raises(SpeakertagError, match=f"^cannot copy standard input \\(an MP4\\) to a temporary file in "
+                                              f"{tmp_path}: No space left on device$"):
+        StdinSource(Pipe(MP4_HEAD + bytes(3 << 20)))
+
+
+def test_growing_file_cut_short_or_replaced_ends_it(tmp_path):
+    """issue 34, case 12: a followed file truncated (and written anew), or replaced, is not
+    read on into the new recording: its end, with cut_short saying why."""
+    import os
+
+    f = tmp_path / "rec.ts"
+    f.write_bytes(b"abcdef")
+    g = GrowingFile(f, timeout_s=60, poll_s=0)
+    assert g.read(4) == b"abcd"
+    f.write_bytes(b"XY")  # the recorder starts again: truncated, then written from the start
+    assert g.read(10) == b"" and g.cut_short == "was cut short to 2 bytes after 4 had been read"
+    assert g.read(10) == b""  # and stays ended
+    g.close()
+
+    g = GrowingFile(f, timeout_s=60, poll_s=0)
+    assert g.read(1) == b"X"
+    new = tmp_path / "new.ts"
+    new.write_bytes(b"0123456789")
+    os.replace(new, f)
+    assert g.read(10) == b"Y"  # what the old file still held comes first
+    assert g.read(10) == b"" and g.cut_short == "was replaced by another file"
+    g.close()
+
+
+@pytest.mark.slow  # a process of its own
+def test_follow_stops_when_the_file_is_written_anew(tiny_model_dir, film_mkv, tmp_path):
+    """issue 34, case 12, through the command line: one error line, the first recording's
+    segments kept in --out, nothing of the second joined to them."""
+    growing, out = tmp_path / "rec.mkv", tmp_path / "rec.csv"
+    head = film_mkv.read_bytes()[:80 * film_mkv.stat().st_size // 336]  # the first segment closes at about 72 s
+    growing.write_bytes(head)
+    p = subprocess.Popen(cli("tag", growing, "--follow", "--follow-timeout", "60", "--model", tiny_model_dir,
+                             "--out", out), stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in p.stderr:
+        lines.append(line)
+        if "closed at" in line:
+            break
+    growing.write_bytes(head[:100_000])  # truncated and written anew, as a recorder restarting
+    rest = p.stderr.read()
+    assert p.wait(timeout=120) == 1, lines + [rest]
+    error = rest.splitlines()[-1]
+    assert error.startswith(f"speakertag: error: {growing} was cut short to 100000 bytes after "), rest
+    assert "the segments found before are kept" in error and "Traceback" not in rest
+    assert read_csv(out.read_text())[0] == pytest.approx((50.9, 69.9), abs=0.1)
+
+
+@pytest.mark.slow  # a process of its own
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGTERM]],
+                         ids=["SIGTERM", "SIGINT-then-SIGTERM"])
+def test_a_stalled_pipe_stops_on_a_signal(tiny_model_dir, film_mkv, tmp_path, signals):
+    """issue 34, case 6: a stream that stalls (the pipe open, no data) stops within seconds of
+    a signal, not when the pipe closes; what was found is kept."""
+    out = tmp_path / "rec.csv"
+    p = subprocess.Popen(cli("tag", "-", "--model", tiny_model_dir, "--out", out), stdin=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=False)
+    p.stdin.write(film_mkv.read_bytes()[:80 * film_mkv.stat().st_size // 336])  # then the pipe stalls
+    p.stdin.flush()
+    lines = []
+    for line in p.stderr:  # the first segment closes at about 72 s
+        lines.append(line.decode())
+        if b"closed at" in line:
+            break
+    for sig in signals:  # back to back: the second comes while the first is acted on
+        p.send_signal(sig)
+    try:
+        code = p.wait(timeout=15)
+    finally:
+        p.kill()
+        p.stdin.close()
+    rest = p.stderr.read().decode()
+    assert code in (0, 130), lines + [rest]  # a first signal ends the input (0), a second stops at once (130)
+    assert "Traceback" not in rest and ("(interrupted)" in rest or "speakertag: interrupted" in rest), rest
+    assert read_csv(out.read_text())[0] == pytest.approx((50.9, 69.9), abs=0.1)

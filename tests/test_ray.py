@@ -2,6 +2,7 @@
 store): the same outputs as the local engine, one line per failed film, finished films
 skipped on a rerun and redone with --force, Ctrl-C cancelling the films still to do."""
 
+import contextlib
 import logging
 import os
 import re
@@ -156,3 +157,38 @@ def test_ray_interrupted_cancels_the_other_films(tiny_model_dir, example, ray_ad
         free_since = (free_since or time.monotonic()) if free else None
         time.sleep(0.05)
     assert free_since is not None and time.monotonic() - free_since >= 1, ray.available_resources()
+
+
+@pytest.mark.parametrize("there", ["nothing", "not-ray"])
+def test_ray_address_without_a_head_fails_fast(tiny_model_dir, films, tmp_path, there):
+    """issue 34, case 7: --ray-address HOST:PORT where nothing listens, or where something
+    answers that is not a Ray cluster's head: one line within seconds, not Ray's retries and
+    its C++ log lines for minutes."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    if there == "nothing":
+        server.close()
+    else:
+        server.listen(8)
+
+        def hang_up():
+            with contextlib.suppress(OSError):
+                while True:
+                    server.accept()[0].close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "speakertag", "tag", films / "speech.wav", "--model", tiny_model_dir,
+                        "--out-dir", tmp_path / "tags", "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"],
+                       capture_output=True, text=True, timeout=120)
+    server.close()
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines() == [r.stderr.strip()] and r.stderr.startswith(
+        f"speakertag: error: cannot reach Ray at 127.0.0.1:{port}: "), r.stderr
+    assert ("Connection refused" if there == "nothing" else "not a Ray cluster's head") in r.stderr
+    assert time.monotonic() - started < 60  # a Python start with torch, and a refusal within 10 s
+    assert not (tmp_path / "tags").exists()

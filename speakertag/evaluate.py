@@ -63,16 +63,13 @@ def _cover(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return np.cumsum(edges[:n]) > 0
 
 
-def score(reference: Sequence[Span], hypothesis: Sequence[Span], collar_s: float = 0.25,
-          step_s: float = 0.01) -> Metrics:
-    """Score hypothesis against reference spans (seconds) on a `step_s` grid, ignoring +-collar_s
-    around every reference boundary (collar_s <= 0: score everything)."""
-    if not step_s > 0:
-        raise ValueError(f"step_s must be positive, got {step_s}")
+def _frames(reference: Sequence[Span], hypothesis: Sequence[Span], collar_s: float, step_s: float,
+            end_s: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(reference, hypothesis, scored) boolean masks on a `step_s` grid reaching at least end_s;
+    scored is False within +-collar_s of every reference boundary (collar_s <= 0: all True)."""
     ref = np.asarray(reference, dtype=np.float64).reshape(-1, 2)
     hyp = np.asarray(hypothesis, dtype=np.float64).reshape(-1, 2)
-    end_s = max(ref[:, 1].max(initial=0.0), hyp[:, 1].max(initial=0.0))
-    n = math.ceil(end_s / step_s) + 1
+    n = math.ceil(max(ref[:, 1].max(initial=0.0), hyp[:, 1].max(initial=0.0), end_s) / step_s) + 1
     r = _cover(_grid(ref[:, 0], step_s), _grid(ref[:, 1], step_s), n)
     h = _cover(_grid(hyp[:, 0], step_s), _grid(hyp[:, 1], step_s), n)
     scored = np.ones(n, dtype=bool)
@@ -80,6 +77,16 @@ def score(reference: Sequence[Span], hypothesis: Sequence[Span], collar_s: float
         c = round(collar_s / step_s)
         i = _grid(ref.ravel(), step_s)
         scored &= ~_cover(i - c, i + c, n)
+    return r, h, scored
+
+
+def score(reference: Sequence[Span], hypothesis: Sequence[Span], collar_s: float = 0.25,
+          step_s: float = 0.01) -> Metrics:
+    """Score hypothesis against reference spans (seconds) on a `step_s` grid, ignoring +-collar_s
+    around every reference boundary (collar_s <= 0: score everything)."""
+    if not step_s > 0:
+        raise ValueError(f"step_s must be positive, got {step_s}")
+    r, h, scored = _frames(reference, hypothesis, collar_s, step_s)
     tp = int(np.count_nonzero(scored & r & h))
     fa = int(np.count_nonzero(scored & ~r & h))
     miss = int(np.count_nonzero(scored & r & ~h))
@@ -143,19 +150,10 @@ def anatomy(reference: Sequence[Span], hypothesis: Sequence[Span],
     with them the false alarms are also counted per other speaker and on non-speech."""
     m = score(reference, hypothesis, collar_s, step_s)
     ref = np.asarray(reference, dtype=np.float64).reshape(-1, 2)
-    hyp = np.asarray(hypothesis, dtype=np.float64).reshape(-1, 2)
     oth = [] if others is None else list(others)
-    end_s = max(ref[:, 1].max(initial=0.0), hyp[:, 1].max(initial=0.0),
-                max((e for _, e, _ in oth), default=0.0))
-    n = math.ceil(end_s / step_s) + 1
+    r, h, scored = _frames(reference, hypothesis, collar_s, step_s, max((e for _, e, _ in oth), default=0.0))
+    n = len(r)
     ra, rb = _grid(ref[:, 0], step_s), _grid(ref[:, 1], step_s)
-    r = _cover(ra, rb, n)
-    h = _cover(_grid(hyp[:, 0], step_s), _grid(hyp[:, 1], step_s), n)
-    scored = np.ones(n, dtype=bool)
-    if collar_s > 0:
-        c = round(collar_s / step_s)
-        i = _grid(ref.ravel(), step_s)
-        scored &= ~_cover(i - c, i + c, n)
     fa = scored & ~r & h
     miss = scored & r & ~h
     e = round(edge_s / step_s)

@@ -159,18 +159,21 @@ def check_reachable(address: str | None, timeout_s: float = CONNECT_S) -> None:
         return
     hint = "start one with `ray start --head`, or give its address"
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
-            if os.environ.get("RAY_USE_TLS", "0") in ("", "0"):  # with TLS the head answers only a TLS client
-                conn.sendall(HTTP2_PREFACE)
-                answer = b""
-                while len(answer) < 9 and (more := conn.recv(9 - len(answer))):
-                    answer += more
-                if len(answer) < 9 or answer[3] != 4:  # a head speaks gRPC: HTTP/2 answers with SETTINGS
-                    raise SpeakertagError(f"cannot reach Ray at {address}: something answers there, but not a "
-                                          f"Ray cluster's head; {hint}")
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
     except OSError as e:
         raise SpeakertagError(f"cannot reach Ray at {address}: {e.strerror or e or 'timed out'} (no Ray cluster's "
                               f"head answers there: {hint})") from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0") not in ("", "0"):  # with TLS the head answers only a TLS client
+            return
+        answer = b""
+        with contextlib.suppress(OSError):  # a peer that hangs up is not a head either
+            conn.sendall(HTTP2_PREFACE)
+            while len(answer) < 9 and (more := conn.recv(9 - len(answer))):
+                answer += more
+        if len(answer) < 9 or answer[3] != 4:  # a head speaks gRPC: HTTP/2 answers with SETTINGS
+            raise SpeakertagError(f"cannot reach Ray at {address}: something answers there, but not a "
+                                  f"Ray cluster's head; {hint}")
 
 
 def _failure(ray, e: Exception) -> BaseException:

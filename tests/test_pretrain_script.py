@@ -46,9 +46,13 @@ def test_a_chain_group_shares_each_slots_recording_chain():
     rng = np.random.default_rng(0)
     clip = (0.1 * rng.standard_normal(p.audio.window_samples)).astype(np.float32)
     corpus = {"a": [clip], "b": [clip]}
+    threads = torch.get_num_threads()  # a batch sets one thread, as in its data-loading worker
     for group, alike in ((10, True), (1, False)):
-        feats, labels, taught = next(iter(Batches(corpus, ["a", "b"], p, n_voices=10, per_voice=3, seed=1,
-                                                  chain_group=group)))
+        try:
+            feats, labels, taught = next(iter(Batches(corpus, ["a", "b"], p, n_voices=10, per_voice=3, seed=1,
+                                                      chain_group=group)))
+        finally:
+            torch.set_num_threads(threads)
         assert feats.shape == (30, p.audio.n_mels, p.audio.window_frames) and (taught == -1).all()
         a, b = (feats[labels == v] for v in (0, 5))  # voice 0: "a" at its own speed, voice 5: "b" likewise
         assert torch.equal(a, b) == alike

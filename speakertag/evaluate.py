@@ -301,25 +301,23 @@ def read_reference(path: str | Path, speaker: str | None = None) -> list[Span]:
 
     `speaker` selects one speaker; it is required when the file names several.
     """
+    return _spans_of(_reference_rows(path), speaker, f"reference {path}", "speaker", "choose one")
+
+
+def _reference_rows(path: str | Path) -> list[tuple[float, float, str | None]]:
+    """(start_s, end_s, speaker or None) rows of an RTTM file or a CSV start,end[,speaker]."""
     text = _read(path)
     if _is_rttm(path, text):
-        rows = _rttm_rows(path, text)
-    else:
-        # as score.py: a numeric or empty third column is no speaker name
-        rows = [(s, e, rest[0].strip() if rest and rest[0].strip() and not _is_float(rest[0]) else None)
-                for s, e, rest in _csv_rows(path, text)]
-    return _spans_of(rows, speaker, f"reference {path}", "speaker", "choose one")
+        return _rttm_rows(path, text)
+    # as score.py: a numeric or empty third column is no speaker name
+    return [(s, e, rest[0].strip() if rest and rest[0].strip() and not _is_float(rest[0]) else None)
+            for s, e, rest in _csv_rows(path, text)]
 
 
 def read_others(path: str | Path, speaker: str | None = None) -> list[tuple[float, float, str]] | None:
     """(start_s, end_s, speaker) of every speaker but `speaker` in a reference that names
     several (RTTM, or CSV start,end,speaker); None when it names at most one."""
-    text = _read(path)
-    if _is_rttm(path, text):
-        rows = _rttm_rows(path, text)
-    else:
-        rows = [(s, e, rest[0].strip() if rest and rest[0].strip() and not _is_float(rest[0]) else None)
-                for s, e, rest in _csv_rows(path, text)]
+    rows = _reference_rows(path)
     if len({k for _, _, k in rows if k is not None}) < 2 or any(k is None for _, _, k in rows):
         return None
     return [(s, e, k) for s, e, k in rows if k != speaker]

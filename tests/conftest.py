@@ -144,12 +144,7 @@ def write_container(path: Path, tracks: list[tuple[str, np.ndarray, int]], video
         for i in range(0, samples.shape[1], n):
             chunk = samples[:, i:i + n]
             chunk = np.pad(chunk, ((0, 0), (0, n - chunk.shape[1])))
-            if fmt.name.startswith("s16"):
-                chunk = np.round(np.clip(chunk, -1, 1) * 32767).astype(np.int16)
-            elif fmt.name.startswith("s32"):
-                chunk = np.round(np.clip(chunk, -1, 1) * (2 ** 31 - 1)).astype(np.int32)
-            else:
-                chunk = chunk.astype(np.float32)
+            chunk = _in_format(chunk, fmt.name)
             frame = av.AudioFrame.from_ndarray(chunk if fmt.is_planar else chunk.T.reshape(1, -1),
                                                format=fmt.name, layout=layout)
             frame.sample_rate, frame.pts = s.rate, pts
@@ -167,6 +162,15 @@ def write_container(path: Path, tracks: list[tuple[str, np.ndarray, int]], video
             container.mux(packet)
     container.close()
     return path
+
+
+def _in_format(chunk: np.ndarray, fmt: str) -> np.ndarray:
+    """Float samples in [-1, 1] as the encoder's sample format wants them (s16, s32 or float)."""
+    if fmt.startswith("s16"):
+        return np.round(np.clip(chunk, -1, 1) * 32767).astype(np.int16)
+    if fmt.startswith("s32"):
+        return np.round(np.clip(chunk, -1, 1) * (2 ** 31 - 1)).astype(np.int32)
+    return chunk.astype(np.float32)
 
 
 def write_timed(path: Path, pieces: list[tuple[float, np.ndarray]], rate_hz: int, codec: str,
@@ -190,12 +194,7 @@ def write_timed(path: Path, pieces: list[tuple[float, np.ndarray]], rate_hz: int
     for start_s, samples in pieces:
         for i in range(0, len(samples), n):
             chunk = np.pad(samples[i:i + n], (0, max(0, i + n - len(samples))))[None]
-            if fmt.name.startswith("s16"):
-                chunk = np.round(np.clip(chunk, -1, 1) * 32767).astype(np.int16)
-            elif fmt.name.startswith("s32"):
-                chunk = np.round(np.clip(chunk, -1, 1) * (2 ** 31 - 1)).astype(np.int32)
-            else:
-                chunk = chunk.astype(np.float32)
+            chunk = _in_format(chunk, fmt.name)
             frame = av.AudioFrame.from_ndarray(chunk, format=fmt.name, layout="mono")
             frame.sample_rate, frame.time_base = rate_hz, Fraction(1, rate_hz)
             frame.pts = round(start_s * rate_hz) + i

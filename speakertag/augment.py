@@ -30,7 +30,7 @@ def synthetic_music(n_samples: int, sample_rate_hz: int, rng: np.random.Generato
     for _ in range(int(rng.integers(3, 9))):
         f0 = 110.0 * 2 ** (rng.integers(0, 36) / 12)
         start = int(rng.integers(0, n_samples))
-        env = np.exp(-(t - t[start]) * rng.uniform(0.5, 4.0)) * (t >= t[start])
+        env = np.exp(-np.maximum(t - t[start], 0.0) * rng.uniform(0.5, 4.0)) * (t >= t[start])  # no overflow before the note
         for h in range(1, int(rng.integers(2, 7))):
             if f0 * h < sample_rate_hz / 2:
                 x += env * np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) / h ** rng.uniform(0.7, 1.5)

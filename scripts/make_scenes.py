@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Generate quick-exchange scenes for measuring segment edges, laid out as a dev data set.
 
-    python scripts/make_scenes.py ../shared/data/pretrain-sc --out /tmp/scenes [--scenes 6] [--seed 0]
+    python scripts/make_scenes.py ../shared/data/pretrain-sc --out /tmp/scenes [--scenes 4] [--seed 0]
 
 Each scene is a task folder that scripts/benchmark_quality.py reads (`--film movie01.flac`):
 a target and one to three other voices of the same estimated sex take turns of one to four
 words with gaps of 0.1-1 s, over a bed of synthetic music, the babble of four other voices
 and pink room tone, at 10-15 dB; `ref/movie01.csv` names every turn's speaker,
-`ref/movie01.target.csv` the target's. The target's first file is its training clip, the
-rest of its speech goes into the scene; six voices heard in no scene, one file each, and two
+`ref/movie01.target.csv` the target's. The target's first two files, cut into clips of four words,
+are its training clips, the rest of its speech goes into the scene; six voices heard in no scene, one file each, and two
 generated beds are the negatives.
 
 The voices are Speech Commands speakers (pretrain-sc): the shipped base never trained on them,
@@ -32,6 +32,7 @@ from speakertag.augment import coloured_noise, rms, synthetic_music
 
 RATE_HZ = 16000
 FRAME = 320  # 20 ms
+TRAIN_FILES = 2  # of the target's files (about 12 s each), the rest go into its scene
 
 
 def load(path: Path) -> np.ndarray:
@@ -96,13 +97,18 @@ def make_scene(folder: Path, target: str, others: list[str], files: dict[str, li
                negatives: list[Path], rng: np.random.Generator) -> dict:
     for sub in ("train/positive", "train/negative", "test", "ref"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    sf.write(folder / "train/positive/000.flac", load(files[target][0]), RATE_HZ)
+    # The training files cut into clips of a few words, as a user's clips of lines would be.
+    for i, f in enumerate(files[target][:TRAIN_FILES]):
+        x = load(f)
+        w = words(x)
+        for j in range(0, len(w), 4):
+            sf.write(folder / "train/positive" / f"{i}_{j:02d}.flac", x[w[j][0]:w[min(j + 4, len(w)) - 1][1]], RATE_HZ)
     for f in negatives:
         sf.write(folder / "train/negative" / f"speech__{f.parent.name}.flac", load(f), RATE_HZ)
     for i in range(2):
         b = bed(10 * RATE_HZ, [], rng)
         sf.write(folder / "train/negative" / f"nonspeech__{i}.flac", 0.5 * b / np.abs(b).max(), RATE_HZ)
-    pools = {s: turns_of(files[s][1:] if s == target else files[s]) for s in [target] + others}
+    pools = {s: turns_of(files[s][TRAIN_FILES:] if s == target else files[s]) for s in [target] + others}
     for s in pools:
         rng.shuffle(pools[s])
     # Every voice speaks in turn, never twice in a row, the target about as often as the others together.
@@ -142,14 +148,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("corpus", type=Path, help="the Speech Commands speakers (pretrain-sc)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--scenes", type=int, default=6)
+    ap.add_argument("--scenes", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--min-speech-s", type=float, default=24.0, help="a target's speech in all its files")
+    ap.add_argument("--min-speech-s", type=float, default=30.0, help="a target's speech in all its files")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     files = speakers(args.corpus)
     speech_s = {r["speaker_id"]: float(r["speech_s"]) for r in csv.DictReader(open(args.corpus / "speakers.csv"))}
-    rich = [s for s in files if speech_s.get(s, 0) >= args.min_speech_s and len(files[s]) >= 2]
+    rich = [s for s in files if speech_s.get(s, 0) >= args.min_speech_s and len(files[s]) > TRAIN_FILES]
     sex = {s: "M" if median_f0_hz(load(files[s][0])) < 165 else "F" for s in rich}
     print(f"{len(rich)} voices with {args.min_speech_s:g} s: {sum(v == 'F' for v in sex.values())} F, "
           f"{sum(v == 'M' for v in sex.values())} M (estimated)")

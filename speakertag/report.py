@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from . import writers
 from .params import AudioParams
 from .segments import Segment, cell_scores
 
@@ -48,22 +49,12 @@ MAX_TICKS = 12
 
 def clock(seconds: float, with_hours: bool) -> str:
     """Whole seconds as "mm:ss", or "h:mm:ss" when with_hours: 186.4 -> "03:06"."""
-    total = int(round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if with_hours:
-        return f"{hours}:{minutes:02d}:{secs:02d}"
-    return f"{hours * 60 + minutes:02d}:{secs:02d}"
+    return writers.clock(seconds, hours="shown" if with_hours else "in minutes")
 
 
 def precise_clock(seconds: float) -> str:
     """Time to 0.1 s for the segment table: 186.54 -> "03:06.5", 4000.0 -> "1:06:40.0"."""
-    tenths = int(round(seconds * 10))
-    hours, rest = divmod(tenths, 36000)
-    minutes, rest = divmod(rest, 600)
-    secs, tenth = divmod(rest, 10)
-    head = f"{hours}:{minutes:02d}" if hours else f"{minutes:02d}"
-    return f"{head}:{secs:02d}.{tenth}"
+    return writers.clock(seconds, 1, hours="if any")
 
 
 def track_cells(result: TagResult, track: VoiceTrack) -> tuple[np.ndarray, np.ndarray]:
@@ -147,11 +138,6 @@ def render_plot(result: TagResult, title: str | None = None) -> PlotImage:
     box = bottom.get_position()
     width_px, height_px = (int(round(v)) for v in fig.get_size_inches() * PLOT_DPI)
     return PlotImage(buf.getvalue(), width_px, height_px, float(box.x0), float(box.x1), end_s)
-
-
-def plot_png(result: TagResult, title: str | None = None) -> bytes:
-    """The score plot of render_plot as PNG bytes."""
-    return render_plot(result, title).png
 
 
 @dataclass(frozen=True)
@@ -337,8 +323,3 @@ speech inside. Click the plot or a row to listen.</figcaption>
 </body>
 </html>
 """
-
-
-def render_report(result: TagResult, audio: ReportAudio, version: str = "") -> str:
-    """render_html with the plot made here."""
-    return render_html(result, render_plot(result), audio, version)

@@ -45,15 +45,27 @@ def format_of(path: Path) -> str | None:
     return None
 
 
-def _clock(seconds: float, digits: int, sep: str) -> str:
-    """Clock time HH:MM:SS<sep>F with `digits` fraction digits; rounds once, so 59.96 s never shows as 60."""
-    if seconds < 0:
-        raise ValueError(f"negative time: {seconds} s")
+def clock(seconds: float, digits: int = 0, sep: str = ".", hours: str = "padded") -> str:
+    """Clock time with `digits` fraction digits after `sep`, rounded once (59.96 s to 0.1 s
+    is 00:01:00.0, never 00:00:60.0). hours: "padded" 00:03:06.5, "shown" 0:03:06, "if any"
+    03:06.5 and 1:06:40.0, "in minutes" 75:00."""
     units = 10**digits
     h, rest = divmod(round(seconds * units), 3600 * units)
     m, rest = divmod(rest, 60 * units)
     s, frac = divmod(rest, units)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{frac:0{digits}d}"
+    tail = f"{s:02d}{sep}{frac:0{digits}d}" if digits else f"{s:02d}"
+    if hours == "in minutes":
+        return f"{h * 60 + m:02d}:{tail}"
+    if hours == "if any" and not h:
+        return f"{m:02d}:{tail}"
+    return f"{h:02d}:{m:02d}:{tail}" if hours == "padded" else f"{h}:{m:02d}:{tail}"
+
+
+def _clock(seconds: float, digits: int, sep: str) -> str:
+    """clock() of a segment's time, which is never negative."""
+    if seconds < 0:
+        raise ValueError(f"negative time: {seconds} s")
+    return clock(seconds, digits, sep)
 
 
 def format_timestamp(seconds: float) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import speech_like, write_audio
-from speakertag.report import (EMBED_BIT_RATE, ReportAudio, clock, embed_audio, link_audio, plot_png,
+from speakertag.report import (EMBED_BIT_RATE, ReportAudio, clock, embed_audio, link_audio,
                                precise_clock, render_html, render_plot, segment_rows, track_cells)
 from speakertag.segments import Segment
 from speakertag.tagging import TagResult, VoiceTrack
@@ -79,7 +79,7 @@ def test_plot_is_a_png(names):
     image = render_plot(r)
     assert png_size(image.png) == (image.width_px, image.height_px)
     assert 0 < image.axes_left_frac < image.axes_right_frac < 1 and image.end_s == 60.0
-    assert plot_png(r)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_of_a_long_film_with_odd_names():

@@ -108,14 +108,10 @@ def run_settings(spec: VoiceSpec, fmt: str, threshold: float | None, stream: int
     """Everything besides the film that decides an output's contents: the model and memory
     files (by SHA-256 of their bytes), the options, the format and speakertag's version.
     JSON-able; two runs with equal settings write the same output for the same film."""
-    from importlib.metadata import PackageNotFoundError, version
+    from .params import speakertag_version
 
-    try:
-        made_by = version("speakertag")
-    except PackageNotFoundError:  # run from a source tree
-        made_by = ""
     return {
-        "speakertag": made_by,
+        "speakertag": speakertag_version(missing=""),
         "format": fmt,
         "threshold": threshold,
         "stream": stream,

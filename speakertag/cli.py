@@ -29,6 +29,8 @@ CHANNELS_OPTION = click.option(
          "(centre + half of front left and right), or the average of all; auto: "
          f"{CHANNELS.auto} where there is a centre. Stereo is averaged, or with coherent, only what both "
          "channels share (voices), which weakens music and ambience mixed wide (slower). Mono is heard as it is.")
+DEVICE_OPTION = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True, help="auto: CUDA when available, else the CPU.")
 # A window's score is its top-k mean cosine to the target's memory minus 0.5 (the negative
 # weight) times that to the other sounds: it lies in [-1.5, 1.5].
 SCORE_RANGE = (-1.5, 1.5)
@@ -87,8 +89,7 @@ def cli():
               help="Share of a recording's time the target is expected to speak, which weights the threshold "
                    f"calibration; default {TrainParams.target_share:g} (a film's character). "
                    "Raise it for a podcast host.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else the CPU.")
+@DEVICE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train(positive, negative, out_dir, name, base, seed, steps, target_precision, target_share, device, quiet):
     """Learn a voice from positive and negative clips."""
@@ -180,8 +181,7 @@ def _saver(model, memory):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--stream", type=click.IntRange(0), help="Audio track number of the film (0 = first).")
 @CHANNELS_OPTION
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else the CPU.")
+@DEVICE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, device, quiet):
     """Learn from corrected labels of FILM: the corrected segments become new target
@@ -300,8 +300,7 @@ def _error_message(e: BaseException) -> str:
                    "or keep them on 0.5 s cells; default: what the model was trained with (cells).")
 @click.option("--exclusive", is_flag=True,
               help="Several voices: each moment goes to at most one, the one scoring furthest above its threshold.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else the CPU.")
+@DEVICE_OPTION
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="One input: also write an HTML report here (score plot, segment table, a player: "
                    "click a row to listen).")
@@ -567,7 +566,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
 @click.option("--threshold", type=FiniteFloatRange(*SCORE_RANGE), help="Score threshold; default: each memory's.")
 @click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first).")
 @CHANNELS_OPTION
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@DEVICE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def subtitles(film, subs, model_dirs, out, threshold, stream, channels, device, quiet):
     """Write SUBS (SRT or WebVTT) with the speaking voice's name before each cue's text

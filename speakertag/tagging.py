@@ -208,9 +208,8 @@ def cpu_count() -> int:
 @contextmanager
 def _core_left_for_decoding() -> Iterator[None]:
     """torch's threads lowered, while tagging, to one fewer than the CPUs (at least one): the
-    decoding thread keeps a core of its own. On 2 cores, a 30-minute stereo film tagged at
-    351x real time with 1 torch thread, 245x with 2 (the encoder's threads and the decoder
-    took turns on both cores)."""
+    decoding thread keeps a core of its own, instead of taking turns with the encoder's threads
+    (docs/experiments.md#the-figures-behind-the-defaults-issue-36)."""
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, min(before, cpu_count() - 1)))
     try:
@@ -252,11 +251,10 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
     # cores have work the whole run. The stages between go with the lighter of the two: the
     # features with the decoding where it is light and the encoder is not (float32); the
     # resampling with the encoder where the decoder itself is dear (5.1 decoded whole) and the
-    # encoder is not (bfloat16, a GPU): a 2-hour 5.1 film, interleaved runs on a loaded host,
-    # 444x -> 497x on average (5 of 6 pairs faster); on a quiet one about as fast (534x -> 543x).
-    # Elsewhere the decoding thread resamples and this one computes the features. A film of
-    # decoder.MIN_DURATION_S or more is decoded in a child process, the decoding thread only
-    # reading its pipe: the two no longer share the GIL (2-hour stereo film: 10-12 s -> 9.6-9.8 s).
+    # encoder is not (bfloat16, a GPU). Elsewhere the decoding thread resamples and this one
+    # computes the features. A film of decoder.MIN_DURATION_S or more is decoded in a child
+    # process, the decoding thread only reading its pipe: the two no longer share the GIL
+    # (figures: docs/experiments.md#the-figures-behind-the-defaults-issue-36).
     cost = decoding_cost(path, stream, channels)
     encoder_fast = all(m.embeds_fast for m in encoders)
     probed_s = probe(path, stream).duration_s

@@ -193,6 +193,12 @@ class TagParams:
     # (segments.ShortEdges; why it is off: docs/experiments.md, issue 33)
     batch_windows: int = 256  # windows embedded per encoder call
 
+    @property
+    def score_range(self) -> tuple[float, float]:
+        """The bounds of a window's score (scoring.Scorer): a top-k mean cosine, in [-1, 1],
+        minus negative_weight times another."""
+        return -1.0 - self.negative_weight, 1.0 + self.negative_weight
+
 
 CHANNEL_CHOICES = ("auto", "centre", "centre-weighted", "average", "coherent")  # --channels; see speakertag/audio.py
 

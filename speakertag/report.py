@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from . import writers
-from .params import AudioParams
+from .params import AudioParams, speakertag_version
 from .segments import Segment, cell_scores
 
 if TYPE_CHECKING:  # tagging pulls in torch and faiss; a report needs only its result
@@ -178,6 +178,29 @@ def embed_audio(film: str | Path, stream: int | None = None,
 def _e(text: object) -> str:
     """Escape for HTML text and double-quoted attributes."""
     return html.escape(str(text), quote=True)
+
+
+def report_files(film: Path, result: TagResult, report: Path | None = None, plot: Path | None = None,
+                 scores: Path | None = None, report_audio: str = "link", stream: int | None = None,
+                 channels: str = "auto", progress: Callable[[float], None] | None = None
+                 ) -> dict[Path, tuple[str, bytes]]:
+    """The report page, plot image and scores file of one tagged film that are asked for
+    (None: not asked), made before anything is written: {path: (what, bytes)}.
+    report_audio: "link" plays the film beside the page, "embed" puts a compressed copy of
+    its sound in the page (decoded from `stream` with `channels`; progress(seconds done))."""
+    files = {}
+    if report or plot:
+        image = render_plot(result)
+        if plot:
+            files[plot] = ("plot", image.png)
+        if report:
+            audio = (embed_audio(film, stream, progress, channels) if report_audio == "embed"
+                     else link_audio(film, report))
+            files[report] = ("report", render_html(result, image, audio, speakertag_version(missing="")).encode("utf-8"))
+    if scores:
+        files[scores] = ("scores", writers.render_scores(writers.scores_format_of(scores), [
+            (t.name, t.threshold, *track_cells(result, t)) for t in result.tracks]))
+    return files
 
 
 def segment_rows(segments: list[Segment]) -> str:

@@ -135,3 +135,16 @@ def render(subs: Subtitles, labels: Sequence[str | None], fmt: str) -> str:
         blocks.append(newline.join(head + text) + newline)
     header = "WEBVTT" + newline + newline if fmt == "vtt" else ""
     return bom + header + newline.join(blocks)
+
+
+def write_labelled(subs: Subtitles, segments: Sequence[Segment], out: Path, fmt: str,
+                   min_share: float | None = None) -> list[str | None]:
+    """Write `subs` to `out` (atomically; "-": standard output) in format fmt, each cue that
+    one voice's segments cover for at least min_share of its time (default
+    params.SubtitleParams) labelled with its name; returns each cue's label or None."""
+    from .io_utils import atomic_write_text
+    from .params import SubtitleParams
+
+    labels = speakers(subs.cues, segments, SubtitleParams().min_share if min_share is None else min_share)
+    atomic_write_text(out, render(subs, labels, fmt))
+    return labels

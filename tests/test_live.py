@@ -180,13 +180,13 @@ def test_live_input_follows_the_film_timeline(tiny_model_dir, gap_ts):
     import numpy as np
 
     from speakertag.live import StdinSource
-    from speakertag.tagging import LiveTagger, load_voice, tag
+    from speakertag.tagging import LiveTagger, TagOptions, load_voice, tag
 
     import torch
 
     voice = load_voice(tiny_model_dir)
     threshold = float(np.median(tag(gap_ts, voice).tracks[0].window_scores))  # so that there are segments
-    batch = tag(gap_ts, voice, threshold)
+    batch = tag(gap_ts, voice, TagOptions(threshold=threshold))
     assert len(batch.gaps) == 1 and batch.segments
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the CLI's live input: a window or two at a time
@@ -194,7 +194,7 @@ def test_live_input_follows_the_film_timeline(tiny_model_dir, gap_ts):
         with open(gap_ts, "rb") as f:
             cat = subprocess.Popen(["cat"], stdin=f, stdout=subprocess.PIPE)
             for source in (GrowingFile(gap_ts, timeout_s=0.2, poll_s=0.01), StdinSource(cat.stdout)):
-                live = LiveTagger(voice, threshold)
+                live = LiveTagger(voice, TagOptions(threshold=threshold))
                 found = []
                 for _, windows in live.windows(source):
                     found += live.add(windows)

@@ -220,6 +220,22 @@ def _embedded(encoders: list, windows: torch.Tensor, hop_frames: int, with_short
     return emb, emb_short
 
 
+def _score_batch(voices: Sequence[Voice], encoders: list, scorers: list[Scorer], windows: torch.Tensor,
+                 hop_frames: int, stage_s: dict[str, float] | None = None
+                 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Each voice's scores of a batch of windows (n,), and of their short windows (2 n,) where
+    its params move edges (else None); adds the time spent to stage_s["encoder"] and ["search"]."""
+    t = time.perf_counter()
+    emb, emb_short = _embedded(encoders, windows, hop_frames, {id(v.model) for v in voices if v.params.short_edges})
+    searched = time.perf_counter()
+    scores = [(scorer(emb[id(v.model)]), scorer(emb_short[id(v.model)]) if v.params.short_edges else None)
+              for v, scorer in zip(voices, scorers)]
+    if stage_s is not None:
+        stage_s["encoder"] += searched - t
+        stage_s["search"] += time.perf_counter() - searched
+    return scores
+
+
 @dataclass(frozen=True)
 class VoiceTrack:
     """What one voice's pass over a film found."""
@@ -345,7 +361,6 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], options: TagOptions =
     batch_windows = voices[0].params.batch_windows
     scores: list[list[np.ndarray]] = [[] for _ in voices]
     short: list[list[np.ndarray]] = [[] for _ in voices]
-    with_short = {id(v.model) for v in voices if v.params.short_edges}  # encoders whose voices move edges
     levels, last_levels = [], np.zeros(0, np.float32)  # cell j's level from window j; the last window's others
     with _core_left_for_decoding():
         if resampling_here:
@@ -366,15 +381,11 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], options: TagOptions =
                 batches = _featured(_prefetch(blocks), a, batch_windows, stage_s, "waiting")
         for first, windows, first_levels, last_levels in batches:
             levels.append(first_levels)
-            t = time.perf_counter()
-            emb, emb_short = _embedded(encoders, windows, a.hop_frames, with_short)
-            stage_s["encoder"] += time.perf_counter() - t
-            t = time.perf_counter()
-            for out, out_short, v, scorer in zip(scores, short, voices, scorers):
-                out.append(scorer(emb[id(v.model)]))
-                if v.params.short_edges:
-                    out_short.append(scorer(emb_short[id(v.model)]))
-            stage_s["search"] += time.perf_counter() - t
+            for out, out_short, (sc, sh) in zip(scores, short, _score_batch(voices, encoders, scorers, windows,
+                                                                             a.hop_frames, stage_s)):
+                out.append(sc)
+                if sh is not None:
+                    out_short.append(sh)
             if progress:
                 progress((first + len(windows)) * a.hop_s)
     if resampling_here:
@@ -452,7 +463,6 @@ class LiveTagger:
         self.thresholds = [options.threshold_of(v) for v in self.voices]
         self.streams = [SegmentStream(t, self.audio, v.params, v.name, v.memory.edge_threshold, live.max_delay_s)
                         for v, t in zip(self.voices, self.thresholds)]
-        self.with_short = {id(v.model) for v in self.voices if v.params.short_edges}
         self.n_samples = 0  # decoded so far, at the model rate
         self.gaps: list[tuple[float, float]] = []  # as TagResult.gaps, so far
         self.last_levels = np.zeros(0, np.float32)  # levels of the last window's cells after its first
@@ -479,12 +489,9 @@ class LiveTagger:
         """Embed and score the next batch of windows (n, n_mels, window_frames); the segments it closes."""
         a = self.audio
         levels = cell_levels_db(windows[:, :, :a.hop_frames], a).numpy()[:, 0]
-        emb, emb_short = _embedded(self.encoders, windows, a.hop_frames, self.with_short)
-        scores = [scorer(emb[id(v.model)]) for v, scorer in zip(self.voices, self.scorers)]
-        short = [scorer(emb_short[id(v.model)]) if v.params.short_edges else None
-                 for v, scorer in zip(self.voices, self.scorers)]
+        scored = _score_batch(self.voices, self.encoders, self.scorers, windows, a.hop_frames)
         self.last_levels = cell_levels_db(windows[-1:, :, a.hop_frames:], a).numpy()[0]
-        closed = [s for st, sc, sh in zip(self.streams, scores, short) for s in st.push(sc, levels, sh)]
+        closed = [s for st, (sc, sh) in zip(self.streams, scored) for s in st.push(sc, levels, sh)]
         return sorted(closed, key=lambda s: (s.start_s, s.end_s, s.label))
 
     def finish(self) -> list[Segment]:

@@ -337,7 +337,8 @@ def tag(films, model_dirs, memory_file, threshold, stream, channels, fmt, out, o
     out = None if out == Path(STDOUT) else out
     fmt = fmt or (writers.format_of(out) if out is not None else None) or "text"
     spec = VoiceSpec(tuple(model_dirs), memory_file, device)
-    options = TagOptions(threshold, stream, channels, min_gap, min_duration, edge_db, short_edges, exclusive)
+    options = TagOptions(threshold=threshold, stream=stream, channels=channels, min_gap_s=min_gap,
+                         min_duration_s=min_duration, edge_db=edge_db, short_edges=short_edges, exclusive=exclusive)
     if films[0] == Path(STDOUT) or follow:
         _tag_live(films[0], out, fmt, spec, options, quiet, follow_timeout if follow else None)
     elif out_dir is None:
@@ -471,7 +472,8 @@ def subtitles(film, subs, model_dirs, out, threshold, stream, channels, device, 
     spec = VoiceSpec(tuple(model_dirs), device=device)
     check_outputs([out], [film, subs, *_voice_inputs(spec)])
     cues = read_subtitles(subs)  # a bad subtitle file fails before the tagging
-    result = _tag_with_bar(film, spec.load(), TagOptions(threshold, stream, channels, exclusive=True), quiet)
+    options = TagOptions(threshold=threshold, stream=stream, channels=channels, exclusive=True)
+    result = _tag_with_bar(film, spec.load(), options, quiet)
     labels = write_labelled(cues, result.segments, out, fmt)
     click.echo(f"{sum(x is not None for x in labels)} of {len(labels)} cues labelled, written to {_named(out)}",
                err=True)

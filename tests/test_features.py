@@ -62,7 +62,7 @@ def blocks_of(x: np.ndarray, sizes_s: list[float]) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("sizes_s, batch", [
     ([7.3, 0.01, 13.0, 0.5, 2.2], 7),
-    ([0.03], 5),  # many blocks shorter than one STFT frame hop
+    pytest.param([0.03], 5, marks=pytest.mark.slow),  # many blocks shorter than one STFT frame hop (1333 blocks)
     ([40.0], 256),  # one block
     ([1.99, 3.01], 1),
 ])

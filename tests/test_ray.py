@@ -19,6 +19,8 @@ import pytest
 
 from conftest import speech_like, write_audio
 
+pytestmark = pytest.mark.slow  # a Ray cluster
+
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need Ray: pip install 'speakertag[ray]'")
 
 RATE = 22050

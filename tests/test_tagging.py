@@ -48,6 +48,7 @@ def test_cell_levels_of_a_film(tiny_model_dir, minute_of_film):
     assert np.median(speech) > np.median(r.cell_db[:int(10 / a.hop_s)])
 
 
+@pytest.mark.slow  # the example film tagged twice
 def test_threshold_orders_segments(tiny_model_dir, example):
     voice = load_voice(tiny_model_dir)
     low = tag(example / "movie01.mp4", voice, TagOptions(threshold=-2.0))  # scores lie in [-1.5, 1.5]
@@ -59,6 +60,7 @@ def test_threshold_orders_segments(tiny_model_dir, example):
     assert high.segments == []
 
 
+@pytest.mark.slow  # trains a second model
 def test_memory_of_another_model_is_refused(tiny_model_dir, tmp_path):
     other = train_tiny(tmp_path / "other", tmp_path / "clips", seed=1)
     voice = load_voice(tiny_model_dir)
@@ -200,6 +202,7 @@ def test_segment_times_follow_the_film(tiny_model_dir, speech_piece, tmp_path, m
         assert everything[-1].start_s == pytest.approx(r.gaps[0][1], abs=a.hop_s)
 
 
+@pytest.mark.slow  # a minute of film tagged three times, in a file and live
 def test_short_edges_in_a_file_and_live(tiny_model_dir, minute_of_film):
     """tag.short_edges: two short-window scores per window, edges that move, and a live stream
     (blocks of its own, never forced) that gives the file's segments."""

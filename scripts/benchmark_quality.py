@@ -42,7 +42,7 @@ from speakertag.model import impostors_of, load_model, save_model, shipped_base_
 from speakertag.params import CHANNEL_CHOICES
 from speakertag.params import Params
 from speakertag.segments import to_segments
-from speakertag.tagging import Voice, tag
+from speakertag.tagging import TagOptions, Voice, tag
 from speakertag.train import train
 from speakertag.writers import render
 from speakertag.io_utils import atomic_write_text
@@ -140,7 +140,7 @@ def main() -> None:
             for name in args.film:
                 film = task / "test" / name
                 t0 = time.monotonic()
-                result = tag(film, voice, channels=args.channels)
+                result = tag(film, voice, TagOptions(channels=args.channels))
                 tag_s = time.monotonic() - t0
                 if args.out:
                     atomic_write_text(args.out / f"{task.name}.{name}.seed{seed}.csv",

@@ -79,7 +79,7 @@ CHILD = r"""
 import json, os, sys, threading, time
 t0 = time.perf_counter()
 from speakertag.allocator import reuse_freed_memory
-from speakertag.tagging import load_voice, tag
+from speakertag.tagging import TagOptions, load_voice, tag
 reuse_freed_memory()  # as the command line does
 voice = load_voice(sys.argv[2])
 
@@ -96,7 +96,7 @@ def sample():  # this process and its decoding process (decoder.py) together, ev
         total_mb[0] = max(total_mb[0], rss_mb("self") + sum(rss_mb(k) for k in kids))
 threading.Thread(target=sample, daemon=True).start()
 t1 = time.perf_counter()
-r = tag(sys.argv[1], voice, channels=sys.argv[3])
+r = tag(sys.argv[1], voice, TagOptions(channels=sys.argv[3]))
 t2 = time.perf_counter()
 done.set()
 print(json.dumps({"wall_s": t2 - t1, "startup_s": t1 - t0, "duration_s": r.duration_s,

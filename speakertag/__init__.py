@@ -15,11 +15,12 @@ from importlib import import_module
 _WHERE = {
     "SpeakertagError": ".errors", "Params": ".params", "Segment": ".segments",
     "TagResult": ".tagging", "Voice": ".tagging", "load_voice": ".tagging", "tag": ".tagging",
-    "LiveTagger": ".tagging",
+    "LiveTagger": ".tagging", "TagOptions": ".tagging",
     "train": ".train",
 }
 
-__all__ = ["LiveTagger", "Params", "Segment", "SpeakertagError", "TagResult", "Voice", "load_voice", "tag", "train"]
+__all__ = ["LiveTagger", "Params", "Segment", "SpeakertagError", "TagOptions", "TagResult", "Voice", "load_voice", "tag",
+           "train"]
 
 
 def __getattr__(name: str):

@@ -3,11 +3,9 @@
 glibc's malloc gives every array of more than a few hundred kB fresh pages from the kernel
 (mmap) and hands them back when it is freed, so that the next batch of spectra or encoder
 activations faults every page in again. `reuse_freed_memory` keeps such arrays in the heap
-and freed memory in the process for the next one. Measured on 2 cores, where page faults cost
-most on a loaded host: there, training the example voice took 25 s instead of 32 s (peak RSS
-1.7 GB instead of 1.55 GB) and the encoder's share of tagging a 2-hour film 8.6 s instead of
-11.6-11.9 s; on a quiet host training took 26 s instead of 27-30 s and tagging about as long as
-before. Elsewhere (macOS, Windows, musl) it does nothing.
+and freed memory in the process for the next one: faster training and tagging where page faults
+cost most, a loaded host (docs/experiments.md#kept-the-log-mel-in-cache-sized-pieces-and-freed-memory-kept-for-reuse).
+Elsewhere (macOS, Windows, musl) it does nothing.
 """
 
 from __future__ import annotations

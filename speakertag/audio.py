@@ -134,6 +134,7 @@ class AudioInfo:
     channels: int
     codec: str
     stream_index: int | None  # audio stream number among the file's audio streams (PyAV only)
+    layout: tuple[str, ...] = ()  # the channels' names (FFmpeg's: FL, FR, FC, LFE, ...); () when not known
 
 
 def find_media_files(paths: list[str | Path], unreadable: list[OSError] | None = None) -> list[Path]:
@@ -223,36 +224,38 @@ def probe(path: str | Path, stream: int | None = None) -> AudioInfo:
         s, index = _pick_stream(container, path, stream)
         duration_s = float(s.duration * s.time_base) if s.duration else (
             container.duration / 1e6 if container.duration else None)
-        return AudioInfo(str(path), duration_s, s.rate, s.channels, s.codec_context.name, index)
+        return AudioInfo(str(path), duration_s, s.rate, s.channels, s.codec_context.name, index, _layout_names(s))
+
+
+def _layout_names(s) -> tuple[str, ...]:
+    return tuple(c.name for c in s.layout.channels) if s.layout else ()
+
+
+def _downmix(codec: str, n_channels: int, names: tuple[str, ...], channels: str) -> str | None:
+    """The layout a `codec` decoder is asked to mix down to (DECODER_DOWNMIX), or None."""
+    downmix = DECODER_DOWNMIX.get(codec)
+    return downmix if downmix and n_channels > 2 and channel_mix(names, channels).choice == "average" else None
 
 
 def _decoder_downmix(s, channels: str) -> str | None:
-    """The layout stream `s`'s decoder is asked to mix down to (DECODER_DOWNMIX), or None."""
-    names = tuple(c.name for c in s.layout.channels) if s.layout else ()
-    downmix = DECODER_DOWNMIX.get(s.codec_context.name)
-    return downmix if downmix and s.channels > 2 and channel_mix(names, channels).choice == "average" else None
+    """The layout stream `s`'s decoder is asked to mix down to, or None."""
+    return _downmix(s.codec_context.name, s.channels, _layout_names(s), channels)
 
 
-def decoded_channels(path: str | Path, stream: int | None = None, channels: str = "auto") -> int:
-    """How many channels the decoder gives for `path` read as `decode_blocks` reads it (the
-    stream's, or fewer when the decoder mixes down): what decoding costs, roughly."""
-    path = Path(path)
-    _check_readable(path)
-    if _use_soundfile(path):
-        return probe(path, stream).channels
-    with _open_container(path) as container:
-        s, _ = _pick_stream(container, path, stream)
-        return {"mono": 1, "stereo": 2}.get(_decoder_downmix(s, channels), s.channels)
+def decoded_channels(info: AudioInfo, channels: str = "auto") -> int:
+    """How many channels the decoder gives for the probed track `info` read as `decode_blocks`
+    reads it (the stream's, or fewer when the decoder mixes down): what decoding costs, roughly."""
+    return {"mono": 1, "stereo": 2}.get(_downmix(info.codec, info.channels, info.layout, channels), info.channels)
 
 
-def decoding_cost(path: str | Path, stream: int | None = None, channels: str = "auto") -> str:
+def decoding_cost(info: AudioInfo, channels: str = "auto") -> str:
     """What makes decoding `path` as `decode_blocks` does dear, for the tagger's split of the
     work between its threads: "light" (at most two channels decoded, as a plain stereo track),
     "decoder" (more channels decoded: FFmpeg's own work, e.g. 5.1 decoded whole for its centre)
     or "mask" (stereo heard `coherent`: both channels resampled and masked). On 2 cores, 2-hour
     AC-3 film: stereo decodes in 8 s, 5.1 in 12-14 s (9.5 of them FFmpeg's), coherent stereo in
-    12-14 s."""
-    n = decoded_channels(path, stream, channels)
+    12-14 s. info: probe()'s description of the track."""
+    n = decoded_channels(info, channels)
     if n == 2 and channel_mix(("FL", "FR"), channels).choice == "coherent":
         return "mask"
     return "decoder" if n > 2 else "light"

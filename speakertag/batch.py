@@ -17,57 +17,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from . import writers
-from .errors import SpeakertagError
 from .io_utils import atomic_write_text, check_outputs, folder_lock
 from .signals import die_with_parent
-from .tagging import TagResult, Voice, check_pair, cpu_count, exclusive, load_voice, tag
-
-
-@dataclass(frozen=True)
-class VoiceSpec:
-    """How to load the voices to tag with, options applied; small and picklable, for worker processes."""
-    model_dirs: tuple[Path, ...]  # model folders, or folders of model folders
-    memory_file: Path | None = None  # a memory to use instead of the model folder's (one model only)
-    device: str | None = None
-    min_gap_s: float | None = None  # None: each model's own tag params
-    min_duration_s: float | None = None
-    edge_db: float | None = None
-    exclusive: bool = False  # each moment to at most one voice (tagging.exclusive), applied to each result
-    short_edges: bool | None = None  # None: each model's own tag params
-
-    def load(self) -> list[Voice]:
-        from .memory import load_memory
-
-        dirs = model_folders(self.model_dirs)
-        if self.memory_file and len(dirs) > 1:
-            raise SpeakertagError("--memory needs exactly one model")
-        voices = []
-        for d in dirs:
-            voice = load_voice(d, self.device)
-            if self.memory_file:
-                voice = replace(voice, memory=load_memory(self.memory_file))
-                check_pair(voice.model, voice.memory)
-            tp = voice.params
-            tp = replace(tp, min_gap_s=tp.min_gap_s if self.min_gap_s is None else self.min_gap_s,
-                         min_duration_s=tp.min_duration_s if self.min_duration_s is None else self.min_duration_s,
-                         edge_db=tp.edge_db if self.edge_db is None else self.edge_db,
-                         short_edges=tp.short_edges if self.short_edges is None else self.short_edges)
-            voices.append(replace(voice, tag_params=tp))
-        names = [v.name for v in voices]
-        if len(set(names)) < len(names):  # voices trained under the same name: label them by folder
-            voices = [replace(v, label=d.name) for v, d in zip(voices, dirs)]
-        return voices
-
-
-def model_folders(paths: Sequence[Path]) -> list[Path]:
-    """Model folders (holding model.pt) named directly or found one level inside the given folders."""
-    found: list[Path] = []
-    for p in paths:
-        if not p.is_dir():
-            raise SpeakertagError(f"no such model folder: {p}")
-        inner = [] if (p / "model.pt").exists() else sorted(d for d in p.iterdir() if (d / "model.pt").is_file())
-        found.extend(inner or [p])  # a folder without models fails in load_model with its own message
-    return found
+from .tagging import TagOptions, TagResult, Voice, VoiceSpec, cpu_count, tag, voice_files
 
 
 def output_paths(inputs: list[Path], out_dir: Path, suffix: str) -> list[Path]:
@@ -95,36 +47,23 @@ def _sha256_of_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def voice_files(spec: VoiceSpec) -> list[tuple[Path, Path, Path]]:
-    """(model folder, model file, memory file) of each voice, in the order spec.load() gives them."""
-    from .memory import MEMORY_FILE
-    from .model import MODEL_FILE
-
-    return [(d, d / MODEL_FILE, spec.memory_file or d / MEMORY_FILE) for d in model_folders(spec.model_dirs)]
-
-
-def run_settings(spec: VoiceSpec, fmt: str, threshold: float | None, stream: int | None,
-                 channels: str = "auto") -> dict:
+def run_settings(spec: VoiceSpec, fmt: str, options: TagOptions = TagOptions()) -> dict:
     """Everything besides the film that decides an output's contents: the model and memory
     files (by SHA-256 of their bytes), the options, the format and speakertag's version.
     JSON-able; two runs with equal settings write the same output for the same film."""
-    from importlib.metadata import PackageNotFoundError, version
+    from .params import speakertag_version
 
-    try:
-        made_by = version("speakertag")
-    except PackageNotFoundError:  # run from a source tree
-        made_by = ""
     return {
-        "speakertag": made_by,
+        "speakertag": speakertag_version(missing=""),
         "format": fmt,
-        "threshold": threshold,
-        "stream": stream,
-        "channels": channels,
-        "min_gap_s": spec.min_gap_s,
-        "min_duration_s": spec.min_duration_s,
-        "edge_db": spec.edge_db,
-        **({"exclusive": True} if spec.exclusive else {}),  # absent when off: older stamps stay valid
-        **({"short_edges": spec.short_edges} if spec.short_edges is not None else {}),
+        "threshold": options.threshold,
+        "stream": options.stream,
+        "channels": options.channels,
+        "min_gap_s": options.min_gap_s,
+        "min_duration_s": options.min_duration_s,
+        "edge_db": options.edge_db,
+        **({"exclusive": True} if options.exclusive else {}),  # absent when off: older stamps stay valid
+        **({"short_edges": options.short_edges} if options.short_edges is not None else {}),
         "voices": [{"folder": str(d), "model_sha256": _sha256_of_file(m), "memory_sha256": _sha256_of_file(mem)}
                    for d, m, mem in voice_files(spec)],
     }
@@ -216,19 +155,19 @@ def _init_worker(spec: VoiceSpec, n_threads: int, parent_pid: int) -> None:
     _worker["voices"] = spec.load()
 
 
-def _work(film: Path, threshold: float | None, stream: int | None, channels: str) -> TagResult:
-    return tag(film, _worker["voices"], threshold, stream, channels=channels)
+def _work(film: Path, options: TagOptions) -> TagResult:
+    return tag(film, _worker["voices"], options)
 
 
-def tag_in_pool(films: list[Path], n_workers: int, spec: VoiceSpec, threshold: float | None, stream: int | None,
-                channels: str = "auto") -> Iterator[tuple[Path, TagResult | BaseException]]:
+def tag_in_pool(films: list[Path], n_workers: int, spec: VoiceSpec, options: TagOptions = TagOptions()
+                ) -> Iterator[tuple[Path, TagResult | BaseException]]:
     """Tag films in n_workers spawned processes (spawn: safe with CUDA and threads), each
     loading the voices once and using its share of the CPU cores. Yields (film, TagResult or
     exception) as each film finishes; interrupted or closed early, the workers are stopped."""
     pool = ProcessPoolExecutor(n_workers, multiprocessing.get_context("spawn"), initializer=_init_worker,
                                initargs=(spec, max(1, cpu_count() // n_workers), os.getpid()))
     try:
-        futures = {pool.submit(_work, film, threshold, stream, channels): film for film in films}
+        futures = {pool.submit(_work, film, options): film for film in films}
         for future in as_completed(futures):
             try:
                 result = future.result()
@@ -258,10 +197,9 @@ def _stop_pool(pool: ProcessPoolExecutor, grace_s: float = 2.0) -> None:
                 process.join(grace_s)
 
 
-def render_output(fmt: str, film: Path, result: TagResult, spec: VoiceSpec) -> str:
+def render_output(fmt: str, film: Path, result: TagResult) -> str:
     """The output file of one tagged film, naming each voice's model folder and threshold."""
-    voices = [{"name": t.name, "model": str(d), "threshold": round(t.threshold, 4)}
-              for t, d in zip(result.tracks, model_folders(spec.model_dirs))]
+    voices = writers.voice_entries((t.name, t.folder, t.threshold) for t in result.tracks)
     return writers.render(fmt, result.segments, input_path=str(film), voices=voices, gaps=result.gaps)
 
 
@@ -270,7 +208,7 @@ class Outcome:
     """What became of one input of tag_films()."""
     film: Path  # the input file as found; for a folder that could not be listed: that folder
     out_path: Path | None  # its output in out_dir; None for a folder that could not be listed
-    result: TagResult | None = None  # tagged and written (tagging.exclusive applied when spec asks)
+    result: TagResult | None = None  # tagged and written
     error: BaseException | None = None  # failed, nothing written for it (a folder: the OSError from listing it)
     skipped: bool = False  # its output is up to date: not tagged again
 
@@ -279,8 +217,8 @@ class Outcome:
         return self.out_path is None
 
 
-def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, threshold: float | None = None,
-              stream: int | None = None, channels: str = "auto", jobs: int = 1, engine: str = "local",
+def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, options: TagOptions = TagOptions(),
+              jobs: int = 1, engine: str = "local",
               ray_address: str | None = None, force: bool = False,
               tag_one: Callable[[Path, list[Voice]], TagResult] | None = None,
               note: Callable[[str], None] | None = None) -> Iterator[Outcome]:
@@ -324,7 +262,7 @@ def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, t
             replace(spec, device="cpu").load()
         else:
             voices = spec.load()
-        settings = run_settings(spec, fmt, threshold, stream, channels)
+        settings = run_settings(spec, fmt, options)
         state: dict[Path, dict | None] = {}  # taken before tagging: a film changed meanwhile is tagged next time
         for film in inputs:
             try:
@@ -337,22 +275,20 @@ def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, t
                 yield Outcome(film, out_for[film], skipped=True)
 
         if engine == "ray" and todo:
-            results = tag_on_ray(todo, spec, threshold, stream, ray_address, channels)
+            results = tag_on_ray(todo, spec, options, ray_address)
         elif n_workers > 1 and todo:
             usable, lowered = usable_jobs(jobs)
             if lowered and note and usable < min(jobs, len(todo)):
                 note(lowered)
-            results = tag_in_pool(todo, min(usable, len(todo)), spec, threshold, stream, channels)
+            results = tag_in_pool(todo, min(usable, len(todo)), spec, options)
         else:
-            results = _tag_here(todo, voices, tag_one or (
-                lambda film, voices: tag(film, voices, threshold, stream, channels=channels)))
+            results = _tag_here(todo, voices, tag_one or (lambda film, voices: tag(film, voices, options)))
         with contextlib.closing(results):
             for film, result in results:
                 try:
                     if isinstance(result, BaseException):
                         raise result
-                    result = exclusive(result) if spec.exclusive else result
-                    text = render_output(fmt, film, result, spec)
+                    text = render_output(fmt, film, result)
                     atomic_write_text(out_for[film], text)
                     if state[film] is not None:
                         write_stamp(out_for[film], state[film], settings, text)

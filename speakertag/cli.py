@@ -16,11 +16,11 @@ import click
 
 from . import signals, writers
 from .allocator import reuse_freed_memory
-from .errors import SpeakertagError
-from .io_utils import (STDOUT, GrowingOutput, atomic_write_bytes, atomic_write_text, check_output_folder,
+from .errors import SpeakertagError, error_message
+from .io_utils import (STDOUT, atomic_write_bytes, atomic_write_text, check_output_folder,
                        check_outputs, followed, write_model_folder)
-from .params import CHANNEL_CHOICES, CHANNELS, TrainParams
-from .signals import Interrupted, raise_if_interrupted, signals_noted
+from .params import CHANNEL_CHOICES, CHANNELS, TagParams, TrainParams
+from .signals import Interrupted, raise_if_interrupted
 
 GREEDY_OPTIONS = ("--positive", "--negative")
 CHANNELS_OPTION = click.option(
@@ -29,9 +29,9 @@ CHANNELS_OPTION = click.option(
          "(centre + half of front left and right), or the average of all; auto: "
          f"{CHANNELS.auto} where there is a centre. Stereo is averaged, or with coherent, only what both "
          "channels share (voices), which weakens music and ambience mixed wide (slower). Mono is heard as it is.")
-# A window's score is its top-k mean cosine to the target's memory minus 0.5 (the negative
-# weight) times that to the other sounds: it lies in [-1.5, 1.5].
-SCORE_RANGE = (-1.5, 1.5)
+DEVICE_OPTION = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                             show_default=True, help="auto: CUDA when available, else the CPU.")
+SCORE_RANGE = TagParams().score_range
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -87,8 +87,7 @@ def cli():
               help="Share of a recording's time the target is expected to speak, which weights the threshold "
                    f"calibration; default {TrainParams.target_share:g} (a film's character). "
                    "Raise it for a podcast host.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else the CPU.")
+@DEVICE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train(positive, negative, out_dir, name, base, seed, steps, target_precision, target_share, device, quiet):
     """Learn a voice from positive and negative clips."""
@@ -180,8 +179,7 @@ def _saver(model, memory):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--stream", type=click.IntRange(0), help="Audio track number of the film (0 = first).")
 @CHANNELS_OPTION
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else the CPU.")
+@DEVICE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, device, quiet):
     """Learn from corrected labels of FILM: the corrected segments become new target
@@ -210,56 +208,39 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, devi
     write_model_folder(out_dir.resolve(), _saver(model, memory), model_dir)
     for note in report.notes:
         click.echo(note, err=True)
-    click.echo(f"{film}: the model detected {report.detected_s:.1f} s; learned from {report.positive_s:.1f} s of "
-               f"corrected target speech ({report.n_positive_spans} segments) and {report.false_alarm_s:.1f} s of "
-               f"false alarms ({report.n_false_alarm_spans} segments)")
-    if report.encoder == "fine-tuned":
-        click.echo(f"encoder fine-tuned for {report.steps} steps on that and the model's training clips; "
-                   f"memories rebuilt ({len(memory.embeddings)} target, {len(memory.negatives)} other entries)")
-    else:
-        click.echo(f"encoder kept ({report.kept_why}); the new windows were added to the memories "
-                   f"({len(memory.embeddings)} target, {len(memory.negatives)} other entries)")
-    fc = report.film_calibration
-    click.echo(f"threshold {report.threshold_before:.3f} -> {memory.threshold:.3f}" + (
-        f": where the film's segments agree best with the corrections when the memories leave out its own "
-        f"material (F1 {fc.f1:.2f}, precision {fc.precision:.2f}, recall {fc.recall:.2f})" if fc else
-        " (calibrated on film-like windows of every clip)" if report.calibration else " (kept)")
-        + f"; {report.seconds:.1f} s in all")
+    click.echo(report.summary(memory))
     click.echo(f"model written to {out_dir}")
 
 
-def _tag_with_bar(film: Path, voices, threshold, stream, quiet: bool, info=None, channels: str = "auto"):
-    """tagging.tag with a progress bar on stderr (hidden when quiet or not a terminal).
-    info: the film's probe() result, if the caller has it."""
-    from .audio import probe
-    from .tagging import tag as tag_film
-
-    info = info or probe(film, stream)
+@contextlib.contextmanager
+def _bar(length_s: float | None, label: str, quiet: bool):
+    """A progress bar on stderr over length_s seconds of audio (hidden when quiet or not a
+    terminal); yields progress(seconds_done) with the speed beside it."""
     started = time.monotonic()
-    with click.progressbar(length=int(info.duration_s or 0) or 1, label=film.name, file=sys.stderr,
+    with click.progressbar(length=int(length_s or 0) or 1, label=label, file=sys.stderr,
                            hidden=not _progress_enabled(quiet), item_show_func=lambda s: s) as bar:
         def progress(seconds):
             speed = seconds / max(time.monotonic() - started, 1e-6)
             bar.update(min(int(seconds), bar.length) - bar.pos, f"{seconds / 60:.1f} min, {speed:.0f}x real time")
-        result = tag_film(film, voices, threshold, stream, progress, channels)
+        yield progress
         bar.update(bar.length - bar.pos)  # the audio after the last whole window counts as done
-        return result
+
+
+def _tag_with_bar(film: Path, voices, options, quiet: bool, info=None):
+    """tagging.tag with a progress bar. info: the film's probe() result, if the caller has it."""
+    from .audio import probe
+    from .tagging import tag as tag_film
+
+    info = info or probe(film, options.stream)
+    with _bar(info.duration_s, film.name, quiet) as progress:
+        return tag_film(film, voices, options, progress, info)
 
 
 def _voice_inputs(spec) -> list[Path]:
     """The model and memory files the voices of `spec` are loaded from."""
-    from .batch import voice_files
+    from .tagging import voice_files
 
     return [f for _, model, memory in voice_files(spec) for f in (model, memory)]
-
-
-def _error_message(e: BaseException) -> str:
-    """One line for a failure: our own message, an OS error with its file, or the exception type."""
-    if isinstance(e, SpeakertagError):
-        return str(e)
-    if isinstance(e, OSError):
-        return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
-    return f"internal error: {type(e).__name__}: {e}"
 
 
 @cli.command()
@@ -300,8 +281,7 @@ def _error_message(e: BaseException) -> str:
                    "or keep them on 0.5 s cells; default: what the model was trained with (cells).")
 @click.option("--exclusive", is_flag=True,
               help="Several voices: each moment goes to at most one, the one scoring furthest above its threshold.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA when available, else the CPU.")
+@DEVICE_OPTION
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
               help="One input: also write an HTML report here (score plot, segment table, a player: "
                    "click a row to listen).")
@@ -352,180 +332,90 @@ def tag(films, model_dirs, memory_file, threshold, stream, channels, fmt, out, o
     if engine == "ray" and jobs != 1:
         raise click.UsageError("--jobs is for --engine local; on Ray every film is a task and the cluster's "
                                "CPUs decide how many run at once")
-    from .batch import VoiceSpec
+    from .tagging import TagOptions, VoiceSpec
 
     out = None if out == Path(STDOUT) else out
     fmt = fmt or (writers.format_of(out) if out is not None else None) or "text"
-    spec = VoiceSpec(tuple(model_dirs), memory_file, device, min_gap, min_duration, edge_db, exclusive, short_edges)
+    spec = VoiceSpec(tuple(model_dirs), memory_file, device)
+    options = TagOptions(threshold=threshold, stream=stream, channels=channels, min_gap_s=min_gap,
+                         min_duration_s=min_duration, edge_db=edge_db, short_edges=short_edges, exclusive=exclusive)
     if films[0] == Path(STDOUT) or follow:
-        _tag_live(films[0], out, fmt, spec, threshold, stream, quiet, follow_timeout if follow else None, channels)
+        _tag_live(films[0], out, fmt, spec, options, quiet, follow_timeout if follow else None)
     elif out_dir is None:
-        _tag_one(films[0], out, fmt, spec, threshold, stream, quiet, report, report_audio or "link", plot, scores,
-                 channels)
+        _tag_one(films[0], out, fmt, spec, options, quiet, report, report_audio or "link", plot, scores)
     else:
-        _tag_many(films, out_dir, fmt, jobs, spec, threshold, stream, quiet, engine, ray_address, force, channels)
+        _tag_many(films, out_dir, fmt, jobs, spec, options, quiet, engine, ray_address, force)
 
 
-def _tag_one(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
-             report: Path | None = None, report_audio: str = "link", plot: Path | None = None,
-             scores: Path | None = None, channels: str = "auto") -> None:
+def _tag_one(film: Path, out: Path | None, fmt: str, spec, options, quiet: bool, report: Path | None = None,
+             report_audio: str = "link", plot: Path | None = None, scores: Path | None = None) -> None:
     """One film to stdout or to `out`, and its report, plot and scores if asked; a failure is the command's error."""
     from .audio import probe
     from .batch import render_output
-    from .report import track_cells
-    from .tagging import exclusive
+    from .report import report_files
 
     outputs = [path for path in (out, report, plot, scores) if path is not None]
     check_outputs(outputs, [film, *_voice_inputs(spec)])
     for path in outputs:
         if not path.parent.exists():
             raise SpeakertagError(f"output folder does not exist: {path.parent}")
-    info = probe(film, stream)  # a bad film fails here, before torch and the model load
-    voices = spec.load()
-    result = _tag_with_bar(film, voices, threshold, stream, quiet, info, channels)
-    result = exclusive(result) if spec.exclusive else result
-    text = render_output(fmt, film, result, spec)
+    info = probe(film, options.stream)  # a bad film fails here, before torch and the model load
+    result = _tag_with_bar(film, spec.load(), options, quiet, info)
+    text = render_output(fmt, film, result)
     if result.note:
         click.echo(result.note, err=True)
-    visuals = _visuals(film, result, report, report_audio, plot, stream, quiet, channels) if report or plot else {}
-    if scores:
-        visuals[scores] = ("scores", writers.render_scores(writers.scores_format_of(scores), [
-            (t.name, t.threshold, *track_cells(result, t)) for t in result.tracks]))
+    embedding = report is not None and report_audio == "embed"
+    with _bar(result.duration_s, "report audio", quiet or not embedding) as progress:
+        files = report_files(film, result, report, plot, scores, report_audio, options.stream, options.channels,
+                             progress)
     if out is None:
         click.echo(text, nl=False)
     else:
         atomic_write_text(out, text)
         click.echo(f"{len(result.segments)} segments written to {out}", err=True)
-    for path, (what, data) in visuals.items():
+    for path, (what, data) in files.items():
         atomic_write_bytes(path, data)
         click.echo(f"{what} written to {path}", err=True)
 
 
-def _tag_live(film: Path, out: Path | None, fmt: str, spec, threshold, stream, quiet: bool,
-              follow_timeout_s: float | None, channels: str = "auto") -> None:
-    """Standard input or a growing file: each segment printed (to stderr when --out is given)
-    and, in formats that allow it, added to the output as soon as it closes (a new file grows;
-    an existing one is replaced when the run ends, and kept if it fails); JSON, SRT and
-    WebVTT are written whole at the end. Ctrl-C ends the input (a pipe: at its next data), and
-    what was found is kept; a second Ctrl-C then stops at once."""
-    import torch
+def _tag_live(film: Path, out: Path | None, fmt: str, spec, options, quiet: bool,
+              follow_timeout_s: float | None) -> None:
+    """live.tag_live, each segment echoed to stderr as it closes when --out is given, then a
+    summary; a followed file cut short or replaced is an error, the segments found before kept."""
+    from .live import tag_live
+    from .tagging import gaps_note
 
-    from .live import GrowingFile, StdinSource
-    from .params import LiveParams
-    from .tagging import LiveTagger, gaps_note
-
-    check_outputs([out] if out else [], ([] if film == Path(STDOUT) else [film]) + _voice_inputs(spec))
+    stdin = film == Path(STDOUT)
+    check_outputs([out] if out else [], ([] if stdin else [film]) + _voice_inputs(spec))
     if out is not None and not out.parent.exists():
         raise SpeakertagError(f"output folder does not exist: {out.parent}")
-    live_params = LiveParams()
-    voices = spec.load()
-    torch.set_num_threads(1)  # a window or two at a time: threads cost more than they give (4x here)
-    def stop() -> bool:
-        return signals.interrupted()
 
-    source = (StdinSource(stop=stop, live=live_params) if film == Path(STDOUT)
-              else GrowingFile(film, follow_timeout_s, live_params.poll_s, stop))
-    live = LiveTagger(voices, threshold, live_params)
-    appendable, several = fmt in writers.APPENDABLE, len(voices) > 1
-    found: list = []
-    # --out, created with the first segment (a stream that cannot be read leaves none); an
-    # existing file is replaced only when the run ends, and stays as it was if the run fails
-    sink = GrowingOutput(out) if out is not None and appendable else None
-
-    def write(text: str) -> None:
-        if sink is None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            return
-        if sink.file is None and fmt == "csv":  # the header first, the rows as they come
-            sink.write(writers.render(fmt, [], input_path="", with_label=several))
-        sink.write(text)
-
-    def emit(segments) -> None:
-        if appendable and segments:
-            write(writers.render(fmt, segments, input_path=str(source), with_label=several, header=False))
-        found.extend(segments)
+    def closed(segments, duration_s: float) -> None:
         for s in segments if out is not None and not quiet else ():
             click.echo(f"{writers.format_timestamp(s.start_s)} - {writers.format_timestamp(s.end_s)}  {s.label}  "
-                       f"(closed at {live.duration_s:.1f} s)", err=True)
+                       f"(closed at {duration_s:.1f} s)", err=True)
 
-    if fmt == "csv" and out is None:  # the header first, the rows as they come
-        write(writers.render(fmt, [], input_path="", with_label=several))
-    try:
-        with signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
-            for _, windows in live.windows(source, stream, channels):
-                emit(live.add(windows))
-                if stop():
-                    break
-        interrupted = stop()
-        emit(live.finish())
-        if sink is not None:
-            write("")  # a run that found nothing still writes its (empty) file
-            sink.commit()
-    except Interrupted:  # stopped at once (a second signal): the segments already out are kept
-        if sink is not None:
-            sink.commit()
-        raise
-    except BaseException:
-        if sink is not None:
-            sink.discard()
-        raise
-    if not appendable:
-        from .batch import model_folders
-
-        text = writers.render(fmt, found, input_path=str(source), voices=[
-            {"name": v.name, "model": str(d), "threshold": round(t, 4)}
-            for v, d, t in zip(voices, model_folders(spec.model_dirs), live.thresholds)], gaps=live.gaps)
-        atomic_write_text(out or STDOUT, text)
-    if live.gaps:
-        click.echo(gaps_note(source, live.gaps), err=True)
-    if not quiet or interrupted:
-        click.echo(f"{len(found)} segments in {live.duration_s:.1f} s of {source}"
-                   + (" (interrupted)" if interrupted else "") + (f", written to {out}" if out else ""), err=True)
-    if getattr(source, "cut_short", None):  # a new recording in the old one's file: not joined to it
-        raise SpeakertagError(f"{source} {source.cut_short} (a new recording?): stopped at {live.duration_s:.1f} s "
+    run = tag_live(None if stdin else film, spec.load(), fmt, out, options, follow_timeout_s, closed)
+    if run.gaps:
+        click.echo(gaps_note(run.source, run.gaps), err=True)
+    if not quiet or run.interrupted:
+        click.echo(f"{len(run.segments)} segments in {run.duration_s:.1f} s of {run.source}"
+                   + (" (interrupted)" if run.interrupted else "") + (f", written to {out}" if out else ""), err=True)
+    if run.cut_short:  # a new recording in the old one's file: not joined to it
+        raise SpeakertagError(f"{run.source} {run.cut_short} (a new recording?): stopped at {run.duration_s:.1f} s "
                               "of audio, the segments found before are kept; tag the new recording on its own")
 
 
-def _visuals(film: Path, result, report: Path | None, report_audio: str, plot: Path | None, stream,
-             quiet: bool, channels: str = "auto") -> dict[Path, tuple[str, bytes]]:
-    """The report page and plot image of one tagged film, made before anything is written."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from . import report as visual
-
-    image = visual.render_plot(result)
-    files = {plot: ("plot", image.png)} if plot else {}
-    if report:
-        if report_audio == "embed":
-            with click.progressbar(length=max(1, int(result.duration_s)), label="report audio", file=sys.stderr,
-                                   hidden=not _progress_enabled(quiet)) as bar:
-                audio = visual.embed_audio(film, stream, lambda s: bar.update(min(int(s), bar.length) - bar.pos),
-                                           channels)
-        else:
-            audio = visual.link_audio(film, report)
-        try:
-            made_by = version("speakertag")
-        except PackageNotFoundError:
-            made_by = ""
-        files[report] = ("report", visual.render_html(result, image, audio, made_by).encode("utf-8"))
-    return files
-
-
-def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec, threshold, stream,
-              quiet: bool, engine: str = "local", ray_address: str | None = None, force: bool = False,
-              channels: str = "auto") -> None:
+def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec, options, quiet: bool,
+              engine: str = "local", ray_address: str | None = None, force: bool = False) -> None:
     """batch.tag_films, a line per film (a failure: its error, and the others go on) and a
     summary line; exit code 1 if any film failed or a folder could not be read."""
     from .batch import tag_films
 
-    def tag_one(film, voices):
-        return _tag_with_bar(film, voices, threshold, stream, quiet, channels=channels)
-
     n_inputs, n_skipped, n_failed, unreadable = 0, 0, 0, []
-    with contextlib.closing(tag_films(films, out_dir, fmt, spec, threshold, stream, channels, jobs, engine,
-                                      ray_address, force, tag_one, lambda note: click.echo(note, err=True))
-                         ) as outcomes:
+    with contextlib.closing(tag_films(films, out_dir, fmt, spec, options, jobs, engine, ray_address, force,
+                                      lambda film, voices: _tag_with_bar(film, voices, options, quiet),
+                                      lambda note: click.echo(note, err=True))) as outcomes:
         for o in outcomes:
             if o.unreadable_folder:
                 unreadable.append(o.error)
@@ -539,7 +429,7 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
                     click.echo(f"{o.film}: skipped, {o.out_path} is up to date", err=True)
             elif o.error is not None:
                 n_failed += 1
-                click.echo(f"speakertag: error: {o.film}: {_error_message(o.error)}", err=True)
+                click.echo(f"speakertag: error: {o.film}: {error_message(o.error)}", err=True)
             else:
                 if o.result.note:
                     click.echo(o.result.note, err=True)
@@ -567,26 +457,24 @@ def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec,
 @click.option("--threshold", type=FiniteFloatRange(*SCORE_RANGE), help="Score threshold; default: each memory's.")
 @click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first).")
 @CHANNELS_OPTION
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@DEVICE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def subtitles(film, subs, model_dirs, out, threshold, stream, channels, device, quiet):
     """Write SUBS (SRT or WebVTT) with the speaking voice's name before each cue's text
     ("ALICE: ..."): the voice whose segments cover at least half of the cue's time. Other
     cues are left as they were; SUBS itself is not changed."""
-    from .batch import VoiceSpec
-    from .params import SubtitleParams
-    from .subtitles import format_of, read_subtitles, render, speakers
-    from .tagging import exclusive
+    from .subtitles import format_of, read_subtitles, write_labelled
+    from .tagging import TagOptions, VoiceSpec
 
     fmt = format_of(subs) if out == Path(STDOUT) else format_of(out)
     if fmt is None:
         raise click.UsageError(f"--out {out}: the name must end in .srt or .vtt")
-    spec = VoiceSpec(tuple(model_dirs), device=device, exclusive=True)
+    spec = VoiceSpec(tuple(model_dirs), device=device)
     check_outputs([out], [film, subs, *_voice_inputs(spec)])
-    cues = read_subtitles(subs)
-    result = exclusive(_tag_with_bar(film, spec.load(), threshold, stream, quiet, channels=channels))
-    labels = speakers(cues.cues, result.segments, SubtitleParams().min_share)
-    atomic_write_text(out, render(cues, labels, fmt))
+    cues = read_subtitles(subs)  # a bad subtitle file fails before the tagging
+    options = TagOptions(threshold=threshold, stream=stream, channels=channels, exclusive=True)
+    result = _tag_with_bar(film, spec.load(), options, quiet)
+    labels = write_labelled(cues, result.segments, out, fmt)
     click.echo(f"{sum(x is not None for x in labels)} of {len(labels)} cues labelled, written to {_named(out)}",
                err=True)
 
@@ -601,34 +489,10 @@ def memory():
 @click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
 def memory_inspect(path, as_json):
     """Show what a memory file (or a model folder's memory) holds."""
-    from .memory import load_memory
+    from .memory import describe, load_memory
 
     m = load_memory(path)
-    header = m.header()
-    if as_json:
-        click.echo(json.dumps(header, indent=1))
-        return
-    calib = m.info.get("calibration", {})
-    click.echo(f"memory       {path}")
-    click.echo(f"voice        {m.name}")
-    click.echo(f"entries      {len(m.embeddings)} target + {len(m.negatives)} negative windows, "
-               f"{m.embeddings.shape[1]} dims")
-    click.echo(f"model        {m.model_fingerprint}")
-    click.echo(f"made by      speakertag {m.speakertag_version}")
-    line = f"threshold    {m.threshold:.4f}"
-    if calib:
-        share = f" for a target speaking {calib['target_share']:.0%} of the time" if "target_share" in calib else ""
-        line += (f" ({calib['rule']}{share}: precision {calib['precision']:.2f}, recall {calib['recall']:.2f}"
-                 " on calibration windows)")
-    click.echo(line)
-    if m.edge_threshold is not None:
-        click.echo(f"edges        segments widen over windows scoring {m.edge_threshold:.4f} or more "
-                   f"(the target's lower quartile)")
-    a = m.params.audio
-    click.echo(f"front end    {a.sample_rate_hz} Hz, {a.n_mels} mels, windows {a.window_s:.2f} s every {a.hop_s:.2f} s")
-    clips = m.info.get("positive_clips", [])
-    if clips:
-        click.echo(f"clips        {len(clips)}: " + ", ".join(Path(c).name for c in clips[:5]) + (" ..." if len(clips) > 5 else ""))
+    click.echo(json.dumps(m.header(), indent=1) if as_json else describe(m, path))
 
 
 def _named(out: Path) -> str:
@@ -717,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("speakertag: interrupted", err=True)
         sys.exit(130)
     except OSError as e:
-        click.echo(f"speakertag: error: {_error_message(e)}", err=True)
+        click.echo(f"speakertag: error: {error_message(e)}", err=True)
         sys.exit(1)
     except Exception as e:  # noqa: BLE001 - last resort: one line, never a traceback
         if os.environ.get("SPEAKERTAG_DEBUG"):

@@ -22,9 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from .batch import VoiceSpec, voice_files
 from .errors import SpeakertagError, first_line
-from .tagging import TagResult, Voice, tag
+from .tagging import TagOptions, TagResult, Voice, VoiceSpec, tag, voice_files
 
 WAIT_S = 0.2  # how often the driver looks for finished films and for Ctrl-C
 CONNECT_S = 10.0  # a cluster's head that does not answer in this long is taken for absent
@@ -44,45 +43,46 @@ def import_ray():
 @dataclass(frozen=True)
 class ShippedVoices:
     """The voices' model and memory files as bytes, to load them where the folders are not."""
-    folders: tuple[tuple[str, bytes, bytes], ...]  # (model folder name, model.pt bytes, memory bytes)
-    spec: VoiceSpec  # the options; its paths are not used where the voices are loaded
+    folders: tuple[tuple[str, bytes, bytes], ...]  # (model folder, model.pt bytes, memory bytes)
+    spec: VoiceSpec  # its device; its paths are not used where the voices are loaded
 
     @classmethod
     def read(cls, spec: VoiceSpec) -> ShippedVoices:
-        return cls(tuple((d.name, m.read_bytes(), mem.read_bytes()) for d, m, mem in voice_files(spec)), spec)
+        return cls(tuple((str(d), m.read_bytes(), mem.read_bytes()) for d, m, mem in voice_files(spec)), spec)
 
     @property
     def key(self) -> str:
-        """SHA-256 of the files and options: which voices a worker has loaded."""
+        """SHA-256 of the files, their folders' names and the device: which voices a worker has loaded."""
         h = hashlib.sha256(repr(replace(self.spec, model_dirs=(), memory_file=None)).encode())
-        for name, model, memory in self.folders:
-            for part in (name.encode(), model, memory):
+        for folder, model, memory in self.folders:
+            for part in (Path(folder).name.encode(), model, memory):
                 h.update(len(part).to_bytes(8, "little"))
                 h.update(part)
         return h.hexdigest()
 
     def load(self) -> list[Voice]:
         """Write the files to a temporary folder and load them as VoiceSpec.load does (folder
-        names kept: voices of the same name are labelled by folder)."""
+        names kept: voices of the same name are labelled by folder; each voice's folder is
+        the one it was read from)."""
         from .memory import MEMORY_FILE
         from .model import MODEL_FILE
 
         with tempfile.TemporaryDirectory(prefix="speakertag-voices-") as tmp:
             dirs = []
-            for i, (name, model, memory) in enumerate(self.folders):
-                d = Path(tmp) / str(i) / name
+            for i, (folder, model, memory) in enumerate(self.folders):
+                d = Path(tmp) / str(i) / Path(folder).name
                 d.mkdir(parents=True)
                 (d / MODEL_FILE).write_bytes(model)
                 (d / MEMORY_FILE).write_bytes(memory)
                 dirs.append(d)
-            return replace(self.spec, model_dirs=tuple(dirs), memory_file=None).load()
+            voices = replace(self.spec, model_dirs=tuple(dirs), memory_file=None).load()
+            return [replace(v, folder=Path(folder)) for v, (folder, _, _) in zip(voices, self.folders)]
 
 
 _worker_voices: dict[str, list[Voice]] = {}  # in a Ray worker process: the voices of the last run, by key
 
 
-def _tag_task(key: str, shipped: list, film: Path, threshold: float | None, stream: int | None,
-              channels: str = "auto") -> TagResult:
+def _tag_task(key: str, shipped: list, film: Path, options: TagOptions) -> TagResult:
     """One film, in a Ray worker. `shipped` is [ObjectRef of ShippedVoices], in a list so that
     Ray does not fetch it for every film: a worker loads the voices on its first film only."""
     import ray
@@ -93,7 +93,7 @@ def _tag_task(key: str, shipped: list, film: Path, threshold: float | None, stre
         _worker_voices[key] = ray.get(shipped[0]).load()
         torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     try:
-        return tag(film, _worker_voices[key], threshold, stream, channels=channels)
+        return tag(film, _worker_voices[key], options)
     except (SpeakertagError, OSError):
         raise
     except Exception as e:  # noqa: BLE001 - sent back as one line: any other exception may not unpickle
@@ -183,8 +183,8 @@ def _failure(ray, e: Exception) -> BaseException:
     return SpeakertagError(f"Ray: {type(e).__name__}: {first_line(e)}")
 
 
-def tag_on_ray(films: list[Path], spec: VoiceSpec, threshold: float | None, stream: int | None,
-               address: str | None = None, channels: str = "auto") -> Iterator[tuple[Path, TagResult | BaseException]]:
+def tag_on_ray(films: list[Path], spec: VoiceSpec, options: TagOptions = TagOptions(),
+               address: str | None = None) -> Iterator[tuple[Path, TagResult | BaseException]]:
     """Tag each film as a Ray task taking one CPU, and one GPU with spec.device "cuda" (Ray
     hides the GPUs from tasks that ask for none: "auto" runs on the CPU). Yields (film,
     TagResult or exception) in this process as each film finishes. address: as for
@@ -199,7 +199,7 @@ def tag_on_ray(films: list[Path], spec: VoiceSpec, threshold: float | None, stre
             raise SpeakertagError("--device cuda asked for, but the Ray cluster has no GPU")
         shipped_ref = ray.put(shipped)  # once: every task gets a reference, each worker fetches it once
         task = ray.remote(num_cpus=1, num_gpus=n_gpus)(_tag_task)
-        pending = {task.remote(shipped.key, [shipped_ref], film, threshold, stream, channels): film for film in films}
+        pending = {task.remote(shipped.key, [shipped_ref], film, options): film for film in films}
         try:
             while pending and not signals:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)

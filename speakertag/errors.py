@@ -11,6 +11,15 @@ def first_line(e: BaseException, limit: int = 120) -> str:
     return text.splitlines()[0][:limit] if text else type(e).__name__
 
 
+def error_message(e: BaseException) -> str:
+    """One line for a failure: our own message, an OS error with its file, or the exception type."""
+    if isinstance(e, SpeakertagError):
+        return str(e)
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
+    return f"internal error: {type(e).__name__}: {e}"
+
+
 def check_format(header: object, kind: str, file: object, version: int, oldest: int | None = None) -> int:
     """Refuse a model or memory header that is not of `kind` ("model", "memory") or whose
     format version is not in oldest..version (oldest None: `version` only); returns it."""

@@ -104,11 +104,6 @@ def cell_levels_db(frames: torch.Tensor, p: AudioParams) -> torch.Tensor:
     return 10 * torch.log10(per_cell + p.log_floor)
 
 
-def n_windows(n_frames: int, p: AudioParams) -> int:
-    """Number of whole windows in `n_frames` frames."""
-    return 0 if n_frames < p.window_frames else 1 + (n_frames - p.window_frames) // p.hop_frames
-
-
 def slice_windows(frames: torch.Tensor, p: AudioParams) -> torch.Tensor:
     """(n_mels, n_frames) -> (n_windows, n_mels, window_frames), a view without copy."""
     if frames.shape[-1] < p.window_frames:

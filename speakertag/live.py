@@ -17,11 +17,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, Callable, Sequence
 
 from .errors import SpeakertagError
 from .params import LiveParams
-from .signals import Interrupted
+from .signals import Interrupted, interrupted, signals_noted
+
+if TYPE_CHECKING:  # tagging pulls in torch and faiss
+    from .segments import Segment
+    from .tagging import TagOptions, Voice
 
 
 def _is_mp4(head: bytes) -> bool:
@@ -190,3 +195,62 @@ class GrowingFile:
 
     def __str__(self) -> str:
         return str(self.path)
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """What a live run (tag_live) found and read."""
+    source: str  # the input, as messages name it
+    segments: list  # every segment found, by the time each closed
+    duration_s: float  # seconds of audio decoded
+    gaps: tuple[tuple[float, float], ...]  # stretches without audio (tagging.TagResult.gaps)
+    interrupted: bool  # Ctrl-C ended the input
+    cut_short: str | None  # why a followed file ended before its recorder did (a new recording), if so
+
+
+def tag_live(film: Path | None, voices: Sequence[Voice], fmt: str, out: Path | None, options: TagOptions | None = None,
+             follow_timeout_s: float | None = None, on_closed: Callable[[list[Segment], float], None] | None = None,
+             live: LiveParams = LiveParams()) -> LiveRun:
+    """Tag standard input (film None) or a file that is still growing (until it has not grown
+    for follow_timeout_s), writing each segment to `out` (None: standard output) in format
+    `fmt` as it closes (writers.LiveOutput). on_closed(segments, seconds decoded) is called for
+    each batch of segments closed. Ctrl-C ends the input and what was found is kept; a second
+    one stops at once (Interrupted), the segments already out kept; any other failure takes
+    back what this run wrote."""
+    import torch
+
+    from .tagging import LiveTagger, TagOptions
+    from .writers import LiveOutput, voice_entries
+
+    source = (StdinSource(stop=interrupted, live=live) if film is None
+              else GrowingFile(film, follow_timeout_s, live.poll_s, interrupted))
+    tagger = LiveTagger(voices, options or TagOptions(), live)
+    output = LiveOutput(fmt, out, str(source), len(tagger.voices) > 1)
+
+    def closed(segments: list[Segment]) -> None:
+        output.add(segments)
+        if on_closed is not None:
+            on_closed(segments, tagger.duration_s)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a window or two at a time: threads cost more than they give (4x here)
+    try:
+        with signals_noted():  # Ctrl-C ends the input: the reader returns "end of file", the loop stops
+            for _, windows in tagger.windows(source):
+                closed(tagger.add(windows))
+                if interrupted():
+                    break
+        stopped = interrupted()
+        closed(tagger.finish())
+        output.commit(voice_entries((v.name, "" if v.folder is None else str(v.folder), t)
+                                    for v, t in zip(tagger.voices, tagger.thresholds)), tagger.gaps)
+    except Interrupted:
+        output.keep()
+        raise
+    except BaseException:
+        output.discard()
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    return LiveRun(str(source), output.found, tagger.duration_s, tuple(tagger.gaps), stopped,
+                   getattr(source, "cut_short", None))

@@ -200,3 +200,28 @@ def build_index(embeddings: np.ndarray) -> faiss.Index:
     index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
     return index
 
+
+
+def describe(m: Memory, path: str | Path) -> str:
+    """What memory `m` (read from `path`) holds, in lines for people (`memory inspect`)."""
+    calib = m.info.get("calibration", {})
+    lines = [f"memory       {path}", f"voice        {m.name}",
+             f"entries      {len(m.embeddings)} target + {len(m.negatives)} negative windows, "
+             f"{m.embeddings.shape[1]} dims",
+             f"model        {m.model_fingerprint}", f"made by      speakertag {m.speakertag_version}"]
+    line = f"threshold    {m.threshold:.4f}"
+    if calib:
+        share = f" for a target speaking {calib['target_share']:.0%} of the time" if "target_share" in calib else ""
+        line += (f" ({calib['rule']}{share}: precision {calib['precision']:.2f}, recall {calib['recall']:.2f}"
+                 " on calibration windows)")
+    lines.append(line)
+    if m.edge_threshold is not None:
+        lines.append(f"edges        segments widen over windows scoring {m.edge_threshold:.4f} or more "
+                     f"(the target's lower quartile)")
+    a = m.params.audio
+    lines.append(f"front end    {a.sample_rate_hz} Hz, {a.n_mels} mels, windows {a.window_s:.2f} s every {a.hop_s:.2f} s")
+    clips = m.info.get("positive_clips", [])
+    if clips:
+        lines.append(f"clips        {len(clips)}: " + ", ".join(Path(c).name for c in clips[:5])
+                     + (" ..." if len(clips) > 5 else ""))
+    return "\n".join(lines)

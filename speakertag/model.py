@@ -97,8 +97,7 @@ class Encoder(nn.Module):
         (batch, 3 x channels, n - 2 * context_frames). In eval mode every batch-norm is
         folded into the convolution beside it (`folded_convs`): the same numbers, fewer passes;
         and the convolutions run in `eval_dtype`, the type both outputs have then (the pooling
-        is float32). bfloat16 moved the dev films' window scores by at most 0.003 (mean 0.0004)
-        and no F1 of 30 dev runs (3 tasks x 5 seeds x 2 renditions) by 0.0001."""
+        is float32), which moves scores by at most about 0.003 (docs/experiments.md#the-figures-behind-the-defaults-issue-36)."""
         x = frames - frames.mean(dim=1, keepdim=True)
         if self.training:
             x = self.first(self.input_norm(x))

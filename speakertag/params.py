@@ -24,14 +24,15 @@ OLDEST_READABLE_FORMAT = 3
 ADDED_IN_FORMAT = {4: {"train": {"f1_tolerance": 0.0}}, 5: {"tag": {"short_edges": False}}}
 
 
-def speakertag_version() -> str:
-    """The installed speakertag's version ("unknown" when run from a checkout never installed)."""
+def speakertag_version(missing: str = "unknown") -> str:
+    """The installed speakertag's version; `missing` when run from a checkout never installed
+    (files say "unknown", stamps and reports "")."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("speakertag")
     except PackageNotFoundError:
-        return "unknown"
+        return missing
 
 
 class ParamsMismatch(ValueError):
@@ -95,6 +96,11 @@ class AudioParams:
         return self.hop_frames * self.frame_s
 
     @property
+    def cells_per_window(self) -> int:
+        """Hop-long cells one window spans (4: a 2 s window, 0.5 s cells)."""
+        return max(1, round(self.window_frames / self.hop_frames))
+
+    @property
     def window_samples(self) -> int:
         """Samples that one window's frames cover."""
         return self.n_fft + (self.window_frames - 1) * self.hop_length
@@ -147,21 +153,22 @@ class TrainParams:
     negative_augment_probability: float = 0.7  # share of negative validation and calibration windows degraded
     pool_windows: int = 1024  # mining and validation pools: a random subset of larger clip sets
     augmented_memory_copies: int = 1  # noisy copies of each positive window in the memory
-    calibration_rounds: int = 2  # film-like copies of each other window scored for calibration, twice as many of the target's (dev: 2 > 1, a steadier threshold)
+    calibration_rounds: int = 2  # film-like copies of each other window scored for calibration, twice as many of
+    # the target's: a steadier threshold (docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     impostor_speed_factors: tuple[float, ...] = (0.9, 1.1)  # speed copies of each impostor, as more unseen voices
     calibration_impostors: int = 16  # impostor voices most like the target that join the calibration's negatives
-    impostor_share: float = 0.1  # of the calibration's non-target weight, what those impostors' windows carry (dev,
-    # seeds 0-4, mean pooled F1: 0.1 0.915, 0.2 0.903, 0 0.911; counted window for window, as before, 0.889)
-    target_share: float = 0.2  # share of a film's time the target is assumed to speak, weighting calibration (dev films: 0.13-0.21; 0.15-0.25 > 1/3)
+    impostor_share: float = 0.1  # of the calibration's non-target weight, what those impostors' windows carry
+    # (the best share measured: docs/experiments.md#the-figures-behind-the-defaults-issue-36)
+    target_share: float = 0.2  # share of a film's time the target is assumed to speak, weighting calibration
+    # (what the dev films' targets speak: docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     threshold_rule: str = "f1"  # "f1" or "precision"
     f1_tolerance: float = 0.02  # rule "f1": the thresholds whose calibration F1 is within this of the best are
-    # as good (F1's sampling noise); the one in the middle of their range is taken (dev, seeds 0-4, offline
-    # on the same trainings: d2's thresholds spread 0.29-0.37, not 0.27-0.48; mean pooled F1 stereo 0.914 ->
-    # 0.923, 5.1 centre 0.950 -> 0.961, worst run 0.804 -> 0.840; 0.01: 0.921, 0.958)
-    edge_quantile: float = 0.25  # of the target's calibration scores: the edge threshold (dev: 0.2-0.3 alike,
-    # 0.05 spread false alarms)
-    min_target_s: float = 10.0  # seconds of positive clips train needs at least (example film, seed 0: 3 s and
-    # 6 s tag every window, F1 0.22-0.23; 10 s F1 0.997)
+    # as good (F1's sampling noise); the one in the middle of their range is taken: a steadier threshold
+    # (docs/experiments.md#the-threshold-the-middle-of-the-near-best-ones-trainparamsf1_tolerance)
+    edge_quantile: float = 0.25  # of the target's calibration scores: the edge threshold (lower ones spread
+    # false alarms: docs/experiments.md#the-figures-behind-the-defaults-issue-36)
+    min_target_s: float = 10.0  # seconds of positive clips train needs at least (less tags every window:
+    # docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     max_negative_share: float = 0.5  # a calibrated threshold above which more of the negative calibration
     # windows score than this tags film-like sound of every kind: refused
     target_precision: float = 0.95  # used by the "precision" rule
@@ -169,24 +176,28 @@ class TrainParams:
     fine_tune_layers: str = "head"  # fine-tuning a base trains "head" (pooled-statistics batch-norm and linear
     # layer; the frame layers keep the base's) or "all"
     fine_tuned_share: float = 0.5  # the encoder kept: this share of the fine-tuned weights, the rest the base's
-    # (weight-space ensembling; dev, mean pooled F1 over seeds 0-4: 0.5 0.943, 0.7 0.940, 0.3 0.938, 1.0 0.935;
-    # with the format-2 base, stereo / 5.1 centre: 0 0.914 / 0.915, 0.3 0.928 / 0.961, 0.5 0.923 / 0.961, 0.7 0.911 / 0.954)
+    # (weight-space ensembling, steadier than either: docs/experiments.md#the-figures-behind-the-defaults-issue-36)
 
 
 @dataclass(frozen=True)
 class TagParams:
     top_k: int = 5  # score = mean of the top-k cosine similarities in the memory
-    negative_weight: float = 0.5  # minus this times the top-k mean in the negative memory (dev, seeds 0-4, with
-    # the weight averaging: 0.5 0.945 > 0.25 0.943 mean pooled F1; before it 0.25 > 0.5 > 0; with the format-2
-    # base, stereo / 5.1: 0.5 0.923 / 0.961, 0.25 0.923 / 0.955, 0 worse on d1 and d2)
+    negative_weight: float = 0.5  # minus this times the top-k mean in the negative memory: penalises windows
+    # that sound like the other sounds (docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     threshold: float = 0.7  # used until a calibrated one exists
-    hysteresis: float = 0.0  # extend segments over cells scoring at least threshold - this (dev: 0 > 0.03)
+    hysteresis: float = 0.0  # extend segments over cells scoring at least threshold - this (0: docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     edge_db: float = 10.0  # segment edges grow over target-like cells at most this far below the core's level
     min_gap_s: float = 0.5  # merge segments separated by less than this
-    min_duration_s: float = 1.0  # drop segments shorter than this: half a window (dev: 1.0-1.5 > 0.5, 2.0)
+    min_duration_s: float = 1.0  # drop segments shorter than this: half a window (docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     short_edges: bool = False  # move segment edges to where ~1 s windows stop looking like the voice
     # (segments.ShortEdges; why it is off: docs/experiments.md, issue 33)
     batch_windows: int = 256  # windows embedded per encoder call
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        """The bounds of a window's score (scoring.Scorer): a top-k mean cosine, in [-1, 1],
+        minus negative_weight times another."""
+        return -1.0 - self.negative_weight, 1.0 + self.negative_weight
 
 
 CHANNEL_CHOICES = ("auto", "centre", "centre-weighted", "average", "coherent")  # --channels; see speakertag/audio.py
@@ -208,7 +219,7 @@ class StereoParams:
     cell, by the inter-channel coherence (speakertag/stereo.py)."""
     frame_s: float = 0.046  # STFT frame, rounded to a power of two of samples (1024 at 22050 Hz); hop: half
     average_s: float = 0.1  # a cell's coherence is estimated over the frames of this last time and 3 bins
-    # (dev stereo, mean pooled F1 over seeds 0-4: 0.1 s 0.932, 0.05 s 0.930, 0.25 s 0.919; averaged 0.923)
+    # (the best of those measured: docs/experiments.md#the-figures-behind-the-defaults-issue-36)
 
 
 CHANNELS = ChannelParams()  # the one in use: change `auto` here to change the default choice

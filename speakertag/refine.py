@@ -50,7 +50,7 @@ from .model import Model, resolve_device
 from .params import AudioParams, Params, TagParams
 from .scoring import Calibration
 from .segments import cell_scores, to_segments
-from .tagging import TagResult, Voice, check_pair, tag
+from .tagging import TagOptions, TagResult, Voice, check_pair, tag
 from .train import (
     Backgrounds,
     Clip,
@@ -110,6 +110,23 @@ class RefineReport:
     @property
     def detected_s(self) -> float:
         return sum(e - s for s, e in self.detected_spans)
+
+    def summary(self, memory: Memory) -> str:
+        """What refine learned and did, in lines for people; `memory`: the refined memory."""
+        entries = f"{len(memory.embeddings)} target, {len(memory.negatives)} other entries"
+        fc = self.film_calibration
+        return "\n".join([
+            f"{self.film}: the model detected {self.detected_s:.1f} s; learned from {self.positive_s:.1f} s of "
+            f"corrected target speech ({self.n_positive_spans} segments) and {self.false_alarm_s:.1f} s of "
+            f"false alarms ({self.n_false_alarm_spans} segments)",
+            f"encoder fine-tuned for {self.steps} steps on that and the model's training clips; memories rebuilt "
+            f"({entries})" if self.encoder == "fine-tuned" else
+            f"encoder kept ({self.kept_why}); the new windows were added to the memories ({entries})",
+            f"threshold {self.threshold_before:.3f} -> {memory.threshold:.3f}" + (
+                f": where the film's segments agree best with the corrections when the memories leave out its own "
+                f"material (F1 {fc.f1:.2f}, precision {fc.precision:.2f}, recall {fc.recall:.2f})" if fc else
+                " (calibrated on film-like windows of every clip)" if self.calibration else " (kept)")
+            + f"; {self.seconds:.1f} s in all"])
 
 
 # ---- the corrected labels ----
@@ -378,7 +395,7 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
 
     check_inside(probe(film, o.stream).duration_s)  # before the long work, when the container says
     # What the model finds now.
-    result = tag(film, Voice(model, memory), stream=o.stream, channels=o.channels)
+    result = tag(film, Voice(model, memory), TagOptions(stream=o.stream, channels=o.channels))
     check_inside(result.duration_s)
     spans = [(s, min(e, result.duration_s)) for s, e in spans if s < result.duration_s]
     track = result.tracks[0]
@@ -450,7 +467,8 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
     if film_pos.any() and not film_pos.all():
         held_out = replace(new_memory, embeddings=new_memory.embeddings[~film_pos],
                            negatives=new_memory.negatives[~film_neg])
-        film_calib = film_threshold(tag(film, Voice(new_model, held_out), stream=o.stream, channels=o.channels), spans, a, p.tag)
+        film_calib = film_threshold(tag(film, Voice(new_model, held_out), TagOptions(stream=o.stream, channels=o.channels)),
+                                     spans, a, p.tag)
         film_calib = film_calib if film_calib.f1 > 0 else None
     if film_calib is not None:
         new_memory = replace(new_memory, threshold=film_calib.threshold)

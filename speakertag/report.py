@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .params import AudioParams
+from . import writers
+from .params import AudioParams, speakertag_version
 from .segments import Segment, cell_scores
 
 if TYPE_CHECKING:  # tagging pulls in torch and faiss; a report needs only its result
@@ -48,22 +49,12 @@ MAX_TICKS = 12
 
 def clock(seconds: float, with_hours: bool) -> str:
     """Whole seconds as "mm:ss", or "h:mm:ss" when with_hours: 186.4 -> "03:06"."""
-    total = int(round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if with_hours:
-        return f"{hours}:{minutes:02d}:{secs:02d}"
-    return f"{hours * 60 + minutes:02d}:{secs:02d}"
+    return writers.clock(seconds, hours="shown" if with_hours else "in minutes")
 
 
 def precise_clock(seconds: float) -> str:
     """Time to 0.1 s for the segment table: 186.54 -> "03:06.5", 4000.0 -> "1:06:40.0"."""
-    tenths = int(round(seconds * 10))
-    hours, rest = divmod(tenths, 36000)
-    minutes, rest = divmod(rest, 600)
-    secs, tenth = divmod(rest, 10)
-    head = f"{hours}:{minutes:02d}" if hours else f"{minutes:02d}"
-    return f"{head}:{secs:02d}.{tenth}"
+    return writers.clock(seconds, 1, hours="if any")
 
 
 def track_cells(result: TagResult, track: VoiceTrack) -> tuple[np.ndarray, np.ndarray]:
@@ -149,11 +140,6 @@ def render_plot(result: TagResult, title: str | None = None) -> PlotImage:
     return PlotImage(buf.getvalue(), width_px, height_px, float(box.x0), float(box.x1), end_s)
 
 
-def plot_png(result: TagResult, title: str | None = None) -> bytes:
-    """The score plot of render_plot as PNG bytes."""
-    return render_plot(result, title).png
-
-
 @dataclass(frozen=True)
 class ReportAudio:
     """What the report's player plays: a link to the film, or an embedded rendition."""
@@ -192,6 +178,29 @@ def embed_audio(film: str | Path, stream: int | None = None,
 def _e(text: object) -> str:
     """Escape for HTML text and double-quoted attributes."""
     return html.escape(str(text), quote=True)
+
+
+def report_files(film: Path, result: TagResult, report: Path | None = None, plot: Path | None = None,
+                 scores: Path | None = None, report_audio: str = "link", stream: int | None = None,
+                 channels: str = "auto", progress: Callable[[float], None] | None = None
+                 ) -> dict[Path, tuple[str, bytes]]:
+    """The report page, plot image and scores file of one tagged film that are asked for
+    (None: not asked), made before anything is written: {path: (what, bytes)}.
+    report_audio: "link" plays the film beside the page, "embed" puts a compressed copy of
+    its sound in the page (decoded from `stream` with `channels`; progress(seconds done))."""
+    files = {}
+    if report or plot:
+        image = render_plot(result)
+        if plot:
+            files[plot] = ("plot", image.png)
+        if report:
+            audio = (embed_audio(film, stream, progress, channels) if report_audio == "embed"
+                     else link_audio(film, report))
+            files[report] = ("report", render_html(result, image, audio, speakertag_version(missing="")).encode("utf-8"))
+    if scores:
+        files[scores] = ("scores", writers.render_scores(writers.scores_format_of(scores), [
+            (t.name, t.threshold, *track_cells(result, t)) for t in result.tracks]))
+    return files
 
 
 def segment_rows(segments: list[Segment]) -> str:
@@ -337,8 +346,3 @@ speech inside. Click the plot or a row to listen.</figcaption>
 </body>
 </html>
 """
-
-
-def render_report(result: TagResult, audio: ReportAudio, version: str = "") -> str:
-    """render_html with the plot made here."""
-    return render_html(result, render_plot(result), audio, version)

@@ -49,7 +49,7 @@ def cell_scores(window_scores: np.ndarray, p: AudioParams) -> np.ndarray:
     n = len(window_scores)
     if n == 0:
         return np.zeros(0, np.float32)
-    r = max(1, round(p.window_frames / p.hop_frames))
+    r = p.cells_per_window
     sums = np.convolve(window_scores.astype(np.float64), np.ones(r))
     counts = np.convolve(np.ones(n), np.ones(r))
     return (sums / counts).astype(np.float32)
@@ -63,7 +63,7 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def max_cell_scores(window_scores: np.ndarray, p: AudioParams) -> np.ndarray:
     """(n_windows,) -> (n_cells,) the best score among the windows covering each cell."""
-    r = max(1, round(p.window_frames / p.hop_frames))
+    r = p.cells_per_window
     if len(window_scores) == 0:
         return np.zeros(0, np.float32)
     pad = np.full(r - 1, -np.inf, np.float32)
@@ -289,7 +289,7 @@ class SegmentStream:
         self.low = float(np.float32(threshold - tag.hysteresis))
         self.grow_at = None if edge_threshold is None else float(np.float32(max(threshold, edge_threshold)))
         self.silence_db = float(np.float32(audio.silence_db))
-        self.r = max(1, round(audio.window_frames / audio.hop_frames))
+        self.r = audio.cells_per_window
         self.recent: list[float] = []  # the last r - 1 window scores
         self.base = 0  # index of the first kept cell
         self.m: list[float] = []  # kept cells: mean score of the windows covering each

@@ -17,6 +17,7 @@ from typing import Sequence
 
 from .errors import SpeakertagError
 from .segments import Segment
+from .writers import clock
 
 SUFFIXES = {".srt": "srt", ".vtt": "vtt"}
 _TIME = r"(?:(\d+):)?(\d{1,2}):(\d{1,2})[,.](\d{1,3})"
@@ -108,14 +109,6 @@ def speakers(cues: Sequence[Cue], segments: Sequence[Segment], min_share: float)
     return out
 
 
-def _clock(seconds: float, sep: str) -> str:
-    ms = round(seconds * 1000)
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
 def render(subs: Subtitles, labels: Sequence[str | None], fmt: str) -> str:
     """The subtitle file with `NAME: ` (the label in capitals) before the text of each cue
     whose label is not None, in format fmt. In the format it was read in, every other line is
@@ -133,7 +126,7 @@ def render(subs: Subtitles, labels: Sequence[str | None], fmt: str) -> str:
     blocks = []
     for n, cue in enumerate(subs.cues, 1):
         sep = "," if fmt == "srt" else "."
-        timing = f"{_clock(cue.start_s, sep)} --> {_clock(cue.end_s, sep)}"
+        timing = f"{clock(cue.start_s, 3, sep)} --> {clock(cue.end_s, 3, sep)}"
         if fmt == "vtt":  # SRT text is kept; its settings-free timing line is all a cue needs
             head = [timing]
         else:  # WebVTT cue settings (position, align) have no SRT form
@@ -142,3 +135,16 @@ def render(subs: Subtitles, labels: Sequence[str | None], fmt: str) -> str:
         blocks.append(newline.join(head + text) + newline)
     header = "WEBVTT" + newline + newline if fmt == "vtt" else ""
     return bom + header + newline.join(blocks)
+
+
+def write_labelled(subs: Subtitles, segments: Sequence[Segment], out: Path, fmt: str,
+                   min_share: float | None = None) -> list[str | None]:
+    """Write `subs` to `out` (atomically; "-": standard output) in format fmt, each cue that
+    one voice's segments cover for at least min_share of its time (default
+    params.SubtitleParams) labelled with its name; returns each cue's label or None."""
+    from .io_utils import atomic_write_text
+    from .params import SubtitleParams
+
+    labels = speakers(subs.cues, segments, SubtitleParams().min_share if min_share is None else min_share)
+    atomic_write_text(out, render(subs, labels, fmt))
+    return labels

@@ -15,12 +15,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .audio import decode_blocks, decoding_cost, probe, source_blocks, to_model_rate
+from .audio import AudioInfo, decode_blocks, decoding_cost, probe, source_blocks, to_model_rate
 from .decoder import MIN_DURATION_S, decoded_in_child
 from .errors import SpeakertagError
 from .features import cell_levels_db, stream_windows
-from .memory import Memory, load_memory
-from .model import Model, embed, embed_with_short, load_model
+from .memory import MEMORY_FILE, Memory, load_memory
+from .model import MODEL_FILE, Model, embed, embed_with_short, load_model
 from .params import AudioParams, LiveParams, TagParams
 from .scoring import Scorer
 from .segments import Segment, SegmentStream, exclusive_segments, segment_runs, to_segments
@@ -35,6 +35,7 @@ class Voice:
     memory: Memory
     label: str = ""  # the name on its segments; "" means the memory's (set by `train --name`)
     tag_params: TagParams | None = None  # None means the memory's own
+    folder: Path | None = None  # the model folder it was loaded from, named in outputs (None: not from a folder)
 
     def __post_init__(self):
         check_pair(self.model, self.memory)
@@ -49,10 +50,77 @@ class Voice:
         return self.tag_params or self.memory.params.tag
 
 
+@dataclass(frozen=True)
+class TagOptions:
+    """How to tag, beside the voices; None keeps each voice's own (its memory's threshold, its tag params)."""
+    threshold: float | None = None  # one threshold for every voice; None: each memory's calibrated one
+    stream: int | None = None  # the audio track (0 = first); None: the file's default track
+    channels: str = "auto"  # how a 5.1, 7.1 or stereo track becomes mono (params.CHANNEL_CHOICES)
+    min_gap_s: float | None = None  # merge segments closer than this
+    min_duration_s: float | None = None  # drop segments shorter than this
+    edge_db: float | None = None  # segment edges grow over cells at most this far below the segment's level
+    short_edges: bool | None = None  # move edges with 1 s windows (segments.ShortEdges)
+    exclusive: bool = False  # several voices: each moment to at most one (tagging.exclusive)
+
+    def applied(self, voice: Voice) -> Voice:
+        """`voice` with these options' segment rules in place of its own."""
+        tp = voice.params
+        return replace(voice, tag_params=replace(
+            tp, min_gap_s=tp.min_gap_s if self.min_gap_s is None else self.min_gap_s,
+            min_duration_s=tp.min_duration_s if self.min_duration_s is None else self.min_duration_s,
+            edge_db=tp.edge_db if self.edge_db is None else self.edge_db,
+            short_edges=tp.short_edges if self.short_edges is None else self.short_edges))
+
+    def threshold_of(self, voice: Voice) -> float:
+        return voice.memory.threshold if self.threshold is None else self.threshold
+
+
 def load_voice(directory: str | Path, device: str | None = None) -> Voice:
     """Load DIR/model.pt and DIR/memory.npz; refuses a memory made by another model.
     device: "cpu", "cuda" or None / "auto" (CUDA when available)."""
-    return Voice(load_model(directory, device), load_memory(directory))
+    return Voice(load_model(directory, device), load_memory(directory), folder=Path(directory))
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """Where the voices to tag with are loaded from: small and picklable, for worker processes."""
+    model_dirs: tuple[Path, ...]  # model folders, or folders of model folders
+    memory_file: Path | None = None  # a memory to use instead of the model folder's (one model only)
+    device: str | None = None
+
+    def load(self) -> list[Voice]:
+        """The voices, in the order of voice_files(); voices trained under the same name are
+        labelled by folder."""
+        files = voice_files(self)
+        if self.memory_file and len(files) > 1:
+            raise SpeakertagError("--memory needs exactly one model")
+        voices = []
+        for d, _, memory in files:
+            voice = load_voice(d, self.device)
+            if self.memory_file:
+                voice = replace(voice, memory=load_memory(memory))
+                check_pair(voice.model, voice.memory)
+            voices.append(voice)
+        names = [v.name for v in voices]
+        if len(set(names)) < len(names):
+            voices = [replace(v, label=d.name) for v, (d, _, _) in zip(voices, files)]
+        return voices
+
+
+def model_folders(paths: Sequence[Path]) -> list[Path]:
+    """Model folders (holding model.pt) named directly or found one level inside the given folders."""
+    found: list[Path] = []
+    for p in paths:
+        if not p.is_dir():
+            raise SpeakertagError(f"no such model folder: {p}")
+        inner = [] if (p / MODEL_FILE).exists() else sorted(d for d in p.iterdir() if (d / MODEL_FILE).is_file())
+        found.extend(inner or [p])  # a folder without models fails in load_model with its own message
+    return found
+
+
+def voice_files(spec: VoiceSpec) -> list[tuple[Path, Path, Path]]:
+    """(model folder, model file, memory file) of each voice of `spec`, in the order it loads them."""
+    return [(d, d / MODEL_FILE, spec.memory_file or d / MEMORY_FILE) for d in model_folders(spec.model_dirs)]
 
 
 def check_pair(model: Model, memory: Memory) -> None:
@@ -152,6 +220,22 @@ def _embedded(encoders: list, windows: torch.Tensor, hop_frames: int, with_short
     return emb, emb_short
 
 
+def _score_batch(voices: Sequence[Voice], encoders: list, scorers: list[Scorer], windows: torch.Tensor,
+                 hop_frames: int, stage_s: dict[str, float] | None = None
+                 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Each voice's scores of a batch of windows (n,), and of their short windows (2 n,) where
+    its params move edges (else None); adds the time spent to stage_s["encoder"] and ["search"]."""
+    t = time.perf_counter()
+    emb, emb_short = _embedded(encoders, windows, hop_frames, {id(v.model) for v in voices if v.params.short_edges})
+    searched = time.perf_counter()
+    scores = [(scorer(emb[id(v.model)]), scorer(emb_short[id(v.model)]) if v.params.short_edges else None)
+              for v, scorer in zip(voices, scorers)]
+    if stage_s is not None:
+        stage_s["encoder"] += searched - t
+        stage_s["search"] += time.perf_counter() - searched
+    return scores
+
+
 @dataclass(frozen=True)
 class VoiceTrack:
     """What one voice's pass over a film found."""
@@ -162,6 +246,7 @@ class VoiceTrack:
     segments: list[Segment]
     params: TagParams | None = None  # the rules its segments were formed with
     short_scores: np.ndarray | None = None  # (2 n_windows,) scores of the short windows (model.embed_with_short)
+    folder: str = ""  # the model folder the voice was loaded from ("" when not from a folder)
 
 
 @dataclass(frozen=True)
@@ -208,9 +293,8 @@ def cpu_count() -> int:
 @contextmanager
 def _core_left_for_decoding() -> Iterator[None]:
     """torch's threads lowered, while tagging, to one fewer than the CPUs (at least one): the
-    decoding thread keeps a core of its own. On 2 cores, a 30-minute stereo film tagged at
-    351x real time with 1 torch thread, 245x with 2 (the encoder's threads and the decoder
-    took turns on both cores)."""
+    decoding thread keeps a core of its own, instead of taking turns with the encoder's threads
+    (docs/experiments.md#the-figures-behind-the-defaults-issue-36)."""
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, min(before, cpu_count() - 1)))
     try:
@@ -219,19 +303,44 @@ def _core_left_for_decoding() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | None = None,
-        stream: int | None = None, progress: Callable[[float], None] | None = None,
-        channels: str = "auto") -> TagResult:
+@dataclass(frozen=True)
+class DecodingPlan:
+    """How tag() shares a film's work between its two threads (and a decoding process)."""
+    in_child: bool  # decoded in a process of its own (decoder.py), the decoding thread only reading its pipe
+    resampling_here: bool  # the encoder's thread resamples; the decoding thread only decodes
+    features_with_decoding: bool  # the decoding thread also computes the features
+
+
+def decoding_plan(info: AudioInfo, channels: str, encoder_fast: bool, n_cpus: int) -> DecodingPlan:
+    """The plan for a track that probe() described, heard with `channels`. Two threads: one
+    decodes, the other runs the encoder and the search. Torch, FFmpeg and swresample work
+    outside the GIL (PyAV takes it back for each decoded frame), so that both cores have work
+    the whole run. The stages between go with the lighter of the two: the features with the
+    decoding where it is light and the encoder is not (float32); the resampling with the
+    encoder where the decoder itself is dear (5.1 decoded whole) and the encoder is not
+    (bfloat16, a GPU). Elsewhere the decoding thread resamples and the encoder's computes the
+    features. A film of decoder.MIN_DURATION_S or more (or of unknown length) is decoded in a
+    child process where there are two CPUs or more: the two no longer share the GIL
+    (figures: docs/experiments.md#the-figures-behind-the-defaults-issue-36)."""
+    cost = decoding_cost(info, channels)
+    resampling_here = cost == "decoder" and encoder_fast
+    return DecodingPlan(n_cpus > 1 and (info.duration_s is None or info.duration_s >= MIN_DURATION_S),
+                        resampling_here, not resampling_here and cost == "light" and not encoder_fast)
+
+
+def tag(path: str | Path, voices: Voice | Sequence[Voice], options: TagOptions = TagOptions(),
+        progress: Callable[[float], None] | None = None, info: AudioInfo | None = None) -> TagResult:
     """Find where each voice speaks in the audio of `path`, in one decode and one pass.
 
     Every window is embedded once per distinct encoder and scored against every voice's
-    memory. threshold: None uses each memory's calibrated one; a number applies to all.
-    progress(seconds_done) is called after each batch of windows. channels: how a 5.1 or 7.1
-    track becomes mono (audio.CHANNEL_CHOICES). Memory use is bounded by
-    one decoded block and one batch.
+    memory, with the options' threshold, track, channels and segment rules (exclusive: each
+    moment to at most one voice). progress(seconds_done) is called after each batch of
+    windows. info: probe(path, options.stream), when the caller has it. Memory use is bounded
+    by one decoded block and one batch.
     """
-    voices = [voices] if isinstance(voices, Voice) else list(voices)
+    voices = [options.applied(v) for v in ([voices] if isinstance(voices, Voice) else voices)]
     _check_voices(voices)
+    stream, channels = options.stream, options.channels
     a = voices[0].model.params.audio
     encoders = list({id(v.model): v.model for v in voices}.values())  # voices may share an encoder
     scorers = [Scorer(v.memory.embeddings, v.memory.negatives, v.params.top_k, v.params.negative_weight)
@@ -247,25 +356,11 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
             n_samples += len(block)
             yield block
 
-    # Two threads: one decodes, this one runs the encoder and the search. Torch, FFmpeg and
-    # swresample work outside the GIL (PyAV takes it back for each decoded frame), so that both
-    # cores have work the whole run. The stages between go with the lighter of the two: the
-    # features with the decoding where it is light and the encoder is not (float32); the
-    # resampling with the encoder where the decoder itself is dear (5.1 decoded whole) and the
-    # encoder is not (bfloat16, a GPU): a 2-hour 5.1 film, interleaved runs on a loaded host,
-    # 444x -> 497x on average (5 of 6 pairs faster); on a quiet one about as fast (534x -> 543x).
-    # Elsewhere the decoding thread resamples and this one computes the features. A film of
-    # decoder.MIN_DURATION_S or more is decoded in a child process, the decoding thread only
-    # reading its pipe: the two no longer share the GIL (2-hour stereo film: 10-12 s -> 9.6-9.8 s).
-    cost = decoding_cost(path, stream, channels)
-    encoder_fast = all(m.embeds_fast for m in encoders)
-    probed_s = probe(path, stream).duration_s
-    in_child = cpu_count() > 1 and (probed_s is None or probed_s >= MIN_DURATION_S)
+    plan = decoding_plan(info or probe(path, stream), channels, all(m.embeds_fast for m in encoders), cpu_count())
+    in_child, resampling_here = plan.in_child, plan.resampling_here
     batch_windows = voices[0].params.batch_windows
-    resampling_here = cost == "decoder" and encoder_fast
     scores: list[list[np.ndarray]] = [[] for _ in voices]
     short: list[list[np.ndarray]] = [[] for _ in voices]
-    with_short = {id(v.model) for v in voices if v.params.short_edges}  # encoders whose voices move edges
     levels, last_levels = [], np.zeros(0, np.float32)  # cell j's level from window j; the last window's others
     with _core_left_for_decoding():
         if resampling_here:
@@ -280,21 +375,17 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
                        to_model_rate(source_blocks(path, stream, channels=channels, gaps=gaps), a.sample_rate_hz,
                                      path))
             blocks = measured(_timed(decoded, stage_s, "decode"))
-            if cost == "light" and not encoder_fast:
+            if plan.features_with_decoding:
                 batches = _timed(_prefetch(_featured(blocks, a, batch_windows, stage_s, None)), stage_s, "waiting")
             else:
                 batches = _featured(_prefetch(blocks), a, batch_windows, stage_s, "waiting")
         for first, windows, first_levels, last_levels in batches:
             levels.append(first_levels)
-            t = time.perf_counter()
-            emb, emb_short = _embedded(encoders, windows, a.hop_frames, with_short)
-            stage_s["encoder"] += time.perf_counter() - t
-            t = time.perf_counter()
-            for out, out_short, v, scorer in zip(scores, short, voices, scorers):
-                out.append(scorer(emb[id(v.model)]))
-                if v.params.short_edges:
-                    out_short.append(scorer(emb_short[id(v.model)]))
-            stage_s["search"] += time.perf_counter() - t
+            for out, out_short, (sc, sh) in zip(scores, short, _score_batch(voices, encoders, scorers, windows,
+                                                                             a.hop_frames, stage_s)):
+                out.append(sc)
+                if sh is not None:
+                    out_short.append(sh)
             if progress:
                 progress((first + len(windows)) * a.hop_s)
     if resampling_here:
@@ -314,13 +405,14 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], threshold: float | No
         window_scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         short_scores = (np.concatenate(short_parts) if short_parts else np.zeros(0, np.float32)) \
             if v.params.short_edges else None
-        thr = v.memory.threshold if threshold is None else threshold
+        thr = options.threshold_of(v)
         edge = v.memory.edge_threshold
         tracks.append(VoiceTrack(v.name, thr, edge, window_scores,
                                  to_segments(window_scores, thr, a, v.params, v.name, duration_s, cell_db, edge,
                                              short_scores),
-                                 v.params, short_scores))
-    return TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s, note, a, tuple(gaps))
+                                 v.params, short_scores, "" if v.folder is None else str(v.folder)))
+    result = TagResult(str(path), duration_s, a.window_s, a.hop_s, cell_db, tracks, stage_s, note, a, tuple(gaps))
+    return exclusive(result) if options.exclusive else result
 
 
 def gaps_note(path, gaps: Sequence[tuple[float, float]]) -> str:
@@ -360,18 +452,17 @@ class LiveTagger:
         closed = live.finish()           # also after an interruption: what was found
     """
 
-    def __init__(self, voices: Voice | Sequence[Voice], threshold: float | None = None,
+    def __init__(self, voices: Voice | Sequence[Voice], options: TagOptions = TagOptions(),
                  live: LiveParams = LiveParams()):
-        self.voices = [voices] if isinstance(voices, Voice) else list(voices)
+        self.voices = [options.applied(v) for v in ([voices] if isinstance(voices, Voice) else voices)]
         _check_voices(self.voices)
-        self.audio, self.live = self.voices[0].model.params.audio, live
+        self.audio, self.live, self.options = self.voices[0].model.params.audio, live, options
         self.encoders = list({id(v.model): v.model for v in self.voices}.values())
         self.scorers = [Scorer(v.memory.embeddings, v.memory.negatives, v.params.top_k, v.params.negative_weight)
                         for v in self.voices]
-        self.thresholds = [v.memory.threshold if threshold is None else threshold for v in self.voices]
+        self.thresholds = [options.threshold_of(v) for v in self.voices]
         self.streams = [SegmentStream(t, self.audio, v.params, v.name, v.memory.edge_threshold, live.max_delay_s)
                         for v, t in zip(self.voices, self.thresholds)]
-        self.with_short = {id(v.model) for v in self.voices if v.params.short_edges}
         self.n_samples = 0  # decoded so far, at the model rate
         self.gaps: list[tuple[float, float]] = []  # as TagResult.gaps, so far
         self.last_levels = np.zeros(0, np.float32)  # levels of the last window's cells after its first
@@ -381,28 +472,26 @@ class LiveTagger:
         """Seconds of audio decoded so far."""
         return self.n_samples / self.audio.sample_rate_hz
 
-    def windows(self, source, stream: int | None = None, channels: str = "auto") -> Iterator[tuple[int, "torch.Tensor"]]:
+    def windows(self, source) -> Iterator[tuple[int, "torch.Tensor"]]:
         """Batches of windows of `source` (a path or a file object, see audio.decode_blocks),
-        decoded live.block_s at a time: a window is embedded as soon as its audio is in."""
+        decoded live.block_s at a time, of the options' track and channels: a window is embedded
+        as soon as its audio is in."""
         def counted(blocks):
             for block in blocks:
                 self.n_samples += len(block)
                 yield block
 
-        blocks = counted(decode_blocks(source, self.audio.sample_rate_hz, stream, self.live.block_s, channels,
-                                       self.gaps))
+        blocks = counted(decode_blocks(source, self.audio.sample_rate_hz, self.options.stream, self.live.block_s,
+                                       self.options.channels, self.gaps))
         return stream_windows(blocks, self.audio, self.voices[0].params.batch_windows)
 
     def add(self, windows) -> list[Segment]:
         """Embed and score the next batch of windows (n, n_mels, window_frames); the segments it closes."""
         a = self.audio
         levels = cell_levels_db(windows[:, :, :a.hop_frames], a).numpy()[:, 0]
-        emb, emb_short = _embedded(self.encoders, windows, a.hop_frames, self.with_short)
-        scores = [scorer(emb[id(v.model)]) for v, scorer in zip(self.voices, self.scorers)]
-        short = [scorer(emb_short[id(v.model)]) if v.params.short_edges else None
-                 for v, scorer in zip(self.voices, self.scorers)]
+        scored = _score_batch(self.voices, self.encoders, self.scorers, windows, a.hop_frames)
         self.last_levels = cell_levels_db(windows[-1:, :, a.hop_frames:], a).numpy()[0]
-        closed = [s for st, sc, sh in zip(self.streams, scores, short) for s in st.push(sc, levels, sh)]
+        closed = [s for st, (sc, sh) in zip(self.streams, scored) for s in st.push(sc, levels, sh)]
         return sorted(closed, key=lambda s: (s.start_s, s.end_s, s.label))
 
     def finish(self) -> list[Segment]:

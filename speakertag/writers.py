@@ -7,11 +7,13 @@ import html
 import io
 import json
 import re
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from speakertag.io_utils import STDOUT, GrowingOutput, atomic_write_text
 from speakertag.segments import Segment
 
 SUFFIX: dict[str, str] = {
@@ -45,15 +47,27 @@ def format_of(path: Path) -> str | None:
     return None
 
 
-def _clock(seconds: float, digits: int, sep: str) -> str:
-    """Clock time HH:MM:SS<sep>F with `digits` fraction digits; rounds once, so 59.96 s never shows as 60."""
-    if seconds < 0:
-        raise ValueError(f"negative time: {seconds} s")
+def clock(seconds: float, digits: int = 0, sep: str = ".", hours: str = "padded") -> str:
+    """Clock time with `digits` fraction digits after `sep`, rounded once (59.96 s to 0.1 s
+    is 00:01:00.0, never 00:00:60.0). hours: "padded" 00:03:06.5, "shown" 0:03:06, "if any"
+    03:06.5 and 1:06:40.0, "in minutes" 75:00."""
     units = 10**digits
     h, rest = divmod(round(seconds * units), 3600 * units)
     m, rest = divmod(rest, 60 * units)
     s, frac = divmod(rest, units)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{frac:0{digits}d}"
+    tail = f"{s:02d}{sep}{frac:0{digits}d}" if digits else f"{s:02d}"
+    if hours == "in minutes":
+        return f"{h * 60 + m:02d}:{tail}"
+    if hours == "if any" and not h:
+        return f"{m:02d}:{tail}"
+    return f"{h:02d}:{m:02d}:{tail}" if hours == "padded" else f"{h}:{m:02d}:{tail}"
+
+
+def _clock(seconds: float, digits: int, sep: str) -> str:
+    """clock() of a segment's time, which is never negative."""
+    if seconds < 0:
+        raise ValueError(f"negative time: {seconds} s")
+    return clock(seconds, digits, sep)
 
 
 def format_timestamp(seconds: float) -> str:
@@ -153,6 +167,66 @@ def render(fmt: str, segments: Sequence[Segment], *, input_path: str, voices: Se
 
 
 SCORE_FORMATS: dict[str, str] = {".csv": "csv", ".npz": "npz"}  # --scores FILE: format by suffix
+
+
+def voice_entries(voices: Iterable[tuple[str, str, float]]) -> list[dict]:
+    """What the JSON header says of each voice: (name, model folder, threshold) -> {"name", "model", "threshold"}."""
+    return [{"name": name, "model": folder, "threshold": round(threshold, 4)} for name, folder, threshold in voices]
+
+
+class LiveOutput:
+    """A live run's output, written segment by segment. The formats that can grow (APPENDABLE)
+    get each segment as it closes: on standard output at once, or in `out` through
+    io_utils.GrowingOutput, by design not atomically (a new file grows in place, so that a
+    reader can follow it; an existing one is replaced only at commit(), and kept as it was by
+    discard()). JSON, SRT and WebVTT are rendered whole at commit() and written atomically.
+    out None: standard output."""
+
+    def __init__(self, fmt: str, out: Path | None, input_path: str, several: bool):
+        self.fmt, self.out, self.input_path, self.several = fmt, out, input_path, several
+        self.appendable = fmt in APPENDABLE
+        self.sink = GrowingOutput(out) if out is not None and self.appendable else None
+        self.found: list[Segment] = []
+        if fmt == "csv" and out is None:  # the header first, the rows as they come
+            self._write(self._csv_header())
+
+    def _csv_header(self) -> str:
+        return render(self.fmt, [], input_path="", with_label=self.several)
+
+    def _write(self, text: str) -> None:
+        if self.sink is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        if self.sink.file is None and self.fmt == "csv":  # the header first, the rows as they come
+            self.sink.write(self._csv_header())
+        self.sink.write(text)
+
+    def add(self, segments: Sequence[Segment]) -> None:
+        """Segments that have closed, by start time."""
+        if self.appendable and segments:
+            self._write(render(self.fmt, segments, input_path=self.input_path, with_label=self.several,
+                               header=False))
+        self.found.extend(segments)
+
+    def commit(self, voices: Sequence[dict], gaps: Sequence[tuple[float, float]]) -> None:
+        """The run has ended well: the file is complete (one that found nothing is written too)."""
+        if self.sink is not None:
+            self._write("")
+            self.sink.commit()
+        if not self.appendable:
+            atomic_write_text(self.out or STDOUT, render(self.fmt, self.found, input_path=self.input_path,
+                                                         voices=voices, gaps=gaps))
+
+    def keep(self) -> None:
+        """Stopped at once (a second Ctrl-C): the segments already out are kept."""
+        if self.sink is not None:
+            self.sink.commit()
+
+    def discard(self) -> None:
+        """The run failed: what it wrote is taken back, an older file stays as it was."""
+        if self.sink is not None:
+            self.sink.discard()
 
 
 def scores_format_of(path: Path) -> str | None:

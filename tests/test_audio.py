@@ -1,9 +1,11 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import soundfile as sf
 
 from conftest import noise, sine, speech_like, write_audio, write_container, write_timed
-from speakertag.audio import (MAX_GAP_S, channel_mix, decode_blocks, decoded_channels, decoding_cost,
+from speakertag.audio import (MAX_GAP_S, AudioInfo, channel_mix, decode_blocks, decoded_channels, decoding_cost,
                               find_media_files, load_audio, probe, without_gaps)
 from speakertag.errors import SpeakertagError
 
@@ -192,12 +194,26 @@ def test_channel_mix():
 
 def test_decoded_channels(five_one, tmp_path):
     """What the decoder gives: all six for the centre, one when the AC-3 decoder mixes down."""
-    assert decoded_channels(five_one) == decoded_channels(five_one, channels="centre") == 6
-    assert decoded_channels(five_one, channels="average") == 1
-    assert decoded_channels(write_audio(tmp_path / "st.wav", np.stack([sine(0.5, RATE)] * 2).T, RATE)) == 2
-    stereo = tmp_path / "st.wav"
-    assert decoding_cost(five_one) == "decoder" and decoding_cost(five_one, channels="average") == "light"
+    info = probe(five_one)
+    assert len(info.layout) == 6 and "FC" in info.layout
+    assert decoded_channels(info) == decoded_channels(info, channels="centre") == 6
+    assert decoded_channels(info, channels="average") == 1
+    stereo = probe(write_audio(tmp_path / "st.wav", np.stack([sine(0.5, RATE)] * 2).T, RATE))
+    assert decoded_channels(stereo) == 2
+    assert decoding_cost(info) == "decoder" and decoding_cost(info, channels="average") == "light"
     assert decoding_cost(stereo) == "light" and decoding_cost(stereo, channels="coherent") == "mask"
+
+
+def test_decoding_cost_is_planned_from_the_probe_alone():
+    """No audio needed: the codec, the channels and their names decide."""
+    five_one = AudioInfo("film.mkv", 7200.0, 48000, 6, "ac3", 0, ("FL", "FR", "FC", "LFE", "SL", "SR"))
+    assert decoding_cost(five_one) == "decoder"  # all six decoded for the centre
+    assert decoding_cost(five_one, "average") == "light"  # the AC-3 decoder mixes down to mono
+    assert decoding_cost(replace(five_one, codec="aac"), "average") == "decoder"  # no decoder downmix for AAC
+    dts = replace(five_one, codec="dca")
+    assert decoded_channels(dts, "average") == 2 and decoding_cost(dts, "average") == "light"
+    stereo = AudioInfo("film.wav", 60.0, 44100, 2, "WAV", None)
+    assert decoding_cost(stereo) == "light" and decoding_cost(stereo, "coherent") == "mask"
 
 
 def test_coherent_stereo(tmp_path):

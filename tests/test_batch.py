@@ -1,8 +1,9 @@
-"""Batch helpers: output names and loading a voice with options applied."""
+"""Batch helpers: output names, options applied to a voice, the skip rule."""
 
 from pathlib import Path
 
-from speakertag.batch import VoiceSpec, output_paths
+from speakertag.batch import output_paths
+from speakertag.tagging import TagOptions, VoiceSpec
 
 
 def test_output_paths_are_unique_and_ordered(tmp_path):
@@ -11,10 +12,12 @@ def test_output_paths_are_unique_and_ordered(tmp_path):
     assert all(p.parent == tmp_path for p in output_paths(inputs, tmp_path, ".srt"))
 
 
-def test_voice_spec_applies_options(tiny_model_dir):
-    (voice,) = VoiceSpec((tiny_model_dir,), min_gap_s=2.5, edge_db=4.0).load()
+def test_tag_options_apply_to_a_voice(tiny_model_dir):
+    (loaded,) = VoiceSpec((tiny_model_dir,)).load()
+    voice = TagOptions(min_gap_s=2.5, edge_db=4.0).applied(loaded)
     assert voice.params.min_gap_s == 2.5 and voice.params.edge_db == 4.0
     assert voice.params.min_duration_s == voice.model.params.tag.min_duration_s
+    assert voice.folder == tiny_model_dir and TagOptions().applied(loaded).params == loaded.params
 
 
 # --- the skip rule: an output is up to date when its stamp records this film and these settings
@@ -33,7 +36,7 @@ def test_skip_rule(tiny_model_dir, tmp_path):
     out = tmp_path / "tags" / "film.json"
     out.parent.mkdir()
     spec = VoiceSpec((tiny_model_dir,))
-    settings = run_settings(spec, "json", None, None)
+    settings = run_settings(spec, "json")
     state = film_state(film)
     assert not is_up_to_date(out, state, settings)  # nothing written yet
 
@@ -42,18 +45,18 @@ def test_skip_rule(tiny_model_dir, tmp_path):
     write_stamp(out, state, settings, '{"segments": []}\n')
     assert stamp_path(out) == tmp_path / "tags" / ".speakertag" / "film.json.stamp"
     assert is_up_to_date(out, state, settings)
-    assert is_up_to_date(out, film_state(film), run_settings(spec, "json", None, None))  # same again
+    assert is_up_to_date(out, film_state(film), run_settings(spec, "json"))  # same again
 
     # other options, another model folder, a changed memory: tagged again
-    assert not is_up_to_date(out, state, run_settings(spec, "json", 0.5, None))
-    assert not is_up_to_date(out, state, run_settings(spec, "json", None, 1))
-    assert not is_up_to_date(out, state, run_settings(spec, "json", None, None, "centre"))
-    assert not is_up_to_date(out, state, run_settings(replace(spec, min_gap_s=2.0), "json", None, None))
+    assert not is_up_to_date(out, state, run_settings(spec, "json", TagOptions(threshold=0.5)))
+    assert not is_up_to_date(out, state, run_settings(spec, "json", TagOptions(stream=1)))
+    assert not is_up_to_date(out, state, run_settings(spec, "json", TagOptions(channels="centre")))
+    assert not is_up_to_date(out, state, run_settings(spec, "json", TagOptions(min_gap_s=2.0)))
     copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")
-    assert not is_up_to_date(out, state, run_settings(VoiceSpec((copy,)), "json", None, None))
-    copy_settings = run_settings(VoiceSpec((copy,)), "json", None, None)
+    assert not is_up_to_date(out, state, run_settings(VoiceSpec((copy,)), "json"))
+    copy_settings = run_settings(VoiceSpec((copy,)), "json")
     save_memory(replace(load_memory(copy), threshold=0.123), copy)
-    assert run_settings(VoiceSpec((copy,)), "json", None, None) != copy_settings
+    assert run_settings(VoiceSpec((copy,)), "json") != copy_settings
 
     # a changed film (time or size), an edited or deleted output, a damaged stamp: tagged again
     os.utime(film, ns=(state["mtime_ns"], state["mtime_ns"] + 1_000_000_000))

@@ -87,6 +87,7 @@ def other_memory(tmp_path_factory):
 
 # --- user errors (most are cases of the bad-input corpus, tests/test_corpus.py) ------------------
 
+@pytest.mark.slow  # a tagging process per film
 @pytest.mark.parametrize("film, extra, phrase", [
     ("missing.mkv", [], "no such file"),
     ("truncated.mp4", [], "cannot read"),
@@ -107,6 +108,7 @@ def test_train_without_negative(inputs, tmp_path):
     assert listing(tmp_path) == set()
 
 
+@pytest.mark.slow  # trains from the shipped base
 def test_train_zero_steps_keeps_the_base_encoder(example, tmp_path):
     """--steps 0: no fine-tuning, only the memory and the threshold are built. (The shipped base:
     the tiny model's threshold could tag most calibration windows, which train refuses.)"""
@@ -150,6 +152,7 @@ def test_tag_json(tiny_model_dir, inputs, tmp_path):
     assert listing(tmp_path) == {"film.json"}
 
 
+@pytest.mark.slow  # a tagging process
 def test_tag_csv_with_every_window_on(tiny_model_dir, inputs, tmp_path):
     out = tmp_path / "film.csv"
     r = run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--format", "csv", "--out", out,
@@ -184,6 +187,7 @@ def five_one_film(inputs):
     return path
 
 
+@pytest.mark.slow  # four tagging processes
 def test_tag_channels(tiny_model_dir, five_one_film, example):
     runs = {c: run_cli("tag", five_one_film, "--model", tiny_model_dir, "--channels", c, "--format", "csv",
                        "--threshold", "-1.5", "--min-duration", "0", "-q") for c in ("centre", "average")}
@@ -212,6 +216,7 @@ def film_folder(tmp_path_factory, inputs):
     return d
 
 
+@pytest.mark.slow  # a tagging process over several films
 def test_tag_several_films_one_broken(tiny_model_dir, inputs, tmp_path):
     films = [inputs / "excerpt.wav", inputs / "truncated.mp4", inputs / "two_tracks.mkv"]
     out_dir = tmp_path / "tags"  # created by the command
@@ -228,6 +233,7 @@ def test_tag_several_films_one_broken(tiny_model_dir, inputs, tmp_path):
     assert (out_dir / "excerpt.json").read_bytes() == alone.read_bytes()
 
 
+@pytest.mark.slow  # a tagging process over a folder
 def test_tag_folder(tiny_model_dir, film_folder, tmp_path):
     # a.wav is named twice (itself and in its folder): tagged once
     r = run_cli("tag", film_folder, film_folder / "a.wav", "--model", tiny_model_dir, "--format", "json",
@@ -242,6 +248,7 @@ def test_tag_folder(tiny_model_dir, film_folder, tmp_path):
     assert json.loads((tmp_path / "a-2.json").read_text())["input"] == str(film_folder / "sub" / "a.flac")
 
 
+@pytest.mark.slow  # worker processes
 def test_tag_jobs_give_the_same_files(tiny_model_dir, film_folder, inputs, tmp_path):
     silent = inputs / "silent.wav"  # fails in a worker process with --jobs 2: reported the same way
     error = f"speakertag: error: {silent}: {silent} is silent: its audio track holds only digital silence"
@@ -262,6 +269,7 @@ def test_tag_jobs_give_the_same_files(tiny_model_dir, film_folder, inputs, tmp_p
     assert results[1000] == results[1]
 
 
+@pytest.mark.slow  # several tagging processes
 def test_tag_folder_again_skips_finished_films(tiny_model_dir, film_folder, tmp_path):
     """A rerun tags only the films whose output is missing or out of date; --force tags all."""
     films = shutil.copytree(film_folder, tmp_path / "films")
@@ -289,6 +297,7 @@ def test_tag_folder_again_skips_finished_films(tiny_model_dir, film_folder, tmp_
     assert all((out_dir / name).stat().st_mtime_ns != now[name] for name in names)
 
 
+@pytest.mark.slow  # a tagging process
 def test_tag_out_dir_in_use_by_another_run(tiny_model_dir, inputs, tmp_path):
     """issue 34, case 4: two runs on one --out-dir at once: the second is refused in one line."""
     from speakertag.io_utils import folder_lock
@@ -317,6 +326,7 @@ def test_tag_several_films_usage(tiny_model_dir, inputs, args, phrase):
     assert not (inputs / "x.txt").exists() and not (inputs / "tags").exists()
 
 
+@pytest.mark.slow  # a tagging process
 @pytest.mark.parametrize("films, phrase", [
     (["no_audio"], "no audio or video files in folder"),
     (["excerpt.wav", "missing.mkv"], "no such file or folder"),
@@ -402,6 +412,7 @@ def example_tagged(tiny_model_dir, example, tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # the whole example film tagged in a process
 def test_scores_match_the_segments(example_tagged):
     """--scores: the cells >= the stored threshold are the segments' cores: each segment's score
     is the mean of its cells at the threshold, and a cell at the threshold outside every segment
@@ -432,6 +443,7 @@ def test_scores_match_the_segments(example_tagged):
     assert npz["thresholds"][0] == pytest.approx(threshold, abs=1e-6)
 
 
+@pytest.mark.slow  # a tagging process
 def test_scores_name_is_checked(tiny_model_dir, inputs, tmp_path):
     assert_fails(run_cli("tag", inputs / "excerpt.wav", "--model", tiny_model_dir, "--scores", tmp_path / "s.txt"),
                  "must end in .csv or .npz", 2)
@@ -457,6 +469,7 @@ def two_voices(tiny_model_dir, tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # tagging processes of the whole example film
 def test_exclusive_voices_never_overlap(two_voices, example, tmp_path):
     film = example / "movie01.mp4"
     segments = {}

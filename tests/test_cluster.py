@@ -8,36 +8,37 @@ import sys
 
 import numpy as np
 
-from speakertag.batch import VoiceSpec
 from speakertag.cluster import INSTALL_HINT, ShippedVoices
+from speakertag.tagging import VoiceSpec
 
 
 def test_shipped_voices_load_like_the_folders(tiny_model_dir, tmp_path):
     # two folders holding voices of the same name: labelled by folder name, shipped or not
     shutil.copytree(tiny_model_dir, tmp_path / "models" / "alice")
     shutil.copytree(tiny_model_dir, tmp_path / "models" / "bob")
-    spec = VoiceSpec((tmp_path / "models",), device="cpu", min_gap_s=1.5)
+    spec = VoiceSpec((tmp_path / "models",), device="cpu")
     shipped = ShippedVoices.read(spec)
     shutil.rmtree(tmp_path / "models")  # a worker has no model folder
     voices = shipped.load()
     assert [v.name for v in voices] == ["alice", "bob"]
-    (expected,) = VoiceSpec((tiny_model_dir,), device="cpu", min_gap_s=1.5).load()
+    assert [v.folder for v in voices] == [tmp_path / "models" / "alice", tmp_path / "models" / "bob"]
+    (expected,) = VoiceSpec((tiny_model_dir,), device="cpu").load()
     for v in voices:
         assert v.model.fingerprint == expected.model.fingerprint
         np.testing.assert_array_equal(v.memory.embeddings, expected.memory.embeddings)
         np.testing.assert_array_equal(v.memory.negatives, expected.memory.negatives)
         assert v.memory.threshold == expected.memory.threshold
-        assert v.params == expected.params and v.params.min_gap_s == 1.5
+        assert v.params == expected.params
 
 
 def test_shipped_voices_key(tiny_model_dir, tmp_path):
-    """The key says which voices a worker holds: the same files and options, the same key."""
+    """The key says which voices a worker holds: the same files, folder names and device, the same key."""
     key = ShippedVoices.read(VoiceSpec((tiny_model_dir,))).key
     same = shutil.copytree(tiny_model_dir, tmp_path / tiny_model_dir.name)
     assert ShippedVoices.read(VoiceSpec((same,))).key == key
     renamed = shutil.copytree(tiny_model_dir, tmp_path / "renamed")  # a label may come from the name
     assert ShippedVoices.read(VoiceSpec((renamed,))).key != key
-    assert ShippedVoices.read(VoiceSpec((tiny_model_dir,), min_gap_s=2.0)).key != key
+    assert ShippedVoices.read(VoiceSpec((tiny_model_dir,), device="cpu")).key != key
     assert ShippedVoices.read(VoiceSpec((tiny_model_dir,), memory_file=tiny_model_dir / "memory.npz")).key == key
 
 

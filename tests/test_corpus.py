@@ -597,6 +597,7 @@ def test_case_names_are_unique():
     assert len({c.name for c in CASES}) == len(CASES) >= 30
 
 
+@pytest.mark.slow  # every case is a speakertag process of its own
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_corpus(case: Case, corpus: Corpus, runs):
     out, future = runs[case.name]

@@ -10,6 +10,8 @@ import pytest
 from speakertag.evaluate import read_reference, score
 from speakertag.model import load_model
 
+pytestmark = pytest.mark.slow  # trains the example voice end to end
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "data" / "example"
 # Measured on this example (task d3 of the development set): F1 0.965-0.983 over seeds 0-7
 # with the shipped base encoder; the floor leaves room for platform differences.

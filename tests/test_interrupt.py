@@ -33,6 +33,8 @@ from conftest import (
     write_audio,
 )
 
+pytestmark = pytest.mark.slow  # every test runs speakertag in a process of its own and signals it
+
 # Start `python -m speakertag` with SIGINT at its default action whatever the test runner
 # inherited (a background job ignores SIGINT, and speakertag keeps an ignored SIGINT ignored).
 LAUNCHER = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "

@@ -57,6 +57,7 @@ def assert_within_a_cell(live: list[tuple[float, float]], batch: list[tuple[floa
         assert abs(s - bs) <= CELL_S + 1e-3 and abs(e - be) <= CELL_S + 1e-3, (live, batch)
 
 
+@pytest.mark.slow  # processes of their own
 def test_a_stream_on_stdin_gives_the_segments_of_the_file(tiny_model_dir, example, film_mkv, tmp_path):
     batch = subprocess.run(cli("tag", example / "movie01.mp4", "--model", tiny_model_dir, "--format", "csv", "-q"),
                            capture_output=True, text=True, timeout=300)
@@ -97,6 +98,7 @@ def grow(src: Path, dst: Path, bytes_per_s: float, limit: int | None = None, chu
     return t
 
 
+@pytest.mark.slow  # a process of its own
 def test_follow_gives_each_segment_soon_after_it_ends(tiny_model_dir, film_mkv, tmp_path):
     """The first 150 s of the film written over about 15 s; each segment is out within 3 s
     of audio after its end, the CSV grows as they come, and the run stops once the file has
@@ -118,6 +120,7 @@ def test_follow_gives_each_segment_soon_after_it_ends(tiny_model_dir, film_mkv, 
     assert segments[0] == pytest.approx((50.9, 69.9), abs=0.1)
 
 
+@pytest.mark.slow  # a process of its own
 def test_ctrl_c_keeps_what_was_found(tiny_model_dir, film_mkv, tmp_path):
     growing, out = tmp_path / "rec.mkv", tmp_path / "rec.json"
     grow(film_mkv, growing, 10**7, 80 * film_mkv.stat().st_size // 336)  # 80 s, then the recorder stalls
@@ -180,13 +183,13 @@ def test_live_input_follows_the_film_timeline(tiny_model_dir, gap_ts):
     import numpy as np
 
     from speakertag.live import StdinSource
-    from speakertag.tagging import LiveTagger, load_voice, tag
+    from speakertag.tagging import LiveTagger, TagOptions, load_voice, tag
 
     import torch
 
     voice = load_voice(tiny_model_dir)
     threshold = float(np.median(tag(gap_ts, voice).tracks[0].window_scores))  # so that there are segments
-    batch = tag(gap_ts, voice, threshold)
+    batch = tag(gap_ts, voice, TagOptions(threshold=threshold))
     assert len(batch.gaps) == 1 and batch.segments
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the CLI's live input: a window or two at a time
@@ -194,7 +197,7 @@ def test_live_input_follows_the_film_timeline(tiny_model_dir, gap_ts):
         with open(gap_ts, "rb") as f:
             cat = subprocess.Popen(["cat"], stdin=f, stdout=subprocess.PIPE)
             for source in (GrowingFile(gap_ts, timeout_s=0.2, poll_s=0.01), StdinSource(cat.stdout)):
-                live = LiveTagger(voice, threshold)
+                live = LiveTagger(voice, TagOptions(threshold=threshold))
                 found = []
                 for _, windows in live.windows(source):
                     found += live.add(windows)
@@ -205,6 +208,26 @@ def test_live_input_follows_the_film_timeline(tiny_model_dir, gap_ts):
             cat.wait()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_tag_live_writes_each_segment_as_it_closes(tiny_model_dir, gap_ts, tmp_path):
+    """live.tag_live in this process: a new CSV grows a row per segment (after its header), the
+    segments are those given to on_closed, and JSON is written whole, naming the model's folder."""
+    import json
+
+    from speakertag.live import tag_live
+    from speakertag.tagging import TagOptions, load_voice
+
+    voice, seen = load_voice(tiny_model_dir), []
+    out = tmp_path / "live.csv"
+    run = tag_live(gap_ts, [voice], "csv", out, TagOptions(threshold=-2.0), 0.2, lambda s, _: seen.extend(s))
+    assert run.segments == seen and run.segments and run.gaps and not run.interrupted and run.cut_short is None
+    rows = out.read_text().splitlines()
+    assert rows[0] == "start,end,score" and len(rows) == 1 + len(run.segments)
+    run = tag_live(gap_ts, [voice], "json", tmp_path / "live.json", TagOptions(threshold=-2.0), 0.2)
+    doc = json.loads((tmp_path / "live.json").read_text())
+    assert doc["voices"][0]["model"] == str(tiny_model_dir) and len(doc["segments"]) == len(run.segments)
+    assert doc["gaps"] and doc["input"] == str(gap_ts)
 
 
 @pytest.mark.slow  # a process of its own: torch is imported again

@@ -187,6 +187,7 @@ def test_hnsw_is_used_from_the_threshold_on(monkeypatch):
     assert isinstance(index, faiss.IndexHNSWFlat) and index.ntotal == 2000
 
 
+@pytest.mark.slow  # a large index built twice
 def test_hnsw_matches_exact_search():
     # 60k embeddings in 20 clusters, e.g. a memory merged from a few voices and recording
     # conditions; queries drawn like the entries.

@@ -23,7 +23,8 @@ def test_derived_values():
     assert a.frame_s == pytest.approx(256 / 22050)
     assert a.window_s == pytest.approx(2.0, abs=0.01)
     assert a.hop_s == pytest.approx(0.5, abs=0.01)
-    assert a.window_samples == a.n_fft + (a.window_frames - 1) * a.hop_length
+    assert a.window_samples == 44800  # 171 hops of 256 samples and one 1024-sample FFT frame
+    assert a.window_samples / a.sample_rate_hz == pytest.approx(2.03, abs=0.005)
     # derived values are properties, not stored: they do not appear in the saved dict
     assert "window_s" not in Params().to_dict()["audio"]
 

@@ -19,6 +19,8 @@ import pytest
 
 from conftest import speech_like, write_audio
 
+pytestmark = pytest.mark.slow  # a Ray cluster
+
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need Ray: pip install 'speakertag[ray]'")
 
 RATE = 22050
@@ -136,7 +138,7 @@ def test_ray_cuda_without_gpus(tiny_model_dir, films, ray_address, tmp_path, cap
 def test_ray_interrupted_cancels_the_other_films(tiny_model_dir, example, ray_address, tmp_path):
     """Ctrl-C after the first film: the films still running or queued are cancelled, so the
     cluster's CPUs are free again at once (each of the others takes about 2 s of one CPU)."""
-    from speakertag.batch import VoiceSpec
+    from speakertag.tagging import VoiceSpec
     from speakertag.cluster import tag_on_ray
 
     films = []
@@ -146,7 +148,7 @@ def test_ray_interrupted_cancels_the_other_films(tiny_model_dir, example, ray_ad
     finished = []
 
     with pytest.raises(KeyboardInterrupt):
-        for film, _ in tag_on_ray(films, VoiceSpec((tiny_model_dir,)), None, None):
+        for film, _ in tag_on_ray(films, VoiceSpec((tiny_model_dir,))):
             finished.append(film)
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first film is handled
     interrupted = time.monotonic()

@@ -136,6 +136,7 @@ def refined(start_model, example):
     return before, model, memory, report, spans
 
 
+@pytest.mark.slow  # trains a model from the shipped base, then refines it
 def test_refine_changes_model_memory_and_history(refined):
     before, model, memory, report, spans = refined
     assert report.encoder == "fine-tuned" and report.kept_why == ""
@@ -156,6 +157,7 @@ def test_refine_changes_model_memory_and_history(refined):
     assert memory.info["positive_clips"] == before.memory.info["positive_clips"]
 
 
+@pytest.mark.slow  # trains a model from the shipped base, then refines it
 def test_refine_improves_tagging_of_the_corrected_film(refined, example):
     _, model, memory, report, _ = refined
     reference = read_reference(example / "ref" / "movie01.target.csv")
@@ -169,6 +171,7 @@ def test_refine_improves_tagging_of_the_corrected_film(refined, example):
     assert m_after.recall >= 0.8
 
 
+@pytest.mark.slow  # trains a model from the shipped base, then refines it
 def test_refine_refuses_segments_outside_the_film(start_model, example):
     v = load_voice(start_model)
     with pytest.raises(SpeakertagError, match="outside the film"):
@@ -182,6 +185,7 @@ def run_cli(*args) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow  # trains a model from the shipped base, then refines it
 def test_cli_refine_in_place(start_model, example, tmp_path):
     """In place, with the training clips gone: the encoder is kept and the command says so."""
     d = tmp_path / "alice"
@@ -208,6 +212,7 @@ def test_cli_refine_in_place(start_model, example, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alice", "fixed.labels.txt"]  # no temporary folders
 
 
+@pytest.mark.slow  # trains a model from the shipped base, then refines it
 @pytest.mark.parametrize("labels, phrase", [
     (None, "no such labels file"),
     ("1\t2\tbob\n3\t4\tcarol\n", "no rows for the voice 'tiny'"),

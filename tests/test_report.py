@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import speech_like, write_audio
-from speakertag.report import (EMBED_BIT_RATE, ReportAudio, clock, embed_audio, link_audio, plot_png,
+from speakertag.report import (EMBED_BIT_RATE, ReportAudio, clock, embed_audio, link_audio,
                                precise_clock, render_html, render_plot, segment_rows, track_cells)
 from speakertag.segments import Segment
 from speakertag.tagging import TagResult, VoiceTrack
@@ -79,7 +79,7 @@ def test_plot_is_a_png(names):
     image = render_plot(r)
     assert png_size(image.png) == (image.width_px, image.height_px)
     assert 0 < image.axes_left_frac < image.axes_right_frac < 1 and image.end_s == 60.0
-    assert plot_png(r)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_of_a_long_film_with_odd_names():
@@ -176,12 +176,14 @@ def test_report_usage(tiny_model_dir, clip, args, phrase):
     assert sorted(p.name for p in clip.parent.iterdir()) == ["excerpt.wav"]
 
 
+@pytest.mark.slow  # a tagging process
 def test_report_in_missing_folder(tiny_model_dir, clip, tmp_path):
     r = run_cli("tag", clip, "--model", tiny_model_dir, "--report", tmp_path / "nope" / "r.html")
     assert_fails(r, "output folder does not exist")
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # a tagging process
 def test_plot_and_report_files(tiny_model_dir, clip, tmp_path):
     r = run_cli("tag", clip, "--model", tiny_model_dir, "--threshold", "-1.5", "--plot", tmp_path / "p.png",
                 "--report", tmp_path / "r.html", "-q")
@@ -241,6 +243,7 @@ def console_errors(driver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
 
 
+@pytest.mark.slow  # a browser
 def test_report_in_browser(browser, tiny_model_dir, example, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -295,6 +298,7 @@ def test_report_in_browser(browser, tiny_model_dir, example, tmp_path):
     assert console_errors(browser) == []
 
 
+@pytest.mark.slow  # a browser
 def test_report_with_embedded_audio_in_browser(browser, tiny_model_dir, clip, tmp_path):
     page = tmp_path / "r.html"
     r = run_cli("tag", clip, "--model", tiny_model_dir, "--threshold", "-1.5", "--report", page,

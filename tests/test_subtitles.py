@@ -59,6 +59,7 @@ def run_cli(*args):
                           timeout=300)
 
 
+@pytest.mark.slow  # the example film tagged in a process
 def test_subtitles_of_the_example_film(tiny_model_dir, example, tmp_path):
     """Cues inside the target's speech (reference 50.96-69.09 s, 203.50-214.05 s) get its name;
     cues where nobody the model knows speaks stay as they were."""

@@ -10,12 +10,12 @@ import soundfile as sf
 import torch
 
 import speakertag.tagging
-from speakertag.audio import load_audio, source_blocks
+from speakertag.audio import AudioInfo, load_audio, probe, source_blocks
 from speakertag.errors import SpeakertagError
 from speakertag.features import cell_levels_db, log_mel
 from speakertag.memory import load_memory
 from speakertag.segments import cell_scores
-from speakertag.tagging import check_pair, load_voice, tag
+from speakertag.tagging import DecodingPlan, TagOptions, check_pair, decoding_plan, load_voice, tag
 from conftest import train_tiny
 
 
@@ -48,10 +48,11 @@ def test_cell_levels_of_a_film(tiny_model_dir, minute_of_film):
     assert np.median(speech) > np.median(r.cell_db[:int(10 / a.hop_s)])
 
 
+@pytest.mark.slow  # the example film tagged twice
 def test_threshold_orders_segments(tiny_model_dir, example):
     voice = load_voice(tiny_model_dir)
-    low = tag(example / "movie01.mp4", voice, threshold=-2.0)  # scores lie in [-1.5, 1.5]
-    high = tag(example / "movie01.mp4", voice, threshold=2.0)
+    low = tag(example / "movie01.mp4", voice, TagOptions(threshold=-2.0))  # scores lie in [-1.5, 1.5]
+    high = tag(example / "movie01.mp4", voice, TagOptions(threshold=2.0))
     # The audio after the last whole window is not scored: at most one window minus a hop.
     a = voice.model.params.audio
     assert len(low.segments) == 1 and low.segments[0].start_s == 0.0
@@ -59,6 +60,7 @@ def test_threshold_orders_segments(tiny_model_dir, example):
     assert high.segments == []
 
 
+@pytest.mark.slow  # trains a second model
 def test_memory_of_another_model_is_refused(tiny_model_dir, tmp_path):
     other = train_tiny(tmp_path / "other", tmp_path / "clips", seed=1)
     voice = load_voice(tiny_model_dir)
@@ -96,7 +98,7 @@ def test_streaming_equals_whole_file(tiny_model_dir, minute_of_film, monkeypatch
                 n_blocks[block_s] = n_blocks.get(block_s, 0) + 1
                 yield block
         monkeypatch.setattr(speakertag.tagging, "source_blocks", blocks)
-        results[block_s] = tag(minute_of_film, voice, threshold)
+        results[block_s] = tag(minute_of_film, voice, TagOptions(threshold=threshold))
     assert n_blocks == {3.7: 17, 1000.0: 1}
     many, one = results[3.7], results[1000.0]
     np.testing.assert_allclose(many.tracks[0].window_scores, one.tracks[0].window_scores, atol=1e-5)
@@ -167,7 +169,7 @@ def test_segment_times_follow_the_film(tiny_model_dir, speech_piece, tmp_path, m
     film's timeline: as a WAV of the same audio with silence in the same place, within one cell,
     and decoded in this process or in a child alike; nothing is found inside the gap."""
     from conftest import write_timed
-    from speakertag.batch import VoiceSpec, render_output
+    from speakertag.batch import render_output
 
     rate, x = 22050, speech_piece
     k = 1152 * 96  # whole MP2 frames: about 5 s
@@ -184,22 +186,23 @@ def test_segment_times_follow_the_film(tiny_model_dir, speech_piece, tmp_path, m
     a = voice.model.params.audio
     expected = tag(reference, voice)
     threshold = float(np.median(expected.tracks[0].window_scores))  # so that there are segments
-    expected = tag(reference, voice, threshold)
+    expected = tag(reference, voice, TagOptions(threshold=threshold))
     assert expected.segments and not expected.gaps
     for child_from_s in (1e9, 0.0):
         monkeypatch.setattr(speakertag.tagging, "MIN_DURATION_S", child_from_s)
-        r = tag(film, voice, threshold)
+        r = tag(film, voice, TagOptions(threshold=threshold))
         assert len(r.gaps) == 1 and r.gaps[0] == pytest.approx(gap_s, abs=0.1)
         assert "no audio at" in r.note and r.duration_s == pytest.approx(expected.duration_s, abs=0.1)
-        doc = json.loads(render_output("json", film, r, VoiceSpec((tiny_model_dir,))))
+        doc = json.loads(render_output("json", film, r))
         assert doc["gaps"] == [[round(a_s, 3), round(b_s, 3)] for a_s, b_s in r.gaps]
         segments_within_a_cell(r.segments, expected.segments, a.hop_s)
-        everything = tag(film, voice, threshold=-2.0).segments  # every cell with sound in it
+        everything = tag(film, voice, TagOptions(threshold=-2.0)).segments  # every cell with sound in it
         for s in everything:
             assert s.end_s <= r.gaps[0][0] + a.hop_s or s.start_s >= r.gaps[0][1] - a.hop_s, (s, r.gaps)
         assert everything[-1].start_s == pytest.approx(r.gaps[0][1], abs=a.hop_s)
 
 
+@pytest.mark.slow  # a minute of film tagged three times, in a file and live
 def test_short_edges_in_a_file_and_live(tiny_model_dir, minute_of_film):
     """tag.short_edges: two short-window scores per window, edges that move, and a live stream
     (blocks of its own, never forced) that gives the file's segments."""
@@ -211,11 +214,11 @@ def test_short_edges_in_a_file_and_live(tiny_model_dir, minute_of_film):
     plain = load_voice(tiny_model_dir)
     voice = Voice(plain.model, plain.memory, tag_params=replace(plain.params, short_edges=True))
     threshold = float(np.mean(tag(minute_of_film, plain).tracks[0].window_scores))
-    r = tag(minute_of_film, voice, threshold)
+    r = tag(minute_of_film, voice, TagOptions(threshold=threshold))
     (track,) = r.tracks
     assert track.short_scores.shape == (2 * len(track.window_scores),) and np.all(np.isfinite(track.short_scores))
-    assert tag(minute_of_film, plain, threshold).tracks[0].short_scores is None
-    live = LiveTagger(voice, threshold, replace(LiveParams(), max_delay_s=None))
+    assert tag(minute_of_film, plain, TagOptions(threshold=threshold)).tracks[0].short_scores is None
+    live = LiveTagger(voice, TagOptions(threshold=threshold), replace(LiveParams(), max_delay_s=None))
     got = []
     for _, windows in live.windows(minute_of_film):
         got += live.add(windows)
@@ -223,3 +226,28 @@ def test_short_edges_in_a_file_and_live(tiny_model_dir, minute_of_film):
     assert r.segments and len(got) == len(r.segments)
     for a, b in zip(got, r.segments):
         assert (a.start_s, a.end_s) == (pytest.approx(b.start_s, abs=0.002), pytest.approx(b.end_s, abs=0.002))
+
+
+def test_decoding_plan_needs_no_audio():
+    """How tag() shares the work is planned from probe()'s description alone."""
+    five_one = AudioInfo("film.mkv", 7200.0, 48000, 6, "ac3", 0, ("FL", "FR", "FC", "LFE", "SL", "SR"))
+    assert decoding_plan(five_one, "auto", True, 2) == DecodingPlan(True, True, False)  # resampled by the encoder's
+    assert decoding_plan(five_one, "auto", False, 2) == DecodingPlan(True, False, False)
+    assert decoding_plan(five_one, "average", False, 2) == DecodingPlan(True, False, True)  # the decoder mixes down
+    assert not decoding_plan(five_one, "auto", True, 1).in_child  # one CPU: no second process
+    stereo = AudioInfo("film.wav", 60.0, 44100, 2, "WAV", None)
+    assert decoding_plan(stereo, "auto", False, 2) == DecodingPlan(False, False, True)
+    assert decoding_plan(replace(stereo, duration_s=None), "coherent", True, 2) == DecodingPlan(True, False, False)
+
+
+def test_a_probed_film_is_not_probed_again(tiny_model_dir, minute_of_film, monkeypatch):
+    voice = load_voice(tiny_model_dir)
+    info = probe(minute_of_film)
+    expected = tag(minute_of_film, voice)
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("probed again")
+    monkeypatch.setattr(speakertag.tagging, "probe", no_probe)
+    again = tag(minute_of_film, voice, TagOptions(), info=info)
+    np.testing.assert_array_equal(again.tracks[0].window_scores, expected.tracks[0].window_scores)
+    assert again.tracks[0].folder == str(tiny_model_dir)

@@ -30,6 +30,7 @@ def test_tiny_model_is_consistent(tiny_model_dir):
     assert model.meta["history"][-1]["action"] == "train"
 
 
+@pytest.mark.slow  # trains the tiny model again
 def test_same_seed_same_model(tmp_path, tiny_model_dir):
     again = train_tiny(tmp_path / "again", tmp_path / "clips")
     assert load_model(again).fingerprint == load_model(tiny_model_dir).fingerprint
@@ -53,6 +54,7 @@ def test_average_weights_mixes_float_tensors_and_keeps_the_first_step_counts():
     assert all(torch.equal(x, y) for x, y in zip(average_weights([a, b], [1.0, 0.0]).values(), a.values()))
 
 
+@pytest.mark.slow  # fine-tunes the shipped base
 @pytest.mark.parametrize("share, same_as_base", [(0.0, True), (0.5, False)])
 def test_fine_tuning_keeps_the_share_of_its_own_weights(tiny_model_dir, example, share, same_as_base):
     """Fine-tuning a base on real clips: share 0 gives the base back, 0.5 a new encoder."""
@@ -66,6 +68,7 @@ def test_fine_tuning_keeps_the_share_of_its_own_weights(tiny_model_dir, example,
     assert all(torch.equal(mine[k], v) for k, v in theirs.items() if v.is_floating_point()) == same_as_base
 
 
+@pytest.mark.slow  # fine-tunes the shipped base
 @pytest.mark.parametrize("layers", ["head", "all"])
 def test_fine_tuning_trains_the_head_only_unless_asked(tiny_model_dir, example, layers):
     """The frame layers and the attention keep the base's weights; the head learns."""

@@ -201,17 +201,18 @@ def _sources(model: Model, memory: Memory, p: Params) -> tuple[list[Clip], list[
     pos_paths, neg_paths = info.get("positive_clips"), info.get("negative_clips")
     if neg_paths is None:  # memories written before negative_clips was recorded: the training's history
         neg_paths = next((h["negative"] for h in reversed(model.meta.get("history", [])) if "negative" in h), None)
-    if not pos_paths or neg_paths is None:
-        raise _Unavailable("the memory does not record the clips it was made from")
     try:
         films = [FilmMaterial.from_dict(d) for d in info.get("films", [])]
     except (KeyError, TypeError, ValueError):
         raise _Unavailable("the memory's record of earlier corrections is damaged") from None
+    # A voice trained on moments of a film alone records no positive clips, only that film.
+    if (not pos_paths and not any(m.positive_spans for m in films)) or pos_paths is None or neg_paths is None:
+        raise _Unavailable("the memory does not record the clips it was made from")
     missing = [f for f in [*pos_paths, *neg_paths, *(m.film for m in films)] if not Path(f).is_file()]
     if missing:
         raise _Unavailable(f"{len(missing)} of the files its memory was made from are gone (first: {missing[0]})")
     try:
-        pos = load_clips(pos_paths, "positive", p)[0]
+        pos = load_clips(pos_paths, "positive", p)[0] if pos_paths else []
         neg = load_clips(neg_paths, "negative", p)[0] if neg_paths else []
     except SpeakertagError as e:
         raise _Unavailable(f"its training clips cannot be read: {e}") from None

@@ -14,7 +14,8 @@ their audio from the film in one streaming pass, and then either
 
 Either way every stored embedding comes from the model it is saved with. The memory's
 info lists its sources (`positive_clips`, `negative_clips`, and `films`: each corrected
-film with the spans taken from it), so that a later refine can re-embed them again. A film
+film, or film whose moments `train` took as positives, with the spans taken from it), so that a
+later refine can re-embed them again. A film
 corrected again: its latest labels replace its earlier corrected segments, and its earlier
 false alarms stay where the new labels do not contradict them (when the encoder is kept,
 the new material is only added).

@@ -20,6 +20,8 @@ site=$("$work/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()
 cd "$work"
 bin="$work/venv/bin/speakertag"
 "$bin" --version
+[ "$(ls "$site/speakertag/base_model/negatives/"*.opus | wc -l)" -ge 40 ] \
+    || { echo "error: the wheel lacks the bank of other sounds (speakertag/base_model/negatives)" >&2; exit 1; }
 "$bin" train -q --positive "$repo/data/example/positive" --negative "$repo/data/example/negative" \
     --out alice --name alice | tee train.log
 grep -q "fine-tuned from $site/speakertag/base_model" train.log \

@@ -4,6 +4,10 @@
     voice = load_voice("models/my-voice")
     for seg in tag("film.mkv", voice).segments:
         print(seg.start_s, seg.end_s, seg.score)
+
+    from speakertag import Voice, train
+    model, memory, report = train(["film.mkv@190-205,1022-1040"], name="alice")  # moments where alice speaks
+    segments = tag("film.mkv", Voice(model, memory)).segments
 """
 
 import sys

@@ -37,6 +37,7 @@ Every failure to read a file is a SpeakertagError with a one-line message.
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ MEDIA_SUFFIXES = SOUNDFILE_SUFFIXES | CONTAINER_SUFFIXES
 SOUNDFILE_MAGIC = {b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM", b".snd", b"riff", b"caff"}
 
 BLOCK_S = 20.0  # seconds of source audio gathered before one downmix + resample call
+SPAN_BLOCK_S = 2.0  # the same when reading a span: a short span decodes little past its end
+SEEK_PREROLL_S = 1.0  # a span is decoded from at least this long before it (decoder and resampler warm-up)
 # Float samples are clipped to this: 120 dB above full scale leaves any real recording
 # untouched (int16 values stored unscaled as floats too) and keeps the power spectrum finite
 # in float32 (it overflows from about 1e16).
@@ -361,9 +364,10 @@ def _soundfile_reason(e: Exception) -> str:
     return first_line(e).removeprefix("Error : ").rstrip(".")
 
 
-def _soundfile_blocks(path: Path, block_s: float, channels: str) -> Iterator[tuple[np.ndarray, int, Mix]]:
-    """(channels, n) blocks, their rate and their Mix (soundfile gives no channel layout, so a
-    5.1 WAV is averaged; a two-channel one is taken for stereo)."""
+def _soundfile_blocks(path: Path, block_s: float, channels: str,
+                      seek_s: float = 0.0) -> Iterator[tuple[np.ndarray, int, Mix]]:
+    """(channels, n) blocks from seek_s on, their rate and their Mix (soundfile gives no channel
+    layout, so a 5.1 WAV is averaged; a two-channel one is taken for stereo)."""
     try:
         f = sf.SoundFile(str(path))
     except Exception as e:  # noqa: BLE001 - soundfile raises several types
@@ -371,6 +375,8 @@ def _soundfile_blocks(path: Path, block_s: float, channels: str) -> Iterator[tup
     with f:
         n = max(1, int(block_s * f.samplerate))
         mix = channel_mix(("FL", "FR") if f.channels == 2 else (), channels)
+        if seek_s:
+            f.seek(min(round(seek_s * f.samplerate), f.frames))
         while True:
             try:
                 data = f.read(n, dtype="float32", always_2d=True)
@@ -408,8 +414,25 @@ def _safe_frames(frames: Iterator) -> Iterator:
         yield from repack.resample(None)
 
 
+def _seek(container, s, at_s: float) -> None:
+    """Seek `container` so that stream `s` decodes from at or before at_s (seconds of the
+    stream's timestamps). FFmpeg seeks to a keyframe before the time asked, but some formats
+    (MPEG-TS) land from an estimate, maybe after it: then it seeks further back, until the
+    first packet is early enough or the seek is to the start."""
+    back_s = 0.0
+    while True:
+        to_s = max(0.0, at_s - back_s)
+        container.seek(int(to_s / s.time_base), stream=s)
+        first = next((p for p in container.demux(s) if p.pts is not None), None)
+        if first is None or first.pts * first.time_base <= at_s or to_s == 0.0:
+            break
+        back_s = max(4 * back_s, 2.0)
+    container.seek(int(to_s / s.time_base), stream=s)
+
+
 def _pyav_blocks(path: Path, stream: int | None, block_s: float, channels: str,
-                 gaps: list[tuple[float, float]] | None = None) -> Iterator[tuple[np.ndarray, int, Mix]]:
+                 gaps: list[tuple[float, float]] | None = None,
+                 seek_s: float = 0.0) -> Iterator[tuple[np.ndarray, int, Mix]]:
     """(k, n) blocks of the channels the mix keeps, their rate and their Mix. The mix is
     chosen per layout: a TV channel's 5.1 can turn stereo mid-stream.
 
@@ -423,6 +446,9 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float, channels: str,
     than MAX_GAP_S beyond the audio decoded (damaged timestamps, which would give hours of
     silence): such a frame follows the samples before it, and the timeline goes on from its
     timestamp.
+
+    seek_s > 0: the blocks start at film time seek_s instead of 0: the container is seeked
+    to a keyframe before it and the samples decoded before seek_s are dropped.
     """
     container = _open_container(path)
     with container:
@@ -437,6 +463,10 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float, channels: str,
         # The timeline: the timestamp (s) of film time 0, the film time of the next sample, the zeros filled in.
         zero_s = container.start_time / 1e6 if container.start_time is not None else 0.0  # AV_TIME_BASE units
         film_s, filled_s, time_base_s = 0.0, 0.0, 0.0
+        trim_s = None  # after a seek: the film time before which decoded samples are dropped
+        if seek_s > 0:
+            _seek(container, s, seek_s + zero_s)
+            film_s = trim_s = seek_s
 
         def join() -> np.ndarray:
             if kept is not None:
@@ -454,19 +484,32 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float, channels: str,
                 if is_open and (frame.sample_rate != rate or frame.layout.name != layout):
                     yield join(), rate, mix  # the format changed (a TV channel's 5.1 ends): close the block
                     is_open, pending, pending_n = False, [], 0
-                n, pts, fill = frame.samples, frame.pts, 0
+                n, pts, fill, skip, lead = frame.samples, frame.pts, 0, 0, 0
                 if not is_open:  # read once a block: PyAV builds a Fraction for each call
                     time_base_s = float(frame.time_base or 0)
+                if trim_s is not None:  # the first frames after a seek (without a timestamp: taken as they come)
+                    if pts is not None and time_base_s:
+                        skip = round((trim_s - (pts * time_base_s - zero_s)) * frame.sample_rate)
+                        if skip >= n:
+                            continue  # wholly before the seek's time
+                        # A decoder may drop its first output after a seek: a first frame that starts
+                        # after the seek's time gets zeros before it, so that it sits at its time.
+                        skip, lead = max(skip, 0), max(-skip, 0)
+                        pts += round(skip / frame.sample_rate / time_base_s)
+                        n -= skip
+                    trim_s = None
                 if pts is not None and time_base_s:
                     gap_s = pts * time_base_s - zero_s - film_s
                     if not -GAP_TOLERANCE_S <= gap_s <= GAP_TOLERANCE_S:
                         if 0 < gap_s <= MAX_GAP_S and filled_s + gap_s <= MAX_GAP_S + film_s - filled_s:
-                            fill = round(gap_s * frame.sample_rate)
+                            fill, lead = round(gap_s * frame.sample_rate), 0  # a gap: named in `gaps`
                             if is_open:  # the zeros go between this block and the next
                                 yield join(), rate, mix
                                 is_open, pending, pending_n = False, [], 0
                         else:
                             zero_s += gap_s
+                    elif lead:
+                        fill = lead
                 if not is_open:
                     is_open, rate, layout = True, frame.sample_rate, frame.layout.name
                     n_channels = frame.layout.nb_channels
@@ -479,7 +522,7 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float, channels: str,
                     dtype = None if packed or mix.channels is None else PLANE_DTYPES.get(frame.format.packed.name)
                     kept = None if dtype is None else np.empty((len(mix.channels), int(block_s * rate) + 2 * n), dtype)
                 if fill:
-                    if gaps is not None:
+                    if gaps is not None and not lead:
                         gaps.append((round(film_s, 3), round(film_s + fill / rate, 3)))
                     yield from _zeros(fill, n_channels if mix.channels is None else len(mix.channels),
                                       max(1, int(block_s * rate)), rate, mix)
@@ -489,9 +532,11 @@ def _pyav_blocks(path: Path, stream: int | None, block_s: float, channels: str,
                     if pending_n + n > kept.shape[1]:  # frames longer than the first: more room
                         kept = np.concatenate([kept[:, :pending_n], np.empty_like(kept)], axis=1)
                     for j, i in enumerate(mix.channels):
-                        kept[j, pending_n:pending_n + n] = np.frombuffer(frame.planes[i], kept.dtype, n)
+                        kept[j, pending_n:pending_n + n] = np.frombuffer(frame.planes[i], kept.dtype, n + skip)[skip:]
                 else:
                     x = frame.to_ndarray()
+                    if skip:
+                        x = x[:, skip * n_channels:] if packed else x[:, skip:]
                     pending.append(x if packed or mix.channels is None else x[list(mix.channels)])
                 pending_n += n
                 film_s += n / rate
@@ -511,8 +556,8 @@ def _zeros(n: int, n_channels: int, block_n: int, rate: int, mix: Mix) -> Iterat
 
 
 def source_blocks(path: str | Path, stream: int | None = None, block_s: float = BLOCK_S,
-                  channels: str = "auto", gaps: list[tuple[float, float]] | None = None
-                  ) -> Iterator[tuple[np.ndarray, int, Mix]]:
+                  channels: str = "auto", gaps: list[tuple[float, float]] | None = None,
+                  seek_s: float = 0.0) -> Iterator[tuple[np.ndarray, int, Mix]]:
     """The blocks of `path` as decoded, before `to_model_rate`: ((k, n) samples at the source
     rate, the rate, the Mix that keeps those k channels). Arguments as for `decode_blocks`."""
     check_channels(channels)
@@ -523,9 +568,9 @@ def source_blocks(path: str | Path, stream: int | None = None, block_s: float = 
     if not piped and _use_soundfile(path):
         if stream not in (None, 0):
             raise SpeakertagError(f"--stream {stream} does not exist in {path}: it has 1 audio stream")
-        yield from _soundfile_blocks(path, block_s, channels)
+        yield from _soundfile_blocks(path, block_s, channels, seek_s)
     else:
-        yield from _pyav_blocks(path, stream, block_s, channels, gaps)
+        yield from _pyav_blocks(path, stream, block_s, channels, gaps, seek_s)
 
 
 def to_model_rate(source: Iterable[tuple[np.ndarray, int, Mix]], sample_rate_hz: int,
@@ -557,7 +602,7 @@ def to_model_rate(source: Iterable[tuple[np.ndarray, int, Mix]], sample_rate_hz:
 
 def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = None,
                   block_s: float = BLOCK_S, channels: str = "auto",
-                  gaps: list[tuple[float, float]] | None = None) -> Iterator[np.ndarray]:
+                  gaps: list[tuple[float, float]] | None = None, seek_s: float = 0.0) -> Iterator[np.ndarray]:
     """Yield consecutive mono float32 blocks of `path` resampled to `sample_rate_hz`.
 
     Each block is 1-D, at most about `block_s` seconds; their concatenation is the whole
@@ -565,10 +610,13 @@ def decode_blocks(path: str | Path, sample_rate_hz: int, stream: int | None = No
     and gaps in the timestamps are filled with zeros, each filled span appended to `gaps`
     (when given) as (start_s, end_s) as it is reached (module docstring).
     channels: how a 5.1 or 7.1 track becomes mono, one of CHANNEL_CHOICES (module docstring).
+    seek_s > 0: the blocks start at film time seek_s (a seek, not a decoding of what is before;
+    a file, not a file object); give whole seconds to get the samples a decoding from the start
+    gives (the resampler's phase), the decoder's first output after the seek aside.
     Raises SpeakertagError for unreadable files, missing streams and decode failures.
     path may also be a binary file object that FFmpeg reads front to back (live.py).
     """
-    yield from to_model_rate(source_blocks(path, stream, block_s, channels, gaps), sample_rate_hz, path)
+    yield from to_model_rate(source_blocks(path, stream, block_s, channels, gaps, seek_s), sample_rate_hz, path)
 
 
 def load_audio(path: str | Path, sample_rate_hz: int, stream: int | None = None,
@@ -577,6 +625,36 @@ def load_audio(path: str | Path, sample_rate_hz: int, stream: int | None = None,
     on its timeline as decode_blocks gives it (the filled gaps appended to `gaps`)."""
     blocks = list(decode_blocks(path, sample_rate_hz, stream, channels=channels, gaps=gaps))
     return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def load_span(path: str | Path, start_s: float, end_s: float, sample_rate_hz: int, stream: int | None = None,
+              channels: str = "auto", gaps: list[tuple[float, float]] | None = None) -> np.ndarray:
+    """The film's audio from start_s to end_s, (n,) float32 mono at sample_rate_hz: the samples
+    load_audio(path)[round(start_s * rate):round(end_s * rate)] holds (shorter when the audio
+    ends first), decoded from a seek to shortly before start_s, never from the film's start.
+    Matroska's timestamps are whole milliseconds: there, the span is placed to within about 1 ms.
+    Filled gaps inside the span are appended to `gaps` (film seconds)."""
+    # Decoding starts SEEK_PREROLL_S early, on a whole second (the resampler's phase of a full
+    # decoding): the decoder's first frames after a seek and the resampler's start are dropped.
+    from_s = float(max(0, math.floor(start_s - SEEK_PREROLL_S)))
+    first = round(start_s * sample_rate_hz) - round(from_s * sample_rate_hz)
+    last = round(end_s * sample_rate_hz) - round(from_s * sample_rate_hz)
+    found: list[tuple[float, float]] = []
+    blocks = decode_blocks(path, sample_rate_hz, stream, SPAN_BLOCK_S, channels, found, from_s)
+    parts, at = [], 0
+    try:
+        for block in blocks:
+            lo, hi = max(first, at), min(last, at + len(block))
+            if hi > lo:
+                parts.append(block[lo - at:hi - at])
+            at += len(block)
+            if at >= last:
+                break
+    finally:
+        blocks.close()  # stop the decoder now, not when garbage-collected
+    if gaps is not None:
+        gaps.extend((max(a, start_s), min(b, end_s)) for a, b in found if a < end_s and b > start_s)
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def without_gaps(samples: np.ndarray, gaps: Iterable[tuple[float, float]], sample_rate_hz: int) -> np.ndarray:
@@ -590,12 +668,13 @@ def without_gaps(samples: np.ndarray, gaps: Iterable[tuple[float, float]], sampl
 
 
 def encode_opus(blocks: Iterable[np.ndarray], sample_rate_hz: int, bit_rate: int, compression_level: int,
-                progress: Callable[[float], None] | None = None) -> bytes:
-    """Mono float32 blocks (shape (n_samples,), at sample_rate_hz) as Opus in WebM, bytes.
+                progress: Callable[[float], None] | None = None, container_format: str = "webm") -> bytes:
+    """Mono float32 blocks (shape (n_samples,), at sample_rate_hz) as Opus in WebM (or another
+    container_format FFmpeg muxes Opus into: "ogg"), bytes.
     bit_rate in bits per second; compression_level: the encoder's effort, 0-10.
     progress(seconds_done) is called after each block."""
     buf = io.BytesIO()
-    with av.open(buf, "w", format="webm") as container:
+    with av.open(buf, "w", format=container_format) as container:
         out = container.add_stream("libopus", rate=sample_rate_hz, layout="mono")
         out.bit_rate = bit_rate
         out.codec_context.options = {"compression_level": str(compression_level)}

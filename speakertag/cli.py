@@ -69,11 +69,16 @@ def cli():
 
 
 @cli.command()
-@click.option("--positive", multiple=True, required=True, type=click.Path(path_type=Path),
-              help="Clips of the target voice: files or folders (searched recursively); at least "
-                   f"{TrainParams.min_target_s:g} s in all (less tags every window of a film).")
-@click.option("--negative", multiple=True, required=True, type=click.Path(path_type=Path),
-              help="Clips of other voices, music, noise: files or folders.")
+@click.option("--positive", multiple=True, required=True, metavar="FILM@SPANS|PATH",
+              help="The target voice: moments of a recording where it speaks, FILM@START-END[,START-END...] "
+                   "(seconds or [hh:]mm:ss[.f], e.g. 'film.mkv@190-205,00:17:02-00:17:20'), or FILM@SPANS.txt "
+                   "(Audacity labels or CSV start,end[,label]: the rows labelled --name, or all); or clips: files "
+                   "or folders (searched recursively). Repeatable, mixable. A path that exists as written is a "
+                   f"file, never spans. At least {TrainParams.min_target_s:g} s in all (less tags every window "
+                   "of a film).")
+@click.option("--negative", multiple=True, type=click.Path(path_type=Path),
+              help="Clips of other voices, music, noise: files or folders. Default: the bank of other voices, "
+                   "music and noise shipped with speakertag.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Model folder to write (model.pt + memory.npz).")
 @click.option("--name", default="target", show_default=True, help="The voice's name, used as segment label.")
@@ -90,8 +95,14 @@ def cli():
 @DEVICE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train(positive, negative, out_dir, name, base, seed, steps, target_precision, target_share, device, quiet):
-    """Learn a voice from positive and negative clips."""
+    """Learn a voice from a few moments of a film where it speaks (or clips of it), and
+    optionally clips of other sounds:
+
+    \b
+    speakertag train --positive 'film.mkv@190-205,1022-1040' --out models/alice
+    """
     from .audio import find_media_files
+    from .spans import split_sources
 
     # What can be checked in a moment is checked before loading torch and training.
     out_dir = followed(out_dir)  # a symlink: the model goes where it points, the link stays
@@ -104,8 +115,9 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     except ValueError as e:
         raise SpeakertagError(f"--name: {e}") from None
     from_scratch = base is not None and str(base).lower() == "none"
-    # a missing name or a folder without audio fails here
-    clips = find_media_files(list(positive)) + find_media_files(list(negative))
+    # a missing name, a folder without audio or bad spans fail here
+    files, films = split_sources(positive, name)
+    clips = find_media_files(files) + [f.film for f in films] + find_media_files(list(negative))
     from .model import MODEL_FILE, impostors_of, load_model, shipped_base_dir
 
     check_output_folder(out_dir, clips + ([base] if base is not None and not from_scratch else []), MODEL_FILE)
@@ -137,7 +149,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
             bar.update(1, f"loss {info.loss:.3f} val F1 {val}")
             if log_on and (info.step % p.train.eval_every_steps == 0 or info.step == info.max_steps):
                 click.echo(f"step {info.step}/{info.max_steps}: loss {info.loss:.3f}, validation F1 {val}", err=True)
-        model, memory, report = train_voice(positive, negative, p, base_model, name, progress, device,
+        model, memory, report = train_voice(positive, list(negative) or None, p, base_model, name, progress, device,
                                             impostors_of(base_path) or impostors_of(shipped_base_dir()))
 
     raise_if_interrupted()
@@ -146,8 +158,8 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     c = report.calibration
     for s in report.skipped:
         click.echo(f"skipped {s}", err=True)
-    click.echo(f"trained on {report.n_positive_clips} positive clips ({report.positive_s:.0f} s) and "
-               f"{report.n_negative_clips} negative clips ({report.negative_s:.0f} s) in {report.seconds:.1f} s "
+    click.echo(f"trained on {_positives(report)} ({report.positive_s:.0f} s) and "
+               f"{_negatives(report)} ({report.negative_s:.0f} s) in {report.seconds:.1f} s "
                f"({report.steps} steps, validation best at step {report.best_step}; "
                f"{f'fine-tuned from {base_path}' if base_path else 'from scratch'})")
     click.echo(f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} target + {c.n_negative} other film-like "
@@ -155,6 +167,21 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
                f"precision {c.precision:.2f}, recall {c.recall:.2f} on those windows "
                f"(real films, with unseen voices and louder backgrounds, score lower)")
     click.echo(f"model written to {out_dir}")
+
+
+def _positives(report) -> str:
+    """What train learned the target from, in words: '2 spans of film.mkv', '6 positive clips', or both."""
+    films = report.positive_films
+    spans = (f"{report.n_positive_spans} span{'s' if report.n_positive_spans != 1 else ''} of "
+             f"{Path(films[0]).name if len(films) == 1 else f'{len(films)} recordings'}") if films else ""
+    clips = f"{report.n_positive_clips} positive clip{'s' if report.n_positive_clips != 1 else ''}"
+    return f"{spans} and {clips}" if spans and report.n_positive_clips else spans or clips
+
+
+def _negatives(report) -> str:
+    if report.shipped_negatives:
+        return f"{report.n_negative_clips} clips of other voices, music and noise shipped with speakertag"
+    return f"{report.n_negative_clips} negative clips"
 
 
 def _saver(model, memory):

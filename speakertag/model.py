@@ -30,6 +30,7 @@ from .params import (FORMAT_VERSION, OLDEST_READABLE_FORMAT, AudioParams, Encode
 
 MODEL_FILE = "model.pt"
 IMPOSTORS_DIR = "impostors"  # clips of voices the model never heard, for calibration
+NEGATIVES_DIR = "negatives"  # other voices (heard in pretraining), music and noise: train's negatives by default
 
 
 def shipped_base_dir() -> Path | None:
@@ -46,6 +47,12 @@ def shipped_base_dir() -> Path | None:
 def impostors_of(model_dir: Path | None) -> list[Path]:
     """[model_dir/impostors] when that folder exists: voices held out of the model's training."""
     return [model_dir / IMPOSTORS_DIR] if model_dir is not None and (model_dir / IMPOSTORS_DIR).is_dir() else []
+
+
+def negatives_of(model_dir: Path | None) -> list[Path]:
+    """[model_dir/negatives] when that folder exists: the other sounds `train` learns from when
+    it is given none (voices of the model's pretraining, never the impostors; music; noise)."""
+    return [model_dir / NEGATIVES_DIR] if model_dir is not None and (model_dir / NEGATIVES_DIR).is_dir() else []
 
 
 @functools.cache

@@ -14,7 +14,8 @@ their audio from the film in one streaming pass, and then either
 
 Either way every stored embedding comes from the model it is saved with. The memory's
 info lists its sources (`positive_clips`, `negative_clips`, and `films`: each corrected
-film with the spans taken from it), so that a later refine can re-embed them again. A film
+film, or film whose moments `train` took as positives, with the spans taken from it), so that a
+later refine can re-embed them again. A film
 corrected again: its latest labels replace its earlier corrected segments, and its earlier
 false alarms stay where the new labels do not contradict them (when the encoder is kept,
 the new material is only added).
@@ -31,7 +32,6 @@ to tag it with the new model.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -50,6 +50,8 @@ from .model import Model, resolve_device
 from .params import AudioParams, Params, TagParams
 from .scoring import Calibration
 from .segments import cell_scores, to_segments
+from .spans import (  # noqa: F401 - LabelRow, read_labels, corrected_spans: importable from here as before
+    END_TOLERANCE_S, LabelRow, Span, corrected_spans, merge_spans, read_corrections, read_labels, subtract_spans)
 from .tagging import TagOptions, TagResult, Voice, check_pair, tag
 from .train import (
     Backgrounds,
@@ -62,9 +64,6 @@ from .train import (
     memory_entry_clips,
     train_on_clips,
 )
-
-Span = tuple[float, float]  # (start_s, end_s)
-END_TOLERANCE_S = 0.5  # a label may end this far past the decoded audio (container durations differ)
 
 
 @dataclass(frozen=True)
@@ -129,111 +128,7 @@ class RefineReport:
             + f"; {self.seconds:.1f} s in all"])
 
 
-# ---- the corrected labels ----
-
-@dataclass(frozen=True)
-class LabelRow:
-    start_s: float
-    end_s: float
-    label: str | None  # None when the file has no label column or the cell is empty
-    line: int
-
-
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def read_labels(path: str | Path) -> list[LabelRow]:
-    """Rows of an Audacity label file (start<TAB>end<TAB>label; Audacity's "\\" frequency lines
-    are skipped) or a CSV file start,end[,label] (speakertag's own start,end,score[,label]
-    too; a first row that is not numbers is a header, and names the label column)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpeakertagError(f"no such labels file: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise SpeakertagError(f"labels file {path} is not UTF-8 text") from None
-    tabbed = any("\t" in line for line in text.splitlines())
-    lines = [line.split("\t") for line in text.splitlines()] if tabbed else list(csv.reader(text.splitlines()))
-    rows, label_col, header_seen = [], None, False
-    for n, rec in enumerate(lines, 1):
-        rec = [c.strip() for c in rec]
-        if not any(rec) or rec[0].startswith(("#", "\\")):
-            continue
-        start, end = (_number(rec[0]), _number(rec[1])) if len(rec) > 1 else (None, None)
-        if start is None or end is None:
-            if rows or header_seen:
-                raise SpeakertagError(f"{path}: line {n}: expected start and end times in seconds, got {','.join(rec)!r}")
-            header_seen = True  # a header: its label column, if it names one
-            names = [c.lower() for c in rec]
-            label_col = next((names.index(k) for k in ("label", "speaker", "name") if k in names), None)
-            continue
-        if start < 0 or end <= start:
-            raise SpeakertagError(f"{path}: line {n}: bad segment {rec[0]} - {rec[1]}: "
-                                  "times must be seconds with 0 <= start < end")
-        if tabbed or label_col is None:  # Audacity's third field; a CSV's third unless it is a number (a score)
-            extra = [c for c in rec[2:] if c and (tabbed or _number(c) is None)]
-            label = extra[0] if extra else None
-        else:
-            label = rec[label_col] if label_col < len(rec) and rec[label_col] else None
-        rows.append(LabelRow(start, end, label, n))
-    if not rows:
-        raise SpeakertagError(f"labels file {path} holds no segments")
-    return rows
-
-
-def corrected_spans(rows: Sequence[LabelRow], voice: str, path: str | Path = "labels") -> list[Span]:
-    """The target segments among label rows: the rows labelled `voice` when any is; every row
-    when the file has one label or none (a file for this voice alone). Sorted, overlaps joined."""
-    labels = sorted({r.label for r in rows if r.label is not None})
-    if voice in labels:
-        chosen = [r for r in rows if r.label == voice]
-    elif len(labels) <= 1:
-        chosen = list(rows)
-    else:
-        raise SpeakertagError(f"labels file {path} has no rows for the voice {voice!r} "
-                              f"(its labels: {', '.join(labels[:8])}{' ...' if len(labels) > 8 else ''})")
-    return merge_spans([(r.start_s, r.end_s) for r in chosen])
-
-
-def read_corrections(path: str | Path, voice: str) -> list[Span]:
-    """read_labels + corrected_spans: the corrected target segments of `voice` in a label file."""
-    return corrected_spans(read_labels(path), voice, path)
-
-
-# ---- spans: pure interval arithmetic on (start_s, end_s) pairs ----
-
-def merge_spans(spans: Iterable[Span]) -> list[Span]:
-    """Sorted union of spans; touching or overlapping spans become one."""
-    out: list[list[float]] = []
-    for s, e in sorted(spans):
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e) for s, e in out]
-
-
-def subtract_spans(spans: Iterable[Span], cut: Iterable[Span]) -> list[Span]:
-    """The parts of `spans` outside every span of `cut`, sorted."""
-    cut = merge_spans(cut)
-    out = []
-    for s, e in merge_spans(spans):
-        for cs, ce in cut:
-            if ce <= s or cs >= e:
-                continue
-            if cs > s:
-                out.append((s, cs))
-            s = max(s, ce)
-        if e > s:
-            out.append((s, e))
-    return out
-
+# ---- spans ----
 
 def overlap_s(a: Span, spans: Iterable[Span]) -> float:
     """Seconds of span `a` covered by `spans` (which do not overlap one another)."""
@@ -324,17 +219,18 @@ def _sources(model: Model, memory: Memory, p: Params) -> tuple[list[Clip], list[
     pos_paths, neg_paths = info.get("positive_clips"), info.get("negative_clips")
     if neg_paths is None:  # memories written before negative_clips was recorded: the training's history
         neg_paths = next((h["negative"] for h in reversed(model.meta.get("history", [])) if "negative" in h), None)
-    if not pos_paths or neg_paths is None:
-        raise _Unavailable("the memory does not record the clips it was made from")
     try:
         films = [FilmMaterial.from_dict(d) for d in info.get("films", [])]
     except (KeyError, TypeError, ValueError):
         raise _Unavailable("the memory's record of earlier corrections is damaged") from None
+    # A voice trained on moments of a film alone records no positive clips, only that film.
+    if (not pos_paths and not any(m.positive_spans for m in films)) or pos_paths is None or neg_paths is None:
+        raise _Unavailable("the memory does not record the clips it was made from")
     missing = [f for f in [*pos_paths, *neg_paths, *(m.film for m in films)] if not Path(f).is_file()]
     if missing:
         raise _Unavailable(f"{len(missing)} of the files its memory was made from are gone (first: {missing[0]})")
     try:
-        pos = load_clips(pos_paths, "positive", p)[0]
+        pos = load_clips(pos_paths, "positive", p)[0] if pos_paths else []
         neg = load_clips(neg_paths, "negative", p)[0] if neg_paths else []
     except SpeakertagError as e:
         raise _Unavailable(f"its training clips cannot be read: {e}") from None

@@ -1,6 +1,8 @@
 """Clips -> a trained encoder, a positive memory and a calibrated threshold.
 
-`train` loads and checks the clips, then `train_on_clips` runs two stages in order:
+`train` loads and checks the clips (files, or moments of a recording read by seeking to
+them: `load_film_spans`; without negatives, the bank of other sounds shipped with the base
+encoder), then `train_on_clips` runs two stages in order:
 `fine_tune` (sample film-like triplets, mine hard negatives from the whole negative pool,
 evaluate on the clips held back, stop early, average the checkpoints and mix them with the
 base) and `build_memory` (embed every clip's windows, calibrate the threshold
@@ -19,15 +21,16 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .audio import find_media_files, load_audio, without_gaps
+from .audio import find_media_files, load_audio, load_span, probe, without_gaps
 from .augment import change_speed, film_like, generated_backgrounds, rms
 from .errors import SpeakertagError
 from .features import log_mel, tile_to
 from .losses import mine_hard_negatives, triplet_loss
 from .memory import Memory
-from .model import Model, embed, new_model, resolve_device
+from .model import Model, embed, impostors_of, load_model, negatives_of, new_model, resolve_device, shipped_base_dir
 from .params import AudioParams, Params, speakertag_version
 from .scoring import Calibration, Scorer, calibrate_threshold, calibration_problem, nearest_groups, top_k_mean_excluding
+from .spans import END_TOLERANCE_S, FilmSpans, format_span, split_sources
 from .writers import check_voice_name
 
 
@@ -56,6 +59,19 @@ class TrainReport:
     seconds: float
     calibration: Calibration
     skipped: tuple[str, ...]  # clips not used, with the reason
+    n_positive_spans: int = 0  # moments of recordings among the positives (n_positive_clips: the files)
+    positive_films: tuple[str, ...] = ()  # the recordings they come from
+    shipped_negatives: bool = False  # the negatives are the bank shipped with the base encoder
+
+
+SHIPPED = "shipped"  # train(base=SHIPPED): the base encoder shipped with speakertag
+
+
+def _unusable(x: np.ndarray, p: Params) -> str:
+    """Why the clip samples x cannot be trained on ("" when they can)."""
+    if len(x) < p.train.min_clip_s * p.audio.sample_rate_hz:
+        return f"shorter than {p.train.min_clip_s:g} s"
+    return "" if np.any(np.abs(x) > 1e-4) else "silent"
 
 
 def load_clips(paths: list[str | Path], role: str, p: Params) -> tuple[list[Clip], list[str]]:
@@ -67,16 +83,49 @@ def load_clips(paths: list[str | Path], role: str, p: Params) -> tuple[list[Clip
         x = load_audio(f, p.audio.sample_rate_hz, gaps=gaps)
         # A clip has no film to keep in step with: the silence filled into its gaps is no training material.
         x = without_gaps(x, gaps, p.audio.sample_rate_hz)
-        if len(x) < p.train.min_clip_s * p.audio.sample_rate_hz:
-            skipped.append(f"{f}: shorter than {p.train.min_clip_s:g} s")
-        elif not np.any(np.abs(x) > 1e-4):
-            skipped.append(f"{f}: silent")
+        why = _unusable(x, p)
+        if why:
+            skipped.append(f"{f}: {why}")
         else:
             clips.append(Clip(str(f), x))
     if not clips:
         why = f" ({skipped[0].split(': ', 1)[1]}{' ...' if len(skipped) > 1 else ''})" if skipped else ""
         raise SpeakertagError(f"no usable {role} clips{why}: each needs at least {p.train.min_clip_s:g} s of sound")
     return clips, skipped
+
+
+def load_film_spans(films: list[FilmSpans], p: Params, stream: int | None = None, channels: str = "auto"
+                    ) -> tuple[list[Clip], list[str], list[FilmSpans]]:
+    """The moments of recordings as clips, each decoded from a seek to it (a film's other
+    hours are never decoded): the usable clips, skip messages, and the spans they come from.
+    Raises SpeakertagError for a recording without audio and a span beyond its end."""
+    rate = p.audio.sample_rate_hz
+    clips, skipped, used = [], [], []
+    for f in films:
+        duration_s = probe(f.film, stream).duration_s  # a film without audio fails here, in one line
+        kept = []
+        for s, e in f.spans:
+            if duration_s is not None and e > duration_s + END_TOLERANCE_S:
+                raise SpeakertagError(f"span {format_span((s, e))} is beyond the end of {f.film} ({duration_s:.1f} s long)")
+            gaps: list[tuple[float, float]] = []
+            x = load_span(f.film, s, e, rate, stream, channels, gaps)
+            if len(x) < round(e * rate) - round(s * rate) - END_TOLERANCE_S * rate:
+                raise SpeakertagError(f"span {format_span((s, e))} is beyond the end of {f.film}'s audio "
+                                      f"({s + len(x) / rate:.1f} s)")
+            x = without_gaps(x, [(a - s, b - s) for a, b in gaps], rate)
+            name = f"{f.film}@{s:g}-{e:g}"
+            why = _unusable(x, p)
+            if why:
+                skipped.append(f"{name}: {why}")
+            else:
+                clips.append(Clip(name, x))
+                kept.append((s, e))
+        if kept:
+            used.append(FilmSpans(f.film, tuple(kept)))
+    if films and not clips:
+        raise SpeakertagError(f"no usable positive spans ({skipped[0].split(': ', 1)[1]}"
+                              f"{' ...' if len(skipped) > 1 else ''}): each needs at least {p.train.min_clip_s:g} s of sound")
+    return clips, skipped, used
 
 
 def split_clips(clips: list[Clip], fraction: float, rng: np.random.Generator) -> tuple[list[Clip], list[Clip]]:
@@ -238,31 +287,61 @@ def average_weights(state_dicts: list[dict[str, torch.Tensor]], weights: list[fl
             for k, v in first.items()}
 
 
-def train(positive: list[str | Path], negative: list[str | Path], params: Params | None = None,
-          base: Model | None = None, name: str = "target", progress: Callable[[StepInfo], None] | None = None,
-          device: str | None = None, impostors: list[str | Path] | None = None) -> tuple[Model, Memory, TrainReport]:
+def train(positive: list[str | Path], negative: list[str | Path] | None = None, params: Params | None = None,
+          base: Model | str | Path | None = SHIPPED, name: str = "target",
+          progress: Callable[[StepInfo], None] | None = None, device: str | None = None,
+          impostors: list[str | Path] | None = None, stream: int | None = None,
+          channels: str = "auto") -> tuple[Model, Memory, TrainReport]:
     """Train (or fine-tune `base`) on positive and negative clips.
 
+    positive: the target: clips (files, or folders searched recursively), or moments of a
+    recording, "film.mkv@190-205,1022.5-1040" (seconds or [hh:]mm:ss[.f]) or "film.mkv@spans.txt"
+    (Audacity labels, or CSV start,end[,label]; the rows labelled `name` if any): see
+    speakertag.spans. Such moments are read by seeking, from the recording's audio track
+    `stream` (None: its default) heard as `channels` says (audio.CHANNEL_CHOICES).
+    negative: clips of other voices, music and noise; None: the bank of such sounds shipped
+    with the base encoder (the base folder's `negatives/`, else the shipped one's).
+    base: the Model to fine-tune, or its folder, or SHIPPED (the shipped base encoder); None
+    trains from scratch.
     impostors: clips of voices that neither the base encoder nor this training has heard;
     they join the held-back negatives, so that the threshold is calibrated against unseen
     voices as a film has them, not only against the negatives' voices the model learned.
+    None: the base folder's (base given as SHIPPED or a folder), else none.
     Returns the model, its memory (every positive window, clean and degraded; every
     negative window; the calibrated threshold) and a report. The memory's info records
-    the clip paths (`positive_clips`, `negative_clips`), so that it can be rebuilt.
+    the clip paths (`positive_clips`, `negative_clips`) and the moments of recordings
+    (`films`, as `refine` records its corrections), so that it can be rebuilt.
     """
     try:
         check_voice_name(name)
     except ValueError as e:
         raise SpeakertagError(str(e)) from None
     t0 = time.monotonic()
+    base_dir = None
+    if isinstance(base, (str, Path)):
+        base_dir = shipped_base_dir() if isinstance(base, str) and base == SHIPPED else Path(base)
+        if base_dir is None:
+            raise SpeakertagError("the shipped base encoder is missing from this installation (speakertag/base_model)")
+        base = load_model(base_dir)
+        impostors = impostors_of(base_dir) if impostors is None else impostors
     p = params or Params()
     if base is not None:  # the base fixes the front end and the architecture; training is ours
         p = replace(p, audio=base.params.audio, encoder=base.params.encoder)
-    pos_clips, skipped_pos = load_clips(positive, "positive", p)
+    files, films = split_sources(positive, name)
+    pos_clips, skipped_pos = load_clips(files, "positive", p) if files else ([], [])
+    span_clips, skipped_spans, films = load_film_spans(films, p, stream, channels)
+    pos_clips += span_clips
     target_s = sum(len(c.samples) for c in pos_clips) / p.audio.sample_rate_hz
     if target_s < p.train.min_target_s:
-        raise SpeakertagError(f"the positive clips hold {target_s:.1f} s of audio; training needs at least "
+        what = "spans" if not files else "clips and spans" if films else "clips"
+        raise SpeakertagError(f"the positive {what} hold {target_s:.1f} s of audio; training needs at least "
                               f"{p.train.min_target_s:g} s of the target's speech")
+    shipped_negatives = negative is None
+    if shipped_negatives:
+        negative = negatives_of(base_dir) or negatives_of(shipped_base_dir())
+        if not negative:
+            raise SpeakertagError("no negative clips given, and the bank of other sounds shipped with speakertag "
+                                  "is missing from this installation: give --negative clips of other voices")
     neg_clips, skipped_neg = load_clips(negative, "negative", p)
 
     def audio_hash(c: Clip) -> bytes:
@@ -285,10 +364,20 @@ def train(positive: list[str | Path], negative: list[str | Path], params: Params
         "action": "fine-tune" if base is not None else "train",
         "positive": [c.name for c in pos_clips], "negative": [c.name for c in neg_clips],
         "steps": report.steps, "best_step": report.best_step, "speakertag_version": speakertag_version()}]}
-    # Absolute paths: `refine` re-embeds the clips later, maybe from another folder.
-    memory = replace(memory, info={**memory.info, "positive_clips": [str(Path(c.name).resolve()) for c in pos_clips],
-                                   "negative_clips": [str(Path(c.name).resolve()) for c in neg_clips]})
-    return model, memory, replace(report, seconds=time.monotonic() - t0, skipped=tuple(skipped_pos + skipped_neg))
+    # Absolute paths: `refine` re-embeds the clips later, maybe from another folder. The moments
+    # of recordings are recorded as refine records a corrected film's (refine.FilmMaterial).
+    file_clips = pos_clips[:len(pos_clips) - len(span_clips)]
+    memory = replace(memory, info={
+        **memory.info, "positive_clips": [str(Path(c.name).resolve()) for c in file_clips],
+        "negative_clips": [str(Path(c.name).resolve()) for c in neg_clips],
+        **({"films": [{"film": str(f.film.resolve()), "stream": stream, "channels": channels,
+                       "positive_spans": [list(s) for s in f.spans], "negative_spans": []} for f in films]}
+           if films else {})})
+    return model, memory, replace(report, seconds=time.monotonic() - t0,
+                                  skipped=tuple(skipped_pos + skipped_spans + skipped_neg),
+                                  n_positive_clips=len(file_clips), n_positive_spans=len(span_clips),
+                                  positive_films=tuple(str(f.film) for f in films),
+                                  shipped_negatives=shipped_negatives)
 
 
 def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base: Model | None = None,

@@ -6,7 +6,7 @@ import soundfile as sf
 
 from conftest import noise, sine, speech_like, write_audio, write_container, write_timed
 from speakertag.audio import (MAX_GAP_S, AudioInfo, channel_mix, decode_blocks, decoded_channels, decoding_cost,
-                              find_media_files, load_audio, probe, without_gaps)
+                              find_media_files, load_audio, load_span, probe, without_gaps)
 from speakertag.errors import SpeakertagError
 
 RATE = 22050
@@ -543,3 +543,68 @@ def test_find_media_files(tmp_path):
     assert found == [tmp_path / "a.flac", tmp_path / "b" / "two.WAV", extra]
     with pytest.raises(SpeakertagError, match="no such file or folder"):
         find_media_files([tmp_path / "nope"])
+
+
+# --- spans: a seek, then the samples a decoding from the start gives --------------------------
+
+def best_shift(x: np.ndarray, full: np.ndarray, first: int, max_shift: int) -> tuple[int, float]:
+    """(shift, max abs difference) of the stretch of `full` from first+shift that x matches best."""
+    errors = {k: float(np.abs(x - full[first + k:first + k + len(x)]).max())
+              for k in range(-max_shift, max_shift + 1) if first + k >= 0 and first + k + len(x) <= len(full)}
+    k = min(errors, key=errors.get)
+    return k, errors[k]
+
+
+def test_span_of_the_example_film(example):
+    """AAC's noise substitution draws from a random state that a seek restarts: the samples
+    differ a little, at the right place."""
+    film = example / "movie01.mp4"
+    full = load_audio(film, RATE)
+    for start_s, end_s in ((50.961, 69.091), (0.3, 2.0), (292.729, 303.474)):
+        x = load_span(film, start_s, end_s, RATE)
+        first = round(start_s * RATE)
+        assert len(x) == round(end_s * RATE) - first
+        shift, error = best_shift(x, full, first, 5)
+        assert shift == 0 and error < 0.05
+        assert rms(x - full[first:first + len(x)]) < 0.05 * rms(x)  # a sample off: about rms(x)
+
+
+@pytest.mark.parametrize("name, codec, max_shift", [
+    ("film.mp4", "aac", 0),
+    ("film.mkv", "flac", 0),
+    ("film.ts", "mp2", 0),
+    # Matroska's timestamps are whole milliseconds: a frame that does not start on one (AAC's are
+    # 21.3 ms long) is placed to within 0.5 ms; Opus's decoder moves the first frame after a seek
+    # by its pre-skip (6.5 ms), rounded again: within 1 ms
+    ("aac.mkv", "aac", round(0.0005 * RATE) + 1),
+    ("opus.mka", "libopus", round(0.001 * RATE) + 1),
+])
+def test_span_seeks_to_the_samples_of_a_full_decode(tmp_path, name, codec, max_shift):
+    x = speech_like(40.0, 48000, seed=3)
+    film = write_container(tmp_path / name, [(codec, np.stack([x, 0.5 * x]), 48000)], video=name != "opus.mka")
+    full = load_audio(film, RATE)
+    for start_s, end_s in ((12.3, 20.7), (31.0, 35.5), (0.5, 3.0)):
+        y = load_span(film, start_s, end_s, RATE)
+        first = round(start_s * RATE)
+        assert len(y) == round(end_s * RATE) - first
+        shift, error = best_shift(y, full, first, max_shift + 2)
+        assert abs(shift) <= max_shift and error < (1e-4 if max_shift == 0 else 0.1), (start_s, shift, error)
+
+
+def test_span_of_a_plain_audio_file(tmp_path):
+    wav = write_audio(tmp_path / "a.wav", speech_like(20.0, 16000, seed=2), 16000)
+    full = load_audio(wav, RATE)
+    y = load_span(wav, 7.25, 12.5, RATE)
+    assert np.array_equal(y, full[round(7.25 * RATE):round(12.5 * RATE)])
+
+
+def test_span_past_the_end_is_shorter_and_gaps_are_named(tmp_path):
+    x = speech_like(30.0, 48000, seed=4)
+    film = write_timed(tmp_path / "gap.mkv", [(0.0, x[:10 * 48000]), (15.0, x[10 * 48000:])], 48000, "flac")
+    full, gaps = load_audio(film, RATE), []
+    y = load_span(film, 8.0, 20.0, RATE, gaps=gaps)
+    assert np.array_equal(y, full[8 * RATE:20 * RATE])
+    assert len(gaps) == 1 and gaps[0][0] == pytest.approx(10.08, abs=0.03) and gaps[0][1] == 15.0
+    assert np.all(y[round(2.2 * RATE):round(6.9 * RATE)] == 0)
+    tail = load_span(film, 30.0, 60.0, RATE)
+    assert len(tail) == len(full) - 30 * RATE

@@ -102,10 +102,19 @@ def test_tag_without_a_model(inputs, tmp_path):
     assert_fails(run_cli("tag", inputs / "excerpt.wav", "--model", tmp_path), "model.pt is missing")
 
 
-def test_train_without_negative(inputs, tmp_path):
-    r = run_cli("train", "--positive", inputs / "excerpt.wav", "--out", tmp_path / "voice")
-    assert_fails(r, "missing option '--negative'", exit_code=2)
-    assert listing(tmp_path) == set()
+def test_train_on_spans_of_a_film_without_negatives(example, tmp_path):
+    """The way in for a new user (issue 35): moments of the film, nothing else; the summary line
+    says what it learned from. (--steps 0: the memory and the threshold only.)"""
+    from speakertag.model import negatives_of, shipped_base_dir
+
+    out = tmp_path / "voice"
+    r = run_cli("train", "--positive", f"{example / 'movie01.mp4'}@50.961-58,00:03:23.5-00:03:34", "--steps", "0",
+                "--out", out, "--name", "alice", "-q")
+    assert r.returncode == 0, r.stderr
+    n_bank = len(list(negatives_of(shipped_base_dir())[0].glob("*.opus")))
+    assert r.stdout.startswith(f"trained on 2 spans of movie01.mp4 (18 s) and {n_bank} clips of other voices, music "
+                               "and noise shipped with speakertag ("), r.stdout
+    assert listing(out) == {"model.pt", "memory.npz"}
 
 
 @pytest.mark.slow  # trains from the shipped base

@@ -118,6 +118,12 @@ def train(positive: str, negative: str = "neg", *extra) -> Build:
                          "--steps", "1", "-q", *extra]
 
 
+def train_spans(spans: str, film: str | None = None) -> Build:
+    """`train` on spans of the example film (or of corpus file `film`), without negatives."""
+    return lambda c, o: ["train", "--positive", f"{c[film] if film else EXAMPLE / 'movie01.mp4'}@{spans}",
+                         "--out", o / "voice", "--steps", "1", "-q"]
+
+
 def ok(build: Build, name: str, output: str = "out.json", slow: bool = False, phrase: str = "",
        check: Callable | None = None) -> Case:
     """A valid input: exit code 0, `output` in the output folder ("": nothing there) and
@@ -325,6 +331,16 @@ CASES = [
     Case("disk-full-train", train("pos"), "cannot write the model", max_file_bytes=100_000, slow=True),
     Case("train-negatives-of-the-target-voice", train("pos", "neg-same-voice"),
          "would tag most other sound, not the target", slow=True),
+    # issue 35: moments of a film as the positives
+    Case("train-span-ends-before-it-starts", train_spans("205-190"), "span 205-190 ends before it starts"),
+    Case("train-spans-overlap", train_spans("50-60,00:00:58-00:01:10"), "spans 50-60 s and 58-70 s overlap"),
+    Case("train-span-beyond-the-film", train_spans("330-340"), "span 330-340 s is beyond the end of"),
+    Case("train-spans-under-10-s", train_spans("50.961-58"),
+         f"the positive spans hold 7.0 s of audio; training needs at least {TrainParams.min_target_s:g} s"),
+    Case("train-spans-of-a-film-without-audio", train_spans("1-20", film="video-only.mp4"), "no audio stream"),
+    Case("train-spans-of-a-missing-film", train_spans("1-20", film="missing.mkv"), "no such file"),
+    Case("train-spans-neither-times-nor-a-file", train_spans("1:00-2:70"), "'2:70' is not a time"),
+    Case("train-spans-file-missing", train_spans("spans.txt"), "is neither spans start-end"),
 ]
 
 

@@ -1,6 +1,8 @@
 """Training on real example clips: outputs, repeatability, calibration, bad clip sets."""
 
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from speakertag.errors import SpeakertagError
 from speakertag.memory import load_memory
 from speakertag.model import load_model, new_model
 from speakertag.params import Params
+from speakertag.audio import load_audio
 from speakertag.train import (Backgrounds, Clip, Windows, average_weights, load_clips, memory_chunks,
                               memory_entry_clips, split_clips, train)
 from conftest import TINY_NEGATIVE, TINY_POSITIVE, speech_like, train_tiny
@@ -134,3 +137,103 @@ def test_windows_cut_in_chunks_and_subsets():
     assert len(sub) == 4
     rows = [i for i in range(len(w)) if any(np.array_equal(every[i], s) for s in sub.cut())]
     assert len(rows) == 4
+
+
+# --- moments of a film as positives, the shipped negatives --------------------------------------
+
+SPANS = "50.961-58,203.5-214"  # two of the example film's target segments, 17.5 s
+
+
+SMALL_BANK = ["lstc_*", "so762_*", "music_*", "noise_pink*"]  # the first file of each kind
+
+
+@pytest.fixture(scope="module")
+def spans_voice(tiny_model_dir, example, tmp_path_factory):
+    """(model, memory, report, bank folder) of a few steps on one positive clip and two spans of
+    the example film, without negatives, fine-tuning the tiny model: the bank is a few files of
+    the shipped one, as the shipped base's would be (the whole bank: tests/test_cli.py)."""
+    import importlib
+
+    from speakertag.model import NEGATIVES_DIR, negatives_of, shipped_base_dir
+
+    fake_base = tmp_path_factory.mktemp("base")
+    (fake_base / NEGATIVES_DIR).mkdir()
+    for pattern in SMALL_BANK:
+        shutil.copy(sorted(negatives_of(shipped_base_dir())[0].glob(pattern))[0], fake_base / NEGATIVES_DIR)
+    base = load_model(tiny_model_dir)
+    p = replace(base.params, train=replace(base.params.train, max_steps=2, eval_every_steps=2, batch_size=8,
+                                           max_negative_share=1.0))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(importlib.import_module("speakertag.train"), "shipped_base_dir", lambda: fake_base)
+        return (*train([example / "positive" / TINY_POSITIVE[0], f"{example / 'movie01.mp4'}@{SPANS}"], None, p,
+                       base=base, impostors=[]), fake_base / NEGATIVES_DIR)
+
+
+def test_spans_of_a_film_train_without_negatives(spans_voice, example):
+    from speakertag.audio import load_span
+
+    model, memory, report, bank = spans_voice
+    film = str((example / "movie01.mp4").resolve())
+    assert (report.n_positive_clips, report.n_positive_spans) == (1, 2)
+    assert report.positive_films == (str(example / "movie01.mp4"),) and report.shipped_negatives
+    assert report.n_negative_clips == len(SMALL_BANK)
+    assert memory.info["positive_clips"] == [str((example / "positive" / TINY_POSITIVE[0]).resolve())]
+    assert sorted(memory.info["negative_clips"]) == sorted(str(f.resolve()) for f in bank.iterdir())
+    assert memory.info["films"] == [{"film": film, "stream": None, "channels": "auto", "negative_spans": [],
+                                     "positive_spans": [[50.961, 58.0], [203.5, 214.0]]}]
+    rate = model.params.audio.sample_rate_hz
+    spans_s = sum(len(load_span(example / "movie01.mp4", s, e, rate)) for s, e in ((50.961, 58.0), (203.5, 214.0)))
+    assert report.positive_s * rate == pytest.approx(spans_s + len(load_audio(example / "positive" / TINY_POSITIVE[0],
+                                                                                rate)), abs=2)
+    assert model.meta["history"][-1]["positive"][1:] == [f"{example / 'movie01.mp4'}@50.961-58",
+                                                         f"{example / 'movie01.mp4'}@203.5-214"]
+
+
+def test_the_shipped_bank_of_other_sounds():
+    """Voices of the base's pretraining (never the impostors it is calibrated against), music, noise."""
+    import csv
+
+    from speakertag.model import IMPOSTORS_DIR, negatives_of, shipped_base_dir
+
+    bank = negatives_of(shipped_base_dir())[0]
+    files = sorted(f.name for f in bank.glob("*.opus"))
+    with open(bank / "sources.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["file"] for r in rows) == files and len(files) >= 40
+    voices = {r["speaker"] for r in rows if r["kind"] == "voice"}
+    held_out = {ln.strip() for ln in (Path(__file__).parent.parent / "scripts" / "held_out_speakers.txt").read_text()
+                .splitlines() if ln.strip() and not ln.startswith("#")}
+    impostors = {f.name.split("__")[0] for f in (shipped_base_dir() / IMPOSTORS_DIR).iterdir()}
+    assert len(voices) >= 30 and not voices & held_out and not voices & impostors
+    assert not {v for r in rows if r["kind"] == "babble" for v in r["speaker"].split()} & (held_out | voices)
+    assert {r["sex"] for r in rows if r["kind"] == "voice"} >= {"F", "M"}
+    assert 1e6 <= sum(f.stat().st_size for f in bank.iterdir()) <= 2e6
+
+
+def test_refine_finds_the_spans_a_voice_was_trained_on(spans_voice):
+    """refine re-reads what a memory was made from: the clip, and the film's spans."""
+    from speakertag.refine import _sources
+
+    model, memory, _, _ = spans_voice
+    pos, neg, films = _sources(model, memory, model.params)
+    assert len(pos) == 1 and len(neg) == memory.info["negative_clips"].__len__()
+    assert [m.positive_spans for m in films] == [((50.961, 58.0), (203.5, 214.0))]
+
+
+@pytest.mark.parametrize("spans, phrase", [
+    ("330-340", "span 330-340 s is beyond the end of"),
+    ("50.961-58", "the positive spans hold 7.0 s of audio; training needs at least 10 s"),
+    ("50-60,58-70", "spans 50-60 s and 58-70 s overlap"),
+    ("60-50", "span 60-50 ends before it starts"),
+])
+def test_bad_spans_are_refused_before_training(example, spans, phrase):
+    with pytest.raises(SpeakertagError, match=phrase):
+        train([f"{example / 'movie01.mp4'}@{spans}"], base=None, impostors=[])
+
+
+def test_a_film_without_audio_is_refused(tmp_path):
+    from conftest import write_container
+
+    film = write_container(tmp_path / "video.mp4", [], video=True)
+    with pytest.raises(SpeakertagError, match="no audio stream in"):
+        train([f"{film}@1-20"], base=None)

@@ -102,6 +102,7 @@ def test_tag_without_a_model(inputs, tmp_path):
     assert_fails(run_cli("tag", inputs / "excerpt.wav", "--model", tmp_path), "model.pt is missing")
 
 
+@pytest.mark.slow
 def test_train_on_spans_of_a_film_without_negatives(example, tmp_path):
     """The way in for a new user (issue 35): moments of the film, nothing else; the summary line
     says what it learned from. (--steps 0: the memory and the threshold only.)"""

@@ -25,7 +25,7 @@ import av
 import numpy as np
 
 RATE_HZ = 16000
-CLOSED = re.compile(r"^(\d+):(\d+):(\d+\.\d) - (\d+):(\d+):(\d+\.\d)  .*\(closed at (\d+\.\d) s\)")
+CLOSED = re.compile(r"^(\d+):(\d+):(\d+\.\d) - (\d+):(\d+):(\d+\.\d)  .*\(closed at (\d+\.\d) s, ")
 
 
 def status_kb(pid: int) -> dict[str, int]:

@@ -420,7 +420,7 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, options, quiet: bool
     def closed(segments, duration_s: float) -> None:
         for s in segments if out is not None and not quiet else ():
             click.echo(f"{writers.format_timestamp(s.start_s)} - {writers.format_timestamp(s.end_s)}  {s.label}  "
-                       f"(closed at {duration_s:.1f} s)", err=True)
+                       f"(closed at {duration_s:.1f} s, {duration_s - s.end_s:.1f} s after its end)", err=True)
 
     run = tag_live(None if stdin else film, spec.load(), fmt, out, options, follow_timeout_s, closed)
     if run.gaps:

@@ -113,7 +113,7 @@ def test_follow_gives_each_segment_soon_after_it_ends(tiny_model_dir, film_mkv, 
     assert r.returncode == 0, r.stderr
     assert time.monotonic() - started > 15  # it waited for the file to grow
     closed = [(int(h) * 3600 + int(m) * 60 + float(sec), float(at)) for h, m, sec, at in
-              re.findall(r" - (\d+):(\d+):(\d+\.\d)  tiny  \(closed at (\d+\.\d) s\)", r.stderr)]
+              re.findall(r" - (\d+):(\d+):(\d+\.\d)  tiny  \(closed at (\d+\.\d) s, [\d.]+ s after its end\)", r.stderr)]
     assert closed, r.stderr
     assert all(at - end <= 3.0 for end, at in closed), r.stderr  # e.g. the segment ending at 69.9 s by 72.9 s
     segments = read_csv(out.read_text())

@@ -18,7 +18,9 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -237,28 +239,33 @@ class Encoder(nn.Module):
         std = (sums[2] / sums[0] - mean.square()).clamp_min(1e-6).sqrt()
         return torch.cat([mean, std]).T.reshape(n, 2, 2 * c)
 
-    @torch.inference_mode()
-    def forward_overlapping_short(self, windows: torch.Tensor, hop_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """forward_overlapping, and the embeddings of the short windows of half_cell_pooled_stats
-        (1.5 hops of frame features, 2 context-widths more of input, two per window, starting at
-        its start and half a hop in): (n, embedding_dim), (n, 2, embedding_dim). The frame
-        features are computed once for both."""
+    def overlapping_frame_features(self, windows: torch.Tensor, hop_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """frame_features of consecutive windows `hop_frames` apart (a film's), computed once over
+        the frames they share: (C, n_frames) features and attention logits."""
         n, n_mels, width = windows.shape
         frames = torch.cat([windows[0], windows[1:, :, width - hop_frames:].permute(1, 0, 2).reshape(n_mels, -1)], 1)
         h, logits = self.frame_features(frames[None])
-        long = self.embed_stats(self.sliding_pooled_stats(h[0], logits[0], width - 2 * self.context_frames, hop_frames))
-        short = self.embed_stats(self.half_cell_pooled_stats(h[0], logits[0], n, hop_frames).reshape(2 * n, -1))
-        return long, short.reshape(n, 2, -1)
+        return h[0], logits[0]
+
+    def long_from(self, h: torch.Tensor, logits: torch.Tensor, window_frames: int, hop_frames: int) -> torch.Tensor:
+        """(n, embedding_dim) embeddings of the windows whose overlapping_frame_features these are."""
+        return self.embed_stats(self.sliding_pooled_stats(h, logits, window_frames - 2 * self.context_frames, hop_frames))
+
+    def short_from(self, h: torch.Tensor, logits: torch.Tensor, first: int, stop: int, hop_frames: int) -> torch.Tensor:
+        """(stop - first, 2, embedding_dim) embeddings of the short windows of windows first..stop - 1
+        (half_cell_pooled_stats: 1.5 hops of frame features, 2 context-widths more of input, two
+        per window, starting at its start and half a hop in)."""
+        part = slice(first * hop_frames, (stop + 1) * hop_frames)
+        n = stop - first
+        return self.embed_stats(self.half_cell_pooled_stats(h[:, part], logits[:, part], n, hop_frames)
+                                .reshape(2 * n, -1)).reshape(n, 2, -1)
 
     @torch.inference_mode()
     def forward_overlapping(self, windows: torch.Tensor, hop_frames: int) -> torch.Tensor:
         """The same as forward() in eval mode, for consecutive windows `hop_frames` apart
         (a film's windows): every layer before the pooling runs once over the frames the
         windows share (a quarter of the work at a 0.5 s hop), each window pooled from a view of them."""
-        n, n_mels, width = windows.shape
-        frames = torch.cat([windows[0], windows[1:, :, width - hop_frames:].permute(1, 0, 2).reshape(n_mels, -1)], 1)
-        h, logits = self.frame_features(frames[None])
-        return self.embed_stats(self.sliding_pooled_stats(h[0], logits[0], width - 2 * self.context_frames, hop_frames))
+        return self.long_from(*self.overlapping_frame_features(windows, hop_frames), windows.shape[-1], hop_frames)
 
 
 @dataclass
@@ -407,11 +414,32 @@ def embed(model: Model, windows: torch.Tensor, hop_frames: int | None = None) ->
 
 
 @torch.inference_mode()
-def embed_with_short(model: Model, windows: torch.Tensor, hop_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """embed() of consecutive windows, and of two short windows per window (Encoder.
-    forward_overlapping_short): (n, embedding_dim), (2 n, embedding_dim) float32 on the CPU,
-    short window 2 j + o starting o half hops after window j."""
+def embed_keeping_frames(model: Model, windows: torch.Tensor, hop_frames: int
+                         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """embed() of consecutive windows `hop_frames` apart, (n, embedding_dim) float32 on the CPU,
+    and their frame features and attention logits (Encoder.overlapping_frame_features), from
+    which embed_short pools short windows without running the convolutions again."""
     model.encoder.eval()
     device = next(model.encoder.parameters()).device
-    long, short = model.encoder.forward_overlapping_short(windows.to(device), hop_frames)
-    return long.float().cpu(), short.reshape(2 * len(windows), -1).float().cpu()
+    h, logits = model.encoder.overlapping_frame_features(windows.to(device), hop_frames)
+    return model.encoder.long_from(h, logits, windows.shape[-1], hop_frames).float().cpu(), (h, logits)
+
+
+@torch.inference_mode()
+def embed_short(model: Model, frames: tuple[torch.Tensor, torch.Tensor], spans: Sequence[tuple[int, int]],
+                hop_frames: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The short windows (Encoder.short_from) of the windows in each [first, stop) of spans, from
+    embed_keeping_frames' frames: (2 m, embedding_dim) float32 on the CPU, and (2 m,) the index
+    of each, 2 j + o for the one starting o half hops after window j."""
+    h, logits = frames
+    parts = [model.encoder.short_from(h, logits, a, b, hop_frames).reshape(2 * (b - a), -1).float().cpu()
+             for a, b in spans if b > a]
+    index = np.concatenate([np.arange(2 * a, 2 * b) for a, b in spans]) if spans else np.zeros(0, np.int64)
+    return torch.cat(parts) if parts else torch.zeros(0, model.params.encoder.embedding_dim), index
+
+
+def embed_with_short(model: Model, windows: torch.Tensor, hop_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """embed() of consecutive windows and of all their short windows: (n, embedding_dim),
+    (2 n, embedding_dim), short window 2 j + o starting o half hops after window j."""
+    long, frames = embed_keeping_frames(model, windows, hop_frames)
+    return long, embed_short(model, frames, [(0, len(windows))], hop_frames)[0]

@@ -204,6 +204,20 @@ def short_window_span(a: int, b: int, n_cells: int) -> tuple[int, int]:
     return 2 * max(0, a - 3), 2 * min(n_cells, b + 1)
 
 
+def short_windows_needed(window_scores: np.ndarray, level: float, audio: AudioParams,
+                         se: ShortEdges = SHORT_EDGES) -> np.ndarray:
+    """(n,) window scores of a batch -> (n,) bool: the windows whose short windows segment edges
+    may read (short_edges), when a segment's cells need a window at `level` (the threshold less
+    the hysteresis) among the cells_per_window covering each: those within that coverage plus
+    search_s of such a window, and, not knowing the windows of the batches beside, that many at
+    each end of the batch. Embedding only these gives the same segments as embedding all."""
+    reach = audio.cells_per_window - 1 + math.ceil(se.search_s / audio.hop_s)
+    high = (np.asarray(window_scores) >= level).astype(np.int32)
+    near = np.convolve(high, np.ones(2 * reach + 1, np.int32))[reach:reach + len(high)] > 0
+    near[:reach] = near[-reach:] = True
+    return near
+
+
 def apply_short_edges(segments: list[Segment], short_scores: np.ndarray, threshold: float, audio: AudioParams,
                       limit_s: float, se: ShortEdges = SHORT_EDGES) -> list[Segment]:
     """short_edges on each segment, none starting before the previous one ends."""

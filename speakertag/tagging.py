@@ -20,10 +20,11 @@ from .decoder import MIN_DURATION_S, decoded_in_child
 from .errors import SpeakertagError
 from .features import cell_levels_db, stream_windows
 from .memory import MEMORY_FILE, Memory, load_memory
-from .model import MODEL_FILE, Model, embed, embed_with_short, load_model
+from .model import MODEL_FILE, Model, embed, embed_keeping_frames, embed_short, load_model
 from .params import AudioParams, LiveParams, TagParams
 from .scoring import Scorer
-from .segments import Segment, SegmentStream, exclusive_segments, segment_runs, to_segments
+from .segments import (Segment, SegmentStream, exclusive_segments, runs, segment_runs, short_windows_needed,
+                       to_segments)
 
 
 @dataclass(frozen=True)
@@ -206,34 +207,42 @@ def _featured(blocks: Iterator[np.ndarray], a: AudioParams, batch_windows: int, 
         stage_s[wait_key] += waited["blocks"]
 
 
-def _embedded(encoders: list, windows: torch.Tensor, hop_frames: int, with_short: set[int]
-              ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """Each encoder's embeddings of the windows, and of their short windows for the encoders in
-    with_short (ids): ({id: (n, dim)}, {id: (2 n, dim)})."""
-    emb, emb_short = {}, {}
-    for m in encoders:
-        if id(m) in with_short:
-            long, short = embed_with_short(m, windows, hop_frames)
-            emb[id(m)], emb_short[id(m)] = long.numpy(), short.numpy()
-        else:
-            emb[id(m)] = embed(m, windows, hop_frames).numpy()
-    return emb, emb_short
-
-
-def _score_batch(voices: Sequence[Voice], encoders: list, scorers: list[Scorer], windows: torch.Tensor,
-                 hop_frames: int, stage_s: dict[str, float] | None = None
+def _score_batch(voices: Sequence[Voice], encoders: list, scorers: list[Scorer], thresholds: Sequence[float],
+                 windows: torch.Tensor, hop_frames: int, stage_s: dict[str, float] | None = None
                  ) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Each voice's scores of a batch of windows (n,), and of their short windows (2 n,) where
-    its params move edges (else None); adds the time spent to stage_s["encoder"] and ["search"]."""
-    t = time.perf_counter()
-    emb, emb_short = _embedded(encoders, windows, hop_frames, {id(v.model) for v in voices if v.params.short_edges})
-    searched = time.perf_counter()
-    scores = [(scorer(emb[id(v.model)]), scorer(emb_short[id(v.model)]) if v.params.short_edges else None)
-              for v, scorer in zip(voices, scorers)]
+    its params move edges (else None): short windows are embedded and scored only near windows
+    that reach the voice's threshold (segments.short_windows_needed), -inf elsewhere. Adds the
+    time spent to stage_s["encoder"] and ["search"]."""
+    t, searched = time.perf_counter(), 0.0
+    emb, frames = {}, {}
+    for m in encoders:
+        if any(v.params.short_edges and v.model is m for v in voices):
+            emb[id(m)], frames[id(m)] = embed_keeping_frames(m, windows, hop_frames)
+        else:
+            emb[id(m)] = embed(m, windows, hop_frames)
+    t_search = time.perf_counter()
+    scores = [scorer(emb[id(v.model)].numpy()) for v, scorer in zip(voices, scorers)]
+    searched += time.perf_counter() - t_search
+    short: list[np.ndarray | None] = [None] * len(voices)
+    for m in encoders:
+        mine = [i for i, v in enumerate(voices) if v.params.short_edges and v.model is m]
+        if not mine:
+            continue
+        needed = np.zeros(len(windows), bool)
+        for i in mine:
+            needed |= short_windows_needed(scores[i], thresholds[i] - voices[i].params.hysteresis,
+                                           voices[i].model.params.audio)
+        short_emb, index = embed_short(m, frames.pop(id(m)), runs(needed), hop_frames)
+        t_search = time.perf_counter()
+        for i in mine:
+            short[i] = np.full(2 * len(windows), -np.inf, np.float32)
+            short[i][index] = scorers[i](short_emb.numpy())
+        searched += time.perf_counter() - t_search
     if stage_s is not None:
-        stage_s["encoder"] += searched - t
-        stage_s["search"] += time.perf_counter() - searched
-    return scores
+        stage_s["encoder"] += time.perf_counter() - t - searched
+        stage_s["search"] += searched
+    return list(zip(scores, short))
 
 
 @dataclass(frozen=True)
@@ -245,7 +254,8 @@ class VoiceTrack:
     window_scores: np.ndarray  # (n_windows,) score of window j, which starts at j * hop_s
     segments: list[Segment]
     params: TagParams | None = None  # the rules its segments were formed with
-    short_scores: np.ndarray | None = None  # (2 n_windows,) scores of the short windows (model.embed_with_short)
+    # (2 n_windows,) scores of the short windows (model.embed_short) where segment edges may use them, -inf elsewhere
+    short_scores: np.ndarray | None = None
     folder: str = ""  # the model folder the voice was loaded from ("" when not from a folder)
 
 
@@ -345,6 +355,7 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], options: TagOptions =
     encoders = list({id(v.model): v.model for v in voices}.values())  # voices may share an encoder
     scorers = [Scorer(v.memory.embeddings, v.memory.negatives, v.params.top_k, v.params.negative_weight)
                for v in voices]
+    thresholds = [options.threshold_of(v) for v in voices]
     stage_s = {"decode": 0.0, "features": 0.0, "encoder": 0.0, "search": 0.0, "waiting": 0.0}
     peak, n_samples = 0.0, 0
     gaps: list[tuple[float, float]] = []  # filled by the decoding thread
@@ -381,8 +392,8 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], options: TagOptions =
                 batches = _featured(_prefetch(blocks), a, batch_windows, stage_s, "waiting")
         for first, windows, first_levels, last_levels in batches:
             levels.append(first_levels)
-            for out, out_short, (sc, sh) in zip(scores, short, _score_batch(voices, encoders, scorers, windows,
-                                                                             a.hop_frames, stage_s)):
+            for out, out_short, (sc, sh) in zip(scores, short, _score_batch(voices, encoders, scorers, thresholds,
+                                                                             windows, a.hop_frames, stage_s)):
                 out.append(sc)
                 if sh is not None:
                     out_short.append(sh)
@@ -401,11 +412,10 @@ def tag(path: str | Path, voices: Voice | Sequence[Voice], options: TagOptions =
     note = "; ".join(n for n in (note, gaps_note(path, gaps)) if n)
     cell_db = np.concatenate(levels + [last_levels])
     tracks = []
-    for v, parts, short_parts in zip(voices, scores, short):
+    for v, thr, parts, short_parts in zip(voices, thresholds, scores, short):
         window_scores = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         short_scores = (np.concatenate(short_parts) if short_parts else np.zeros(0, np.float32)) \
             if v.params.short_edges else None
-        thr = options.threshold_of(v)
         edge = v.memory.edge_threshold
         tracks.append(VoiceTrack(v.name, thr, edge, window_scores,
                                  to_segments(window_scores, thr, a, v.params, v.name, duration_s, cell_db, edge,
@@ -489,7 +499,7 @@ class LiveTagger:
         """Embed and score the next batch of windows (n, n_mels, window_frames); the segments it closes."""
         a = self.audio
         levels = cell_levels_db(windows[:, :, :a.hop_frames], a).numpy()[:, 0]
-        scored = _score_batch(self.voices, self.encoders, self.scorers, windows, a.hop_frames)
+        scored = _score_batch(self.voices, self.encoders, self.scorers, self.thresholds, windows, a.hop_frames)
         self.last_levels = cell_levels_db(windows[-1:, :, a.hop_frames:], a).numpy()[0]
         closed = [s for st, (sc, sh) in zip(self.streams, scored) for s in st.push(sc, levels, sh)]
         return sorted(closed, key=lambda s: (s.start_s, s.end_s, s.label))

@@ -293,3 +293,27 @@ def test_segment_stream_gives_the_batch_short_edges(seed):
                 if delay is None:
                     assert got == batch, (threshold, edge, chunk)
     assert moved
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_short_windows_near_the_threshold_are_all_edges_read(seed):
+    """Short windows embedded only where short_windows_needed says (a batch at a time, -inf
+    elsewhere) give the segments that all of them give, at every threshold and hysteresis."""
+    from dataclasses import replace
+
+    from speakertag.segments import short_windows_needed
+
+    p, tp = AudioParams(), TagParams(short_edges=True)
+    scores, levels = _random_film(seed)
+    n = len(scores)
+    short = (np.repeat(scores, 2) + np.random.default_rng(seed).normal(0, 0.15, 2 * n)).astype(np.float32)
+    duration_s = (n - 1) * p.hop_s + p.window_s
+    for threshold, edge, hysteresis in ((0.3, 0.25, 0.0), (0.4, None, 0.1), (0.5, 0.55, 0.0)):
+        t = replace(tp, hysteresis=hysteresis)
+        kept = short.copy()
+        for i in range(0, n, 50):
+            needed = short_windows_needed(scores[i:i + 50], threshold - hysteresis, p)
+            kept[2 * i:2 * (i + 50)][~np.repeat(needed, 2)] = -np.inf
+        assert np.isinf(kept).any()
+        assert (to_segments(scores, threshold, p, t, "v", duration_s, levels, edge, kept)
+                == to_segments(scores, threshold, p, t, "v", duration_s, levels, edge, short))

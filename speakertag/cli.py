@@ -304,8 +304,8 @@ def _voice_inputs(spec) -> list[Path]:
               help="Segment edges grow over cells that a target-like window covers and that are at most this "
                    "many dB quieter (250-4000 Hz) than the segment (default 10).")
 @click.option("--short-edges/--cell-edges", "short_edges", default=None,
-              help="Move segment edges to where 1 s windows stop sounding like the voice (slower, finer edges), "
-                   "or keep them on 0.5 s cells; default: what the model was trained with (cells).")
+              help="Move segment edges to where 1 s windows stop sounding like the voice, or keep them on "
+                   "0.5 s cells; default: what the voice was trained with (short edges since they became the default).")
 @click.option("--exclusive", is_flag=True,
               help="Several voices: each moment goes to at most one, the one scoring furthest above its threshold.")
 @DEVICE_OPTION

@@ -237,7 +237,8 @@ def _score_batch(voices: Sequence[Voice], encoders: list, scorers: list[Scorer],
         t_search = time.perf_counter()
         for i in mine:
             short[i] = np.full(2 * len(windows), -np.inf, np.float32)
-            short[i][index] = scorers[i](short_emb.numpy())
+            if len(index):
+                short[i][index] = scorers[i](short_emb.numpy())
         searched += time.perf_counter() - t_search
     if stage_s is not None:
         stage_s["encoder"] += time.perf_counter() - t - searched

@@ -217,8 +217,6 @@ class Encoder(nn.Module):
         under its hop's largest logit, and a window's three halves rescaled to the largest of
         theirs (no underflow, whatever the logits span)."""
         c, half = h.shape[0], hop // 2
-        halves = torch.zeros(hop, 2)
-        halves[:half, 0], halves[half:, 1] = 1, 1
         tops, parts = [], []
         for i in range(0, n + 1, chunk_hops):  # a few hops at a time: they stay in cache
             k = min(chunk_hops, n + 1 - i)
@@ -227,8 +225,9 @@ class Encoder(nn.Module):
             top = ll.amax(-1)  # (C, k): each hop's largest logit
             e = torch.exp(ll - top[..., None])
             eh = e * hh
-            # (3, C, k, 2) sums over each half hop, in one matrix product
-            parts.append((torch.stack([e, eh, eh * hh]).reshape(-1, hop) @ halves).reshape(3, c, 2 * k))
+            # (3, C, 2 k): the sums over each half hop, in time order
+            parts.append(torch.stack([torch.stack([x[..., :half].sum(-1), x[..., half:].sum(-1)], -1).reshape(c, 2 * k)
+                                      for x in (e, eh, eh * hh)]))
             tops.append(top)
         blocks = torch.cat(parts, 2)  # (3, C, 2 n + 2) half hops in time order
         top = torch.cat(tops, 1)

@@ -154,11 +154,12 @@ def short_centres_s(index: np.ndarray, audio: AudioParams) -> np.ndarray:
     return ((index // 2) * audio.hop_frames + (index % 2) * (audio.hop_frames // 2) + audio.hop_frames) * audio.frame_s
 
 
-def _crossing(scores: np.ndarray, centres: np.ndarray, k: int, step: int, level: float) -> float:
-    """Where the scores cross `level` between short window k (at or above it) and k + step."""
+def _crossing(scores: np.ndarray, centres: np.ndarray, k: int, step: int, level: float) -> float | None:
+    """Where the scores cross `level` between short window k (at or above it) and k + step; None
+    when there is no window k + step: the voice runs on to the start or end of the input."""
     j = k + step
     if not 0 <= j < len(scores):
-        return float(centres[k])
+        return None
     f = min(1.0, max(0.0, (scores[k] - level) / max(float(scores[k] - scores[j]), 1e-6)))
     return float(centres[k] + f * (centres[j] - centres[k]))
 
@@ -166,7 +167,8 @@ def _crossing(scores: np.ndarray, centres: np.ndarray, k: int, step: int, level:
 def _short_edge(scores: np.ndarray, centres: np.ndarray, edge_s: float, level: float, se: ShortEdges,
                 end: bool) -> float | None:
     """The edge at `edge_s` (a segment's end, or its start) moved to the crossing of `level`
-    nearest it that the segment's inside reaches; None: no short window near it looks like the voice."""
+    nearest it that the segment's inside reaches; None: no short window near it looks like the voice,
+    or the voice runs on to the input's start or end."""
     if end:
         zone = np.flatnonzero((centres >= edge_s - se.search_s) & (centres <= edge_s + se.extend_s))
     else:

@@ -264,6 +264,9 @@ def test_short_edges_trim_and_extend_to_the_crossing():
     assert start == pytest.approx(10.5) and end == pytest.approx(20.0)
     # nothing like the voice near an edge: it stays
     assert short_edges(30.0, 35.0, scores, 0, 0.5, p, se) == (30.0, 35.0)
+    # the voice from the input's first short window to its last: the edges stay at its start and end
+    everywhere = np.full(20, 0.6)
+    assert short_edges(0.0, 5.5, everywhere, 0, 0.5, p, se) == (0.0, 5.5)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -181,21 +181,23 @@ def _short_edge(scores: np.ndarray, centres: np.ndarray, edge_s: float, level: f
 
 
 def short_edges(start_s: float, end_s: float, short_scores: np.ndarray, first: int, threshold: float,
-                audio: AudioParams, se: ShortEdges = SHORT_EDGES) -> tuple[float, float]:
+                audio: AudioParams, se: ShortEdges = SHORT_EDGES, outward: tuple[bool, bool] = (True, True)
+                ) -> tuple[float, float]:
     """One segment's edges moved with the short windows' scores: short_scores (k,) those of
     short windows first.. (all those within a cell and a half of the segment and inside it)
-    -> (start_s, end_s), at most se.search_s in and se.extend_s out."""
+    -> (start_s, end_s), at most se.search_s in and se.extend_s out; outward: whether the start
+    and the end may move out at all (not into digital silence)."""
     scores = np.asarray(short_scores, np.float64)
     centres = short_centres_s(np.arange(first, first + len(scores)), audio)
     edges = []
-    for edge_s, end in ((start_s, False), (end_s, True)):
+    for edge_s, end, out_s in ((start_s, False, se.extend_s * outward[0]), (end_s, True, se.extend_s * outward[1])):
         moved = _short_edge(scores, centres, edge_s, threshold + se.level, se, end)
         if moved is not None and (moved > edge_s) == end and moved != edge_s:
             out = _short_edge(scores, centres, edge_s, threshold + se.extend_level, se, end)
             moved = edge_s if out is None else (min(moved, max(edge_s, out)) if end else max(moved, min(edge_s, out)))
         moved = edge_s if moved is None else moved
-        edges.append(min(max(moved, edge_s - se.search_s), edge_s + se.extend_s) if end
-                     else min(max(moved, edge_s - se.extend_s), edge_s + se.search_s))
+        edges.append(min(max(moved, edge_s - se.search_s), edge_s + out_s) if end
+                     else min(max(moved, edge_s - out_s), edge_s + se.search_s))
     start, end = edges
     return (start_s, end_s) if end - start < audio.hop_s else (round(start, 3), round(end, 3))
 
@@ -221,14 +223,17 @@ def short_windows_needed(window_scores: np.ndarray, level: float, audio: AudioPa
 
 
 def apply_short_edges(segments: list[Segment], short_scores: np.ndarray, threshold: float, audio: AudioParams,
-                      limit_s: float, se: ShortEdges = SHORT_EDGES) -> list[Segment]:
-    """short_edges on each segment, none starting before the previous one ends."""
+                      limit_s: float, se: ShortEdges = SHORT_EDGES, heard: np.ndarray | None = None) -> list[Segment]:
+    """short_edges on each segment, none starting before the previous one ends; heard: (n_cells,)
+    bool, False for cells of digital silence, which no edge moves into (None: none known)."""
     out: list[Segment] = []
     n_cells = len(short_scores) // 2
     for seg in segments:
         a, b = round(seg.start_s / audio.hop_s), round(seg.end_s / audio.hop_s)
         first, stop = short_window_span(a, b, n_cells)
-        start, end = short_edges(seg.start_s, seg.end_s, short_scores[first:stop], first, threshold, audio, se)
+        outward = (a > 0 and (heard is None or bool(heard[a - 1])), heard is None or (b < len(heard) and bool(heard[b])))
+        start, end = short_edges(seg.start_s, seg.end_s, short_scores[first:stop], first, threshold, audio, se,
+                                 outward)
         start = max(start, out[-1].end_s) if out else max(start, 0.0)
         out.append(replace(seg, start_s=start, end_s=min(end, limit_s)))
     return out
@@ -250,7 +255,8 @@ def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams,
     limit = duration_s if duration_s is not None else len(cells) * audio.hop_s
     segments = runs_to_segments(found, cells, threshold, audio.hop_s, limit, tag, label)
     if short_scores is not None and tag.short_edges:
-        segments = apply_short_edges(segments, short_scores, threshold, audio, limit)
+        heard = None if cell_db is None else cell_db >= np.float32(audio.silence_db)
+        segments = apply_short_edges(segments, short_scores, threshold, audio, limit, heard=heard)
     return segments
 
 
@@ -431,9 +437,12 @@ class SegmentStream:
             if self.tag.short_edges and self.short:
                 first, stop = short_window_span(round(s / self.hop_s), round(e / self.hop_s), self.n_short_cells)
                 first = max(first, 2 * self.base)  # equal to it: the cells kept reach three before the segment
+                a, b = round(s / self.hop_s) - self.base, round(e / self.hop_s) - self.base
+                silence = np.float32(self.audio.silence_db)
+                outward = (a > 0 and self.db[a - 1] >= silence, b < len(self.db) and self.db[b] >= silence)
                 start, end = short_edges(seg.start_s, seg.end_s, np.asarray(self.short[first - 2 * self.base:
                                                                                          stop - 2 * self.base]),
-                                         first, self.threshold_exact, self.audio)
+                                         first, self.threshold_exact, self.audio, outward=outward)
                 start = max(start, self.last_end_s if self.last_end_s is not None else 0.0)
                 seg = replace(seg, start_s=start, end_s=end if limit_s is None else min(end, limit_s))
             self.last_end_s = seg.end_s

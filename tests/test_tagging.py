@@ -209,14 +209,20 @@ def test_short_edges_in_a_file_and_live(tiny_model_dir, minute_of_film):
     from dataclasses import replace
 
     from speakertag.params import LiveParams
+    from speakertag.segments import short_windows_needed
     from speakertag.tagging import LiveTagger, Voice
 
-    plain = load_voice(tiny_model_dir)
-    voice = Voice(plain.model, plain.memory, tag_params=replace(plain.params, short_edges=True))
+    trained = load_voice(tiny_model_dir)
+    plain = Voice(trained.model, trained.memory, tag_params=replace(trained.params, short_edges=False))
+    voice = Voice(trained.model, trained.memory, tag_params=replace(trained.params, short_edges=True))
     threshold = float(np.mean(tag(minute_of_film, plain).tracks[0].window_scores))
     r = tag(minute_of_film, voice, TagOptions(threshold=threshold))
     (track,) = r.tracks
-    assert track.short_scores.shape == (2 * len(track.window_scores),) and np.all(np.isfinite(track.short_scores))
+    assert track.short_scores.shape == (2 * len(track.window_scores),)
+    # scored wherever an edge may read them (near a window at the threshold), -inf only elsewhere
+    needed = np.repeat(short_windows_needed(track.window_scores, threshold, voice.model.params.audio), 2)
+    assert needed.any() and np.isfinite(track.short_scores[needed]).all()
+    assert np.all(np.isfinite(track.short_scores) | (track.short_scores == -np.inf))
     assert tag(minute_of_film, plain, TagOptions(threshold=threshold)).tracks[0].short_scores is None
     live = LiveTagger(voice, TagOptions(threshold=threshold), replace(LiveParams(), max_delay_s=None))
     got = []

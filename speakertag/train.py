@@ -25,9 +25,11 @@ from .audio import find_media_files, load_audio, load_span, probe, without_gaps
 from .augment import change_speed, film_like, generated_backgrounds, rms
 from .errors import SpeakertagError
 from .features import log_mel, tile_to
+from .io_utils import write_model_folder
 from .losses import mine_hard_negatives, triplet_loss
-from .memory import Memory
-from .model import Model, embed, impostors_of, load_model, negatives_of, new_model, resolve_device, shipped_base_dir
+from .memory import Memory, save_memory
+from .model import (Model, embed, impostors_of, load_model, negatives_of, new_model, resolve_device, save_model,
+                    shipped_base_dir)
 from .params import AudioParams, Params, speakertag_version
 from .scoring import Calibration, Scorer, calibrate_threshold, calibration_problem, nearest_groups, top_k_mean_excluding
 from .spans import END_TOLERANCE_S, FilmSpans, format_span, split_sources
@@ -62,6 +64,32 @@ class TrainReport:
     n_positive_spans: int = 0  # moments of recordings among the positives (n_positive_clips: the files)
     positive_films: tuple[str, ...] = ()  # the recordings they come from
     shipped_negatives: bool = False  # the negatives are the bank shipped with the base encoder
+
+    def positives(self) -> str:
+        """What the target was learned from, in words: '2 spans of film.mkv', '6 positive clips', or both."""
+        films = self.positive_films
+        spans = (f"{self.n_positive_spans} span{'s' if self.n_positive_spans != 1 else ''} of "
+                 f"{Path(films[0]).name if len(films) == 1 else f'{len(films)} recordings'}") if films else ""
+        clips = f"{self.n_positive_clips} positive clip{'s' if self.n_positive_clips != 1 else ''}"
+        return f"{spans} and {clips}" if spans and self.n_positive_clips else spans or clips
+
+    def negatives(self) -> str:
+        if self.shipped_negatives:
+            return f"{self.n_negative_clips} clips of other voices, music and noise shipped with speakertag"
+        return f"{self.n_negative_clips} negative clips"
+
+    def summary(self, base_dir: Path | None) -> str:
+        """What train learned from and the threshold it chose, in two lines for people; base_dir:
+        the folder of the model fine-tuned (None: trained from scratch)."""
+        c = self.calibration
+        return (f"trained on {self.positives()} ({self.positive_s:.0f} s) and "
+                f"{self.negatives()} ({self.negative_s:.0f} s) in {self.seconds:.1f} s "
+                f"({self.steps} steps, validation best at step {self.best_step}; "
+                f"{f'fine-tuned from {base_dir}' if base_dir else 'from scratch'})\n"
+                f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} target + {c.n_negative} other film-like "
+                f"windows, leave-one-clip-out, the target speaking {c.target_share:.0%} of the time): "
+                f"precision {c.precision:.2f}, recall {c.recall:.2f} on those windows "
+                f"(real films, with unseen voices and louder backgrounds, score lower)")
 
 
 SHIPPED = "shipped"  # train(base=SHIPPED): the base encoder shipped with speakertag
@@ -285,6 +313,50 @@ def average_weights(state_dicts: list[dict[str, torch.Tensor]], weights: list[fl
     first = state_dicts[0]
     return {k: sum(w * sd[k].to(v.device) for w, sd in zip(weights, state_dicts)) if v.is_floating_point() else v
             for k, v in first.items()}
+
+
+def base_folder(base: str | Path | None) -> Path | None:
+    """The folder of the model that `train --base` names: `base`, or the shipped base encoder's
+    when None; "none" (any case) is None: train from scratch. SpeakertagError when the shipped
+    base encoder is missing from this installation."""
+    if base is not None and str(base).lower() == "none":
+        return None
+    folder = base or shipped_base_dir()
+    if folder is None:
+        raise SpeakertagError("the shipped base encoder is missing from this installation (speakertag/base_model): "
+                              "reinstall speakertag, or give --base DIR, or --base none to train from scratch")
+    return Path(folder)
+
+
+def train_params(seed: int = 0, steps: int | None = None, target_precision: float | None = None,
+                 target_share: float | None = None) -> Params:
+    """Params() with the training options of `speakertag train` (None or 0: the default)."""
+    changes: dict = {"seed": seed}
+    if steps is not None:
+        changes["max_steps"] = steps
+    if target_precision:
+        changes.update(threshold_rule="precision", target_precision=target_precision)
+    if target_share:
+        changes["target_share"] = target_share
+    p = Params()
+    return replace(p, train=replace(p.train, **changes))
+
+
+def train_from(base_dir: Path | None, positive: list[str | Path], negative: list[str | Path] | None,
+               params: Params, name: str = "target", progress: Callable[[StepInfo], None] | None = None,
+               device: str | None = None) -> tuple[Model, Memory, TrainReport]:
+    """`train` as `speakertag train` runs it: fine-tuning the model in base_dir (None: from
+    scratch), calibrated against base_dir's impostors, else the shipped base encoder's (also
+    from scratch); negatives None: the bank shipped with the base encoder."""
+    base = load_model(base_dir) if base_dir else None
+    return train(positive, negative, params, base, name, progress, device,
+                 impostors_of(base_dir) or impostors_of(shipped_base_dir()))
+
+
+def save_voice(out_dir: Path, model: Model, memory: Memory, source: Path | None = None) -> None:
+    """Write model.pt and memory.npz as the model folder out_dir, whole or not at all
+    (io_utils.write_model_folder), starting from a copy of the folder `source` (None: empty)."""
+    write_model_folder(out_dir, lambda folder: (save_model(model, folder), save_memory(memory, folder)), source)
 
 
 def train(positive: list[str | Path], negative: list[str | Path] | None = None, params: Params | None = None,

@@ -479,8 +479,6 @@ def memory_merge(first, second, out):
 def evaluate(reference, hypothesis, speaker, voice, collar, as_json):
     """Time-based precision, recall, F1 and detection error of a hypothesis, and where its errors
     lie: edges, other voices, whole turns missed."""
-    from dataclasses import asdict
-
     from .evaluate import anatomy, format_anatomy, format_metrics, read_hypothesis, read_others, read_reference
 
     for path in (reference, hypothesis):
@@ -491,11 +489,7 @@ def evaluate(reference, hypothesis, speaker, voice, collar, as_json):
                         read_others(reference, speaker), collar)
     except ValueError as e:
         raise SpeakertagError(str(e)) from None
-    if as_json:
-        parts = asdict(found)
-        click.echo(json.dumps({**parts.pop("metrics"), "anatomy": parts}))
-    else:
-        click.echo(format_metrics(found.metrics) + "\n" + format_anatomy(found))
+    click.echo(json.dumps(found.to_dict()) if as_json else format_metrics(found.metrics) + "\n" + format_anatomy(found))
 
 
 def main(argv: list[str] | None = None) -> None:

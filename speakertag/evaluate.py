@@ -139,6 +139,11 @@ class Anatomy:
     # names no other speaker); where several others speak at once, the frame is shared among them
     false_alarm_by_speaker: dict[str, float] | None = None
 
+    def to_dict(self) -> dict:
+        """JSON-able: the metrics' fields, and the rest under "anatomy"."""
+        parts = asdict(self)
+        return {**parts.pop("metrics"), "anatomy": parts}
+
 
 def anatomy(reference: Sequence[Span], hypothesis: Sequence[Span],
             others: Sequence[tuple[float, float, str]] | None = None, collar_s: float = 0.25,

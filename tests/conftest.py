@@ -87,11 +87,9 @@ def write_wav(tmp_path):
     return write
 
 
-def train_tiny(out_dir: Path, clip_dir: Path, seed: int = 0, name: str = "tiny", base=None, steps: int = 2,
-               batch_size: int = 8) -> Path:
-    """Train a real model for a few steps (an evaluation every 2) on a subset of the
-    example clips (from scratch, or fine-tuning the Model `base`); writes out_dir/model.pt and
-    out_dir/memory.npz and returns out_dir."""
+def train_tiny(out_dir: Path, clip_dir: Path, seed: int = 0, name: str = "tiny", base=None) -> Path:
+    """Train a real model for 4 steps on a subset of the example clips (from scratch, or
+    fine-tuning the Model `base`); writes out_dir/model.pt and out_dir/memory.npz and returns out_dir."""
     from speakertag.memory import save_memory
     from speakertag.model import save_model
     from speakertag.params import Params
@@ -102,8 +100,8 @@ def train_tiny(out_dir: Path, clip_dir: Path, seed: int = 0, name: str = "tiny",
         for n in names:
             shutil.copy(EXAMPLE / role / n, clip_dir / sub / n)
     p = Params()
-    # a few steps from scratch may give a threshold that most negatives exceed: allowed here (max share 1)
-    p = replace(p, train=replace(p.train, max_steps=steps, eval_every_steps=2, batch_size=batch_size, seed=seed,
+    # 4 steps from scratch may give a threshold that most negatives exceed: allowed here (max share 1)
+    p = replace(p, train=replace(p.train, max_steps=4, eval_every_steps=2, batch_size=16, seed=seed,
                                  max_negative_share=1.0))
     model, memory, _ = train([clip_dir / "pos"], [clip_dir / "neg"], p, base=base, name=name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,8 +112,7 @@ def train_tiny(out_dir: Path, clip_dir: Path, seed: int = 0, name: str = "tiny",
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A folder with model.pt + memory.npz of a 2-step model (voice name "tiny"), trained once
-    per session: every stage and file format, in seconds."""
+    """A folder with model.pt + memory.npz of a 4-step model (voice name "tiny")."""
     root = tmp_path_factory.mktemp("tiny")
     return train_tiny(root / "model", root / "clips")
 

@@ -123,7 +123,7 @@ def start_model(tmp_path_factory):
     threshold the film gives with them left out (what it says of other films) does not fit
     the film itself (docs/experiments.md)."""
     root = tmp_path_factory.mktemp("refine")
-    return train_tiny(root / "model", root / "clips", base=load_model(shipped_base_dir()), steps=4, batch_size=16)
+    return train_tiny(root / "model", root / "clips", base=load_model(shipped_base_dir()))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from speakertag.params import Params
 from speakertag.audio import load_audio
 from speakertag.train import (Backgrounds, Clip, Windows, average_weights, load_clips, memory_chunks,
                               memory_entry_clips, split_clips, train)
-from conftest import TINY_NEGATIVE, TINY_POSITIVE, speech_like, train_tiny
+from conftest import TINY_NEGATIVE, TINY_POSITIVE, one_torch_thread, speech_like, train_tiny
 
 
 def test_tiny_model_is_consistent(tiny_model_dir):
@@ -163,7 +163,7 @@ def spans_voice(tiny_model_dir, example, tmp_path_factory):
     base = load_model(tiny_model_dir)
     p = replace(base.params, train=replace(base.params.train, max_steps=2, eval_every_steps=2, batch_size=8,
                                            max_negative_share=1.0))
-    with pytest.MonkeyPatch.context() as m:
+    with pytest.MonkeyPatch.context() as m, one_torch_thread():
         m.setattr(importlib.import_module("speakertag.train"), "shipped_base_dir", lambda: fake_base)
         return (*train([example / "positive" / TINY_POSITIVE[0], f"{example / 'movie01.mp4'}@{SPANS}"], None, p,
                        base=base, impostors=[]), fake_base / NEGATIVES_DIR)

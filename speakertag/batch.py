@@ -12,11 +12,12 @@ import os
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from . import writers
+from .errors import error_message
 from .io_utils import atomic_write_text, check_outputs, folder_lock
 from .signals import die_with_parent
 from .tagging import TagOptions, TagResult, Voice, VoiceSpec, cpu_count, tag, voice_files
@@ -67,6 +68,11 @@ def run_settings(spec: VoiceSpec, fmt: str, options: TagOptions = TagOptions()) 
         "voices": [{"folder": str(d), "model_sha256": _sha256_of_file(m), "memory_sha256": _sha256_of_file(mem)}
                    for d, m, mem in voice_files(spec)],
     }
+
+
+def voice_inputs(spec: VoiceSpec) -> list[Path]:
+    """The model and memory files the voices of `spec` are loaded from."""
+    return [f for _, model, memory in voice_files(spec) for f in (model, memory)]
 
 
 def film_state(film: Path) -> dict:
@@ -216,6 +222,52 @@ class Outcome:
     def unreadable_folder(self) -> bool:
         return self.out_path is None
 
+    def lines(self, quiet: bool = False) -> list[str]:
+        """What to say of this input, a line each: its error, or the note of its tagging;
+        unless quiet, also that it was skipped or written."""
+        if self.unreadable_folder:
+            why = self.error.strerror or self.error
+            return [f"speakertag: error: {self.error.filename}: cannot read folder ({why})"]
+        if self.error is not None:
+            return [f"speakertag: error: {self.film}: {error_message(self.error)}"]
+        if self.skipped:
+            return [] if quiet else [f"{self.film}: skipped, {self.out_path} is up to date"]
+        done = [] if quiet else [f"{self.film}: {len(self.result.segments)} segments written to {self.out_path}"]
+        return ([self.result.note] if self.result.note else []) + done
+
+
+@dataclass
+class Tally:
+    """The outcomes of a tag_films() run counted as they come (add), for its last line."""
+    n_inputs: int = 0
+    n_skipped: int = 0
+    n_failed: int = 0
+    unreadable: list[OSError] = field(default_factory=list)  # folders that could not be listed
+
+    def add(self, o: Outcome) -> None:
+        if o.unreadable_folder:
+            self.unreadable.append(o.error)
+            return
+        self.n_inputs += 1
+        self.n_skipped += o.skipped
+        self.n_failed += o.error is not None
+
+    @property
+    def failed(self) -> bool:
+        """Whether a film failed or a folder could not be read (the command's exit code 1)."""
+        return bool(self.n_failed or self.unreadable)
+
+    def summary(self) -> str:
+        """"tagged 11 of 12 files (1 up to date, 1 failed)", and the folders that could not be read."""
+        notes = [f"{self.n_skipped} up to date"] if self.n_skipped else []
+        if self.n_failed:
+            notes.append(f"{self.n_failed} failed")
+        if self.unreadable:
+            notes.append(f"{len(self.unreadable)} folder{'s' if len(self.unreadable) > 1 else ''} could not be read: "
+                         + ", ".join(str(e.filename) for e in self.unreadable))
+        return (f"tagged {self.n_inputs - self.n_skipped - self.n_failed} of {self.n_inputs} files"
+                + (f" ({', '.join(notes)})" if notes else ""))
+
 
 def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, options: TagOptions = TagOptions(),
               jobs: int = 1, engine: str = "local",
@@ -250,7 +302,7 @@ def tag_films(films: Sequence[Path], out_dir: Path, fmt: str, spec: VoiceSpec, o
         unique.setdefault(f.resolve(), f)
     inputs = list(unique.values())
     out_for = dict(zip(inputs, output_paths(inputs, out_dir, writers.SUFFIX[fmt])))
-    check_outputs(out_for.values(), [*inputs, *(f for _, m, mem in voice_files(spec) for f in (m, mem))])
+    check_outputs(out_for.values(), [*inputs, *voice_inputs(spec)])
     with folder_lock(out_dir):  # a second run on out_dir meanwhile is refused, not mixed in
         for e in unreadable:
             yield Outcome(Path(e.filename), None, error=e)

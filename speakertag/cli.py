@@ -1,4 +1,4 @@
-"""Command line: parse options, call the library, write results. No logic lives here."""
+"""Command line: parse options, call the library, print what it did. No logic lives here."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import click
 from . import signals, writers
 from .allocator import reuse_freed_memory
 from .errors import SpeakertagError, error_message
-from .io_utils import (STDOUT, atomic_write_bytes, atomic_write_text, check_output_folder,
-                       check_outputs, followed, write_model_folder)
+from .io_utils import (STDOUT, check_new_files, check_output_folder, check_outputs, check_parent_folder,
+                       followed, write_files)
 from .params import CHANNEL_CHOICES, CHANNELS, TagParams, TrainParams
 from .signals import Interrupted, raise_if_interrupted
 
@@ -106,39 +106,21 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
 
     # What can be checked in a moment is checked before loading torch and training.
     out_dir = followed(out_dir)  # a symlink: the model goes where it points, the link stays
-    if not out_dir.parent.is_dir():
-        raise SpeakertagError(f"output folder does not exist: {out_dir.parent}")
-    if not os.access(out_dir.parent, os.W_OK):
-        raise SpeakertagError(f"cannot write to the output folder (permission denied): {out_dir.parent}")
+    check_parent_folder(out_dir)
     try:
         writers.check_voice_name(name)
     except ValueError as e:
         raise SpeakertagError(f"--name: {e}") from None
-    from_scratch = base is not None and str(base).lower() == "none"
     # a missing name, a folder without audio or bad spans fail here
     files, films = split_sources(positive, name)
     clips = find_media_files(files) + [f.film for f in films] + find_media_files(list(negative))
-    from .model import MODEL_FILE, impostors_of, load_model, shipped_base_dir
+    from .model import MODEL_FILE
+    from .train import base_folder, save_voice, train_from, train_params
 
-    check_output_folder(out_dir, clips + ([base] if base is not None and not from_scratch else []), MODEL_FILE)
-    from .params import Params
-    from .train import train as train_voice
-
-    base_path = None if from_scratch else (base or shipped_base_dir())
-    if not from_scratch and base_path is None:
-        raise SpeakertagError("the shipped base encoder is missing from this installation (speakertag/base_model): "
-                              "reinstall speakertag, or give --base DIR, or --base none to train from scratch")
-    base_model = load_model(base_path) if base_path else None
-    p = Params()
-    changes = {"seed": seed}
-    if steps is not None:
-        changes["max_steps"] = steps
-    if target_precision:
-        changes.update(threshold_rule="precision", target_precision=target_precision)
-    if target_share:
-        changes["target_share"] = target_share
-    p = replace(p, train=replace(p.train, **changes))
-
+    check_output_folder(out_dir, clips + ([base] if base is not None and str(base).lower() != "none" else []),
+                        MODEL_FILE)
+    base_dir = base_folder(base)
+    p = train_params(seed, steps, target_precision, target_share)
     bar_on = _progress_enabled(quiet)
     log_on = not quiet and not bar_on  # no terminal (a log file, CI): one line per evaluation instead
     with click.progressbar(length=p.train.max_steps, label="training", file=sys.stderr,
@@ -149,47 +131,15 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
             bar.update(1, f"loss {info.loss:.3f} val F1 {val}")
             if log_on and (info.step % p.train.eval_every_steps == 0 or info.step == info.max_steps):
                 click.echo(f"step {info.step}/{info.max_steps}: loss {info.loss:.3f}, validation F1 {val}", err=True)
-        model, memory, report = train_voice(positive, list(negative) or None, p, base_model, name, progress, device,
-                                            impostors_of(base_path) or impostors_of(shipped_base_dir()))
+        model, memory, report = train_from(base_dir, positive, list(negative) or None, p, name, progress, device)
 
     raise_if_interrupted()
     # A model folder written again keeps the user's other files in it (notes, labels), as refine does.
-    write_model_folder(out_dir, _saver(model, memory), out_dir if out_dir.is_dir() else None)
-    c = report.calibration
+    save_voice(out_dir, model, memory, out_dir if out_dir.is_dir() else None)
     for s in report.skipped:
         click.echo(f"skipped {s}", err=True)
-    click.echo(f"trained on {_positives(report)} ({report.positive_s:.0f} s) and "
-               f"{_negatives(report)} ({report.negative_s:.0f} s) in {report.seconds:.1f} s "
-               f"({report.steps} steps, validation best at step {report.best_step}; "
-               f"{f'fine-tuned from {base_path}' if base_path else 'from scratch'})")
-    click.echo(f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} target + {c.n_negative} other film-like "
-               f"windows, leave-one-clip-out, the target speaking {c.target_share:.0%} of the time): "
-               f"precision {c.precision:.2f}, recall {c.recall:.2f} on those windows "
-               f"(real films, with unseen voices and louder backgrounds, score lower)")
+    click.echo(report.summary(base_dir))
     click.echo(f"model written to {out_dir}")
-
-
-def _positives(report) -> str:
-    """What train learned the target from, in words: '2 spans of film.mkv', '6 positive clips', or both."""
-    films = report.positive_films
-    spans = (f"{report.n_positive_spans} span{'s' if report.n_positive_spans != 1 else ''} of "
-             f"{Path(films[0]).name if len(films) == 1 else f'{len(films)} recordings'}") if films else ""
-    clips = f"{report.n_positive_clips} positive clip{'s' if report.n_positive_clips != 1 else ''}"
-    return f"{spans} and {clips}" if spans and report.n_positive_clips else spans or clips
-
-
-def _negatives(report) -> str:
-    if report.shipped_negatives:
-        return f"{report.n_negative_clips} clips of other voices, music and noise shipped with speakertag"
-    return f"{report.n_negative_clips} negative clips"
-
-
-def _saver(model, memory):
-    """save(folder) for io_utils.write_model_folder: the model and its memory written into folder."""
-    from .memory import save_memory
-    from .model import save_model
-
-    return lambda folder: (save_model(model, folder), save_memory(memory, folder))
 
 
 @cli.command()
@@ -216,6 +166,7 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, devi
     from .refine import RefineOptions, read_corrections
     from .refine import refine as refine_voice
     from .tagging import load_voice
+    from .train import save_voice
 
     if not model_dir.is_dir():
         raise SpeakertagError(f"no such model folder: {model_dir}")
@@ -232,7 +183,7 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, devi
         model, memory, report = refine_voice(voice.model, voice.memory, film, spans, options, device,
                                              impostors_of(shipped_base_dir()), progress)
     out_dir = out_dir or model_dir
-    write_model_folder(out_dir.resolve(), _saver(model, memory), model_dir)
+    save_voice(out_dir.resolve(), model, memory, model_dir)
     for note in report.notes:
         click.echo(note, err=True)
     click.echo(report.summary(memory))
@@ -261,13 +212,6 @@ def _tag_with_bar(film: Path, voices, options, quiet: bool, info=None):
     info = info or probe(film, options.stream)
     with _bar(info.duration_s, film.name, quiet) as progress:
         return tag_film(film, voices, options, progress, info)
-
-
-def _voice_inputs(spec) -> list[Path]:
-    """The model and memory files the voices of `spec` are loaded from."""
-    from .tagging import voice_files
-
-    return [f for _, model, memory in voice_files(spec) for f in (model, memory)]
 
 
 @cli.command()
@@ -378,14 +322,10 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, options, quiet: bool,
              report_audio: str = "link", plot: Path | None = None, scores: Path | None = None) -> None:
     """One film to stdout or to `out`, and its report, plot and scores if asked; a failure is the command's error."""
     from .audio import probe
-    from .batch import render_output
+    from .batch import render_output, voice_inputs
     from .report import report_files
 
-    outputs = [path for path in (out, report, plot, scores) if path is not None]
-    check_outputs(outputs, [film, *_voice_inputs(spec)])
-    for path in outputs:
-        if not path.parent.exists():
-            raise SpeakertagError(f"output folder does not exist: {path.parent}")
+    check_new_files([path for path in (out, report, plot, scores) if path is not None], [film, *voice_inputs(spec)])
     info = probe(film, options.stream)  # a bad film fails here, before torch and the model load
     result = _tag_with_bar(film, spec.load(), options, quiet, info)
     text = render_output(fmt, film, result)
@@ -398,79 +338,50 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, options, quiet: bool,
     if out is None:
         click.echo(text, nl=False)
     else:
-        atomic_write_text(out, text)
-        click.echo(f"{len(result.segments)} segments written to {out}", err=True)
-    for path, (what, data) in files.items():
-        atomic_write_bytes(path, data)
-        click.echo(f"{what} written to {path}", err=True)
+        files = {out: (f"{len(result.segments)} segments", text), **files}
+    write_files(files, lambda path, what: click.echo(f"{what} written to {path}", err=True))
 
 
 def _tag_live(film: Path, out: Path | None, fmt: str, spec, options, quiet: bool,
               follow_timeout_s: float | None) -> None:
     """live.tag_live, each segment echoed to stderr as it closes when --out is given, then a
     summary; a followed file cut short or replaced is an error, the segments found before kept."""
-    from .live import tag_live
+    from .batch import voice_inputs
+    from .live import closing_line, tag_live
     from .tagging import gaps_note
 
     stdin = film == Path(STDOUT)
-    check_outputs([out] if out else [], ([] if stdin else [film]) + _voice_inputs(spec))
-    if out is not None and not out.parent.exists():
-        raise SpeakertagError(f"output folder does not exist: {out.parent}")
+    check_new_files([out] if out else [], ([] if stdin else [film]) + voice_inputs(spec))
 
     def closed(segments, duration_s: float) -> None:
         for s in segments if out is not None and not quiet else ():
-            click.echo(f"{writers.format_timestamp(s.start_s)} - {writers.format_timestamp(s.end_s)}  {s.label}  "
-                       f"(closed at {duration_s:.1f} s, {duration_s - s.end_s:.1f} s after its end)", err=True)
+            click.echo(closing_line(s, duration_s), err=True)
 
     run = tag_live(None if stdin else film, spec.load(), fmt, out, options, follow_timeout_s, closed)
     if run.gaps:
         click.echo(gaps_note(run.source, run.gaps), err=True)
     if not quiet or run.interrupted:
-        click.echo(f"{len(run.segments)} segments in {run.duration_s:.1f} s of {run.source}"
-                   + (" (interrupted)" if run.interrupted else "") + (f", written to {out}" if out else ""), err=True)
+        click.echo(run.summary(out), err=True)
     if run.cut_short:  # a new recording in the old one's file: not joined to it
-        raise SpeakertagError(f"{run.source} {run.cut_short} (a new recording?): stopped at {run.duration_s:.1f} s "
-                              "of audio, the segments found before are kept; tag the new recording on its own")
+        raise SpeakertagError(run.cut_short_error())
 
 
 def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec, options, quiet: bool,
               engine: str = "local", ray_address: str | None = None, force: bool = False) -> None:
     """batch.tag_films, a line per film (a failure: its error, and the others go on) and a
     summary line; exit code 1 if any film failed or a folder could not be read."""
-    from .batch import tag_films
+    from .batch import Tally, tag_films
 
-    n_inputs, n_skipped, n_failed, unreadable = 0, 0, 0, []
+    tally = Tally()
     with contextlib.closing(tag_films(films, out_dir, fmt, spec, options, jobs, engine, ray_address, force,
                                       lambda film, voices: _tag_with_bar(film, voices, options, quiet),
                                       lambda note: click.echo(note, err=True))) as outcomes:
         for o in outcomes:
-            if o.unreadable_folder:
-                unreadable.append(o.error)
-                click.echo(f"speakertag: error: {o.error.filename}: cannot read folder ({o.error.strerror or o.error})",
-                           err=True)
-                continue
-            n_inputs += 1
-            if o.skipped:
-                n_skipped += 1
-                if not quiet:
-                    click.echo(f"{o.film}: skipped, {o.out_path} is up to date", err=True)
-            elif o.error is not None:
-                n_failed += 1
-                click.echo(f"speakertag: error: {o.film}: {error_message(o.error)}", err=True)
-            else:
-                if o.result.note:
-                    click.echo(o.result.note, err=True)
-                if not quiet:
-                    click.echo(f"{o.film}: {len(o.result.segments)} segments written to {o.out_path}", err=True)
-    notes = [f"{n_skipped} up to date"] if n_skipped else []
-    if n_failed:
-        notes.append(f"{n_failed} failed")
-    if unreadable:
-        notes.append(f"{len(unreadable)} folder{'s' if len(unreadable) > 1 else ''} could not be read: "
-                     + ", ".join(str(e.filename) for e in unreadable))
-    click.echo(f"tagged {n_inputs - n_skipped - n_failed} of {n_inputs} files"
-               + (f" ({', '.join(notes)})" if notes else ""), err=True)
-    if n_failed or unreadable:
+            tally.add(o)
+            for line in o.lines(quiet):
+                click.echo(line, err=True)
+    click.echo(tally.summary(), err=True)
+    if tally.failed:
         sys.exit(1)
 
 
@@ -490,6 +401,7 @@ def subtitles(film, subs, model_dirs, out, threshold, stream, channels, device, 
     """Write SUBS (SRT or WebVTT) with the speaking voice's name before each cue's text
     ("ALICE: ..."): the voice whose segments cover at least half of the cue's time. Other
     cues are left as they were; SUBS itself is not changed."""
+    from .batch import voice_inputs
     from .subtitles import format_of, read_subtitles, write_labelled
     from .tagging import TagOptions, VoiceSpec
 
@@ -497,7 +409,7 @@ def subtitles(film, subs, model_dirs, out, threshold, stream, channels, device, 
     if fmt is None:
         raise click.UsageError(f"--out {out}: the name must end in .srt or .vtt")
     spec = VoiceSpec(tuple(model_dirs), device=device)
-    check_outputs([out], [film, subs, *_voice_inputs(spec)])
+    check_outputs([out], [film, subs, *voice_inputs(spec)])
     cues = read_subtitles(subs)  # a bad subtitle file fails before the tagging
     options = TagOptions(threshold=threshold, stream=stream, channels=channels, exclusive=True)
     result = _tag_with_bar(film, spec.load(), options, quiet)
@@ -567,8 +479,6 @@ def memory_merge(first, second, out):
 def evaluate(reference, hypothesis, speaker, voice, collar, as_json):
     """Time-based precision, recall, F1 and detection error of a hypothesis, and where its errors
     lie: edges, other voices, whole turns missed."""
-    from dataclasses import asdict
-
     from .evaluate import anatomy, format_anatomy, format_metrics, read_hypothesis, read_others, read_reference
 
     for path in (reference, hypothesis):
@@ -579,11 +489,7 @@ def evaluate(reference, hypothesis, speaker, voice, collar, as_json):
                         read_others(reference, speaker), collar)
     except ValueError as e:
         raise SpeakertagError(str(e)) from None
-    if as_json:
-        parts = asdict(found)
-        click.echo(json.dumps({**parts.pop("metrics"), "anatomy": parts}))
-    else:
-        click.echo(format_metrics(found.metrics) + "\n" + format_anatomy(found))
+    click.echo(json.dumps(found.to_dict()) if as_json else format_metrics(found.metrics) + "\n" + format_anatomy(found))
 
 
 def main(argv: list[str] | None = None) -> None:

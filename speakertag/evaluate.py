@@ -9,7 +9,6 @@ reference boundary are not scored, and on the scored frames
   F1 (0 when P+R is 0), detection_error = (MISS+FA)/(TP+MISS) (None when there is no target time).
 Metrics keep full precision; `Metrics.rounded()` gives the 4-decimal numbers score.py prints.
 """
-import csv
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -18,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-Span = tuple[float, float]  # (start_s, end_s)
+from .spans import LabelRow, Span, label_row, parse_labels, read_labels, read_text
 
 
 @dataclass(frozen=True)
@@ -140,6 +139,11 @@ class Anatomy:
     # names no other speaker); where several others speak at once, the frame is shared among them
     false_alarm_by_speaker: dict[str, float] | None = None
 
+    def to_dict(self) -> dict:
+        """JSON-able: the metrics' fields, and the rest under "anatomy"."""
+        parts = asdict(self)
+        return {**parts.pop("metrics"), "anatomy": parts}
+
 
 def anatomy(reference: Sequence[Span], hypothesis: Sequence[Span],
             others: Sequence[tuple[float, float, str]] | None = None, collar_s: float = 0.25,
@@ -224,107 +228,41 @@ def format_anatomy(a: Anatomy) -> str:
     return "\n".join(lines)
 
 
-# ---- reading reference and hypothesis files ----
+# ---- reading reference and hypothesis files (spans.read_labels, and JSON) ----
 
-def _read(path: str | Path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a UTF-8 text file ({e.reason})") from None
-
-
-def _is_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _span(path: str | Path, where: str, start_s: float, end_s: float) -> Span:
-    if not (math.isfinite(start_s) and math.isfinite(end_s) and end_s >= start_s):
-        raise ValueError(f"{path}: {where}: bad segment start={start_s} end={end_s}")
-    return start_s, end_s
-
-
-def _is_rttm(path: str | Path, text: str) -> bool:
-    return text.split(None, 1)[:1] == ["SPEAKER"] or Path(path).suffix.lower() == ".rttm"
-
-
-def _rttm_rows(path: str | Path, text: str) -> list[tuple[float, float, str]]:
-    """(start_s, end_s, speaker) of each SPEAKER line; other RTTM line types are ignored."""
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        p = line.split()
-        if not p or p[0] != "SPEAKER":
-            continue
-        if len(p) < 8 or not (_is_float(p[3]) and _is_float(p[4])):
-            raise ValueError(f"{path}: line {n}: expected 'SPEAKER <file> <chan> <start> <dur> <NA> <NA> <name>'")
-        start_s = float(p[3])
-        rows.append((*_span(path, f"line {n}", start_s, start_s + float(p[4])), p[7]))
-    return rows
-
-
-def _csv_rows(path: str | Path, text: str) -> list[tuple[float, float, list[str]]]:
-    """(start_s, end_s, other fields) of each start,end,... row; blank and '#' lines are skipped
-    and the first remaining row may be a header."""
-    rows = []
-    reader = csv.reader(text.splitlines())
-    first = True
-    for rec in reader:
-        if not rec or rec[0].strip().startswith("#"):
-            continue
-        if len(rec) > 1 and _is_float(rec[0]) and _is_float(rec[1]):
-            rows.append((*_span(path, f"line {reader.line_num}", float(rec[0]), float(rec[1])), rec[2:]))
-        elif not first:
-            raise ValueError(f"{path}: line {reader.line_num}: expected start,end numbers, "
-                             f"got {','.join(rec)!r}")
-        first = False
-    return rows
-
-
-def _spans_of(rows: list[tuple[float, float, str | None]], name: str | None, what: str, kind: str,
-              hint: str) -> list[Span]:
+def _spans_of(rows: Sequence[LabelRow], name: str | None, what: str, kind: str, hint: str) -> list[Span]:
     """The spans labelled `name`; every span when `name` is None and the rows carry at most one label."""
-    names = sorted({k for _, _, k in rows if k is not None})
+    names = sorted({r.label for r in rows if r.label is not None})
     if name is None:
         if len(names) > 1:
             raise ValueError(f"{what} has several {kind}s ({', '.join(names)}); {hint}")
-        return [(s, e) for s, e, _ in rows]
+        return [(r.start_s, r.end_s) for r in rows]
     if name not in names:
         raise ValueError(f"{kind} {name!r} not in {what} ({kind}s: {', '.join(names) or 'none'})")
-    return [(s, e) for s, e, k in rows if k == name]
+    return [(r.start_s, r.end_s) for r in rows if r.label == name]
 
 
 def read_reference(path: str | Path, speaker: str | None = None) -> list[Span]:
-    """Target spans (seconds) from an RTTM file (SPEAKER lines) or a CSV start,end[,speaker].
+    """Target spans (seconds) from a label file (spans.read_labels: RTTM, CSV start,end[,speaker]
+    or Audacity labels).
 
     `speaker` selects one speaker; it is required when the file names several.
     """
-    return _spans_of(_reference_rows(path), speaker, f"reference {path}", "speaker", "choose one")
-
-
-def _reference_rows(path: str | Path) -> list[tuple[float, float, str | None]]:
-    """(start_s, end_s, speaker or None) rows of an RTTM file or a CSV start,end[,speaker]."""
-    text = _read(path)
-    if _is_rttm(path, text):
-        return _rttm_rows(path, text)
-    # as score.py: a numeric or empty third column is no speaker name
-    return [(s, e, rest[0].strip() if rest and rest[0].strip() and not _is_float(rest[0]) else None)
-            for s, e, rest in _csv_rows(path, text)]
+    return _spans_of(read_labels(path), speaker, f"reference {path}", "speaker", "choose one")
 
 
 def read_others(path: str | Path, speaker: str | None = None) -> list[tuple[float, float, str]] | None:
     """(start_s, end_s, speaker) of every speaker but `speaker` in a reference that names
     several (RTTM, or CSV start,end,speaker); None when it names at most one."""
-    rows = _reference_rows(path)
-    if len({k for _, _, k in rows if k is not None}) < 2 or any(k is None for _, _, k in rows):
+    rows = read_labels(path)
+    if len({r.label for r in rows if r.label is not None}) < 2 or any(r.label is None for r in rows):
         return None
-    return [(s, e, k) for s, e, k in rows if k != speaker]
+    return [(r.start_s, r.end_s, r.label) for r in rows if r.label != speaker]
 
 
-def _json_rows(path: str | Path, text: str) -> list[tuple[float, float, str | None]]:
-    """(start_s, end_s, label or None) of each segment of a JSON hypothesis."""
+def _json_rows(path: str | Path, text: str) -> list[LabelRow]:
+    """The segments of a JSON hypothesis as label rows (`line`: the segment's index), under
+    the rules of spans.read_labels."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -341,27 +279,17 @@ def _json_rows(path: str | Path, text: str) -> list[tuple[float, float, str | No
             raise ValueError(f"{path}: segment {n}: expected {{\"start\": s, \"end\": s}} or [start, end], "
                              f"got {it!r}") from None
         label = it.get("label") if isinstance(it, dict) else None
-        rows.append((*_span(path, f"segment {n}", start_s, end_s), None if label is None else str(label)))
+        rows.append(label_row(path, n, start_s, end_s, None if label is None else str(label), "segment"))
     return rows
-
-
-def _csv_label(rest: list[str]) -> str | None:
-    """The label of a CSV row start,end[,score][,label] (speakertag's own CSV has a score first)."""
-    text = [f.strip() for f in rest if f.strip() and not _is_float(f)]
-    return text[0] if text else None
 
 
 def read_hypothesis(path: str | Path, voice: str | None = None) -> list[Span]:
     """Detected spans (seconds) from speakertag JSON ({"segments": [...]}), a JSON list of
-    {"start", "end"} objects or [start, end] pairs, a CSV start,end[,score[,label]], or RTTM.
+    {"start", "end"} objects or [start, end] pairs, or a label file (spans.read_labels: CSV
+    start,end[,score[,label]], RTTM, Audacity labels).
 
     `voice` selects the segments with that label; it is required when the file has several
     (speakertag tags several voices in one pass)."""
-    text = _read(path)
-    if text.lstrip().startswith(("[", "{")):
-        rows = _json_rows(path, text)
-    elif _is_rttm(path, text):
-        rows = _rttm_rows(path, text)
-    else:
-        rows = [(s, e, _csv_label(rest)) for s, e, rest in _csv_rows(path, text)]
+    text = read_text(path)
+    rows = _json_rows(path, text) if text.lstrip().startswith(("[", "{")) else parse_labels(text, path)
     return _spans_of(rows, voice, f"hypothesis {path}", "voice", "choose one with --voice")

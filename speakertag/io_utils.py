@@ -55,6 +55,23 @@ def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | o
                                       "be overwritten; write the output to another file")
 
 
+def check_new_files(outputs: Iterable[Path], inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """check_outputs, and the folder each output goes into must exist."""
+    outputs = list(outputs)
+    check_outputs(outputs, inputs)
+    for path in outputs:
+        if not path.parent.exists():
+            raise SpeakertagError(f"output folder does not exist: {path.parent}")
+
+
+def check_parent_folder(path: Path) -> None:
+    """Refuse an output whose folder does not exist or cannot be written to."""
+    if not path.parent.is_dir():
+        raise SpeakertagError(f"output folder does not exist: {path.parent}")
+    if not os.access(path.parent, os.W_OK):
+        raise SpeakertagError(f"cannot write to the output folder (permission denied): {path.parent}")
+
+
 def check_output_folder(folder: str | os.PathLike, inputs: Iterable[str | os.PathLike], marker: str) -> None:
     """Refuse a folder that is replaced whole (a model folder) while it holds one of `inputs`,
     or while it holds anything but is not a folder of this kind (no `marker` file in it)."""
@@ -110,6 +127,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` as UTF-8 (newlines kept as written) with atomic_write_bytes."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_files(files: dict[Path, tuple[str, str | bytes]], written: Callable[[Path, str], None]) -> None:
+    """Write each file of {path: (what, text or bytes)} whole, in order (atomic_write_text or
+    atomic_write_bytes); written(path, what) after each."""
+    for path, (what, data) in files.items():
+        (atomic_write_text if isinstance(data, str) else atomic_write_bytes)(path, data)
+        written(path, what)
 
 
 class GrowingOutput:

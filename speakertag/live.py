@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Sequence
 from .errors import SpeakertagError
 from .params import LiveParams
 from .signals import Interrupted, interrupted, signals_noted
+from .writers import format_timestamp
 
 if TYPE_CHECKING:  # tagging pulls in torch and faiss
     from .segments import Segment
@@ -206,6 +207,22 @@ class LiveRun:
     gaps: tuple[tuple[float, float], ...]  # stretches without audio (tagging.TagResult.gaps)
     interrupted: bool  # Ctrl-C ended the input
     cut_short: str | None  # why a followed file ended before its recorder did (a new recording), if so
+
+    def summary(self, out: Path | None) -> str:
+        """One line: how many segments in how much audio, and where they were written."""
+        return (f"{len(self.segments)} segments in {self.duration_s:.1f} s of {self.source}"
+                + (" (interrupted)" if self.interrupted else "") + (f", written to {out}" if out else ""))
+
+    def cut_short_error(self) -> str:
+        """Why the run stopped early, for a followed file cut short (a new recording in its file)."""
+        return (f"{self.source} {self.cut_short} (a new recording?): stopped at {self.duration_s:.1f} s of audio, "
+                "the segments found before are kept; tag the new recording on its own")
+
+
+def closing_line(segment: Segment, duration_s: float) -> str:
+    """A segment as it closes, duration_s seconds into the input: its times, label and delay."""
+    return (f"{format_timestamp(segment.start_s)} - {format_timestamp(segment.end_s)}  {segment.label}  "
+            f"(closed at {duration_s:.1f} s, {duration_s - segment.end_s:.1f} s after its end)")
 
 
 def tag_live(film: Path | None, voices: Sequence[Voice], fmt: str, out: Path | None, options: TagOptions | None = None,

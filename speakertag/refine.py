@@ -277,23 +277,84 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
     film = Path(film)
     a, o = model.params.audio, options
     guard_s = a.window_s / 2 if o.guard_s is None else o.guard_s
+    spans = _checked(corrected)
+    _check_inside(spans, film, probe(film, o.stream).duration_s)  # before the long work, when the container says
+    # What the model finds now.
+    result = tag(film, Voice(model, memory), TagOptions(stream=o.stream, channels=o.channels))
+    _check_inside(spans, film, result.duration_s)
+    spans = [(s, min(e, result.duration_s)) for s, e in spans if s < result.duration_s]
+    detected = [(seg.start_s, seg.end_s) for seg in result.tracks[0].segments]
+    new, notes = new_material(film, result, spans, o, a, guard_s)
+
+    # The corrections' fine-tuning is kept whole (fine_tuned_share 1): the model it starts from
+    # is already the user's target model, not the generic base.
+    p = replace(model.params, train=replace(model.params.train, max_steps=max(o.steps, 1), seed=o.seed,
+                                            fine_tuned_share=1.0))
+    kept_why = "steps 0: no fine-tuning asked for" if o.steps == 0 else ""
+    if not kept_why:
+        try:
+            sources = _sources(model, memory, p)
+        except _Unavailable as e:
+            kept_why = str(e)
+    if kept_why:
+        done = _keep_encoder(model, memory, new, p, device)
+    else:
+        done = _fine_tune(model, memory, new, sources, spans, guard_s, o.min_span_s, p, impostors, progress, device)
+    # The threshold: the film is the best evidence of how real films score. The new model tags
+    # it with the film's own material left out of the memories (as it would a film it has not
+    # heard), and the threshold is where its segments agree best with the corrections. When
+    # the film cannot tell (no agreement at any threshold), the training's window calibration
+    # stays (the old threshold, when the encoder was kept).
+    film_calib = _film_calibration(film, done, spans, o, p)
+    new_memory = done.memory if film_calib is None else replace(done.memory, threshold=film_calib.threshold)
+    positive_s = sum(e - s for s, e in new.positive_spans)
+    false_alarm_s = sum(e - s for s, e in new.negative_spans)
+    seconds = time.monotonic() - t0
+    new_model = done.model
+    new_model.meta = {**model.meta, "history": [*model.meta.get("history", []), {
+        "action": "refine", "film": new.film, "stream": o.stream, "channels": o.channels,
+        "positive_s": round(positive_s, 3), "false_alarm_s": round(false_alarm_s, 3),
+        "encoder": "kept" if kept_why else "fine-tuned", "steps": done.steps,
+        "threshold_before": memory.threshold, "threshold": new_memory.threshold,
+        "threshold_from": "film" if film_calib else "windows",
+        "film_f1": round(film_calib.f1, 4) if film_calib else None,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 1)}]}
+    calib = done.calibration
+    new_memory = replace(new_memory, info={**memory.info, **({"calibration": calib.__dict__} if calib else {}),
+                                           "film_calibration": ({"film": new.film, **asdict(film_calib)}
+                                                                if film_calib else None),
+                                           "films": done.films})
+    report = RefineReport(str(film), result.duration_s, positive_s, false_alarm_s, len(new.positive_spans),
+                          len(new.negative_spans), tuple(detected), "kept" if kept_why else "fine-tuned", kept_why,
+                          done.steps, memory.threshold, calib, film_calib, seconds, tuple(notes))
+    return new_model, new_memory, report
+
+
+def _checked(corrected: Sequence[Span]) -> list[Span]:
+    """The corrected segments sorted and joined; SpeakertagError for none, or one that is not
+    finite seconds with 0 <= start < end."""
     spans = merge_spans(corrected)
     if not spans:
         raise SpeakertagError("no corrected segments")
     for s, e in spans:
         if not (math.isfinite(s) and math.isfinite(e) and 0 <= s < e):
             raise SpeakertagError(f"bad corrected segment {s} - {e}: times must be seconds with 0 <= start < end")
+    return spans
 
-    def check_inside(duration_s: float | None) -> None:
-        if duration_s is not None and spans[-1][1] > duration_s + END_TOLERANCE_S:
-            raise SpeakertagError(f"corrected segment {spans[-1][0]:.3f} - {spans[-1][1]:.3f} s is outside the film: "
-                                  f"{film} is {duration_s:.1f} s long")
 
-    check_inside(probe(film, o.stream).duration_s)  # before the long work, when the container says
-    # What the model finds now.
-    result = tag(film, Voice(model, memory), TagOptions(stream=o.stream, channels=o.channels))
-    check_inside(result.duration_s)
-    spans = [(s, min(e, result.duration_s)) for s, e in spans if s < result.duration_s]
+def _check_inside(spans: Sequence[Span], film: Path, duration_s: float | None) -> None:
+    """SpeakertagError when the last corrected segment ends past the film (duration_s None: not known)."""
+    if duration_s is not None and spans[-1][1] > duration_s + END_TOLERANCE_S:
+        raise SpeakertagError(f"corrected segment {spans[-1][0]:.3f} - {spans[-1][1]:.3f} s is outside the film: "
+                              f"{film} is {duration_s:.1f} s long")
+
+
+def new_material(film: Path, result: TagResult, spans: Sequence[Span], o: RefineOptions, a: AudioParams,
+                 guard_s: float) -> tuple[FilmMaterial, list[str]]:
+    """What a correction adds, from the film tagged by the current model (result) and its
+    corrected segments (spans, within the film): the corrected segments as positives, the
+    detections more than guard_s away from them as false alarms, each at least
+    o.min_span_s long and at most o.max_new_s in all; and notes on what was left out."""
     track = result.tracks[0]
     detected = [(seg.start_s, seg.end_s) for seg in track.segments]
     notes = [f"corrected segment {s:.3f} - {e:.3f} s: shorter than {o.min_span_s:g} s, not used"
@@ -320,73 +381,65 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
                        tuple((round(s, 3), round(e, 3)) for s, e in positives),  # as recorded: a later cut
                        tuple((round(s, 3), round(e, 3)) for s, e in false_alarms),  # gets the same samples
                        o.channels)
+    return new, notes
 
-    # The corrections' fine-tuning is kept whole (fine_tuned_share 1): the model it starts from
-    # is already the user's target model, not the generic base.
-    p = replace(model.params, train=replace(model.params.train, max_steps=max(o.steps, 1), seed=o.seed,
-                                            fine_tuned_share=1.0))
-    kept_why = "steps 0: no fine-tuning asked for" if o.steps == 0 else ""
-    if not kept_why:
-        try:
-            pos_clips, neg_clips, films = _sources(model, memory, p)
-        except _Unavailable as e:
-            kept_why = str(e)
-    if kept_why:
-        films_info = [*memory.info.get("films", []), new.to_dict()]  # appended: old entries stay
-        new_pos, new_neg = new.clips(a.sample_rate_hz)
-        new_model, new_memory, calib = replace(model), _add_to_memory(model, memory, new_pos, new_neg, p, device), None
-        steps = 0
-        # this film's entries: the ones just added
-        film_pos = np.arange(len(new_memory.embeddings)) >= len(memory.embeddings)
-        film_neg = np.arange(len(new_memory.negatives)) >= len(memory.negatives)
-    else:
-        films = _merge_film(films, new, spans, guard_s, o.min_span_s)
-        # One decoding pass per film; this film's new and earlier material together, last.
-        film_clips = [m.clips(a.sample_rate_hz) for m in films]
-        pos_clips = pos_clips + [c for film_pos_clips, _ in film_clips for c in film_pos_clips]
-        neg_clips = neg_clips + [c for _, film_neg_clips in film_clips for c in film_neg_clips]
-        imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
-        new_model, new_memory, rep = train_on_clips(pos_clips, neg_clips, p, model, memory.name, progress, device,
-                                                    imp_clips, validate=False)
-        films_info = [m.to_dict() for m in films]
-        calib, steps = rep.calibration, rep.steps
-        # this film's entries: those of its clips, the last ones (_merge_film puts it last)
-        this_pos, this_neg = film_clips[-1]
-        film_pos = memory_entry_clips([len(c.samples) for c in pos_clips], p) >= len(pos_clips) - len(this_pos)
-        film_neg = memory_entry_clips([len(c.samples) for c in neg_clips], p) >= len(neg_clips) - len(this_neg)
-    # The threshold: the film is the best evidence of how real films score. The new model tags
-    # it with the film's own material left out of the memories (as it would a film it has not
-    # heard), and the threshold is where its segments agree best with the corrections. When
-    # the film cannot tell (no agreement at any threshold), the training's window calibration
-    # stays (the old threshold, when the encoder was kept).
-    film_calib = None
-    if film_pos.any() and not film_pos.all():
-        held_out = replace(new_memory, embeddings=new_memory.embeddings[~film_pos],
-                           negatives=new_memory.negatives[~film_neg])
-        film_calib = film_threshold(tag(film, Voice(new_model, held_out), TagOptions(stream=o.stream, channels=o.channels)),
-                                     spans, a, p.tag)
-        film_calib = film_calib if film_calib.f1 > 0 else None
-    if film_calib is not None:
-        new_memory = replace(new_memory, threshold=film_calib.threshold)
-    positive_s = sum(e - s for s, e in new.positive_spans)
-    false_alarm_s = sum(e - s for s, e in new.negative_spans)
-    seconds = time.monotonic() - t0
-    new_model.meta = {**model.meta, "history": [*model.meta.get("history", []), {
-        "action": "refine", "film": new.film, "stream": o.stream, "channels": o.channels,
-        "positive_s": round(positive_s, 3), "false_alarm_s": round(false_alarm_s, 3),
-        "encoder": "kept" if kept_why else "fine-tuned", "steps": steps,
-        "threshold_before": memory.threshold, "threshold": new_memory.threshold,
-        "threshold_from": "film" if film_calib else "windows",
-        "film_f1": round(film_calib.f1, 4) if film_calib else None,
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 1)}]}
-    new_memory = replace(new_memory, info={**memory.info, **({"calibration": calib.__dict__} if calib else {}),
-                                           "film_calibration": ({"film": new.film, **asdict(film_calib)}
-                                                                if film_calib else None),
-                                           "films": films_info})
-    report = RefineReport(str(film), result.duration_s, positive_s, false_alarm_s, len(new.positive_spans),
-                          len(new.negative_spans), tuple(detected), "kept" if kept_why else "fine-tuned", kept_why,
-                          steps, memory.threshold, calib, film_calib, seconds, tuple(notes))
-    return new_model, new_memory, report
+
+@dataclass(frozen=True)
+class _Refined:
+    """What either way of refining (encoder kept or fine-tuned) gives."""
+    model: Model
+    memory: Memory  # its threshold the training's (or the old one, encoder kept)
+    calibration: Calibration | None  # the training's window calibration; None: encoder kept
+    steps: int
+    films: list[dict]  # the memory info's "films"
+    film_entries: tuple[np.ndarray, np.ndarray]  # (positive, negative) bool masks: the memory's entries of this film
+
+
+def _keep_encoder(model: Model, memory: Memory, new: FilmMaterial, p: Params, device: str | None) -> _Refined:
+    """The encoder kept: the new material's windows embedded by it and added to the memories."""
+    films = [*memory.info.get("films", []), new.to_dict()]  # appended: old entries stay
+    new_pos, new_neg = new.clips(p.audio.sample_rate_hz)
+    new_memory = _add_to_memory(model, memory, new_pos, new_neg, p, device)
+    # this film's entries: the ones just added
+    return _Refined(replace(model), new_memory, None, 0, films,
+                    (np.arange(len(new_memory.embeddings)) >= len(memory.embeddings),
+                     np.arange(len(new_memory.negatives)) >= len(memory.negatives)))
+
+
+def _fine_tune(model: Model, memory: Memory, new: FilmMaterial,
+               sources: tuple[list[Clip], list[Clip], list[FilmMaterial]], spans: Sequence[Span], guard_s: float,
+               min_span_s: float, p: Params, impostors: list[str | Path] | None,
+               progress: Callable[[StepInfo], None] | None, device: str | None) -> _Refined:
+    """The encoder fine-tuned on the memory's sources (_sources) and every corrected film's
+    material, this film's merged with its earlier corrections (_merge_film); memories rebuilt."""
+    pos_clips, neg_clips, films = sources
+    films = _merge_film(films, new, spans, guard_s, min_span_s)
+    # One decoding pass per film; this film's new and earlier material together, last.
+    film_clips = [m.clips(p.audio.sample_rate_hz) for m in films]
+    pos_clips = pos_clips + [c for film_pos_clips, _ in film_clips for c in film_pos_clips]
+    neg_clips = neg_clips + [c for _, film_neg_clips in film_clips for c in film_neg_clips]
+    imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
+    new_model, new_memory, rep = train_on_clips(pos_clips, neg_clips, p, model, memory.name, progress, device,
+                                                imp_clips, validate=False)
+    # this film's entries: those of its clips, the last ones (_merge_film puts it last)
+    this_pos, this_neg = film_clips[-1]
+    return _Refined(new_model, new_memory, rep.calibration, rep.steps, [m.to_dict() for m in films],
+                    (memory_entry_clips([len(c.samples) for c in pos_clips], p) >= len(pos_clips) - len(this_pos),
+                     memory_entry_clips([len(c.samples) for c in neg_clips], p) >= len(neg_clips) - len(this_neg)))
+
+
+def _film_calibration(film: Path, done: _Refined, spans: Sequence[Span], o: RefineOptions, p: Params
+                      ) -> FilmCalibration | None:
+    """film_threshold of the film tagged by the refined model with the film's own entries
+    left out of its memories; None when that leaves no entry or agrees nowhere (F1 0)."""
+    film_pos, film_neg = done.film_entries
+    if not film_pos.any() or film_pos.all():
+        return None
+    held_out = replace(done.memory, embeddings=done.memory.embeddings[~film_pos],
+                       negatives=done.memory.negatives[~film_neg])
+    calib = film_threshold(tag(film, Voice(done.model, held_out), TagOptions(stream=o.stream, channels=o.channels)),
+                           spans, p.audio, p.tag)
+    return calib if calib.f1 > 0 else None
 
 
 def film_threshold(result: TagResult, corrected: Sequence[Span], a: AudioParams, tp: TagParams,

@@ -3,8 +3,8 @@
 
 A positive source is a file or folder of clips, or spans of one recording:
 `film.mkv@190-205,1022.5-1040` (seconds, or clock times `[hh:]mm:ss[.f]`:
-`film.mkv@00:03:10-00:03:25`), or `film.mkv@spans.txt` (a label file as `refine` reads it:
-Audacity labels or CSV start,end[,label]). A path that exists as written is always a file or
+`film.mkv@00:03:10-00:03:25`), or `film.mkv@spans.txt` (a label file, `read_labels`: Audacity
+labels, CSV start,end[,label] or RTTM). A path that exists as written is always a file or
 folder, never a film with spans: the text after the last `@` is spans only when the whole
 does not exist.
 """
@@ -24,7 +24,12 @@ Span = tuple[float, float]  # (start_s, end_s)
 END_TOLERANCE_S = 0.5  # a span may end this far past the decoded audio (container durations differ)
 
 
-# ---- label files: Audacity labels and CSV start,end[,label] ----
+# ---- label files: Audacity labels, CSV start,end[,label], RTTM ----
+
+class LabelFileError(SpeakertagError, ValueError):
+    """A label file that cannot be read, in one line naming the file (and the line). A
+    ValueError too, as evaluate's readers raise for every bad input."""
+
 
 @dataclass(frozen=True)
 class LabelRow:
@@ -34,25 +39,49 @@ class LabelRow:
     line: int
 
 
-def _number(text: str) -> float | None:
+def _float(text: str) -> float | None:
+    """float(text), nan and inf included; None when it is no number."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         return None
-    return value if math.isfinite(value) else None
 
 
-def read_labels(path: str | Path) -> list[LabelRow]:
-    """Rows of an Audacity label file (start<TAB>end<TAB>label; Audacity's "\\" frequency lines
-    are skipped) or a CSV file start,end[,label] (speakertag's own start,end,score[,label]
-    too; a first row that is not numbers is a header, and names the label column)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpeakertagError(f"no such labels file: {path}")
+def read_text(path: str | Path) -> str:
+    """A label (or hypothesis) file's text, UTF-8 with or without a byte-order mark."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise SpeakertagError(f"labels file {path} is not UTF-8 text") from None
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LabelFileError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+
+
+def label_row(path: str | Path, n: int, start_s: float, end_s: float, label: str | None,
+              unit: str = "line") -> LabelRow:
+    """The LabelRow of line n; LabelFileError naming path and line (or another `unit`: a
+    JSON "segment") unless the times are finite seconds with 0 <= start < end."""
+    if not (math.isfinite(start_s) and math.isfinite(end_s) and 0 <= start_s < end_s):
+        raise LabelFileError(f"{path}: {unit} {n}: bad segment {start_s:g} - {end_s:g}: "
+                             "times must be seconds with 0 <= start < end")
+    return LabelRow(start_s, end_s, label, n)
+
+
+def _rttm_rows(path: str | Path, text: str) -> list[LabelRow]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        f = line.split()
+        if not f or f[0] != "SPEAKER":
+            continue
+        start, duration = (_float(f[3]), _float(f[4])) if len(f) >= 8 else (None, None)
+        if start is None or duration is None:
+            raise LabelFileError(f"{path}: line {n}: expected 'SPEAKER <file> <chan> <start> <dur> <NA> <NA> <name>'")
+        rows.append(label_row(path, n, start, start + duration, f[7]))
+    return rows
+
+
+def parse_labels(text: str, path: str | Path = "labels") -> list[LabelRow]:
+    """The rows of a label file's text (see read_labels); `path` names it in errors."""
+    if text.split(None, 1)[:1] == ["SPEAKER"] or Path(path).suffix.lower() == ".rttm":
+        return _rttm_rows(path, text)
     tabbed = any("\t" in line for line in text.splitlines())
     lines = [line.split("\t") for line in text.splitlines()] if tabbed else list(csv.reader(text.splitlines()))
     rows, label_col, header_seen = [], None, False
@@ -60,31 +89,50 @@ def read_labels(path: str | Path) -> list[LabelRow]:
         rec = [c.strip() for c in rec]
         if not any(rec) or rec[0].startswith(("#", "\\")):
             continue
-        start, end = (_number(rec[0]), _number(rec[1])) if len(rec) > 1 else (None, None)
+        start, end = (_float(rec[0]), _float(rec[1])) if len(rec) > 1 else (None, None)
         if start is None or end is None:
             if rows or header_seen:
-                raise SpeakertagError(f"{path}: line {n}: expected start and end times in seconds, got {','.join(rec)!r}")
+                raise LabelFileError(f"{path}: line {n}: expected start and end times in seconds, got {','.join(rec)!r}")
             header_seen = True  # a header: its label column, if it names one
             names = [c.lower() for c in rec]
             label_col = next((names.index(k) for k in ("label", "speaker", "name") if k in names), None)
             continue
-        if start < 0 or end <= start:
-            raise SpeakertagError(f"{path}: line {n}: bad segment {rec[0]} - {rec[1]}: "
-                                  "times must be seconds with 0 <= start < end")
-        if tabbed or label_col is None:  # Audacity's third field; a CSV's third unless it is a number (a score)
-            extra = [c for c in rec[2:] if c and (tabbed or _number(c) is None)]
-            label = extra[0] if extra else None
+        if tabbed or label_col is None:  # Audacity's third field; a CSV's first text after the times
+            label = next((c for c in rec[2:] if c and (tabbed or _float(c) is None)), None)
         else:
             label = rec[label_col] if label_col < len(rec) and rec[label_col] else None
-        rows.append(LabelRow(start, end, label, n))
-    if not rows:
-        raise SpeakertagError(f"labels file {path} holds no segments")
+        rows.append(label_row(path, n, start, end, label))
     return rows
 
 
+def read_labels(path: str | Path) -> list[LabelRow]:
+    """The rows of a label file: the one reader of refine's corrections, train's spans files
+    and evaluate's references and hypotheses (but JSON), with one set of rules:
+
+    - UTF-8 text, with or without a byte-order mark;
+    - RTTM when its first word is SPEAKER or its name ends in .rttm: the SPEAKER lines
+      (start, duration, name), other line types skipped;
+    - else Audacity labels (start<TAB>end<TAB>label) when a line holds a tab, else CSV
+      start,end[,...]: blank lines, lines starting with '#' and Audacity's '\\' frequency
+      lines skipped; a first row that is not two numbers is a header, and a column of it
+      named label, speaker or name holds the labels; every other row starts with two numbers;
+    - a row's label: RTTM's name, Audacity's third field, the CSV header's label column, else
+      the CSV's first field after the times that is neither empty nor a number (speakertag's
+      CSV is start,end,score[,label]); None when there is none;
+    - every row's times are finite seconds with 0 <= start < end.
+
+    Raises LabelFileError for a missing or bad file. A file without rows gives []."""
+    if not Path(path).is_file():
+        raise LabelFileError(f"no such labels file: {path}")
+    return parse_labels(read_text(path), path)
+
+
 def voice_rows(rows: Sequence[LabelRow], voice: str, path: str | Path = "labels") -> list[LabelRow]:
-    """The rows of `voice` among label rows: the rows labelled `voice` when any is; every row
-    when the file has one label or none (a file for this voice alone)."""
+    """The rows of `voice` among a label file's rows, for refine and train: the rows labelled
+    `voice` when any is; every row when the file has one label or none (a file for this voice
+    alone). SpeakertagError for no rows at all, or none of `voice` among several labels."""
+    if not rows:
+        raise SpeakertagError(f"labels file {path} holds no segments")
     labels = sorted({r.label for r in rows if r.label is not None})
     if voice in labels:
         return [r for r in rows if r.label == voice]

@@ -25,9 +25,11 @@ from .audio import find_media_files, load_audio, load_span, probe, without_gaps
 from .augment import change_speed, film_like, generated_backgrounds, rms
 from .errors import SpeakertagError
 from .features import log_mel, tile_to
+from .io_utils import write_model_folder
 from .losses import mine_hard_negatives, triplet_loss
-from .memory import Memory
-from .model import Model, embed, impostors_of, load_model, negatives_of, new_model, resolve_device, shipped_base_dir
+from .memory import Memory, save_memory
+from .model import (Model, embed, impostors_of, load_model, negatives_of, new_model, resolve_device, save_model,
+                    shipped_base_dir)
 from .params import AudioParams, Params, speakertag_version
 from .scoring import Calibration, Scorer, calibrate_threshold, calibration_problem, nearest_groups, top_k_mean_excluding
 from .spans import END_TOLERANCE_S, FilmSpans, format_span, split_sources
@@ -62,6 +64,32 @@ class TrainReport:
     n_positive_spans: int = 0  # moments of recordings among the positives (n_positive_clips: the files)
     positive_films: tuple[str, ...] = ()  # the recordings they come from
     shipped_negatives: bool = False  # the negatives are the bank shipped with the base encoder
+
+    def positives(self) -> str:
+        """What the target was learned from, in words: '2 spans of film.mkv', '6 positive clips', or both."""
+        films = self.positive_films
+        spans = (f"{self.n_positive_spans} span{'s' if self.n_positive_spans != 1 else ''} of "
+                 f"{Path(films[0]).name if len(films) == 1 else f'{len(films)} recordings'}") if films else ""
+        clips = f"{self.n_positive_clips} positive clip{'s' if self.n_positive_clips != 1 else ''}"
+        return f"{spans} and {clips}" if spans and self.n_positive_clips else spans or clips
+
+    def negatives(self) -> str:
+        if self.shipped_negatives:
+            return f"{self.n_negative_clips} clips of other voices, music and noise shipped with speakertag"
+        return f"{self.n_negative_clips} negative clips"
+
+    def summary(self, base_dir: Path | None) -> str:
+        """What train learned from and the threshold it chose, in two lines for people; base_dir:
+        the folder of the model fine-tuned (None: trained from scratch)."""
+        c = self.calibration
+        return (f"trained on {self.positives()} ({self.positive_s:.0f} s) and "
+                f"{self.negatives()} ({self.negative_s:.0f} s) in {self.seconds:.1f} s "
+                f"({self.steps} steps, validation best at step {self.best_step}; "
+                f"{f'fine-tuned from {base_dir}' if base_dir else 'from scratch'})\n"
+                f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} target + {c.n_negative} other film-like "
+                f"windows, leave-one-clip-out, the target speaking {c.target_share:.0%} of the time): "
+                f"precision {c.precision:.2f}, recall {c.recall:.2f} on those windows "
+                f"(real films, with unseen voices and louder backgrounds, score lower)")
 
 
 SHIPPED = "shipped"  # train(base=SHIPPED): the base encoder shipped with speakertag
@@ -287,6 +315,50 @@ def average_weights(state_dicts: list[dict[str, torch.Tensor]], weights: list[fl
             for k, v in first.items()}
 
 
+def base_folder(base: str | Path | None) -> Path | None:
+    """The folder of the model that `train --base` names: `base`, or the shipped base encoder's
+    when None; "none" (any case) is None: train from scratch. SpeakertagError when the shipped
+    base encoder is missing from this installation."""
+    if base is not None and str(base).lower() == "none":
+        return None
+    folder = base or shipped_base_dir()
+    if folder is None:
+        raise SpeakertagError("the shipped base encoder is missing from this installation (speakertag/base_model): "
+                              "reinstall speakertag, or give --base DIR, or --base none to train from scratch")
+    return Path(folder)
+
+
+def train_params(seed: int = 0, steps: int | None = None, target_precision: float | None = None,
+                 target_share: float | None = None) -> Params:
+    """Params() with the training options of `speakertag train` (None or 0: the default)."""
+    changes: dict = {"seed": seed}
+    if steps is not None:
+        changes["max_steps"] = steps
+    if target_precision:
+        changes.update(threshold_rule="precision", target_precision=target_precision)
+    if target_share:
+        changes["target_share"] = target_share
+    p = Params()
+    return replace(p, train=replace(p.train, **changes))
+
+
+def train_from(base_dir: Path | None, positive: list[str | Path], negative: list[str | Path] | None,
+               params: Params, name: str = "target", progress: Callable[[StepInfo], None] | None = None,
+               device: str | None = None) -> tuple[Model, Memory, TrainReport]:
+    """`train` as `speakertag train` runs it: fine-tuning the model in base_dir (None: from
+    scratch), calibrated against base_dir's impostors, else the shipped base encoder's (also
+    from scratch); negatives None: the bank shipped with the base encoder."""
+    base = load_model(base_dir) if base_dir else None
+    return train(positive, negative, params, base, name, progress, device,
+                 impostors_of(base_dir) or impostors_of(shipped_base_dir()))
+
+
+def save_voice(out_dir: Path, model: Model, memory: Memory, source: Path | None = None) -> None:
+    """Write model.pt and memory.npz as the model folder out_dir, whole or not at all
+    (io_utils.write_model_folder), starting from a copy of the folder `source` (None: empty)."""
+    write_model_folder(out_dir, lambda folder: (save_model(model, folder), save_memory(memory, folder)), source)
+
+
 def train(positive: list[str | Path], negative: list[str | Path] | None = None, params: Params | None = None,
           base: Model | str | Path | None = SHIPPED, name: str = "target",
           progress: Callable[[StepInfo], None] | None = None, device: str | None = None,
@@ -420,6 +492,40 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     return model, memory, report
 
 
+@dataclass(frozen=True)
+class TrainedPart:
+    """The part of the encoder that fine_tune trains, and how its steps see the windows."""
+    parameters: list[torch.nn.Parameter]
+    inputs: Callable[[torch.Tensor], torch.Tensor]  # (n, n_mels, window_frames) log-mel -> what the steps feed
+    forward: Callable[[torch.Tensor], torch.Tensor]  # train-mode embeddings of inputs, with gradients
+    embed: Callable[[torch.Tensor], np.ndarray]  # eval-mode embeddings of inputs, (n, dim) float32
+
+
+def whole_encoder(model: Model) -> TrainedPart:
+    """Every layer trained, on log-mel windows."""
+    return TrainedPart(list(model.encoder.parameters()), lambda feats: feats, model.encoder,
+                       lambda feats: embed_features(model, feats))
+
+
+def head_only(model: Model) -> TrainedPart:
+    """The head alone trained (its pooling norm and projection), on each window's pooled
+    statistics, computed once per pool instead of at every step."""
+    enc = model.encoder
+
+    @torch.no_grad()
+    def stats(feats: torch.Tensor) -> torch.Tensor:
+        enc.eval()
+        out = [enc.stats(feats[i:i + 64]) for i in range(0, len(feats), 64)]
+        return torch.cat(out) if out else feats.new_zeros(0, enc.head.in_features)
+
+    @torch.no_grad()
+    def embed_stats(x: torch.Tensor) -> np.ndarray:
+        enc.eval()
+        return enc.embed_stats(x).float().cpu().numpy()
+
+    return TrainedPart([*enc.pool_norm.parameters(), *enc.head.parameters()], stats, enc.embed_stats, embed_stats)
+
+
 def fine_tune(model: Model, base: Model | None, pos_train: list[Clip], neg_train: list[Clip],
               held_back: tuple[list[Clip], list[Clip]] | None, bg: Backgrounds, all_bg: Backgrounds, p: Params,
               rng: np.random.Generator, dev: torch.device, progress: Callable[[StepInfo], None] | None = None
@@ -435,51 +541,10 @@ def fine_tune(model: Model, base: Model | None, pos_train: list[Clip], neg_train
     gen = torch.Generator().manual_seed(tp.seed)
     enc = model.encoder
     # Fine-tuning a base trains its head only: the frame layers and the attention keep what
-    # pretraining on hundreds of voices taught them, and every window's pooled statistics are
-    # computed once per pool instead of at every step.
-    head_only = base is not None and tp.fine_tune_layers == "head"
-
-    @torch.no_grad()
-    def inputs(feats: torch.Tensor) -> torch.Tensor:
-        """What the training steps feed the encoder: log-mel windows, or their pooled statistics."""
-        if not head_only:
-            return feats
-        enc.eval()
-        out = [enc.stats(feats[i:i + 64]) for i in range(0, len(feats), 64)]
-        return torch.cat(out) if out else feats.new_zeros(0, enc.head.in_features)
-
-    forward = enc.embed_stats if head_only else enc
-
-    @torch.no_grad()
-    def embed_inputs(x: torch.Tensor) -> np.ndarray:
-        """Eval-mode embeddings of what `inputs` returns, (n, dim) float32."""
-        if not head_only:
-            return embed_features(model, x)
-        enc.eval()
-        return enc.embed_stats(x).float().cpu().numpy()
-
-    # Validation looks like film audio: every positive window degraded, held-back noise too.
-    # Its features are computed once; each evaluation only runs the encoder.
-    if held_back is not None:
-        pos_val, neg_val = held_back
-        cap, copies = tp.pool_windows, 1 + tp.augmented_memory_copies
-        val_pos = inputs(chunk_features(degraded_chunks(Windows.of(pos_val, a).subset(cap // 2, rng), 2, all_bg, p,
-                                                        rng, 1.0), a, dev))
-        val_neg = inputs(chunk_features(degraded_chunks(Windows.of(neg_val, a).subset(cap, rng), 1, all_bg,
-                                                        p, rng, tp.negative_augment_probability), a, dev))
-        val_memory_pos = inputs(chunk_features(memory_chunks(Windows.of(pos_train, a).subset(cap // copies, rng), bg,
-                                                             p, rng), a, dev))
-        use_negatives = p.tag.negative_weight > 0
-        val_memory_neg = inputs(chunk_features(memory_chunks(Windows.of(neg_train if use_negatives else [], a)
-                                                             .subset(cap // copies, rng), bg, p, rng), a, dev))
-
-    def validation_f1() -> float:
-        scorer = Scorer(embed_inputs(val_memory_pos), embed_inputs(val_memory_neg), p.tag.top_k, p.tag.negative_weight)
-        return calibrate_threshold(scorer(embed_inputs(val_pos)), scorer(embed_inputs(val_neg)),
-                                   target_share=tp.target_share).f1
-
-    trained = [*enc.pool_norm.parameters(), *enc.head.parameters()] if head_only else list(enc.parameters())
-    opt = torch.optim.AdamW(trained, lr=tp.learning_rate, weight_decay=tp.weight_decay)
+    # pretraining on hundreds of voices taught them.
+    part = head_only(model) if base is not None and tp.fine_tune_layers == "head" else whole_encoder(model)
+    validation_f1 = _validation(part, held_back, pos_train, neg_train, bg, all_bg, p, rng, dev)
+    opt = torch.optim.AdamW(part.parameters, lr=tp.learning_rate, weight_decay=tp.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, tp.max_steps))
     pos_train_windows, neg_train_windows = Windows.of(pos_train, a), Windows.of(neg_train, a)
     best_f1, best_step, evals_without_gain, steps_run, val_f1 = -1.0, 0, 0, 0, None
@@ -490,12 +555,12 @@ def fine_tune(model: Model, base: Model | None, pos_train: list[Clip], neg_train
             # Refresh the pools: fresh degradations of every window, embedded by the current
             # model, so that mining sees which negatives still violate the margin now.
             # Beyond tp.pool_windows windows, each refresh draws another random subset.
-            pos_pool = inputs(chunk_features(degraded_chunks(pos_train_windows.subset(tp.pool_windows, rng), 1, bg, p,
-                                                             rng), a, dev))
-            neg_pool = inputs(chunk_features(degraded_chunks(neg_train_windows.subset(tp.pool_windows, rng), 1, bg, p,
-                                                             rng), a, dev))
-            pos_emb = torch.from_numpy(embed_inputs(pos_pool))
-            neg_emb = torch.from_numpy(embed_inputs(neg_pool))
+            pos_pool = part.inputs(chunk_features(degraded_chunks(pos_train_windows.subset(tp.pool_windows, rng), 1,
+                                                                  bg, p, rng), a, dev))
+            neg_pool = part.inputs(chunk_features(degraded_chunks(neg_train_windows.subset(tp.pool_windows, rng), 1,
+                                                                  bg, p, rng), a, dev))
+            pos_emb = torch.from_numpy(part.embed(pos_pool))
+            neg_emb = torch.from_numpy(part.embed(neg_pool))
             centroid = torch.nn.functional.normalize(pos_emb.mean(0, keepdim=True), dim=-1)
         ai = rng.integers(len(pos_pool), size=b)
         pi = (ai + rng.integers(1, max(2, len(pos_pool)), size=b)) % len(pos_pool)  # another window
@@ -504,7 +569,7 @@ def fine_tune(model: Model, base: Model | None, pos_train: list[Clip], neg_train
         hard = mine_hard_negatives(pos_emb[ai], ap_sim, neg_emb, tp.margin, 16, gen).numpy()
         ri = rng.integers(len(neg_pool), size=b)
         enc.train()
-        emb = forward(torch.cat([pos_pool[ai], pos_pool[pi], neg_pool[hard], neg_pool[ri]]))
+        emb = part.forward(torch.cat([pos_pool[ai], pos_pool[pi], neg_pool[hard], neg_pool[ri]]))
         e_a, e_p, e_hard, e_rand = emb.split(b)
         loss = triplet_loss(e_a, e_p, e_hard, tp.margin) + triplet_loss(e_a, e_p, e_rand, tp.margin)
         opt.zero_grad()
@@ -512,7 +577,7 @@ def fine_tune(model: Model, base: Model | None, pos_train: list[Clip], neg_train
         opt.step()
         sched.step()
         steps_run = step
-        if held_back is not None and (step % tp.eval_every_steps == 0 or step == tp.max_steps):
+        if validation_f1 is not None and (step % tp.eval_every_steps == 0 or step == tp.max_steps):
             val_f1 = validation_f1()
             checkpoints.append(copy.deepcopy(enc.state_dict()))
             if val_f1 > best_f1 + 1e-4:
@@ -536,6 +601,36 @@ def fine_tune(model: Model, base: Model | None, pos_train: list[Clip], neg_train
         share = tp.fine_tuned_share
         enc.load_state_dict(average_weights([enc.state_dict(), base.encoder.state_dict()], [share, 1.0 - share]))
     return steps_run, best_step
+
+
+def _validation(part: TrainedPart, held_back: tuple[list[Clip], list[Clip]] | None, pos_train: list[Clip],
+                neg_train: list[Clip], bg: Backgrounds, all_bg: Backgrounds, p: Params, rng: np.random.Generator,
+                dev: torch.device) -> Callable[[], float] | None:
+    """validation_f1() of fine_tune: the best-threshold F1 of the encoder as it is now, on
+    film-like windows of the held-back clips against memories of the training clips (None:
+    nothing held back). Every positive window is degraded, held-back noise too; the windows'
+    features are computed here, once: each evaluation only runs the encoder."""
+    if held_back is None:
+        return None
+    tp, a = p.train, p.audio
+    pos_val, neg_val = held_back
+    cap, copies = tp.pool_windows, 1 + tp.augmented_memory_copies
+    val_pos = part.inputs(chunk_features(degraded_chunks(Windows.of(pos_val, a).subset(cap // 2, rng), 2, all_bg, p,
+                                                         rng, 1.0), a, dev))
+    val_neg = part.inputs(chunk_features(degraded_chunks(Windows.of(neg_val, a).subset(cap, rng), 1, all_bg,
+                                                         p, rng, tp.negative_augment_probability), a, dev))
+    val_memory_pos = part.inputs(chunk_features(memory_chunks(Windows.of(pos_train, a).subset(cap // copies, rng), bg,
+                                                              p, rng), a, dev))
+    use_negatives = p.tag.negative_weight > 0
+    val_memory_neg = part.inputs(chunk_features(memory_chunks(Windows.of(neg_train if use_negatives else [], a)
+                                                              .subset(cap // copies, rng), bg, p, rng), a, dev))
+
+    def validation_f1() -> float:
+        scorer = Scorer(part.embed(val_memory_pos), part.embed(val_memory_neg), p.tag.top_k, p.tag.negative_weight)
+        return calibrate_threshold(scorer(part.embed(val_pos)), scorer(part.embed(val_neg)),
+                                   target_share=tp.target_share).f1
+
+    return validation_f1
 
 
 def build_memory(model: Model, pos_clips: list[Clip], neg_clips: list[Clip], imp_clips: list[Clip],

@@ -5,6 +5,7 @@ once per session on a few example clips in a few seconds: good enough to exercis
 stage and file format, not to recognise anyone.
 """
 
+import contextlib
 import shutil
 import struct
 from dataclasses import replace
@@ -87,6 +88,21 @@ def write_wav(tmp_path):
     return write
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """Torch on one thread meanwhile: a tiny model's batches are too small to share out, and
+    on a busy machine a second thread mostly waits for the first; the same bits on every
+    machine, too."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_tiny(out_dir: Path, clip_dir: Path, seed: int = 0, name: str = "tiny", base=None) -> Path:
     """Train a real model for 4 steps on a subset of the example clips (from scratch, or
     fine-tuning the Model `base`); writes out_dir/model.pt and out_dir/memory.npz and returns out_dir."""
@@ -103,7 +119,8 @@ def train_tiny(out_dir: Path, clip_dir: Path, seed: int = 0, name: str = "tiny",
     # 4 steps from scratch may give a threshold that most negatives exceed: allowed here (max share 1)
     p = replace(p, train=replace(p.train, max_steps=4, eval_every_steps=2, batch_size=16, seed=seed,
                                  max_negative_share=1.0))
-    model, memory, _ = train([clip_dir / "pos"], [clip_dir / "neg"], p, base=base, name=name)
+    with one_torch_thread():
+        model, memory, _ = train([clip_dir / "pos"], [clip_dir / "neg"], p, base=base, name=name)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_model(model, out_dir)
     save_memory(memory, out_dir)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from speakertag.batch import output_paths
+from speakertag.batch import Outcome, Tally, output_paths
 from speakertag.tagging import TagOptions, VoiceSpec
 
 
@@ -113,3 +113,26 @@ def test_jobs_are_capped_by_cores_and_memory():
     assert n == 3 and note.startswith("--jobs 12 lowered to 3: 2.5 GB of memory available, a worker needs about 0.8 GB")
     assert usable_jobs(4, n_cores=1, memory_bytes=0)[0] == 1  # never below one
     assert usable_jobs(1)[0] == 1
+
+
+def test_tally_and_the_line_for_each_outcome(tmp_path):
+    import numpy as np
+
+    from speakertag.tagging import TagResult
+
+    done = TagResult("a.mkv", 1.0, 2.0, 0.5, np.zeros(0), [], {}, note="a note")
+    outcomes = [Outcome(tmp_path / "a.mkv", tmp_path / "a.srt", result=done),
+                Outcome(tmp_path / "b.mkv", tmp_path / "b.srt", skipped=True),
+                Outcome(tmp_path / "c.mkv", tmp_path / "c.srt", error=ValueError("bad")),
+                Outcome(tmp_path / "d", None, error=PermissionError(13, "Permission denied", str(tmp_path / "d")))]
+    tally = Tally()
+    for o in outcomes:
+        tally.add(o)
+    assert tally.failed and tally.summary() == (f"tagged 1 of 3 files (1 up to date, 1 failed, 1 folder could not be "
+                                                f"read: {tmp_path / 'd'})")
+    assert [o.lines(quiet=True) for o in outcomes] == [
+        ["a note"], [], [f"speakertag: error: {tmp_path / 'c.mkv'}: internal error: ValueError: bad"],
+        [f"speakertag: error: {tmp_path / 'd'}: cannot read folder (Permission denied)"]]
+    assert outcomes[0].lines() == ["a note", f"{tmp_path / 'a.mkv'}: 0 segments written to {tmp_path / 'a.srt'}"]
+    assert outcomes[1].lines() == [f"{tmp_path / 'b.mkv'}: skipped, {tmp_path / 'b.srt'} is up to date"]
+    assert not Tally().failed and Tally().summary() == "tagged 0 of 0 files"

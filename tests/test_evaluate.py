@@ -220,7 +220,7 @@ def test_reads_other_hypothesis_forms(tmp_path, text):
     ("h.json", '{"segments": [{"start": 1}]}', r"segment 0: expected"),
     ("h.json", '{"segments": [1, 2', r"invalid JSON"),
     ("h.json", '{"ranges": []}', r'"segments" list'),
-    ("h.csv", "start,end\n1,2\noops,3\n", r"line 3: expected start,end numbers"),
+    ("h.csv", "start,end\n1,2\noops,3\n", r"line 3: expected start and end times"),
     ("h.csv", "1,2\n3,2\n", r"line 2: bad segment"),
     ("h.csv", "1,nan\n", r"line 1: bad segment"),
     ("h.rttm", "SPEAKER f 1 1.0\n", r"line 1: expected 'SPEAKER"),

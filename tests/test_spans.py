@@ -100,3 +100,35 @@ def test_bad_sources(here, item, phrase):
 def test_overlaps_across_arguments(here):
     with pytest.raises(SpeakertagError, match="overlap"):
         split_sources(["film.mkv@10-20", "./film.mkv@19-25"], "alice")
+
+
+# --- label files: one reader (read_labels) for refine, train and evaluate ------------------------
+
+def test_one_reader_for_rttm_audacity_and_csv(tmp_path):
+    from speakertag.spans import read_labels
+
+    files = {"a.rttm": "SPEAKER f 1 1.0 1.5 <NA> <NA> alice <NA> <NA>\nLEXEME f 1 0 1 x\n",
+             "a.labels.txt": "1.0\t2.5\talice\n\\\t100\t2000\n",
+             "a.csv": "\ufeffstart,end,score,label\n1.0,2.5,0.9,alice\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        assert [(r.start_s, r.end_s, r.label) for r in read_labels(tmp_path / name)] == [(1.0, 2.5, "alice")], name
+    (tmp_path / "bare.csv").write_text("# a comment\n\n1,2\n3,4,0.7\n")
+    assert [r.label for r in read_labels(tmp_path / "bare.csv")] == [None, None]
+    (tmp_path / "empty.csv").write_text("start,end\n")
+    assert read_labels(tmp_path / "empty.csv") == []  # evaluate: nothing detected; refine and train refuse it
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ("1,1\n", "line 1: bad segment"), ("2,1\n", "line 1: bad segment"), ("-1,2\n", "line 1: bad segment"),
+    ("1,nan\n", "line 1: bad segment"), ("1,2\nx,y\n", "line 2: expected start and end"),
+])
+def test_label_file_errors_are_one_line_and_both_kinds(tmp_path, text, phrase):
+    from speakertag.spans import read_labels
+
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    for kind in (SpeakertagError, ValueError):  # refine and train catch the one, evaluate the other
+        with pytest.raises(kind, match=phrase) as e:
+            read_labels(path)
+        assert "\n" not in str(e.value) and str(path) in str(e.value)

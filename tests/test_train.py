@@ -16,7 +16,7 @@ from speakertag.params import Params
 from speakertag.audio import load_audio
 from speakertag.train import (Backgrounds, Clip, Windows, average_weights, load_clips, memory_chunks,
                               memory_entry_clips, split_clips, train)
-from conftest import TINY_NEGATIVE, TINY_POSITIVE, speech_like, train_tiny
+from conftest import TINY_NEGATIVE, TINY_POSITIVE, one_torch_thread, speech_like, train_tiny
 
 
 def test_tiny_model_is_consistent(tiny_model_dir):
@@ -163,7 +163,7 @@ def spans_voice(tiny_model_dir, example, tmp_path_factory):
     base = load_model(tiny_model_dir)
     p = replace(base.params, train=replace(base.params.train, max_steps=2, eval_every_steps=2, batch_size=8,
                                            max_negative_share=1.0))
-    with pytest.MonkeyPatch.context() as m:
+    with pytest.MonkeyPatch.context() as m, one_torch_thread():
         m.setattr(importlib.import_module("speakertag.train"), "shipped_base_dir", lambda: fake_base)
         return (*train([example / "positive" / TINY_POSITIVE[0], f"{example / 'movie01.mp4'}@{SPANS}"], None, p,
                        base=base, impostors=[]), fake_base / NEGATIVES_DIR)
@@ -237,3 +237,34 @@ def test_a_film_without_audio_is_refused(tmp_path):
     film = write_container(tmp_path / "video.mp4", [], video=True)
     with pytest.raises(SpeakertagError, match="no audio stream in"):
         train([f"{film}@1-20"], base=None)
+
+
+# --- what `speakertag train` asks of the library ------------------------------------------------
+
+def test_base_folder_and_train_params(tmp_path):
+    from speakertag.model import shipped_base_dir
+    from speakertag.train import base_folder, train_params
+
+    assert base_folder(None) == shipped_base_dir() and base_folder(tmp_path) == tmp_path
+    assert base_folder("none") is None and base_folder(Path("NONE")) is None
+    p = train_params(seed=3, steps=0, target_precision=0.9, target_share=0.5)
+    assert (p.train.seed, p.train.max_steps, p.train.threshold_rule, p.train.target_precision,
+            p.train.target_share) == (3, 0, "precision", 0.9, 0.5)
+    assert replace(train_params(seed=3).train, seed=0) == Params().train
+
+
+def test_train_report_summary():
+    from speakertag.scoring import Calibration
+    from speakertag.train import TrainReport
+
+    calib = Calibration(0.4, "best F1", 0.9, 0.8, 0.85, 100, 400, 0.5, 0.2)
+    report = TrainReport(1, 45, 44.0, 368.0, 120, 100, 60.0, calib, (), n_positive_spans=2,
+                         positive_films=("a/film.mkv",), shipped_negatives=True)
+    trained, threshold = report.summary(Path("models/base")).splitlines()
+    assert trained == ("trained on 2 spans of film.mkv and 1 positive clip (44 s) and 45 clips of other voices, music "
+                       "and noise shipped with speakertag (368 s) in 60.0 s (120 steps, validation best at step 100; "
+                       "fine-tuned from models/base)")
+    assert threshold.startswith("threshold 0.400 (best F1 on 100 target + 400 other film-like windows")
+    scratch = replace(report, n_positive_clips=6, n_positive_spans=0, positive_films=(), shipped_negatives=False)
+    assert scratch.summary(None).startswith("trained on 6 positive clips (44 s) and 45 negative clips (368 s)")
+    assert scratch.summary(None).splitlines()[0].endswith("; from scratch)")

@@ -436,9 +436,3 @@ def embed_short(model: Model, frames: tuple[torch.Tensor, torch.Tensor], spans: 
     index = np.concatenate([np.arange(2 * a, 2 * b) for a, b in spans]) if spans else np.zeros(0, np.int64)
     return torch.cat(parts) if parts else torch.zeros(0, model.params.encoder.embedding_dim), index
 
-
-def embed_with_short(model: Model, windows: torch.Tensor, hop_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """embed() of consecutive windows and of all their short windows: (n, embedding_dim),
-    (2 n, embedding_dim), short window 2 j + o starting o half hops after window j."""
-    long, frames = embed_keeping_frames(model, windows, hop_frames)
-    return long, embed_short(model, frames, [(0, len(windows))], hop_frames)[0]

@@ -137,7 +137,7 @@ def runs_to_segments(found: list[tuple[int, int]], cells: np.ndarray, threshold:
 @dataclass(frozen=True)
 class ShortEdges:
     """How a segment's edges are moved to where short windows (about 1 s, two per cell,
-    model.embed_with_short) stop looking like the voice: a 2 s window holding the end of the
+    model.embed_short) stop looking like the voice: a 2 s window holding the end of the
     target's turn and the start of another's still scores as the target, a 1 s one much less."""
     level: float = -0.15  # a short window is the voice's when it scores at least the threshold plus this
     extend_level: float = -0.15  # an edge moves outwards only over short windows scoring the threshold plus this

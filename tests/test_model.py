@@ -195,17 +195,23 @@ def test_overlapping_windows_path_equals_per_window_forward():
 
 
 def test_short_windows_equal_their_own_forward():
-    """embed_with_short: the long windows as embed gives them, and each short window (half-hop
-    blocks pooled under a shared shift) as the encoder embeds it alone."""
+    """embed_keeping_frames and embed_short: the long windows as embed gives them, and each short
+    window (half-hop blocks pooled under a shared shift) as the encoder embeds it alone, whichever
+    runs of windows are asked for."""
     from speakertag.features import slice_windows
-    from speakertag.model import embed_with_short
+    from speakertag.model import embed_keeping_frames, embed_short
 
     p = Params()
     a = p.audio
     model = _trained_looking(p)
     frames = torch.randn(a.n_mels, a.window_frames + 20 * a.hop_frames) * 3 - 5
     windows = slice_windows(frames, a)
-    long, short = embed_with_short(model, windows, a.hop_frames)
+    long, kept = embed_keeping_frames(model, windows, a.hop_frames)
+    short, index = embed_short(model, kept, [(0, len(windows))], a.hop_frames)
+    assert index.tolist() == list(range(2 * len(windows)))
+    some, some_index = embed_short(model, kept, [(2, 4), (7, 8)], a.hop_frames)
+    assert some_index.tolist() == [4, 5, 6, 7, 14, 15]
+    torch.testing.assert_close(some, short[some_index], atol=1e-5, rtol=0)
     torch.testing.assert_close(long, embed(model, windows, a.hop_frames), atol=1e-5, rtol=0)
     ctx, half = model.encoder.context_frames, a.hop_frames // 2
     for j in (0, 7, len(windows) - 1):

@@ -217,8 +217,9 @@ def test_short_windows_equal_their_own_forward():
     for j in (0, 7, len(windows) - 1):
         first = frames[:, j * a.hop_frames:j * a.hop_frames + half + a.hop_frames + 2 * ctx]
         second = frames[:, j * a.hop_frames + half:(j + 2) * a.hop_frames + 2 * ctx]
-        torch.testing.assert_close(short[2 * j], embed(model, first[None])[0], atol=1e-5, rtol=0)
-        torch.testing.assert_close(short[2 * j + 1], embed(model, second[None])[0], atol=1e-5, rtol=0)
+        # float32 sums taken in another order and under another shift: close, not bit-equal
+        torch.testing.assert_close(short[2 * j], embed(model, first[None])[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(short[2 * j + 1], embed(model, second[None])[0], atol=1e-4, rtol=0)
 
 
 def _trained_looking(p: Params):

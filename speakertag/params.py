@@ -190,7 +190,7 @@ class TagParams:
     min_gap_s: float = 0.5  # merge segments separated by less than this
     min_duration_s: float = 1.0  # drop segments shorter than this: half a window (docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     short_edges: bool = True  # move segment edges to where ~1 s windows stop looking like the voice
-    # (segments.ShortEdges; docs/experiments.md#segment-edges-over-seeds-0-4-scored-only-near-the-voice-and-on-by-default-issue-33-2026-12-07-ninth-session)
+    # (segments.ShortEdges; docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     batch_windows: int = 256  # windows embedded per encoder call
 
     @property

@@ -115,9 +115,9 @@ def test_follow_gives_each_segment_soon_after_it_ends(tiny_model_dir, film_mkv, 
     closed = [(int(h) * 3600 + int(m) * 60 + float(sec), float(at)) for h, m, sec, at in
               re.findall(r" - (\d+):(\d+):(\d+\.\d)  tiny  \(closed at (\d+\.\d) s, [\d.]+ s after its end\)", r.stderr)]
     assert closed, r.stderr
-    assert all(at - end <= 3.0 for end, at in closed), r.stderr  # e.g. the segment ending at 69.9 s by 72.9 s
+    assert all(at - end <= 3.0 for end, at in closed), r.stderr  # e.g. the segment ending at 70.4 s by 72.9 s
     segments = read_csv(out.read_text())
-    assert segments[0] == pytest.approx((50.9, 69.9), abs=0.1)
+    assert segments[0] == pytest.approx((50.42, 70.39), abs=0.1)
 
 
 @pytest.mark.slow  # a process of its own
@@ -268,7 +268,7 @@ def test_live_out_never_costs_an_existing_file(tiny_model_dir, film_mkv, tmp_pat
     r = subprocess.run(cli("tag", "-", "--model", tiny_model_dir, "--out", out, "-q"), input=head,
                        capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert read_csv(out.read_text())[0] == pytest.approx((50.9, 69.9), abs=0.1)
+    assert read_csv(out.read_text())[0] == pytest.approx((50.42, 70.39), abs=0.1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv", "rec.rttm"]
 
 
@@ -370,7 +370,7 @@ def test_follow_stops_when_the_file_is_written_anew(tiny_model_dir, film_mkv, tm
     error = rest.splitlines()[-1]
     assert error.startswith(f"speakertag: error: {growing} was cut short to 100000 bytes after "), rest
     assert "the segments found before are kept" in error and "Traceback" not in rest
-    assert read_csv(out.read_text())[0] == pytest.approx((50.9, 69.9), abs=0.1)
+    assert read_csv(out.read_text())[0] == pytest.approx((50.42, 70.39), abs=0.1)
 
 
 @pytest.mark.slow  # a process of its own
@@ -399,4 +399,4 @@ def test_a_stalled_pipe_stops_on_a_signal(tiny_model_dir, film_mkv, tmp_path, si
     rest = p.stderr.read().decode()
     assert code in (0, 130), lines + [rest]  # a first signal ends the input (0), a second stops at once (130)
     assert "Traceback" not in rest and ("(interrupted)" in rest or "speakertag: interrupted" in rest), rest
-    assert read_csv(out.read_text())[0] == pytest.approx((50.9, 69.9), abs=0.1)
+    assert read_csv(out.read_text())[0] == pytest.approx((50.42, 70.39), abs=0.1)

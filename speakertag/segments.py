@@ -222,16 +222,24 @@ def short_windows_needed(window_scores: np.ndarray, level: float, audio: AudioPa
     return near
 
 
+def may_move_out(cell_db: Sequence[float], a: int, b: int, audio: AudioParams) -> tuple[bool, bool]:
+    """Whether the start and the end of a segment over cells [a, b) of cell_db (levels, dB) may
+    move out: only over a cell that is there and holds sound, not digital silence."""
+    silence = np.float32(audio.silence_db)
+    return a > 0 and cell_db[a - 1] >= silence, b < len(cell_db) and cell_db[b] >= silence
+
+
 def apply_short_edges(segments: list[Segment], short_scores: np.ndarray, threshold: float, audio: AudioParams,
-                      limit_s: float, se: ShortEdges = SHORT_EDGES, heard: np.ndarray | None = None) -> list[Segment]:
-    """short_edges on each segment, none starting before the previous one ends; heard: (n_cells,)
-    bool, False for cells of digital silence, which no edge moves into (None: none known)."""
+                      limit_s: float, se: ShortEdges = SHORT_EDGES, cell_db: np.ndarray | None = None
+                      ) -> list[Segment]:
+    """short_edges on each segment, none starting before the previous one ends; with cell_db
+    (n_cells,), never into digital silence (may_move_out)."""
     out: list[Segment] = []
     n_cells = len(short_scores) // 2
     for seg in segments:
         a, b = round(seg.start_s / audio.hop_s), round(seg.end_s / audio.hop_s)
         first, stop = short_window_span(a, b, n_cells)
-        outward = (a > 0 and (heard is None or bool(heard[a - 1])), heard is None or (b < len(heard) and bool(heard[b])))
+        outward = (a > 0, True) if cell_db is None else may_move_out(cell_db, a, b, audio)
         start, end = short_edges(seg.start_s, seg.end_s, short_scores[first:stop], first, threshold, audio, se,
                                  outward)
         start = max(start, out[-1].end_s) if out else max(start, 0.0)
@@ -255,8 +263,7 @@ def to_segments(window_scores: np.ndarray, threshold: float, audio: AudioParams,
     limit = duration_s if duration_s is not None else len(cells) * audio.hop_s
     segments = runs_to_segments(found, cells, threshold, audio.hop_s, limit, tag, label)
     if short_scores is not None and tag.short_edges:
-        heard = None if cell_db is None else cell_db >= np.float32(audio.silence_db)
-        segments = apply_short_edges(segments, short_scores, threshold, audio, limit, heard=heard)
+        segments = apply_short_edges(segments, short_scores, threshold, audio, limit, cell_db=cell_db)
     return segments
 
 
@@ -435,11 +442,10 @@ class SegmentStream:
         if e - s >= self.tag.min_duration_s and high.any():
             seg = Segment(round(s, 3), round(e, 3), float(cells[high].mean()), self.label)
             if self.tag.short_edges and self.short:
-                first, stop = short_window_span(round(s / self.hop_s), round(e / self.hop_s), self.n_short_cells)
+                in_cell, out_cell = round(s / self.hop_s), round(e / self.hop_s)
+                first, stop = short_window_span(in_cell, out_cell, self.n_short_cells)
                 first = max(first, 2 * self.base)  # equal to it: the cells kept reach three before the segment
-                a, b = round(s / self.hop_s) - self.base, round(e / self.hop_s) - self.base
-                silence = np.float32(self.audio.silence_db)
-                outward = (a > 0 and self.db[a - 1] >= silence, b < len(self.db) and self.db[b] >= silence)
+                outward = may_move_out(self.db, in_cell - self.base, out_cell - self.base, self.audio)
                 start, end = short_edges(seg.start_s, seg.end_s, np.asarray(self.short[first - 2 * self.base:
                                                                                          stop - 2 * self.base]),
                                          first, self.threshold_exact, self.audio, outward=outward)

@@ -16,7 +16,7 @@ import click
 
 from . import signals, writers
 from .allocator import reuse_freed_memory
-from .errors import SpeakertagError, error_message
+from .errors import SpeakertagError, UsageError, failure
 from .io_utils import (STDOUT, check_new_files, check_output_folder, check_outputs, check_parent_folder,
                        followed, write_files)
 from .params import CHANNEL_CHOICES, CHANNELS, TagParams, TrainParams
@@ -62,7 +62,22 @@ def _progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Command(click.Command):
+    """A command whose library UsageError is click's: the usage line, the error, exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            raise click.UsageError(str(e), ctx) from None
+
+
+class _Group(click.Group):
+    command_class = _Command
+    group_class = type  # subgroups: this class, their commands _Command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="speakertag")
 def cli():
     """Learn one voice from a few clips, then find where it speaks in long recordings."""
@@ -277,64 +292,36 @@ def tag(films, model_dirs, memory_file, threshold, stream, channels, fmt, out, o
     searched recursively). Several inputs or a folder need --out-dir; a file that fails is
     reported and the others go on (exit code 1 if any failed). FILM '-' reads a stream
     (Matroska, MPEG-TS, ...) from standard input and, like --follow, gives out each segment as it closes."""
-    if (Path(STDOUT) in films or follow) and (len(films) > 1 or out_dir or report or plot or scores or exclusive
-                                              or (follow and films[0] == Path(STDOUT))):
-        raise click.UsageError("live input ('-' or --follow) takes one input (a file with --follow), and none of "
-                               "--out-dir, --report, --plot, --scores, --exclusive")
-    if report_audio is not None and report is None:
-        raise click.UsageError("--report-audio needs --report")
-    if (report or plot or scores) and (out_dir is not None or len(films) > 1 or any(f.is_dir() for f in films)):
-        raise click.UsageError("--report and --plot take a single input file (no folder, no --out-dir), "
-                               "and so does --scores")
-    if scores is not None and writers.scores_format_of(scores) is None:
-        raise click.UsageError(f"--scores {scores}: the name must end in .csv or .npz")
-    named = [p.resolve() for p in (out, report, plot, scores) if p is not None]
-    if len(set(named)) < len(named):
-        raise click.UsageError("--out, --report and --plot must name different files (and --scores)")
-    if out is not None and out_dir is not None:
-        raise click.UsageError("--out and --out-dir exclude each other")
-    if out_dir is None and (len(films) > 1 or any(f.is_dir() for f in films)):
-        raise click.UsageError("several inputs or a folder need --out-dir DIR (one output file per input)"
-                               + ("; --out names a single file" if out is not None else ""))
-    if engine == "ray" and out_dir is None:
-        raise click.UsageError("--engine ray needs --out-dir DIR")
-    if ray_address is not None and engine != "ray":
-        raise click.UsageError("--ray-address needs --engine ray")
-    if engine == "ray" and jobs != 1:
-        raise click.UsageError("--jobs is for --engine local; on Ray every film is a task and the cluster's "
-                               "CPUs decide how many run at once")
+    from .request import TagRequest
+
+    request = TagRequest(films, out, out_dir, fmt, report, report_audio, plot, scores, exclusive, follow,
+                         follow_timeout, jobs, engine, ray_address, force)
     from .tagging import TagOptions, VoiceSpec
 
-    out = None if out == Path(STDOUT) else out
-    fmt = fmt or (writers.format_of(out) if out is not None else None) or "text"
     spec = VoiceSpec(tuple(model_dirs), memory_file, device)
     options = TagOptions(threshold=threshold, stream=stream, channels=channels, min_gap_s=min_gap,
                          min_duration_s=min_duration, edge_db=edge_db, short_edges=short_edges, exclusive=exclusive)
-    if films[0] == Path(STDOUT) or follow:
-        _tag_live(films[0], out, fmt, spec, options, quiet, follow_timeout if follow else None)
-    elif out_dir is None:
-        _tag_one(films[0], out, fmt, spec, options, quiet, report, report_audio or "link", plot, scores)
-    else:
-        _tag_many(films, out_dir, fmt, jobs, spec, options, quiet, engine, ray_address, force)
+    run = _tag_live if request.live else _tag_one if request.out_dir is None else _tag_many
+    run(request, spec, options, quiet)
 
 
-def _tag_one(film: Path, out: Path | None, fmt: str, spec, options, quiet: bool, report: Path | None = None,
-             report_audio: str = "link", plot: Path | None = None, scores: Path | None = None) -> None:
-    """One film to stdout or to `out`, and its report, plot and scores if asked; a failure is the command's error."""
+def _tag_one(request, spec, options, quiet: bool) -> None:
+    """One film to stdout or to --out, and its report, plot and scores if asked; a failure is the command's error."""
     from .audio import probe
     from .batch import render_output, voice_inputs
     from .report import report_files
 
-    check_new_files([path for path in (out, report, plot, scores) if path is not None], [film, *voice_inputs(spec)])
+    film, out = request.films[0], request.output
+    check_new_files(request.outputs, [film, *voice_inputs(spec)])
     info = probe(film, options.stream)  # a bad film fails here, before torch and the model load
     result = _tag_with_bar(film, spec.load(), options, quiet, info)
-    text = render_output(fmt, film, result)
+    text = render_output(request.format, film, result)
     if result.note:
         click.echo(result.note, err=True)
-    embedding = report is not None and report_audio == "embed"
-    with _bar(result.duration_s, "report audio", quiet or not embedding) as progress:
-        files = report_files(film, result, report, plot, scores, report_audio, options.stream, options.channels,
-                             progress)
+    player = request.report_audio or "link"
+    with _bar(result.duration_s, "report audio", quiet or request.report is None or player != "embed") as progress:
+        files = report_files(film, result, request.report, request.plot, request.scores, player, options.stream,
+                             options.channels, progress)
     if out is None:
         click.echo(text, nl=False)
     else:
@@ -342,22 +329,22 @@ def _tag_one(film: Path, out: Path | None, fmt: str, spec, options, quiet: bool,
     write_files(files, lambda path, what: click.echo(f"{what} written to {path}", err=True))
 
 
-def _tag_live(film: Path, out: Path | None, fmt: str, spec, options, quiet: bool,
-              follow_timeout_s: float | None) -> None:
+def _tag_live(request, spec, options, quiet: bool) -> None:
     """live.tag_live, each segment echoed to stderr as it closes when --out is given, then a
     summary; a followed file cut short or replaced is an error, the segments found before kept."""
     from .batch import voice_inputs
     from .live import closing_line, tag_live
     from .tagging import gaps_note
 
-    stdin = film == Path(STDOUT)
-    check_new_files([out] if out else [], ([] if stdin else [film]) + voice_inputs(spec))
+    film, out = (None if request.stdin else request.films[0]), request.output
+    check_new_files(request.outputs, ([] if film is None else [film]) + voice_inputs(spec))
 
     def closed(segments, duration_s: float) -> None:
         for s in segments if out is not None and not quiet else ():
             click.echo(closing_line(s, duration_s), err=True)
 
-    run = tag_live(None if stdin else film, spec.load(), fmt, out, options, follow_timeout_s, closed)
+    run = tag_live(film, spec.load(), request.format, out, options,
+                   request.follow_timeout_s if request.follow else None, closed)
     if run.gaps:
         click.echo(gaps_note(run.source, run.gaps), err=True)
     if not quiet or run.interrupted:
@@ -366,15 +353,14 @@ def _tag_live(film: Path, out: Path | None, fmt: str, spec, options, quiet: bool
         raise SpeakertagError(run.cut_short_error())
 
 
-def _tag_many(films: tuple[Path, ...], out_dir: Path, fmt: str, jobs: int, spec, options, quiet: bool,
-              engine: str = "local", ray_address: str | None = None, force: bool = False) -> None:
+def _tag_many(request, spec, options, quiet: bool) -> None:
     """batch.tag_films, a line per film (a failure: its error, and the others go on) and a
     summary line; exit code 1 if any film failed or a folder could not be read."""
     from .batch import Tally, tag_films
 
-    tally = Tally()
-    with contextlib.closing(tag_films(films, out_dir, fmt, spec, options, jobs, engine, ray_address, force,
-                                      lambda film, voices: _tag_with_bar(film, voices, options, quiet),
+    r, tally = request, Tally()
+    with contextlib.closing(tag_films(r.films, r.out_dir, r.format, spec, options, r.jobs, r.engine, r.ray_address,
+                                      r.force, lambda film, voices: _tag_with_bar(film, voices, options, quiet),
                                       lambda note: click.echo(note, err=True))) as outcomes:
         for o in outcomes:
             tally.add(o)
@@ -501,23 +487,12 @@ def main(argv: list[str] | None = None) -> None:
         warnings.simplefilter("ignore")  # library warnings on stderr would break one-line errors
     try:
         cli.main(argv, prog_name="speakertag", standalone_mode=False)
-    except (Interrupted, click.exceptions.Abort):
-        click.echo("speakertag: interrupted", err=True)
-        sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except SpeakertagError as e:
-        click.echo(f"speakertag: error: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("speakertag: interrupted", err=True)
-        sys.exit(130)
-    except OSError as e:
-        click.echo(f"speakertag: error: {error_message(e)}", err=True)
-        sys.exit(1)
-    except Exception as e:  # noqa: BLE001 - last resort: one line, never a traceback
-        if os.environ.get("SPEAKERTAG_DEBUG"):
+    except (Interrupted, KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - one line, never a traceback
+        line, code = failure(KeyboardInterrupt() if isinstance(e, click.exceptions.Abort) else e)
+        if code == 2 and os.environ.get("SPEAKERTAG_DEBUG"):
             raise
-        click.echo(f"speakertag: internal error: {type(e).__name__}: {e} (set SPEAKERTAG_DEBUG=1 for details)", err=True)
-        sys.exit(2)
+        click.echo(line, err=True)
+        sys.exit(code)

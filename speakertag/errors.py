@@ -1,8 +1,14 @@
-"""The one exception type that reaches users as a one-line message."""
+"""The exception types that reach users as a one-line message, and that line for any failure."""
+
+from .signals import Interrupted
 
 
 class SpeakertagError(Exception):
     """A problem with the user's input or files, explained in one line."""
+
+
+class UsageError(SpeakertagError):
+    """Options that do not go together; the CLI shows it as a usage error (exit code 2)."""
 
 
 def first_line(e: BaseException, limit: int = 120) -> str:
@@ -18,6 +24,16 @@ def error_message(e: BaseException) -> str:
     if isinstance(e, OSError):
         return f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}"
     return f"internal error: {type(e).__name__}: {e}"
+
+
+def failure(e: BaseException) -> tuple[str, int]:
+    """The line on stderr and the exit code of a command that `e` ended: 130 interrupted,
+    1 the user's input or files (our errors, OS errors), 2 anything else (a bug)."""
+    if isinstance(e, (Interrupted, KeyboardInterrupt)):
+        return "speakertag: interrupted", 130
+    if isinstance(e, (SpeakertagError, OSError)):
+        return f"speakertag: error: {error_message(e)}", 1
+    return f"speakertag: {error_message(e)} (set SPEAKERTAG_DEBUG=1 for details)", 2
 
 
 def check_format(header: object, kind: str, file: object, version: int, oldest: int | None = None) -> int:

@@ -17,8 +17,7 @@ import click
 from . import signals, writers
 from .allocator import reuse_freed_memory
 from .errors import SpeakertagError, UsageError, failure
-from .io_utils import (STDOUT, check_new_files, check_output_folder, check_outputs, check_parent_folder,
-                       followed, write_files)
+from .io_utils import STDOUT, check_new_files, check_outputs, write_files
 from .params import CHANNEL_CHOICES, CHANNELS, TagParams, TrainParams
 from .signals import Interrupted, raise_if_interrupted
 
@@ -60,6 +59,12 @@ def _expand_greedy(argv: list[str]) -> list[str]:
 
 def _progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
+
+
+def _progressbar(length: int, label: str, quiet: bool):
+    """A progress bar on stderr, hidden when quiet or not a terminal; bar.update(n, text) shows text beside it."""
+    return click.progressbar(length=length, label=label, file=sys.stderr, hidden=not _progress_enabled(quiet),
+                             item_show_func=lambda s: s)
 
 
 class _Command(click.Command):
@@ -116,30 +121,15 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
     \b
     speakertag train --positive 'film.mkv@190-205,1022-1040' --out models/alice
     """
-    from .audio import find_media_files
-    from .spans import split_sources
+    from .request import checked_train_out
 
-    # What can be checked in a moment is checked before loading torch and training.
-    out_dir = followed(out_dir)  # a symlink: the model goes where it points, the link stays
-    check_parent_folder(out_dir)
-    try:
-        writers.check_voice_name(name)
-    except ValueError as e:
-        raise SpeakertagError(f"--name: {e}") from None
-    # a missing name, a folder without audio or bad spans fail here
-    files, films = split_sources(positive, name)
-    clips = find_media_files(files) + [f.film for f in films] + find_media_files(list(negative))
-    from .model import MODEL_FILE
+    out_dir = checked_train_out(out_dir, positive, negative, name, base)  # before torch loads and training starts
     from .train import base_folder, save_voice, train_from, train_params
 
-    check_output_folder(out_dir, clips + ([base] if base is not None and str(base).lower() != "none" else []),
-                        MODEL_FILE)
     base_dir = base_folder(base)
     p = train_params(seed, steps, target_precision, target_share)
-    bar_on = _progress_enabled(quiet)
-    log_on = not quiet and not bar_on  # no terminal (a log file, CI): one line per evaluation instead
-    with click.progressbar(length=p.train.max_steps, label="training", file=sys.stderr,
-                           hidden=not bar_on, item_show_func=lambda s: s) as bar:
+    log_on = not quiet and not _progress_enabled(quiet)  # no terminal (a log file, CI): one line per evaluation instead
+    with _progressbar(p.train.max_steps, "training", quiet) as bar:
         def progress(info):
             raise_if_interrupted()
             val = "-" if info.val_f1 is None else f"{info.val_f1:.3f}"
@@ -177,22 +167,19 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, devi
     """Learn from corrected labels of FILM: the corrected segments become new target
     material, what the model detects outside them new negatives; the model is fine-tuned
     briefly, its memories rebuilt and its threshold recalibrated."""
-    from .model import MODEL_FILE, impostors_of, shipped_base_dir
+    from .model import impostors_of, shipped_base_dir
     from .refine import RefineOptions, read_corrections
     from .refine import refine as refine_voice
+    from .request import check_refine_out
     from .tagging import load_voice
     from .train import save_voice
 
-    if not model_dir.is_dir():
-        raise SpeakertagError(f"no such model folder: {model_dir}")
-    if out_dir is not None and not (out_dir.is_dir() and os.path.samefile(out_dir, model_dir)):
-        check_output_folder(out_dir, [film, labels, model_dir], MODEL_FILE)  # in place, the folder's files are kept
+    check_refine_out(model_dir, out_dir, film, labels)
     voice = load_voice(model_dir, device)
     spans = read_corrections(labels, voice.memory.name)
     options = RefineOptions(seed=seed, stream=stream, channels=channels)
     options = options if steps is None else replace(options, steps=steps)
-    with click.progressbar(length=max(options.steps, 1), label="refining", file=sys.stderr,
-                           hidden=not _progress_enabled(quiet), item_show_func=lambda s: s) as bar:
+    with _progressbar(max(options.steps, 1), "refining", quiet) as bar:
         def progress(info):
             bar.update(1, f"loss {info.loss:.3f}")
         model, memory, report = refine_voice(voice.model, voice.memory, film, spans, options, device,
@@ -210,8 +197,7 @@ def _bar(length_s: float | None, label: str, quiet: bool):
     """A progress bar on stderr over length_s seconds of audio (hidden when quiet or not a
     terminal); yields progress(seconds_done) with the speed beside it."""
     started = time.monotonic()
-    with click.progressbar(length=int(length_s or 0) or 1, label=label, file=sys.stderr,
-                           hidden=not _progress_enabled(quiet), item_show_func=lambda s: s) as bar:
+    with _progressbar(int(length_s or 0) or 1, label, quiet) as bar:
         def progress(seconds):
             speed = seconds / max(time.monotonic() - started, 1e-6)
             bar.update(min(int(seconds), bar.length) - bar.pos, f"{seconds / 60:.1f} min, {speed:.0f}x real time")
@@ -388,12 +374,10 @@ def subtitles(film, subs, model_dirs, out, threshold, stream, channels, device, 
     ("ALICE: ..."): the voice whose segments cover at least half of the cue's time. Other
     cues are left as they were; SUBS itself is not changed."""
     from .batch import voice_inputs
-    from .subtitles import format_of, read_subtitles, write_labelled
+    from .subtitles import output_format, read_subtitles, write_labelled
     from .tagging import TagOptions, VoiceSpec
 
-    fmt = format_of(subs) if out == Path(STDOUT) else format_of(out)
-    if fmt is None:
-        raise click.UsageError(f"--out {out}: the name must end in .srt or .vtt")
+    fmt = output_format(subs, out)
     spec = VoiceSpec(tuple(model_dirs), device=device)
     check_outputs([out], [film, subs, *voice_inputs(spec)])
     cues = read_subtitles(subs)  # a bad subtitle file fails before the tagging
@@ -465,16 +449,9 @@ def memory_merge(first, second, out):
 def evaluate(reference, hypothesis, speaker, voice, collar, as_json):
     """Time-based precision, recall, F1 and detection error of a hypothesis, and where its errors
     lie: edges, other voices, whole turns missed."""
-    from .evaluate import anatomy, format_anatomy, format_metrics, read_hypothesis, read_others, read_reference
+    from .evaluate import evaluate_files, format_anatomy, format_metrics
 
-    for path in (reference, hypothesis):
-        if not path.is_file():
-            raise SpeakertagError(f"no such file: {path}")
-    try:
-        found = anatomy(read_reference(reference, speaker), read_hypothesis(hypothesis, voice),
-                        read_others(reference, speaker), collar)
-    except ValueError as e:
-        raise SpeakertagError(str(e)) from None
+    found = evaluate_files(reference, hypothesis, speaker, voice, collar)
     click.echo(json.dumps(found.to_dict()) if as_json else format_metrics(found.metrics) + "\n" + format_anatomy(found))
 
 

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import SpeakertagError
 from .spans import LabelRow, Span, label_row, parse_labels, read_labels, read_text
 
 
@@ -293,3 +294,17 @@ def read_hypothesis(path: str | Path, voice: str | None = None) -> list[Span]:
     text = read_text(path)
     rows = _json_rows(path, text) if text.lstrip().startswith(("[", "{")) else parse_labels(text, path)
     return _spans_of(rows, voice, f"hypothesis {path}", "voice", "choose one with --voice")
+
+
+def evaluate_files(reference: Path, hypothesis: Path, speaker: str | None = None, voice: str | None = None,
+                   collar_s: float = 0.25) -> Anatomy:
+    """anatomy() of a hypothesis file against a reference file (read_reference, read_hypothesis,
+    read_others); a missing file, or one that does not read, is a SpeakertagError."""
+    for path in (reference, hypothesis):
+        if not path.is_file():
+            raise SpeakertagError(f"no such file: {path}")
+    try:
+        return anatomy(read_reference(reference, speaker), read_hypothesis(hypothesis, voice),
+                       read_others(reference, speaker), collar_s)
+    except ValueError as e:
+        raise SpeakertagError(str(e)) from None

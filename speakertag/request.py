@@ -1,15 +1,18 @@
-"""What one `speakertag tag` asks for beside the voices and the TagOptions: its inputs, its
-outputs and where it runs, checked together before anything loads, and which run serves it:
-live (live.tag_live), one film, or a batch (batch.tag_films). Imports no torch."""
+"""What a command asks for beside the library's options, checked before anything heavy loads
+(torch, a model) or runs: for `tag` its inputs, its outputs and where it runs, and which run
+serves it: live (live.tag_live), one film, or a batch (batch.tag_films); for `train` and
+`refine` the model folder they write."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from . import writers
-from .errors import UsageError
-from .io_utils import STDOUT
+from .errors import SpeakertagError, UsageError
+from .io_utils import STDOUT, check_output_folder, check_parent_folder, followed
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,38 @@ class TagRequest:
     def format(self) -> str:
         """The output format: fmt, else the one the output's name asks for, else text."""
         return self.fmt or (writers.format_of(self.output) if self.output is not None else None) or "text"
+
+
+def checked_train_out(out_dir: Path, positive: Sequence[str], negative: Sequence[Path], name: str,
+                      base: Path | None) -> Path:
+    """`train --out`, a symlink followed (the model goes where it points, the link stays), once
+    what can be checked in a moment is, before training: its parent folder, the voice's name,
+    the clips and spans (a missing file, a folder without audio, bad spans), and that writing
+    the model folder there deletes none of them nor the base model."""
+    from .audio import find_media_files
+    from .spans import split_sources
+
+    out_dir = followed(out_dir)
+    check_parent_folder(out_dir)
+    try:
+        writers.check_voice_name(name)
+    except ValueError as e:
+        raise SpeakertagError(f"--name: {e}") from None
+    files, films = split_sources(positive, name)
+    clips = find_media_files(files) + [f.film for f in films] + find_media_files(list(negative))
+    from .model import MODEL_FILE
+
+    check_output_folder(out_dir, clips + ([base] if base is not None and str(base).lower() != "none" else []),
+                        MODEL_FILE)
+    return out_dir
+
+
+def check_refine_out(model_dir: Path, out_dir: Path | None, film: Path, labels: Path) -> None:
+    """`refine --model` is a folder, and writing `--out` deletes none of the inputs (refined in
+    place, out_dir None or --model itself, the folder's other files are kept)."""
+    if not model_dir.is_dir():
+        raise SpeakertagError(f"no such model folder: {model_dir}")
+    if out_dir is not None and not (out_dir.is_dir() and os.path.samefile(out_dir, model_dir)):
+        from .model import MODEL_FILE
+
+        check_output_folder(out_dir, [film, labels, model_dir], MODEL_FILE)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import SpeakertagError
+from .errors import SpeakertagError, UsageError
+from .io_utils import STDOUT
 from .segments import Segment
 from .writers import clock
 
@@ -43,6 +44,15 @@ class Subtitles:
 def format_of(path: Path) -> str | None:
     """"srt" or "vtt" by the file's suffix, else None."""
     return SUFFIXES.get(path.suffix.lower())
+
+
+def output_format(subs: Path, out: Path) -> str:
+    """The format of the labelled file `out`: by its suffix, or SUBS's for "-" (standard output).
+    UsageError for a name of neither format."""
+    fmt = format_of(subs) if str(out) == STDOUT else format_of(out)
+    if fmt is None:
+        raise UsageError(f"--out {out}: the name must end in .srt or .vtt")
+    return fmt
 
 
 def _seconds(h, m, s, ms) -> float:

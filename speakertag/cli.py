@@ -16,8 +16,8 @@ import click
 
 from . import signals, writers
 from .allocator import reuse_freed_memory
-from .errors import SpeakertagError, UsageError, failure
-from .io_utils import STDOUT, check_new_files, check_outputs, write_files
+from .errors import UsageError, failure
+from .io_utils import STDOUT, check_outputs
 from .params import CHANNEL_CHOICES, CHANNELS, TagParams, TrainParams
 from .signals import Interrupted, raise_if_interrupted
 
@@ -30,7 +30,14 @@ CHANNELS_OPTION = click.option(
          "channels share (voices), which weakens music and ambience mixed wide (slower). Mono is heard as it is.")
 DEVICE_OPTION = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                              show_default=True, help="auto: CUDA when available, else the CPU.")
+STREAM_OPTION = click.option("--stream", type=click.IntRange(0),
+                             help="Audio track number (0 = first); default: the default track.")
+SEED_OPTION = click.option("--seed", type=int, default=0, show_default=True)
+QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 SCORE_RANGE = TagParams().score_range
+PATH, FILE_OUT, FOLDER_OUT = (click.Path(path_type=Path), click.Path(path_type=Path, dir_okay=False),
+                              click.Path(path_type=Path, file_okay=False))
+STDOUT_OK = click.Path(path_type=Path, dir_okay=False, allow_dash=True)  # an output file, or "-": stdout
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -96,15 +103,14 @@ def cli():
                    "or folders (searched recursively). Repeatable, mixable. A path that exists as written is a "
                    f"file, never spans. At least {TrainParams.min_target_s:g} s in all (less tags every window "
                    "of a film).")
-@click.option("--negative", multiple=True, type=click.Path(path_type=Path),
+@click.option("--negative", multiple=True, type=PATH,
               help="Clips of other voices, music, noise: files or folders. Default: the bank of other voices, "
                    "music and noise shipped with speakertag.")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Model folder to write (model.pt + memory.npz).")
+@click.option("--out", "out_dir", required=True, type=FOLDER_OUT, help="Model folder to write (model.pt + memory.npz).")
 @click.option("--name", default="target", show_default=True, help="The voice's name, used as segment label.")
-@click.option("--base", type=click.Path(path_type=Path),
+@click.option("--base", type=PATH,
               help="Model to fine-tune; default: the shipped base encoder. 'none' trains from scratch.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@SEED_OPTION
 @click.option("--steps", type=click.IntRange(0), help="Maximum training steps (0: keep the base encoder, only build the memory).")
 @click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True),
               help="Choose the lowest threshold reaching this validation precision instead of best F1.")
@@ -113,7 +119,7 @@ def cli():
                    f"calibration; default {TrainParams.target_share:g} (a film's character). "
                    "Raise it for a podcast host.")
 @DEVICE_OPTION
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@QUIET_OPTION
 def train(positive, negative, out_dir, name, base, seed, steps, target_precision, target_share, device, quiet):
     """Learn a voice from a few moments of a film where it speaks (or clips of it), and
     optionally clips of other sounds:
@@ -148,21 +154,20 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
 
 
 @cli.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--model", "model_dir", required=True, type=PATH,
               help="Model folder written by `speakertag train` (or an earlier refine).")
-@click.option("--film", required=True, type=click.Path(path_type=Path), help="The film the labels belong to.")
-@click.option("--labels", required=True, type=click.Path(path_type=Path),
+@click.option("--film", required=True, type=PATH, help="The film the labels belong to.")
+@click.option("--labels", required=True, type=PATH,
               help="The corrected target segments: Audacity labels (start<TAB>end<TAB>label) or CSV "
                    "start,end[,label]. Rows labelled with the voice's name count; all rows if none is.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Write the refined model here; default: replace --model in place.")
+@click.option("--out", "out_dir", type=FOLDER_OUT, help="Write the refined model here; default: replace --model in place.")
 @click.option("--steps", type=click.IntRange(0),
               help="Fine-tuning steps, default 30 (0: keep the encoder, only add to the memories and recalibrate).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--stream", type=click.IntRange(0), help="Audio track number of the film (0 = first).")
+@SEED_OPTION
+@STREAM_OPTION
 @CHANNELS_OPTION
 @DEVICE_OPTION
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@QUIET_OPTION
 def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, device, quiet):
     """Learn from corrected labels of FILM: the corrected segments become new target
     material, what the model detects outside them new negatives; the model is fine-tuned
@@ -192,45 +197,45 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, devi
     click.echo(f"model written to {out_dir}")
 
 
-@contextlib.contextmanager
-def _bar(length_s: float | None, label: str, quiet: bool):
-    """A progress bar on stderr over length_s seconds of audio (hidden when quiet or not a
-    terminal); yields progress(seconds_done) with the speed beside it."""
-    started = time.monotonic()
-    with _progressbar(int(length_s or 0) or 1, label, quiet) as bar:
-        def progress(seconds):
-            speed = seconds / max(time.monotonic() - started, 1e-6)
-            bar.update(min(int(seconds), bar.length) - bar.pos, f"{seconds / 60:.1f} min, {speed:.0f}x real time")
-        yield progress
-        bar.update(bar.length - bar.pos)  # the audio after the last whole window counts as done
+class _Terminal:
+    """run.Console on the terminal: lines on stderr, the output on stdout, progress bars on a terminal."""
 
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
 
-def _tag_with_bar(film: Path, voices, options, quiet: bool, info=None):
-    """tagging.tag with a progress bar. info: the film's probe() result, if the caller has it."""
-    from .audio import probe
-    from .tagging import tag as tag_film
+    def say(self, line: str) -> None:
+        click.echo(line, err=True)
 
-    info = info or probe(film, options.stream)
-    with _bar(info.duration_s, film.name, quiet) as progress:
-        return tag_film(film, voices, options, progress, info)
+    def show(self, text: str) -> None:
+        click.echo(text, nl=False)
+
+    @contextlib.contextmanager
+    def progress(self, length_s: float | None, label: str, hidden: bool = False):
+        """A bar over length_s seconds of audio with the speed beside it; yields progress(seconds_done)."""
+        started = time.monotonic()
+        with _progressbar(int(length_s or 0) or 1, label, self.quiet or hidden) as bar:
+            def progress(seconds):
+                speed = seconds / max(time.monotonic() - started, 1e-6)
+                bar.update(min(int(seconds), bar.length) - bar.pos, f"{seconds / 60:.1f} min, {speed:.0f}x real time")
+            yield progress
+            bar.update(bar.length - bar.pos)  # the audio after the last whole window counts as done
 
 
 @cli.command()
-@click.argument("films", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_dirs", required=True, multiple=True, type=click.Path(path_type=Path),
+@click.argument("films", nargs=-1, required=True, type=PATH)
+@click.option("--model", "model_dirs", required=True, multiple=True, type=PATH,
               help="Model folder written by `speakertag train`, or a folder of them. Repeat to find several "
                    "voices in one pass; segments are labelled with each voice's name.")
-@click.option("--memory", "memory_file", type=click.Path(path_type=Path),
+@click.option("--memory", "memory_file", type=PATH,
               help="Use this memory file instead of the model folder's (one model only).")
 @click.option("--threshold", type=FiniteFloatRange(*SCORE_RANGE),
               help=f"Score threshold, {SCORE_RANGE[0]:g} to {SCORE_RANGE[1]:g}; default: the memory's calibrated one.")
-@click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first); default: the default track.")
+@STREAM_OPTION
 @CHANNELS_OPTION
 @click.option("--format", "fmt", type=click.Choice(writers.FORMATS),
               help=f"Default: the one --out's name asks for ({', '.join(writers.SUFFIX.values())}), else text.")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-              help="One input: write here instead of stdout ('-': stdout).")
-@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False),
+@click.option("--out", type=STDOUT_OK, help="One input: write here instead of stdout ('-': stdout).")
+@click.option("--out-dir", type=FOLDER_OUT,
               help="Write one file per input here, named after the input (needed for several inputs or folders).")
 @click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True,
               help="Tag this many files at once, each in its own process; at most one per CPU core, "
@@ -254,15 +259,14 @@ def _tag_with_bar(film: Path, voices, options, quiet: bool, info=None):
 @click.option("--exclusive", is_flag=True,
               help="Several voices: each moment goes to at most one, the one scoring furthest above its threshold.")
 @DEVICE_OPTION
-@click.option("--report", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--report", type=FILE_OUT,
               help="One input: also write an HTML report here (score plot, segment table, a player: "
                    "click a row to listen).")
 @click.option("--report-audio", type=click.Choice(["link", "embed"]),
               help="The report's player: 'link' (default) plays the film itself, kept beside the report; "
                    "'embed' puts a compressed soundtrack in the page (about 16 MB per hour; plays any film).")
-@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
-              help="One input: also write the score plot as PNG here.")
-@click.option("--scores", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--plot", type=FILE_OUT, help="One input: also write the score plot as PNG here.")
+@click.option("--scores", type=FILE_OUT,
               help="One input: also write each voice's score of every 0.5 s cell (the plot's numbers) and its "
                    "threshold here: .csv (time_s,voice,score,threshold) or .npz.")
 @click.option("--follow", is_flag=True,
@@ -281,99 +285,35 @@ def tag(films, model_dirs, memory_file, threshold, stream, channels, fmt, out, o
     from .request import TagRequest
 
     request = TagRequest(films, out, out_dir, fmt, report, report_audio, plot, scores, exclusive, follow,
-                         follow_timeout, jobs, engine, ray_address, force)
+                         follow_timeout, jobs, engine, ray_address, force)  # before torch loads
+    from .run import tag_request
     from .tagging import TagOptions, VoiceSpec
 
     spec = VoiceSpec(tuple(model_dirs), memory_file, device)
     options = TagOptions(threshold=threshold, stream=stream, channels=channels, min_gap_s=min_gap,
                          min_duration_s=min_duration, edge_db=edge_db, short_edges=short_edges, exclusive=exclusive)
-    run = _tag_live if request.live else _tag_one if request.out_dir is None else _tag_many
-    run(request, spec, options, quiet)
-
-
-def _tag_one(request, spec, options, quiet: bool) -> None:
-    """One film to stdout or to --out, and its report, plot and scores if asked; a failure is the command's error."""
-    from .audio import probe
-    from .batch import render_output, voice_inputs
-    from .report import report_files
-
-    film, out = request.films[0], request.output
-    check_new_files(request.outputs, [film, *voice_inputs(spec)])
-    info = probe(film, options.stream)  # a bad film fails here, before torch and the model load
-    result = _tag_with_bar(film, spec.load(), options, quiet, info)
-    text = render_output(request.format, film, result)
-    if result.note:
-        click.echo(result.note, err=True)
-    player = request.report_audio or "link"
-    with _bar(result.duration_s, "report audio", quiet or request.report is None or player != "embed") as progress:
-        files = report_files(film, result, request.report, request.plot, request.scores, player, options.stream,
-                             options.channels, progress)
-    if out is None:
-        click.echo(text, nl=False)
-    else:
-        files = {out: (f"{len(result.segments)} segments", text), **files}
-    write_files(files, lambda path, what: click.echo(f"{what} written to {path}", err=True))
-
-
-def _tag_live(request, spec, options, quiet: bool) -> None:
-    """live.tag_live, each segment echoed to stderr as it closes when --out is given, then a
-    summary; a followed file cut short or replaced is an error, the segments found before kept."""
-    from .batch import voice_inputs
-    from .live import closing_line, tag_live
-    from .tagging import gaps_note
-
-    film, out = (None if request.stdin else request.films[0]), request.output
-    check_new_files(request.outputs, ([] if film is None else [film]) + voice_inputs(spec))
-
-    def closed(segments, duration_s: float) -> None:
-        for s in segments if out is not None and not quiet else ():
-            click.echo(closing_line(s, duration_s), err=True)
-
-    run = tag_live(film, spec.load(), request.format, out, options,
-                   request.follow_timeout_s if request.follow else None, closed)
-    if run.gaps:
-        click.echo(gaps_note(run.source, run.gaps), err=True)
-    if not quiet or run.interrupted:
-        click.echo(run.summary(out), err=True)
-    if run.cut_short:  # a new recording in the old one's file: not joined to it
-        raise SpeakertagError(run.cut_short_error())
-
-
-def _tag_many(request, spec, options, quiet: bool) -> None:
-    """batch.tag_films, a line per film (a failure: its error, and the others go on) and a
-    summary line; exit code 1 if any film failed or a folder could not be read."""
-    from .batch import Tally, tag_films
-
-    r, tally = request, Tally()
-    with contextlib.closing(tag_films(r.films, r.out_dir, r.format, spec, options, r.jobs, r.engine, r.ray_address,
-                                      r.force, lambda film, voices: _tag_with_bar(film, voices, options, quiet),
-                                      lambda note: click.echo(note, err=True))) as outcomes:
-        for o in outcomes:
-            tally.add(o)
-            for line in o.lines(quiet):
-                click.echo(line, err=True)
-    click.echo(tally.summary(), err=True)
-    if tally.failed:
+    if not tag_request(request, spec, options, _Terminal(quiet)):
         sys.exit(1)
 
 
 @cli.command()
-@click.argument("film", type=click.Path(path_type=Path))
-@click.argument("subs", type=click.Path(path_type=Path))
-@click.option("--model", "model_dirs", required=True, multiple=True, type=click.Path(path_type=Path),
+@click.argument("film", type=PATH)
+@click.argument("subs", type=PATH)
+@click.option("--model", "model_dirs", required=True, multiple=True, type=PATH,
               help="Model folder (or a folder of them); repeat for several voices.")
-@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+@click.option("--out", required=True, type=STDOUT_OK,
               help="The labelled subtitle file to write (.srt or .vtt; '-': stdout in SUBS's format).")
 @click.option("--threshold", type=FiniteFloatRange(*SCORE_RANGE), help="Score threshold; default: each memory's.")
-@click.option("--stream", type=click.IntRange(0), help="Audio track number (0 = first).")
+@STREAM_OPTION
 @CHANNELS_OPTION
 @DEVICE_OPTION
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@QUIET_OPTION
 def subtitles(film, subs, model_dirs, out, threshold, stream, channels, device, quiet):
     """Write SUBS (SRT or WebVTT) with the speaking voice's name before each cue's text
     ("ALICE: ..."): the voice whose segments cover at least half of the cue's time. Other
     cues are left as they were; SUBS itself is not changed."""
     from .batch import voice_inputs
+    from .run import tag_film
     from .subtitles import output_format, read_subtitles, write_labelled
     from .tagging import TagOptions, VoiceSpec
 
@@ -382,7 +322,7 @@ def subtitles(film, subs, model_dirs, out, threshold, stream, channels, device, 
     check_outputs([out], [film, subs, *voice_inputs(spec)])
     cues = read_subtitles(subs)  # a bad subtitle file fails before the tagging
     options = TagOptions(threshold=threshold, stream=stream, channels=channels, exclusive=True)
-    result = _tag_with_bar(film, spec.load(), options, quiet)
+    result = tag_film(film, spec.load(), options, _Terminal(quiet))
     labels = write_labelled(cues, result.segments, out, fmt)
     click.echo(f"{sum(x is not None for x in labels)} of {len(labels)} cues labelled, written to {_named(out)}",
                err=True)
@@ -393,8 +333,11 @@ def memory():
     """Inspect, export and merge positive memories."""
 
 
+MEMORY_OUT_OPTION = click.option("--out", required=True, type=STDOUT_OK, help="The memory file to write ('-': stdout).")
+
+
 @memory.command("inspect")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the header as JSON.")
 def memory_inspect(path, as_json):
     """Show what a memory file (or a model folder's memory) holds."""
@@ -409,9 +352,8 @@ def _named(out: Path) -> str:
 
 
 @memory.command("export")
-@click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-              help="The memory file to write ('-': stdout).")
+@click.argument("model_dir", type=PATH)
+@MEMORY_OUT_OPTION
 def memory_export(model_dir, out):
     """Write the memory of MODEL_DIR to a standalone file."""
     from .memory import load_memory, memory_file, save_memory
@@ -422,10 +364,9 @@ def memory_export(model_dir, out):
 
 
 @memory.command("merge")
-@click.argument("first", type=click.Path(path_type=Path))
-@click.argument("second", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-              help="The memory file to write ('-': stdout).")
+@click.argument("first", type=PATH)
+@click.argument("second", type=PATH)
+@MEMORY_OUT_OPTION
 def memory_merge(first, second, out):
     """Join two memories made by the same model into one; entries already in FIRST are not added twice."""
     from .memory import load_memory, memory_file, merge_memories, save_memory
@@ -437,10 +378,8 @@ def memory_merge(first, second, out):
 
 
 @cli.command()
-@click.option("--reference", required=True, type=click.Path(path_type=Path),
-              help="Ground truth: RTTM, or CSV start,end[,speaker].")
-@click.option("--hypothesis", required=True, type=click.Path(path_type=Path),
-              help="speakertag output (JSON, CSV or RTTM).")
+@click.option("--reference", required=True, type=PATH, help="Ground truth: RTTM, or CSV start,end[,speaker].")
+@click.option("--hypothesis", required=True, type=PATH, help="speakertag output (JSON, CSV or RTTM).")
 @click.option("--speaker", help="Speaker to score in a reference with several.")
 @click.option("--voice", help="Voice to score in a hypothesis with several (tag --model A --model B).")
 @click.option("--collar", type=click.FloatRange(0), default=0.25, show_default=True,

@@ -24,10 +24,9 @@ from .signals import Interrupted, raise_if_interrupted
 GREEDY_OPTIONS = ("--positive", "--negative")
 CHANNELS_OPTION = click.option(
     "--channels", type=click.Choice(CHANNEL_CHOICES), default="auto", show_default=True,
-    help="What the model hears of a 5.1/7.1 film: the centre channel (the dialogue) alone, centre-weighted "
-         "(centre + half of front left and right), or the average of all; auto: "
-         f"{CHANNELS.auto} where there is a centre. Stereo is averaged, or with coherent, only what both "
-         "channels share (voices), which weakens music and ambience mixed wide (slower). Mono is heard as it is.")
+    help="What the model hears of a 5.1/7.1 film: the centre channel (the dialogue) alone, centre-weighted (centre "
+         f"+ half of front left and right), or the average of all; auto: {CHANNELS.auto} where there is a centre. "
+         "Stereo is averaged, or with coherent, only what both channels share (voices; slower; see README).")
 DEVICE_OPTION = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                              show_default=True, help="auto: CUDA when available, else the CPU.")
 STREAM_OPTION = click.option("--stream", type=click.IntRange(0),
@@ -116,8 +115,7 @@ def cli():
               help="Choose the lowest threshold reaching this validation precision instead of best F1.")
 @click.option("--target-share", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Share of a recording's time the target is expected to speak, which weights the threshold "
-                   f"calibration; default {TrainParams.target_share:g} (a film's character). "
-                   "Raise it for a podcast host.")
+                   f"calibration; default {TrainParams.target_share:g} (a film's character); more for a podcast host.")
 @DEVICE_OPTION
 @QUIET_OPTION
 def train(positive, negative, out_dir, name, base, seed, steps, target_precision, target_share, device, quiet):
@@ -160,7 +158,8 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
 @click.option("--labels", required=True, type=PATH,
               help="The corrected target segments: Audacity labels (start<TAB>end<TAB>label) or CSV "
                    "start,end[,label]. Rows labelled with the voice's name count; all rows if none is.")
-@click.option("--out", "out_dir", type=FOLDER_OUT, help="Write the refined model here; default: replace --model in place.")
+@click.option("--out", "out_dir", type=FOLDER_OUT,
+              help="Write the refined model here; default: replace --model in place.")
 @click.option("--steps", type=click.IntRange(0),
               help="Fine-tuning steps, default 30 (0: keep the encoder, only add to the memories and recalibrate).")
 @SEED_OPTION
@@ -255,7 +254,7 @@ class _Terminal:
                    "many dB quieter (250-4000 Hz) than the segment (default 10).")
 @click.option("--short-edges/--cell-edges", "short_edges", default=None,
               help="Move segment edges to where 1 s windows stop sounding like the voice, or keep them on "
-                   "0.5 s cells; default: what the voice was trained with (short edges since they became the default).")
+                   "0.5 s cells; default: what the voice was trained with (see README).")
 @click.option("--exclusive", is_flag=True,
               help="Several voices: each moment goes to at most one, the one scoring furthest above its threshold.")
 @DEVICE_OPTION

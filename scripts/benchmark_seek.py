@@ -6,9 +6,10 @@
 Builds two films of --hours in a temporary folder from the example film's soundtrack repeated
 (AC-3 5.1 in Matroska, as scripts/benchmark_speed.py builds them, and AAC stereo in MP4), then
 for each prints the wall seconds to read the spans as `train --positive FILM@SPANS` reads them
-(audio.load_span: a seek to each, then a decoding of the span alone) and to decode the whole
-film at the model rate (what reading the spans would cost without seeking). Prints figures and
-asserts nothing.
+(audio.load_span: a seek to each, then a decoding of the span alone), to read and choose the
+film's sound bed as train does then (train.film_beds: stretches read by seeking and embedded by
+the shipped base), and to decode the whole film at the model rate (what reading the spans would
+cost without seeking). Prints figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import av
 import numpy as np
 
 from speakertag.audio import decode_blocks, load_span
-from speakertag.params import AudioParams
-from speakertag.spans import parse_spans
+from speakertag.model import load_model, shipped_base_dir
+from speakertag.params import AudioParams, Params
+from speakertag.spans import FilmSpans, parse_spans
+from speakertag.train import Clip, film_beds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_speed import RATE_HZ, build_film, example_soundtrack  # noqa: E402
@@ -63,6 +66,7 @@ def main() -> None:
     spans = [s for text in (args.span or ["60:00-60:15", "1:50:00-1:50:20"]) for s in parse_spans(text)]
     rate = AudioParams().sample_rate_hz
     stereo = example_soundtrack()
+    base = load_model(shipped_base_dir())
     with tempfile.TemporaryDirectory() as tmp:
         films = {"AC-3 5.1, Matroska": Path(tmp) / "film.mkv", "AAC stereo, MP4": Path(tmp) / "film.mp4"}
         t0 = time.perf_counter()
@@ -76,9 +80,12 @@ def main() -> None:
             spans_s = time.perf_counter() - t0
             assert [len(x) for x in got] == [round(e * rate) - round(s * rate) for s, e in spans]
             t0 = time.perf_counter()
+            beds = film_beds([FilmSpans(film, tuple(spans))], [Clip("", x) for x in got], base, Params())
+            beds_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
             n = sum(len(b) for b in decode_blocks(film, rate))
             whole_s = time.perf_counter() - t0
-            print(f"{what}: the spans in {spans_s:.2f} s; the whole film ({n / rate / 3600:.2f} h) decoded in "
+            print(f"{what}: the spans in {spans_s:.2f} s; the sound bed ({len(beds)} stretches) in {beds_s:.1f} s; the whole film ({n / rate / 3600:.2f} h) decoded in "
                   f"{whole_s:.1f} s ({whole_s / spans_s:.0f} times as long)", flush=True)
 
 

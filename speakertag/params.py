@@ -13,15 +13,17 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-FORMAT_VERSION = 5  # version of model and memory files; bump on incompatible change
+FORMAT_VERSION = 6  # version of model and memory files; bump on incompatible change
 # 3: the model file's checksum covers params and metadata too; speech band, edge quantile,
 #    film-like degradation and pool size in Params; files record the speakertag version.
 # 4: train.f1_tolerance.
 # 5: tag.short_edges.
+# 6: train.span_degrade_probability, train.film_bed_stretches.
 OLDEST_READABLE_FORMAT = 3
 # What each format version added to the params, at the values that give what files of the
 # version before did: a file of an older readable version is read with these filled in.
-ADDED_IN_FORMAT = {4: {"train": {"f1_tolerance": 0.0}}, 5: {"tag": {"short_edges": False}}}
+ADDED_IN_FORMAT = {4: {"train": {"f1_tolerance": 0.0}}, 5: {"tag": {"short_edges": False}},
+                   6: {"train": {"span_degrade_probability": 1.0, "film_bed_stretches": 0}}}
 
 
 def speakertag_version(missing: str = "unknown") -> str:
@@ -156,6 +158,10 @@ class TrainParams:
     calibration_rounds: int = 2  # film-like copies of each other window scored for calibration, twice as many of
     # the target's: a steadier threshold (docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     impostor_speed_factors: tuple[float, ...] = (0.9, 1.1)  # speed copies of each impostor, as more unseen voices
+    span_degrade_probability: float = 0.5  # share of the calibration's copies of film-span positives degraded
+    # film-like (they are film sound already; every other clip's copies are)
+    film_bed_stretches: int = 12  # with film-span positives: stretches of the film away from them (train.film_beds)
+    # as more backgrounds of the film-like degradation
     calibration_impostors: int = 16  # impostor voices most like the target that join the calibration's negatives
     impostor_share: float = 0.1  # of the calibration's non-target weight, what those impostors' windows carry
     # (the best share measured: docs/experiments.md#the-figures-behind-the-defaults-issue-36)

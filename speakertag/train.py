@@ -32,7 +32,7 @@ from .model import (Model, embed, impostors_of, load_model, negatives_of, new_mo
                     shipped_base_dir)
 from .params import AudioParams, Params, speakertag_version
 from .scoring import Calibration, Scorer, calibrate_threshold, calibration_problem, nearest_groups, top_k_mean_excluding
-from .spans import END_TOLERANCE_S, FilmSpans, format_span, split_sources
+from .spans import END_TOLERANCE_S, FilmSpans, format_span, split_sources, subtract_spans
 from .writers import check_voice_name
 
 
@@ -40,6 +40,7 @@ from .writers import check_voice_name
 class Clip:
     name: str
     samples: np.ndarray  # (n_samples,) float32 mono at the model rate
+    film_sound: bool = False  # a moment of a recording (a film span): film-like already
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def load_film_spans(films: list[FilmSpans], p: Params, stream: int | None = None
             if why:
                 skipped.append(f"{name}: {why}")
             else:
-                clips.append(Clip(name, x))
+                clips.append(Clip(name, x, film_sound=True))
                 kept.append((s, e))
         if kept:
             used.append(FilmSpans(f.film, tuple(kept)))
@@ -154,6 +155,47 @@ def load_film_spans(films: list[FilmSpans], p: Params, stream: int | None = None
         raise SpeakertagError(f"no usable positive spans ({skipped[0].split(': ', 1)[1]}"
                               f"{' ...' if len(skipped) > 1 else ''}): each needs at least {p.train.min_clip_s:g} s of sound")
     return clips, skipped, used
+
+
+FILM_BED_STRETCH_S = 10.0  # film_beds: the length of each stretch
+FILM_BED_GUARD_S = 2.0  # film_beds: how far each stretch keeps from the spans
+
+
+def film_beds(films: list[FilmSpans], span_clips: list[Clip], model: Model | None, p: Params,
+              stream: int | None = None, channels: str = "auto", device: str | None = None) -> list[np.ndarray]:
+    """p.train.film_bed_stretches stretches of each recording away from its spans, read by
+    seeking: its sound bed (music, noise, other voices), mixed under the negatives as under
+    the target, so that the recording's own sound is no cue for the target. Of three times as
+    many candidates spread over the recording, those least like the spans by `model` (the
+    target speaks elsewhere in it too)."""
+    n, rate = p.train.film_bed_stretches, p.audio.sample_rate_hz
+    if not n or not films or model is None:
+        return []
+    dev = resolve_device(device)
+    model.encoder.to(dev)
+    target = embed_chunks(model, Windows.of(span_clips, p.audio).chunks(), dev)
+    beds = []
+    for f in films:
+        duration_s = probe(f.film, stream).duration_s or 0.0
+        free = subtract_spans([(0.0, duration_s)], [(s - FILM_BED_GUARD_S, e + FILM_BED_GUARD_S) for s, e in f.spans])
+        starts = [t for s, e in free for t in np.arange(s, e - FILM_BED_STRETCH_S + 1e-6, FILM_BED_STRETCH_S)]
+        picked = [starts[i] for i in np.unique(np.linspace(0, len(starts) - 1, 3 * n).round().astype(int))] if starts else []
+        stretches = []
+        for t in picked:
+            gaps: list[tuple[float, float]] = []
+            x = load_span(f.film, t, t + FILM_BED_STRETCH_S, rate, stream, channels, gaps)
+            x = without_gaps(x, [(a - t, b - t) for a, b in gaps], rate)
+            if len(x) >= p.audio.window_samples and rms(x) > 1e-4:
+                stretches.append(x)
+        if not stretches:
+            continue
+        w = Windows.of([Clip("", x) for x in stretches], p.audio)
+        like = np.sort(embed_chunks(model, w.chunks(), dev) @ target.T, axis=1)[:, -p.tag.top_k:].mean(axis=1)
+        most_like = np.full(len(stretches), -np.inf)
+        np.maximum.at(most_like, w.clip_index, like)
+        beds += [stretches[i] for i in np.argsort(most_like)[:n]]
+    model.encoder.cpu()
+    return beds
 
 
 def split_clips(clips: list[Clip], fraction: float, rng: np.random.Generator) -> tuple[list[Clip], list[Clip]]:
@@ -251,13 +293,14 @@ class Backgrounds:
 
 
 def degrade(windows: np.ndarray, bg: Backgrounds, p: Params, rng: np.random.Generator,
-            probability: float | None = None) -> np.ndarray:
-    """Film-like copies of (n, window_samples) windows, each degraded with `probability`."""
-    prob = p.train.augment_probability if probability is None else probability
+            probability: float | np.ndarray | None = None) -> np.ndarray:
+    """Film-like copies of (n, window_samples) windows, each degraded with `probability` (one
+    for all, or (n,) one per window)."""
+    prob = np.broadcast_to(p.train.augment_probability if probability is None else probability, len(windows))
     if len(windows) == 0:
         return windows
     return np.stack([film_like(w, bg.clips, bg.generated, p.audio.sample_rate_hz, rng, p.train.snr_db_range, p.augment)
-                     if rng.random() < prob else w for w in windows])
+                     if rng.random() < pr else w for w, pr in zip(windows, prob)])
 
 
 def features(windows: np.ndarray, a: AudioParams, device: torch.device, batch: int = 32) -> torch.Tensor:
@@ -282,11 +325,13 @@ def memory_chunks(windows: Windows, bg: Backgrounds, p: Params, rng: np.random.G
 
 
 def degraded_chunks(windows: Windows, repeats: int, bg: Backgrounds, p: Params, rng: np.random.Generator,
-                    probability: float | None = None) -> Iterator[np.ndarray]:
-    """`repeats` rounds of film-like copies of the windows, a chunk at a time."""
+                    probability: float | np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """`repeats` rounds of film-like copies of the windows, a chunk at a time; `probability`
+    as degrade takes it, per window of `windows` when an array."""
+    prob = np.broadcast_to(p.train.augment_probability if probability is None else probability, len(windows))
     for _ in range(repeats):
-        for chunk in windows.chunks():
-            yield degrade(chunk, bg, p, rng, probability)
+        for i, chunk in zip(range(0, len(windows), CHUNK_WINDOWS), windows.chunks()):
+            yield degrade(chunk, bg, p, rng, prob[i:i + len(chunk)])
 
 
 def chunk_features(chunks: Iterable[np.ndarray], a: AudioParams, device: torch.device) -> torch.Tensor:
@@ -428,7 +473,8 @@ def train(positive: list[str | Path], negative: list[str | Path] | None = None, 
                     f"(a negative clip) has the same audio as the positive clip {twin}")
             raise SpeakertagError(f"{c.name} {what}: a clip cannot be both the target and another voice")
     imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
-    model, memory, report = train_on_clips(pos_clips, neg_clips, p, base, name, progress, device, imp_clips)
+    model, memory, report = train_on_clips(pos_clips, neg_clips, p, base, name, progress, device, imp_clips,
+                                           beds=film_beds(films, span_clips, base, p, stream, channels, device))
     problem = calibration_problem(report.calibration, p.train.max_negative_share)
     if problem:  # a model that tags everything (or nothing) is worse than none
         raise SpeakertagError(f"training gave no usable voice: {problem}")
@@ -454,13 +500,13 @@ def train(positive: list[str | Path], negative: list[str | Path] | None = None, 
 
 def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base: Model | None = None,
                    name: str = "target", progress: Callable[[StepInfo], None] | None = None,
-                   device: str | None = None, imp_clips: list[Clip] | None = None, validate: bool = True
-                   ) -> tuple[Model, Memory, TrainReport]:
+                   device: str | None = None, imp_clips: list[Clip] | None = None, validate: bool = True,
+                   beds: list[np.ndarray] | None = None) -> tuple[Model, Memory, TrainReport]:
     """The training itself, on decoded clips (see `train`): `fine_tune`, then `build_memory`.
     p.audio and p.encoder must be the base's. The model's history and the memory's list of
     sources are the caller's. validate=False: no clips held back, no evaluation, no early
     stopping; the last step's weights are kept (a few fine-tuning steps, where an evaluation
-    would choose nothing)."""
+    would choose nothing). beds: more backgrounds for the film-like degradation (film_beds)."""
     t0 = time.monotonic()
     tp, a = p.train, p.audio
     rng = np.random.default_rng(tp.seed)  # one stream for both stages, drawn in this order
@@ -474,10 +520,12 @@ def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base
     else:
         pos_train, neg_train, held_back = pos_clips, neg_clips, None
     generated = generated_backgrounds(a.sample_rate_hz, rng)
+    beds = [b / rms(b) for b in beds or []]
     all_bg = Backgrounds.of([c.samples for c in neg_clips], generated)
     # The training clips' unit-RMS copies are all_bg's own where the clips are the same.
     unit = {id(c): x for c, x in zip(neg_clips, all_bg.clips)}
-    bg = Backgrounds([unit[id(c)] if id(c) in unit else c.samples / rms(c.samples) for c in neg_train], generated)
+    bg = Backgrounds([unit[id(c)] if id(c) in unit else c.samples / rms(c.samples) for c in neg_train] + beds, generated)
+    all_bg = Backgrounds(all_bg.clips + beds, generated)
 
     model = copy.deepcopy(base) if base is not None else new_model(p)
     model.params = p
@@ -650,7 +698,10 @@ def build_memory(model: Model, pos_clips: list[Clip], neg_clips: list[Clip], imp
     # plus the unseen impostor voices. Far more windows than the held-back split alone,
     # so the threshold no longer swings with which clips were held back.
     rounds = tp.calibration_rounds
-    cal_pos = embed_chunks(model, degraded_chunks(pos_windows, 2 * rounds, bg, p, rng, 1.0), dev)
+    # Moments of a film are film sound already: degraded once more they would score lower
+    # than the target does in that film, and set the threshold too low.
+    pos_degrade = np.where([c.film_sound for c in pos_clips], tp.span_degrade_probability, 1.0)[pos_windows.clip_index]
+    cal_pos = embed_chunks(model, degraded_chunks(pos_windows, 2 * rounds, bg, p, rng, pos_degrade), dev)
     cal_neg = embed_chunks(model, degraded_chunks(neg_windows, rounds, bg, p, rng, tp.negative_augment_probability), dev)
     # The impostors, with speed copies of each as more voices; only the voices most like the
     # target count: a target with look-alikes gets a stricter threshold, one without keeps its recall.

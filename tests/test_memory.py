@@ -97,12 +97,15 @@ def test_format_3_memory_is_read(tmp_path):
         header.update(format_version=3)
         del header["params"]["train"]["f1_tolerance"]
         del header["params"]["tag"]["short_edges"]  # format 5's
+        del header["params"]["train"]["span_degrade_probability"]  # format 6's
+        del header["params"]["train"]["film_bed_stretches"]
         header.pop("checksum")
         header["checksum"] = _checksum(arrays["embeddings"], arrays["negatives"], header)
 
     rewrite(path, to_format_3)
     assert load_memory(path).params.train.f1_tolerance == 0.0
     assert load_memory(path).params.tag.short_edges is False
+    assert load_memory(path).params.train.span_degrade_probability == 1.0
 
 
 @pytest.mark.parametrize("content", [b"", b"hello", bytes(range(256)) * 4])

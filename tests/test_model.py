@@ -124,10 +124,13 @@ def test_format_3_files_are_read_with_format_4s_additions_at_their_old_values(mo
     payload["format_version"] = 3
     del payload["params"]["train"]["f1_tolerance"]
     del payload["params"]["tag"]["short_edges"]  # format 5's
+    del payload["params"]["train"]["span_degrade_probability"]  # format 6's
+    del payload["params"]["train"]["film_bed_stretches"]
     payload["checksum"] = payload_checksum(payload)
     torch.save(payload, path)
     assert load_model(tmp_path, "cpu").params.train.f1_tolerance == 0.0
     assert load_model(tmp_path, "cpu").params.tag.short_edges is False
+    assert load_model(tmp_path, "cpu").params.train.span_degrade_probability == 1.0
     payload["params"]["train"]["f1_tolerance"] = 0.02
     payload["checksum"] = payload_checksum(payload)
     torch.save(payload, path)

@@ -14,8 +14,8 @@ from speakertag.memory import load_memory
 from speakertag.model import load_model, new_model
 from speakertag.params import Params
 from speakertag.audio import load_audio
-from speakertag.train import (Backgrounds, Clip, Windows, average_weights, load_clips, memory_chunks,
-                              memory_entry_clips, split_clips, train)
+from speakertag.train import (Backgrounds, Clip, Windows, average_weights, degrade, film_beds, load_clips,
+                              memory_chunks, memory_entry_clips, split_clips, train)
 from conftest import TINY_NEGATIVE, TINY_POSITIVE, one_torch_thread, speech_like, train_tiny
 
 
@@ -137,6 +137,38 @@ def test_windows_cut_in_chunks_and_subsets():
     assert len(sub) == 4
     rows = [i for i in range(len(w)) if any(np.array_equal(every[i], s) for s in sub.cut())]
     assert len(rows) == 4
+
+
+def test_degrade_per_window():
+    """A probability per window: 0 keeps a window as it is, and the random draws are those of one
+    probability for all (the same seed degrades the same windows the same way)."""
+    p = Params()
+    rng = np.random.default_rng(0)
+    bg = Backgrounds.of([speech_like(3.0, p.audio.sample_rate_hz, seed=9)], generated_backgrounds(p.audio.sample_rate_hz, rng))
+    w = np.stack([speech_like(p.audio.window_s, p.audio.sample_rate_hz, seed=i) for i in range(4)])
+    mixed = degrade(w, bg, p, np.random.default_rng(1), np.array([0.0, 1.0, 0.0, 1.0]))
+    every = degrade(w, bg, p, np.random.default_rng(1), 1.0)
+    assert np.array_equal(mixed[[0, 2]], w[[0, 2]]) and not np.allclose(mixed[[1, 3]], w[[1, 3]])
+    assert np.array_equal(degrade(w, bg, p, np.random.default_rng(1), np.ones(4)), every)
+
+
+def test_film_beds_are_read_away_from_the_spans(tiny_model_dir, example):
+    """The film's sound bed: 10 s stretches more than 2 s from every span, read as load_span
+    reads them; the ones least like the spans when there are more than asked for."""
+    from speakertag.audio import load_span
+    from speakertag.spans import FilmSpans
+
+    film, model = example / "movie01.mp4", load_model(tiny_model_dir)
+    rate = model.params.audio.sample_rate_hz
+    spans = ((0.0, 100.0), (134.0, 330.0))  # 102-132 s free: three stretches
+    clips = [Clip("", load_span(film, s, e, rate)) for s, e in spans]
+    p = replace(model.params, train=replace(model.params.train, film_bed_stretches=1))
+    free = [load_span(film, t, t + 10.0, rate) for t in (102.0, 112.0, 122.0)]
+    beds = film_beds([FilmSpans(film, spans)], clips, model, p)
+    assert len(beds) == 1 and any(np.array_equal(beds[0], x) for x in free)
+    assert film_beds([FilmSpans(film, spans)], clips, model, replace(p, train=replace(p.train, film_bed_stretches=0))) == []
+    more = film_beds([FilmSpans(film, spans)], clips, model, replace(p, train=replace(p.train, film_bed_stretches=5)))
+    assert len(more) == 3 and all(any(np.array_equal(b, x) for x in free) for b in more)
 
 
 # --- moments of a film as positives, the shipped negatives --------------------------------------

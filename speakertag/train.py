@@ -65,6 +65,7 @@ class TrainReport:
     n_positive_spans: int = 0  # moments of recordings among the positives (n_positive_clips: the files)
     positive_films: tuple[str, ...] = ()  # the recordings they come from
     shipped_negatives: bool = False  # the negatives are the bank shipped with the base encoder
+    film_bed_s: float = 0.0  # of the positives' recordings' own sound, mixed under every window (film_beds)
 
     def positives(self) -> str:
         """What the target was learned from, in words: '2 spans of film.mkv', '6 positive clips', or both."""
@@ -83,8 +84,10 @@ class TrainReport:
         """What train learned from and the threshold it chose, in two lines for people; base_dir:
         the folder of the model fine-tuned (None: trained from scratch)."""
         c = self.calibration
+        bed = f", heard over {self.film_bed_s:.0f} s of the film's own sound," if self.film_bed_s else ""
         return (f"trained on {self.positives()} ({self.positive_s:.0f} s) and "
-                f"{self.negatives()} ({self.negative_s:.0f} s) in {self.seconds:.1f} s "
+                f"{self.negatives()} ({self.negative_s:.0f} s)"
+                f"{bed} in {self.seconds:.1f} s "
                 f"({self.steps} steps, validation best at step {self.best_step}; "
                 f"{f'fine-tuned from {base_dir}' if base_dir else 'from scratch'})\n"
                 f"threshold {c.threshold:.3f} ({c.rule} on {c.n_positive} target + {c.n_negative} other film-like "
@@ -473,8 +476,8 @@ def train(positive: list[str | Path], negative: list[str | Path] | None = None, 
                     f"(a negative clip) has the same audio as the positive clip {twin}")
             raise SpeakertagError(f"{c.name} {what}: a clip cannot be both the target and another voice")
     imp_clips = load_clips(impostors, "impostor", p)[0] if impostors else []
-    model, memory, report = train_on_clips(pos_clips, neg_clips, p, base, name, progress, device, imp_clips,
-                                           beds=film_beds(films, span_clips, base, p, stream, channels, device))
+    beds = film_beds(films, span_clips, base, p, stream, channels, device)
+    model, memory, report = train_on_clips(pos_clips, neg_clips, p, base, name, progress, device, imp_clips, beds=beds)
     problem = calibration_problem(report.calibration, p.train.max_negative_share)
     if problem:  # a model that tags everything (or nothing) is worse than none
         raise SpeakertagError(f"training gave no usable voice: {problem}")
@@ -495,7 +498,8 @@ def train(positive: list[str | Path], negative: list[str | Path] | None = None, 
                                   skipped=tuple(skipped_pos + skipped_spans + skipped_neg),
                                   n_positive_clips=len(file_clips), n_positive_spans=len(span_clips),
                                   positive_films=tuple(str(f.film) for f in films),
-                                  shipped_negatives=shipped_negatives)
+                                  shipped_negatives=shipped_negatives,
+                                  film_bed_s=sum(len(b) for b in beds) / p.audio.sample_rate_hz)
 
 
 def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base: Model | None = None,

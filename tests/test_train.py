@@ -209,6 +209,7 @@ def test_spans_of_a_film_train_without_negatives(spans_voice, example):
     assert (report.n_positive_clips, report.n_positive_spans) == (1, 2)
     assert report.positive_films == (str(example / "movie01.mp4"),) and report.shipped_negatives
     assert report.n_negative_clips == len(SMALL_BANK)
+    assert report.film_bed_s == pytest.approx(12 * 10.0)  # the film's own sound: 12 stretches of 10 s
     assert memory.info["positive_clips"] == [str((example / "positive" / TINY_POSITIVE[0]).resolve())]
     assert sorted(memory.info["negative_clips"]) == sorted(str(f.resolve()) for f in bank.iterdir())
     assert memory.info["films"] == [{"film": film, "stream": None, "channels": "auto", "negative_spans": [],
@@ -291,11 +292,11 @@ def test_train_report_summary():
 
     calib = Calibration(0.4, "best F1", 0.9, 0.8, 0.85, 100, 400, 0.5, 0.2)
     report = TrainReport(1, 45, 44.0, 368.0, 120, 100, 60.0, calib, (), n_positive_spans=2,
-                         positive_films=("a/film.mkv",), shipped_negatives=True)
+                         positive_films=("a/film.mkv",), shipped_negatives=True, film_bed_s=120.0)
     trained, threshold = report.summary(Path("models/base")).splitlines()
     assert trained == ("trained on 2 spans of film.mkv and 1 positive clip (44 s) and 45 clips of other voices, music "
-                       "and noise shipped with speakertag (368 s) in 60.0 s (120 steps, validation best at step 100; "
-                       "fine-tuned from models/base)")
+                       "and noise shipped with speakertag (368 s), heard over 120 s of the film's own sound, in 60.0 s "
+                       "(120 steps, validation best at step 100; fine-tuned from models/base)")
     assert threshold.startswith("threshold 0.400 (best F1 on 100 target + 400 other film-like windows")
     scratch = replace(report, n_positive_clips=6, n_positive_spans=0, positive_films=(), shipped_negatives=False)
     assert scratch.summary(None).startswith("trained on 6 positive clips (44 s) and 45 negative clips (368 s)")

@@ -10,6 +10,11 @@ For each task of DATASET_DIR (laid out as for scripts/benchmark_quality.py) and 
     their middle parts, 20 s in all) are the positives, `train --positive FILM@SPANS` without
     --negative: the shipped bank of other sounds;
   clips: the task's train/positive and train/negative clips, as benchmark_quality.py trains;
+  one negative moment (--negative-moment): as spans, plus `--negative FILM@START-END` of the
+    other voice that the spans voice took most for the target (false alarms on the rest of the
+    film, by the reference naming every speaker: ref/movie01.csv): its longest turn outside the
+    spans, cut to its middle 10 s; what a user does after seeing that voice tagged. That moment
+    is cut out of this kind's scoring too;
   film negatives (--film-negatives Q): as spans, plus windows of the same film as negatives:
     2 s windows every second, more than 2 s away from the spans, embedded by the base encoder;
     the share Q of them least like the spans' windows (top-5 mean cosine) join the shipped bank.
@@ -36,7 +41,7 @@ import numpy as np
 
 from speakertag.allocator import reuse_freed_memory
 from speakertag.audio import load_audio
-from speakertag.evaluate import pool, read_reference, score
+from speakertag.evaluate import anatomy, pool, read_others, read_reference, score
 from speakertag.memory import load_memory, save_memory
 from speakertag.model import impostors_of, load_model, negatives_of, resolve_device, save_model, shipped_base_dir
 from speakertag.params import Params
@@ -49,6 +54,7 @@ from benchmark_quality import trained_voice  # noqa: E402
 
 N_SPANS, MIN_S, MAX_S, SHORTENED_S = 4, 15.0, 25.0, 20.0
 GUARD_S = 2.0  # film-negative windows keep this far from the spans
+MOMENT_S = 10.0  # --negative-moment: at most this long
 
 
 def reference_spans(reference: list[tuple[float, float]], seed: int) -> list[tuple[float, float]]:
@@ -94,6 +100,25 @@ def film_negatives(film: Path, spans: list[tuple[float, float]], share: float, b
     return stretches
 
 
+def negative_moment(film: Path, task: Path, spans: list[tuple[float, float]], voice: Voice
+                    ) -> tuple[float, float] | None:
+    """The middle 10 s (or less) of the longest turn outside the spans of the other voice that
+    `voice` takes most for the target on the rest of `film` (ref/movie01.csv names every voice);
+    None when it takes none."""
+    name = task.name.split("_", 1)[1]
+    others = read_others(task / "ref" / "movie01.csv", name)
+    hyp = subtract_spans([(g.start_s, g.end_s) for g in tag(film, voice).segments], spans)
+    by = anatomy(subtract_spans(read_reference(task / "ref" / "movie01.target.csv"), spans), hyp,
+                 others).false_alarm_by_speaker
+    if not any(by.get(k, 0.0) > 0 for k in by if k):
+        return None
+    worst = max((k for k in by if k), key=by.get)
+    turns = [t for s, e, n in others if n == worst for t in subtract_spans([(s, e)], spans)]
+    s, e = max(turns, key=lambda t: t[1] - t[0])
+    half = min(e - s, MOMENT_S) / 2
+    return round((s + e) / 2 - half, 3), round((s + e) / 2 + half, 3)
+
+
 def cached(folder: Path | None, key: object, make) -> tuple[Voice, float]:
     """(voice, train seconds, 0 when loaded): make() -> (model, memory), kept in folder under key's hash."""
     where = folder / hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12] \
@@ -120,6 +145,8 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", help="only these tasks (folder names)")
     ap.add_argument("--film-negatives", type=float, default=0.0, metavar="Q",
                     help="also train on spans plus the share Q of the film's windows least like them (0: not)")
+    ap.add_argument("--negative-moment", action="store_true",
+                    help="also train on spans plus one moment of the voice most taken for the target as a negative")
     ap.add_argument("--out", type=Path, help="write every row here (JSON)")
     args = ap.parse_args()
     reuse_freed_memory()
@@ -130,7 +157,8 @@ def main() -> None:
     base = load_model(base_dir)
     impostors = impostors_of(base_dir)
     quality_args = argparse.Namespace(models=args.models, base=str(base_dir), no_impostors=False)
-    kinds = ["spans", "clips"] + (["film negatives"] if args.film_negatives else [])
+    kinds = (["spans", "clips"] + (["film negatives"] if args.film_negatives else [])
+             + (["negative moment"] if args.negative_moment else []))
     rows, found = [], {}
     print(f"{'task':<22}{'seed':>5}{'spans':>8}" + "".join(f"{k + ' P/R/F1':>24}" for k in kinds)
           + f"{'target in them':>16}{'train s':>10}", flush=True)
@@ -157,10 +185,18 @@ def main() -> None:
                              if min(e, re) > max(s, rs))
                 contamination = target / covered if covered else 0.0
             rest_ref = subtract_spans(reference, spans)
+            cut = {kind: spans for kind in voices}
+            if args.negative_moment:
+                moment = negative_moment(film, task, spans, voices["spans"])
+                voices["negative moment"], train_s["negative moment"] = (voices["spans"], 0.0) if moment is None \
+                    else cached(args.models, ["negative moment", moment, *key], lambda: train(
+                        [spec], [f"{film}@{moment[0]:g}-{moment[1]:g}"], p, base, impostors=impostors)[:2])
+                cut["negative moment"] = [*spans, *([moment] if moment else [])]
             metrics = {}
             for kind, voice in voices.items():
                 hyp = [(g.start_s, g.end_s) for g in tag(film, voice).segments]
-                metrics[kind] = found[task.name, seed, kind] = score(rest_ref, subtract_spans(hyp, spans))
+                metrics[kind] = found[task.name, seed, kind] = score(subtract_spans(reference, cut[kind]),
+                                                                     subtract_spans(hyp, cut[kind]))
             row = {"task": task.name, "seed": seed, "spans": spans, "spans_s": sum(e - s for s, e in spans),
                    **{f"{k}": {"precision": m.precision, "recall": m.recall, "f1": m.f1,
                                "threshold": voices[k].memory.threshold} for k, m in metrics.items()},

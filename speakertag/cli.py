@@ -102,9 +102,10 @@ def cli():
                    "or folders (searched recursively). Repeatable, mixable. A path that exists as written is a "
                    f"file, never spans. At least {TrainParams.min_target_s:g} s in all (less tags every window "
                    "of a film).")
-@click.option("--negative", multiple=True, type=PATH,
-              help="Clips of other voices, music, noise: files or folders. Default: the bank of other voices, "
-                   "music and noise shipped with speakertag.")
+@click.option("--negative", multiple=True, metavar="FILM@SPANS|PATH",
+              help="Other voices, music, noise: clips (files or folders), or moments of a recording as for "
+                   "--positive (a spans file: its rows not labelled --name), e.g. a voice taken for the target. "
+                   "Default: the bank of other voices, music and noise shipped with speakertag.")
 @click.option("--out", "out_dir", required=True, type=FOLDER_OUT, help="Model folder to write (model.pt + memory.npz).")
 @click.option("--name", default="target", show_default=True, help="The voice's name, used as segment label.")
 @click.option("--base", type=PATH,

@@ -107,7 +107,8 @@ def checked_train_out(out_dir: Path, positive: Sequence[str], negative: Sequence
     except ValueError as e:
         raise SpeakertagError(f"--name: {e}") from None
     files, films = split_sources(positive, name)
-    clips = find_media_files(files) + [f.film for f in films] + find_media_files(list(negative))
+    neg_files, neg_films = split_sources(negative, name, others=True)
+    clips = find_media_files(files) + [f.film for f in films + neg_films] + find_media_files(neg_files)
     from .model import MODEL_FILE
 
     check_output_folder(out_dir, clips + ([base] if base is not None and str(base).lower() != "none" else []),

@@ -236,10 +236,11 @@ class FilmSpans:
     spans: tuple[Span, ...]  # sorted, disjoint
 
 
-def split_sources(items: Iterable[str | Path], voice: str) -> tuple[list[Path], list[FilmSpans]]:
+def split_sources(items: Iterable[str | Path], voice: str, others: bool = False) -> tuple[list[Path], list[FilmSpans]]:
     """`train --positive` arguments -> (the files and folders among them, the spans asked
     of each recording: one FilmSpans per recording, in order of first mention, its spans
-    from every argument that names it). voice: whose rows of a labels file (`voice_rows`).
+    from every argument that names it). voice: whose rows of a labels file (`voice_rows`);
+    others: `--negative` arguments, whose labels files give every row not labelled `voice`.
     Raises SpeakertagError, one line, for a recording that is missing or a folder, spans
     that cannot be read, that end before they start or that overlap, a spans file that
     cannot be read."""
@@ -261,7 +262,11 @@ def split_sources(items: Iterable[str | Path], voice: str) -> tuple[list[Path], 
             except ValueError as e:
                 raise SpeakertagError(f"{item!r}: {e}") from None
         elif Path(spec).is_file():
-            spans = [(round(r.start_s, 3), round(r.end_s, 3)) for r in voice_rows(read_labels(spec), voice, spec)]
+            rows = read_labels(spec)
+            rows = [r for r in rows if r.label != voice] if others else voice_rows(rows, voice, spec)
+            if not rows:
+                raise SpeakertagError(f"labels file {spec} holds no segments but the voice {voice!r}'s")
+            spans = [(round(r.start_s, 3), round(r.end_s, 3)) for r in rows]
         else:
             raise SpeakertagError(f"{item!r}: {spec!r} is neither spans START-END[,START-END...] (seconds or "
                                   "[hh:]mm:ss[.f]) nor a spans file")

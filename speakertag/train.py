@@ -66,6 +66,7 @@ class TrainReport:
     positive_films: tuple[str, ...] = ()  # the recordings they come from
     shipped_negatives: bool = False  # the negatives are the bank shipped with the base encoder
     film_bed_s: float = 0.0  # of the positives' recordings' own sound, mixed under every window (film_beds)
+    n_negative_spans: int = 0  # moments of recordings among the negatives (n_negative_clips counts them too)
 
     def positives(self) -> str:
         """What the target was learned from, in words: '2 spans of film.mkv', '6 positive clips', or both."""
@@ -76,9 +77,12 @@ class TrainReport:
         return f"{spans} and {clips}" if spans and self.n_positive_clips else spans or clips
 
     def negatives(self) -> str:
+        k = self.n_negative_spans
+        moments = f" and {k} moment{'s' if k != 1 else ''} of other voices" if k else ""
         if self.shipped_negatives:
-            return f"{self.n_negative_clips} clips of other voices, music and noise shipped with speakertag"
-        return f"{self.n_negative_clips} negative clips"
+            return f"{self.n_negative_clips - k} clips of other voices, music and noise shipped with speakertag{moments}"
+        n = self.n_negative_clips - k
+        return f"{n} negative clip{'s' if n != 1 else ''}{moments}"
 
     def summary(self, base_dir: Path | None) -> str:
         """What train learned from and the threshold it chose, in two lines for people; base_dir:
@@ -126,8 +130,8 @@ def load_clips(paths: list[str | Path], role: str, p: Params) -> tuple[list[Clip
     return clips, skipped
 
 
-def load_film_spans(films: list[FilmSpans], p: Params, stream: int | None = None, channels: str = "auto"
-                    ) -> tuple[list[Clip], list[str], list[FilmSpans]]:
+def load_film_spans(films: list[FilmSpans], p: Params, stream: int | None = None, channels: str = "auto",
+                    role: str = "positive") -> tuple[list[Clip], list[str], list[FilmSpans]]:
     """The moments of recordings as clips, each decoded from a seek to it (a film's other
     hours are never decoded): the usable clips, skip messages, and the spans they come from.
     Raises SpeakertagError for a recording without audio and a span beyond its end."""
@@ -155,7 +159,7 @@ def load_film_spans(films: list[FilmSpans], p: Params, stream: int | None = None
         if kept:
             used.append(FilmSpans(f.film, tuple(kept)))
     if films and not clips:
-        raise SpeakertagError(f"no usable positive spans ({skipped[0].split(': ', 1)[1]}"
+        raise SpeakertagError(f"no usable {role} spans ({skipped[0].split(': ', 1)[1]}"
                               f"{' ...' if len(skipped) > 1 else ''}): each needs at least {p.train.min_clip_s:g} s of sound")
     return clips, skipped, used
 
@@ -199,6 +203,19 @@ def film_beds(films: list[FilmSpans], span_clips: list[Clip], model: Model | Non
         beds += [stretches[i] for i in np.argsort(most_like)[:n]]
     model.encoder.cpu()
     return beds
+
+
+def _check_apart(positive: list[FilmSpans], negative: list[FilmSpans]) -> None:
+    """SpeakertagError when a moment of a recording is asked for as the target and as another voice."""
+    for f in positive:
+        for g in negative:
+            if f.film.resolve() == g.film.resolve():
+                for s, e in f.spans:
+                    for a, b in g.spans:
+                        if a < e and s < b:
+                            raise SpeakertagError(f"{f.film}: the positive span {format_span((s, e))} and the negative "
+                                                  f"span {format_span((a, b))} overlap: a moment cannot be both the "
+                                                  "target and another voice")
 
 
 def split_clips(clips: list[Clip], fraction: float, rng: np.random.Generator) -> tuple[list[Clip], list[Clip]]:
@@ -419,8 +436,10 @@ def train(positive: list[str | Path], negative: list[str | Path] | None = None, 
     (Audacity labels, or CSV start,end[,label]; the rows labelled `name` if any): see
     speakertag.spans. Such moments are read by seeking, from the recording's audio track
     `stream` (None: its default) heard as `channels` says (audio.CHANNEL_CHOICES).
-    negative: clips of other voices, music and noise; None: the bank of such sounds shipped
-    with the base encoder (the base folder's `negatives/`, else the shipped one's).
+    negative: clips of other voices, music and noise, and moments of a recording as for
+    `positive` (a spans file gives its rows not labelled `name`); without clips (None, or
+    moments alone), the bank of such sounds shipped with the base encoder (the base folder's
+    `negatives/`, else the shipped one's) is used, with the moments.
     base: the Model to fine-tune, or its folder, or SHIPPED (the shipped base encoder); None
     trains from scratch.
     impostors: clips of voices that neither the base encoder nor this training has heard;
@@ -456,13 +475,17 @@ def train(positive: list[str | Path], negative: list[str | Path] | None = None, 
         what = "spans" if not files else "clips and spans" if films else "clips"
         raise SpeakertagError(f"the positive {what} hold {target_s:.1f} s of audio; training needs at least "
                               f"{p.train.min_target_s:g} s of the target's speech")
-    shipped_negatives = negative is None
+    neg_files, neg_films = split_sources(negative or [], name, others=True)
+    _check_apart(films, neg_films)
+    shipped_negatives = not neg_files  # a few moments of other voices join the bank, clips replace it
     if shipped_negatives:
-        negative = negatives_of(base_dir) or negatives_of(shipped_base_dir())
-        if not negative:
+        neg_files = negatives_of(base_dir) or negatives_of(shipped_base_dir())
+        if not neg_files:
             raise SpeakertagError("no negative clips given, and the bank of other sounds shipped with speakertag "
                                   "is missing from this installation: give --negative clips of other voices")
-    neg_clips, skipped_neg = load_clips(negative, "negative", p)
+    neg_clips, skipped_neg = load_clips(neg_files, "negative", p)
+    neg_span_clips, skipped_neg_spans, neg_films = load_film_spans(neg_films, p, stream, channels, "negative")
+    neg_clips += neg_span_clips
 
     def audio_hash(c: Clip) -> bytes:
         return hashlib.sha256(c.samples.tobytes()).digest()
@@ -488,18 +511,24 @@ def train(positive: list[str | Path], negative: list[str | Path] | None = None, 
     # Absolute paths: `refine` re-embeds the clips later, maybe from another folder. The moments
     # of recordings are recorded as refine records a corrected film's (refine.FilmMaterial).
     file_clips = pos_clips[:len(pos_clips) - len(span_clips)]
+    recorded: dict[Path, dict] = {}
+    for key, spans_of in (("positive_spans", films), ("negative_spans", neg_films)):
+        for f in spans_of:
+            entry = recorded.setdefault(f.film.resolve(), {"film": str(f.film.resolve()), "stream": stream,
+                                                           "channels": channels, "positive_spans": [],
+                                                           "negative_spans": []})
+            entry[key] = [list(s) for s in f.spans]
     memory = replace(memory, info={
         **memory.info, "positive_clips": [str(Path(c.name).resolve()) for c in file_clips],
-        "negative_clips": [str(Path(c.name).resolve()) for c in neg_clips],
-        **({"films": [{"film": str(f.film.resolve()), "stream": stream, "channels": channels,
-                       "positive_spans": [list(s) for s in f.spans], "negative_spans": []} for f in films]}
-           if films else {})})
+        "negative_clips": [str(Path(c.name).resolve()) for c in neg_clips[:len(neg_clips) - len(neg_span_clips)]],
+        **({"films": list(recorded.values())} if recorded else {})})
     return model, memory, replace(report, seconds=time.monotonic() - t0,
-                                  skipped=tuple(skipped_pos + skipped_spans + skipped_neg),
+                                  skipped=tuple(skipped_pos + skipped_spans + skipped_neg + skipped_neg_spans),
                                   n_positive_clips=len(file_clips), n_positive_spans=len(span_clips),
                                   positive_films=tuple(str(f.film) for f in films),
                                   shipped_negatives=shipped_negatives,
-                                  film_bed_s=sum(len(b) for b in beds) / p.audio.sample_rate_hz)
+                                  film_bed_s=sum(len(b) for b in beds) / p.audio.sample_rate_hz,
+                                  n_negative_spans=len(neg_span_clips))
 
 
 def train_on_clips(pos_clips: list[Clip], neg_clips: list[Clip], p: Params, base: Model | None = None,

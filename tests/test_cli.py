@@ -118,6 +118,15 @@ def test_train_on_spans_of_a_film_without_negatives(example, tmp_path):
     assert listing(out) == {"model.pt", "memory.npz"}
 
 
+def test_train_moments_as_negatives_are_checked(example, tmp_path):
+    """--negative FILM@SPANS: read as --positive's are, and refused where they overlap a positive span."""
+    film = example / "movie01.mp4"
+    assert_fails(run_cli("train", "--positive", f"{film}@50.961-69", "--negative", f"{film}@68-75",
+                         "--out", tmp_path / "v"), "the positive span 50.961-69 s and the negative span 68-75 s overlap")
+    assert_fails(run_cli("train", "--positive", f"{film}@50.961-69", "--negative", f"{film}@75-70",
+                         "--out", tmp_path / "v"), "span 75-70 ends before it starts")
+
+
 @pytest.mark.slow  # trains from the shipped base
 def test_train_zero_steps_keeps_the_base_encoder(example, tmp_path):
     """--steps 0: no fine-tuning, only the memory and the threshold are built. (The shipped base:

@@ -180,10 +180,11 @@ SMALL_BANK = ["lstc_*", "so762_*", "music_*", "noise_pink*"]  # the first file o
 
 
 @pytest.fixture(scope="module")
-def spans_voice(tiny_model_dir, example, tmp_path_factory):
-    """(model, memory, report, bank folder) of a few steps on one positive clip and two spans of
-    the example film, without negatives, fine-tuning the tiny model: the bank is a few files of
-    the shipped one, as the shipped base's would be (the whole bank: tests/test_cli.py)."""
+def small_bank(tmp_path_factory):
+    """A base folder whose bank of other sounds is a few files of the shipped one (the whole
+    bank: tests/test_cli.py), made the shipped base's while a test trains in `with small_bank():`;
+    yields (that context, the bank folder)."""
+    import contextlib
     import importlib
 
     from speakertag.model import NEGATIVES_DIR, negatives_of, shipped_base_dir
@@ -192,13 +193,30 @@ def spans_voice(tiny_model_dir, example, tmp_path_factory):
     (fake_base / NEGATIVES_DIR).mkdir()
     for pattern in SMALL_BANK:
         shutil.copy(sorted(negatives_of(shipped_base_dir())[0].glob(pattern))[0], fake_base / NEGATIVES_DIR)
+
+    @contextlib.contextmanager
+    def shipped():
+        with pytest.MonkeyPatch.context() as m, one_torch_thread():
+            m.setattr(importlib.import_module("speakertag.train"), "shipped_base_dir", lambda: fake_base)
+            yield
+
+    return shipped, fake_base / NEGATIVES_DIR
+
+
+def few_steps(base):
+    return replace(base.params, train=replace(base.params.train, max_steps=2, eval_every_steps=2, batch_size=8,
+                                              max_negative_share=1.0))
+
+
+@pytest.fixture(scope="module")
+def spans_voice(tiny_model_dir, example, small_bank):
+    """(model, memory, report, bank folder) of a few steps on one positive clip and two spans of
+    the example film, without negatives, fine-tuning the tiny model: the bank is small_bank's."""
+    shipped, bank = small_bank
     base = load_model(tiny_model_dir)
-    p = replace(base.params, train=replace(base.params.train, max_steps=2, eval_every_steps=2, batch_size=8,
-                                           max_negative_share=1.0))
-    with pytest.MonkeyPatch.context() as m, one_torch_thread():
-        m.setattr(importlib.import_module("speakertag.train"), "shipped_base_dir", lambda: fake_base)
-        return (*train([example / "positive" / TINY_POSITIVE[0], f"{example / 'movie01.mp4'}@{SPANS}"], None, p,
-                       base=base, impostors=[]), fake_base / NEGATIVES_DIR)
+    with shipped():
+        return (*train([example / "positive" / TINY_POSITIVE[0], f"{example / 'movie01.mp4'}@{SPANS}"], None,
+                       few_steps(base), base=base, impostors=[]), bank)
 
 
 def test_spans_of_a_film_train_without_negatives(spans_voice, example):
@@ -262,6 +280,37 @@ def test_refine_finds_the_spans_a_voice_was_trained_on(spans_voice):
 def test_bad_spans_are_refused_before_training(example, spans, phrase):
     with pytest.raises(SpeakertagError, match=phrase):
         train([f"{example / 'movie01.mp4'}@{spans}"], base=None, impostors=[])
+
+
+def test_a_moment_cannot_be_target_and_negative(example):
+    film = example / "movie01.mp4"
+    with pytest.raises(SpeakertagError, match="the positive span 50.961-69 s and the negative span 68-75 s overlap"):
+        train([f"{film}@50.961-69"], [f"{film}@68-75"], base=None, impostors=[])
+
+
+def test_moments_of_a_film_as_negatives(tiny_model_dir, example, small_bank, tmp_path):
+    """--negative FILM@SPANS: another voice of the film (ls_1998 at 79.4-86.6 s, a spans file's rows
+    not labelled with the voice's name) joins the bank, or the negative clips given with it;
+    recorded in the memory's films."""
+    film = example / "movie01.mp4"
+    labels = tmp_path / "others.csv"
+    labels.write_text("start,end,speaker\n50.961,69.091,target\n79.36,86.61,ls_1998\n")
+    shipped, bank = small_bank
+    base = load_model(tiny_model_dir)
+    p = replace(few_steps(base), train=replace(few_steps(base).train, film_bed_stretches=0))
+    with shipped():
+        _, memory, report = train([f"{film}@50.961-69.091"], [f"{film}@{labels}"], p, base=base, impostors=[])
+        clip = example / "negative" / TINY_NEGATIVE[0]
+        _, memory_2, report_2 = train([f"{film}@50.961-69.091"], [f"{film}@79.36-86.61", clip], p, base=base,
+                                      impostors=[])
+    assert report.shipped_negatives and report.n_negative_clips == len(SMALL_BANK) + 1
+    assert report.negatives().endswith("shipped with speakertag and 1 moment of other voices")
+    assert sorted(memory.info["negative_clips"]) == sorted(str(f.resolve()) for f in bank.iterdir())
+    assert memory.info["films"] == [{"film": str(film.resolve()), "stream": None, "channels": "auto",
+                                     "positive_spans": [[50.961, 69.091]], "negative_spans": [[79.36, 86.61]]}]
+    assert not report_2.shipped_negatives and report_2.negatives() == "1 negative clip and 1 moment of other voices"
+    assert memory_2.info["negative_clips"] == [str(clip.resolve())]
+    assert memory_2.info["films"] == memory.info["films"]
 
 
 def test_a_film_without_audio_is_refused(tmp_path):

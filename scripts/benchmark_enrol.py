@@ -184,7 +184,6 @@ def main() -> None:
                 target = sum(min(e, re) - max(s, rs) for s, e in stretches for rs, re in reference
                              if min(e, re) > max(s, rs))
                 contamination = target / covered if covered else 0.0
-            rest_ref = subtract_spans(reference, spans)
             cut = {kind: spans for kind in voices}
             if args.negative_moment:
                 moment = negative_moment(film, task, spans, voices["spans"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,12 +78,11 @@ class TrainReport:
         return f"{spans} and {clips}" if spans and self.n_positive_clips else spans or clips
 
     def negatives(self) -> str:
-        k = self.n_negative_spans
+        k, n = self.n_negative_spans, self.n_negative_clips - self.n_negative_spans
         moments = f" and {k} moment{'s' if k != 1 else ''} of other voices" if k else ""
-        if self.shipped_negatives:
-            return f"{self.n_negative_clips - k} clips of other voices, music and noise shipped with speakertag{moments}"
-        n = self.n_negative_clips - k
-        return f"{n} negative clip{'s' if n != 1 else ''}{moments}"
+        clips = (f"{n} clips of other voices, music and noise shipped with speakertag" if self.shipped_negatives
+                 else f"{n} negative clip{'s' if n != 1 else ''}")
+        return clips + moments
 
     def summary(self, base_dir: Path | None) -> str:
         """What train learned from and the threshold it chose, in two lines for people; base_dir:
@@ -207,15 +207,12 @@ def film_beds(films: list[FilmSpans], span_clips: list[Clip], model: Model | Non
 
 def _check_apart(positive: list[FilmSpans], negative: list[FilmSpans]) -> None:
     """SpeakertagError when a moment of a recording is asked for as the target and as another voice."""
-    for f in positive:
-        for g in negative:
-            if f.film.resolve() == g.film.resolve():
-                for s, e in f.spans:
-                    for a, b in g.spans:
-                        if a < e and s < b:
-                            raise SpeakertagError(f"{f.film}: the positive span {format_span((s, e))} and the negative "
-                                                  f"span {format_span((a, b))} overlap: a moment cannot be both the "
-                                                  "target and another voice")
+    for f, g in itertools.product(positive, negative):
+        same_film = f.film.resolve() == g.film.resolve()
+        for (s, e), (a, b) in itertools.product(f.spans, g.spans) if same_film else ():
+            if a < e and s < b:
+                raise SpeakertagError(f"{f.film}: the positive span {format_span((s, e))} and the negative span "
+                                      f"{format_span((a, b))} overlap: a moment cannot be both the target and another voice")
 
 
 def split_clips(clips: list[Clip], fraction: float, rng: np.random.Generator) -> tuple[list[Clip], list[Clip]]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import sys
-import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -16,12 +13,11 @@ import click
 
 from . import signals, writers
 from .allocator import reuse_freed_memory
-from .errors import UsageError, failure
+from .errors import failure
 from .io_utils import STDOUT, check_outputs
 from .params import CHANNEL_CHOICES, CHANNELS, TagParams, TrainParams
 from .signals import Interrupted, raise_if_interrupted
-
-GREEDY_OPTIONS = ("--positive", "--negative")
+from .terminal import FiniteFloatRange, Group, Terminal, expand_greedy, refining_bar, training_bar
 CHANNELS_OPTION = click.option(
     "--channels", type=click.Choice(CHANNEL_CHOICES), default="auto", show_default=True,
     help="What the model hears of a 5.1/7.1 film: the centre channel (the dialogue) alone, centre-weighted (centre "
@@ -39,56 +35,7 @@ PATH, FILE_OUT, FOLDER_OUT = (click.Path(path_type=Path), click.Path(path_type=P
 STDOUT_OK = click.Path(path_type=Path, dir_okay=False, allow_dash=True)  # an output file, or "-": stdout
 
 
-class FiniteFloatRange(click.FloatRange):
-    """click.FloatRange that also refuses nan (which compares false with both bounds)."""
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if math.isnan(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return number
-
-
-def _expand_greedy(argv: list[str]) -> list[str]:
-    """Let `--positive a b c` mean `--positive a --positive b --positive c` (shell globs)."""
-    out, current = [], None
-    for tok in argv:
-        if tok in GREEDY_OPTIONS:
-            current = tok
-        elif tok.startswith("-"):
-            current = None
-        elif current is not None and out and out[-1] != current:
-            out.append(current)
-        out.append(tok)
-    return out
-
-
-def _progress_enabled(quiet: bool) -> bool:
-    return not quiet and sys.stderr.isatty()
-
-
-def _progressbar(length: int, label: str, quiet: bool):
-    """A progress bar on stderr, hidden when quiet or not a terminal; bar.update(n, text) shows text beside it."""
-    return click.progressbar(length=length, label=label, file=sys.stderr, hidden=not _progress_enabled(quiet),
-                             item_show_func=lambda s: s)
-
-
-class _Command(click.Command):
-    """A command whose library UsageError is click's: the usage line, the error, exit code 2."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UsageError as e:
-            raise click.UsageError(str(e), ctx) from None
-
-
-class _Group(click.Group):
-    command_class = _Command
-    group_class = type  # subgroups: this class, their commands _Command
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="speakertag")
 def cli():
     """Learn one voice from a few clips, then find where it speaks in long recordings."""
@@ -133,14 +80,7 @@ def train(positive, negative, out_dir, name, base, seed, steps, target_precision
 
     base_dir = base_folder(base)
     p = train_params(seed, steps, target_precision, target_share)
-    log_on = not quiet and not _progress_enabled(quiet)  # no terminal (a log file, CI): one line per evaluation instead
-    with _progressbar(p.train.max_steps, "training", quiet) as bar:
-        def progress(info):
-            raise_if_interrupted()
-            val = "-" if info.val_f1 is None else f"{info.val_f1:.3f}"
-            bar.update(1, f"loss {info.loss:.3f} val F1 {val}")
-            if log_on and (info.step % p.train.eval_every_steps == 0 or info.step == info.max_steps):
-                click.echo(f"step {info.step}/{info.max_steps}: loss {info.loss:.3f}, validation F1 {val}", err=True)
+    with training_bar(p.train.max_steps, p.train.eval_every_steps, quiet) as progress:
         model, memory, report = train_from(base_dir, positive, list(negative) or None, p, name, progress, device)
 
     raise_if_interrupted()
@@ -184,9 +124,7 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, devi
     spans = read_corrections(labels, voice.memory.name)
     options = RefineOptions(seed=seed, stream=stream, channels=channels)
     options = options if steps is None else replace(options, steps=steps)
-    with _progressbar(max(options.steps, 1), "refining", quiet) as bar:
-        def progress(info):
-            bar.update(1, f"loss {info.loss:.3f}")
+    with refining_bar(options.steps, quiet) as progress:
         model, memory, report = refine_voice(voice.model, voice.memory, film, spans, options, device,
                                              impostors_of(shipped_base_dir()), progress)
     out_dir = out_dir or model_dir
@@ -195,30 +133,6 @@ def refine(model_dir, film, labels, out_dir, steps, seed, stream, channels, devi
         click.echo(note, err=True)
     click.echo(report.summary(memory))
     click.echo(f"model written to {out_dir}")
-
-
-class _Terminal:
-    """run.Console on the terminal: lines on stderr, the output on stdout, progress bars on a terminal."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-
-    def say(self, line: str) -> None:
-        click.echo(line, err=True)
-
-    def show(self, text: str) -> None:
-        click.echo(text, nl=False)
-
-    @contextlib.contextmanager
-    def progress(self, length_s: float | None, label: str, hidden: bool = False):
-        """A bar over length_s seconds of audio with the speed beside it; yields progress(seconds_done)."""
-        started = time.monotonic()
-        with _progressbar(int(length_s or 0) or 1, label, self.quiet or hidden) as bar:
-            def progress(seconds):
-                speed = seconds / max(time.monotonic() - started, 1e-6)
-                bar.update(min(int(seconds), bar.length) - bar.pos, f"{seconds / 60:.1f} min, {speed:.0f}x real time")
-            yield progress
-            bar.update(bar.length - bar.pos)  # the audio after the last whole window counts as done
 
 
 @cli.command()
@@ -292,7 +206,7 @@ def tag(films, model_dirs, memory_file, threshold, stream, channels, fmt, out, o
     spec = VoiceSpec(tuple(model_dirs), memory_file, device)
     options = TagOptions(threshold=threshold, stream=stream, channels=channels, min_gap_s=min_gap,
                          min_duration_s=min_duration, edge_db=edge_db, short_edges=short_edges, exclusive=exclusive)
-    if not tag_request(request, spec, options, _Terminal(quiet)):
+    if not tag_request(request, spec, options, Terminal(quiet)):
         sys.exit(1)
 
 
@@ -322,7 +236,7 @@ def subtitles(film, subs, model_dirs, out, threshold, stream, channels, device, 
     check_outputs([out], [film, subs, *voice_inputs(spec)])
     cues = read_subtitles(subs)  # a bad subtitle file fails before the tagging
     options = TagOptions(threshold=threshold, stream=stream, channels=channels, exclusive=True)
-    result = tag_film(film, spec.load(), options, _Terminal(quiet))
+    result = tag_film(film, spec.load(), options, Terminal(quiet))
     labels = write_labelled(cues, result.segments, out, fmt)
     click.echo(f"{sum(x is not None for x in labels)} of {len(labels)} cues labelled, written to {_named(out)}",
                err=True)
@@ -396,7 +310,7 @@ def evaluate(reference, hypothesis, speaker, voice, collar, as_json):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and a non-zero exit for every user error."""
-    argv = _expand_greedy(sys.argv[1:] if argv is None else argv)
+    argv = expand_greedy(sys.argv[1:] if argv is None else argv)
     signals.install()  # SIGINT and SIGTERM raise Interrupted, caught below
     reuse_freed_memory()  # fewer page faults: faster training and tagging on Linux (allocator.py)
     if not os.environ.get("SPEAKERTAG_DEBUG"):

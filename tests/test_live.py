@@ -165,8 +165,6 @@ def test_growing_file_waits_then_gives_up(tmp_path):
 def gap_ts(example, tmp_path_factory) -> Path:
     """20 s of the example film (the target from about 6 s on) as MPEG-TS (MP2) with a 10 s gap
     in its audio timestamps after about 5 s, as a broadcast recording that lost the signal."""
-    import numpy as np
-
     from conftest import write_timed
     from speakertag.audio import load_audio
 

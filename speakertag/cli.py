@@ -18,6 +18,7 @@ from .io_utils import STDOUT, check_outputs
 from .params import CHANNEL_CHOICES, CHANNELS, TagParams, TrainParams
 from .signals import Interrupted, raise_if_interrupted
 from .terminal import FiniteFloatRange, Group, Terminal, expand_greedy, refining_bar, training_bar
+
 CHANNELS_OPTION = click.option(
     "--channels", type=click.Choice(CHANNEL_CHOICES), default="auto", show_default=True,
     help="What the model hears of a 5.1/7.1 film: the centre channel (the dialogue) alone, centre-weighted (centre "

@@ -112,7 +112,7 @@ def segment_runs(window_scores: np.ndarray, threshold: float, audio: AudioParams
     return cells, found
 
 
-# A cell is 0.4992 s (43 hops of 256 samples at 22050 Hz): two of them are the 1 s a user asks for.
+# A cell is a hop, a little under 0.5 s (43 frames of 256 samples at 22050 Hz): two are the 1 s a user asks for.
 DURATION_TOLERANCE_S = 0.01
 
 

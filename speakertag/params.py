@@ -194,7 +194,7 @@ class TagParams:
     hysteresis: float = 0.0  # extend segments over cells scoring at least threshold - this (0: docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     edge_db: float = 10.0  # segment edges grow over target-like cells at most this far below the core's level
     min_gap_s: float = 0.5  # merge segments separated by less than this
-    min_duration_s: float = 1.0  # drop segments shorter than this (two cells: segments.long_enough; docs/experiments.md#the-figures-behind-the-defaults-issue-36)
+    min_duration_s: float = 1.0  # drop segments shorter than this: half a window (docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     short_edges: bool = True  # move segment edges to where ~1 s windows stop looking like the voice
     # (segments.ShortEdges; docs/experiments.md#the-figures-behind-the-defaults-issue-36)
     batch_windows: int = 256  # windows embedded per encoder call

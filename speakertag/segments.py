@@ -112,15 +112,6 @@ def segment_runs(window_scores: np.ndarray, threshold: float, audio: AudioParams
     return cells, found
 
 
-# A cell is a hop, a little under 0.5 s (43 frames of 256 samples at 22050 Hz): two are the 1 s a user asks for.
-DURATION_TOLERANCE_S = 0.01
-
-
-def long_enough(start_s: float, end_s: float, tag: TagParams) -> bool:
-    """Whether a segment lasts tag.min_duration_s, to within DURATION_TOLERANCE_S."""
-    return end_s - start_s >= tag.min_duration_s - DURATION_TOLERANCE_S
-
-
 def runs_to_segments(found: list[tuple[int, int]], cells: np.ndarray, threshold: float, hop_s: float,
                      limit_s: float, tag: TagParams, label: str = "target",
                      blocked: np.ndarray | None = None) -> list[Segment]:
@@ -140,7 +131,7 @@ def runs_to_segments(found: list[tuple[int, int]], cells: np.ndarray, threshold:
     # A segment's score is that of its cores: grown edges and merged gaps score under the
     # threshold by construction and would make a sure segment look doubtful.
     return [Segment(round(s, 3), round(e, 3), float(cells[a:b][high[a:b]].mean()), label)
-            for s, e, a, b in merged if long_enough(s, e, tag) and high[a:b].any()]
+            for s, e, a, b in merged if e - s >= tag.min_duration_s and high[a:b].any()]
 
 
 @dataclass(frozen=True)
@@ -448,7 +439,7 @@ class SegmentStream:
         self.merged = None
         cells = np.asarray(self.m[a - self.base:b - self.base], np.float32)
         high = cells >= self.threshold
-        if long_enough(s, e, self.tag) and high.any():
+        if e - s >= self.tag.min_duration_s and high.any():
             seg = Segment(round(s, 3), round(e, 3), float(cells[high].mean()), self.label)
             if self.tag.short_edges and self.short:
                 in_cell, out_cell = round(s / self.hop_s), round(e / self.hop_s)

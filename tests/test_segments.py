@@ -71,25 +71,9 @@ def test_short_segments_dropped():
     assert len(keep_all) == 2
     short = keep_all[0].duration_s
     assert short == pytest.approx(4 * HOP, abs=1e-3)
-    kept = to_segments(w, 0.2, A, TagParams(min_gap_s=0.0, min_duration_s=short + 0.02))
+    kept = to_segments(w, 0.2, A, TagParams(min_gap_s=0.0, min_duration_s=short + 0.01))
     assert kept == keep_all[1:]
     assert to_segments(w, 0.2, A, TagParams(min_gap_s=0.0, min_duration_s=short - 0.01)) == keep_all
-
-
-def test_two_cells_last_one_second():
-    """Cells are 0.4992 s: a core of two is the 1 s that min_duration_s 1.0 keeps, in a file and a stream."""
-    from dataclasses import replace
-
-    from speakertag.segments import SegmentStream
-    w = np.zeros(40, np.float32)
-    w[[10, 12]] = 1.0  # cells 12 and 13 are covered by both windows (mean 1/2), their neighbours by one
-    tp = TagParams(min_gap_s=0.0, min_duration_s=1.0)
-    segs = to_segments(w, 0.4, A, tp)
-    assert [(s.start_s, s.end_s) for s in segs] == [(round(12 * HOP, 3), round(14 * HOP, 3))]
-    levels = np.full(43, -20.0, np.float32)
-    stream = SegmentStream(0.4, A, tp)
-    assert stream.push(w, levels[:40]) + stream.finish(levels[40:], 43 * HOP) == segs
-    assert to_segments(w, 0.4, A, replace(tp, min_duration_s=1.1)) == []
 
 
 def test_clipped_to_duration():

@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--models", type=Path, help="cache of the trained voices, reused when present (outside the "
                     "repository); the clip-trained ones as benchmark_quality.py --models keeps them")
     ap.add_argument("--tasks", nargs="+", help="only these tasks (folder names)")
+    ap.add_argument("--base", type=Path, help="base model folder (default: the shipped one)")
     ap.add_argument("--film-negatives", type=float, default=0.0, metavar="Q",
                     help="also train on spans plus the share Q of the film's windows least like them (0: not)")
     ap.add_argument("--negative-moment", action="store_true",
@@ -153,7 +154,7 @@ def main() -> None:
 
     tasks = sorted(d for d in args.dataset.iterdir() if (d / "train" / "positive").is_dir()
                    and (not args.tasks or d.name in args.tasks))
-    base_dir = shipped_base_dir()
+    base_dir = args.base or shipped_base_dir()
     base = load_model(base_dir)
     impostors = impostors_of(base_dir)
     quality_args = argparse.Namespace(models=args.models, base=str(base_dir), no_impostors=False)
@@ -170,7 +171,7 @@ def main() -> None:
             spans = reference_spans(reference, seed)
             spec = f"{film}@{','.join(f'{s:g}-{e:g}' for s, e in spans)}"
             voices, train_s, contamination = {}, {}, None
-            key = [task.name, seed, spans, p.train.__dict__, p.tag.top_k, p.tag.negative_weight]
+            key = [task.name, seed, spans, p.train.__dict__, p.tag.top_k, p.tag.negative_weight, base.fingerprint]
             voices["spans"], train_s["spans"] = cached(args.models, ["spans", *key], lambda: train(
                 [spec], None, p, base, impostors=impostors)[:2])
             voices["clips"], train_s["clips"] = trained_voice(task, seed, p, base, quality_args)

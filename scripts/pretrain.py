@@ -3,9 +3,9 @@
 
     python scripts/pretrain.py CORPUS_DIR [CORPUS_DIR ...] --out models/base [--steps N] [--seed 0]
         [--teacher resemblyzer] [--init DIR] [--channels N] [--bfloat16] [--codec-probability P]
-        [--formant-factors F ...]
+        [--formant-factors F ...] [--class-weight W]
 
-The shipped base (three runs of 3000 steps on 2 CPU threads, 33-43 minutes each; figures in
+The shipped base (four runs of 3000 steps on 2 CPU threads, 26-43 minutes each; figures in
 models/README.md):
 
     python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
@@ -13,7 +13,9 @@ models/README.md):
     python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
         --out base-6000 --init base-3000 --steps 3000 --learning-rate 1e-3 --seed 1
     python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
-        --out models/base --init base-6000 --steps 3000 --learning-rate 5e-4 --seed 2
+        --out base-9000 --init base-6000 --steps 3000 --learning-rate 5e-4 --seed 2
+    python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
+        --out models/base --init base-9000 --steps 3000 --learning-rate 5e-4 --seed 5 --class-weight 1
 
 --init goes on training an encoder: each run's cosine starts again, from half the previous
 run's learning rate. --bfloat16 runs the forward pass in bfloat16 where the CPU has it natively
@@ -44,7 +46,10 @@ embedding of each degraded window, through a learnt linear map, is pulled toward
 teacher's embedding of the clean crop (1 - cosine, weight `--teacher-weight`): the teacher's
 knowledge of many voices and channels, window by window. With `--chain-group G`, each window
 slot's recording chain (codec, film degradation, equaliser) is shared by G voices of the batch:
-a window's hardest negatives sound recorded as it was, its positives do not. The learning rate follows a
+a window's hardest negatives sound recorded as it was, its positives do not. With `--class-weight W`,
+an additive-margin softmax over every training voice (margin 0.2, scale 30) joins the triplet
+loss: each step then pulls a window towards its voice's weight vector and away from all 2,020
+voices' weights, not only from the 32 voices of its batch. The learning rate follows a
 cosine over --steps; the last weights are kept (no checkpoint is chosen on the held-out
 speakers, whose EER is printed every `--eval-every` steps as a diagnostic only).
 """
@@ -236,6 +241,29 @@ def distillation_loss(emb: torch.Tensor, taught: torch.Tensor, teacher: torch.Te
     return torch.mean(1 - torch.nn.functional.cosine_similarity(proj(emb[keep]), teacher[taught[keep]], dim=-1))
 
 
+class VoiceClasses(torch.nn.Module):
+    """Additive-margin softmax over every training voice (CosFace): scale * (cos - margin) for a
+    window's own voice, scale * cos for the others. A voice's weight starts at its windows' mean
+    embedding in the first batch that holds it, so that a pretrained encoder is not pulled
+    towards random directions at the start."""
+
+    def __init__(self, n_voices: int, dim: int, margin: float = 0.2, scale: float = 30.0):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(n_voices, dim))
+        self.register_buffer("seen", torch.zeros(n_voices, dtype=torch.bool))
+        self.margin, self.scale = margin, scale
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        new = labels[~self.seen[labels]].unique()
+        with torch.no_grad():
+            for v in new.tolist():
+                self.weight[v] = emb[labels == v].detach().mean(0)
+            self.seen[new] = True
+        cos = emb @ torch.nn.functional.normalize(self.weight, dim=1).T
+        logits = self.scale * (cos - self.margin * torch.nn.functional.one_hot(labels, cos.shape[1]))
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+
 def held_out_eer(model, windows: torch.Tensor, labels: np.ndarray) -> float:
     emb = torch.cat([embed(model, windows[i:i + 64]) for i in range(0, len(windows), 64)]).numpy()
     iu = np.triu_indices(len(labels), 1)
@@ -256,6 +284,8 @@ def main() -> None:
     ap.add_argument("--teacher-weight", type=float, default=0.5)
     ap.add_argument("--teacher-crops", type=int, default=40, help="crops per speaker the teacher embeds")
     ap.add_argument("--teacher-cache", type=Path, help="file keeping the teacher's embeddings between runs")
+    ap.add_argument("--class-weight", type=float, default=0.0, help="weight of an additive-margin softmax over "
+                    "every training voice beside the triplet loss (0: none)")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (OUT.checkpoint.pt); "
                     "the same command run again goes on from the last one")
@@ -319,15 +349,18 @@ def main() -> None:
         "seconds": round(sum(len(c) for v in corpus.values() for c in v) / rate, 1),
         "script": "scripts/pretrain.py", "seed": args.seed, "steps": args.steps, "teacher": args.teacher,
         "bfloat16": fast, "codec_probability": args.codec_probability,
-        "chain_group": args.chain_group,
+        "chain_group": args.chain_group, "class_weight": args.class_weight,
         "teacher_weight": args.teacher_weight if teacher is not None else 0.0,
         "held_out_speakers": sorted(held_corpus),
         **({"init": start.meta.get("pretraining", {})} if start is not None else {})}})
     enc = model.encoder
     if start is not None:
         enc.load_state_dict(start.encoder.state_dict())
+    classes = VoiceClasses(n_voices, p.encoder.embedding_dim) if args.class_weight else None
     trained = list(enc.parameters()) + (list(proj.parameters()) if proj is not None else [])
-    opt = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=1e-4)
+    opt = torch.optim.AdamW([{"params": trained}]
+                            + ([{"params": classes.parameters(), "weight_decay": 0.0}] if classes else []),
+                            lr=args.learning_rate, weight_decay=1e-4)
     # A run stopped (a session's end, a machine given back) goes on from its last checkpoint.
     checkpoint = args.out.with_name(args.out.name + ".checkpoint.pt")
     done = 0
@@ -336,6 +369,8 @@ def main() -> None:
         enc.load_state_dict(ckpt["encoder"])
         if proj is not None:
             proj.load_state_dict(ckpt["proj"])
+        if classes is not None:
+            classes.load_state_dict(ckpt["classes"])
         opt.load_state_dict(ckpt["optimizer"])
         done = int(ckpt["step"])
         print(f"resuming from {checkpoint} at step {done}", file=sys.stderr, flush=True)
@@ -352,17 +387,20 @@ def main() -> None:
             emb = enc(feats).float()
         triplet = batch_all_triplet_loss(emb, labels, p.train.margin)
         distil = distillation_loss(emb, taught, teacher, proj) if teacher is not None else emb.new_zeros(())
-        loss = triplet + args.teacher_weight * distil
+        voice = classes(emb, labels) if classes is not None else emb.new_zeros(())
+        loss = triplet + args.teacher_weight * distil + args.class_weight * voice
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % args.eval_every == 0 or step == args.steps:
             print(f"step {step} {time.monotonic() - t0:.0f}s triplet {float(triplet.detach()):.4f} distil {float(distil.detach()):.3f} "
+                  f"classes {float(voice.detach()):.3f} "
                   f"held-out film-like EER {100 * held_out_eer(model, held_windows, held_labels):.1f}%",
                   file=sys.stderr, flush=True)
         if step % args.checkpoint_every == 0 and step < args.steps:
             state = {"step": step, "encoder": enc.state_dict(), "optimizer": opt.state_dict(),
-                     "proj": proj.state_dict() if proj is not None else {}}
+                     "proj": proj.state_dict() if proj is not None else {},
+                     "classes": classes.state_dict() if classes is not None else {}}
             torch.save(state, checkpoint.with_suffix(".tmp"))
             checkpoint.with_suffix(".tmp").replace(checkpoint)
         if step >= args.steps:

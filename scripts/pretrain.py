@@ -358,9 +358,10 @@ def main() -> None:
         enc.load_state_dict(start.encoder.state_dict())
     classes = VoiceClasses(n_voices, p.encoder.embedding_dim) if args.class_weight else None
     trained = list(enc.parameters()) + (list(proj.parameters()) if proj is not None else [])
-    opt = torch.optim.AdamW([{"params": trained}]
-                            + ([{"params": classes.parameters(), "weight_decay": 0.0}] if classes else []),
-                            lr=args.learning_rate, weight_decay=1e-4)
+    groups = [{"params": trained}]
+    if classes is not None:
+        groups.append({"params": list(classes.parameters()), "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=1e-4)
     # A run stopped (a session's end, a machine given back) goes on from its last checkpoint.
     checkpoint = args.out.with_name(args.out.name + ".checkpoint.pt")
     done = 0

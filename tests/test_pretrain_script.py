@@ -1,15 +1,16 @@
-"""scripts/pretrain.py's pseudo-speakers: the formant warp on log-mel frames."""
+"""scripts/pretrain.py: the formant warp of its pseudo-speakers on log-mel frames, its chain groups and its class loss."""
 
 import sys
 from pathlib import Path
 
 import numpy as np
 import scipy.fft
+import torch
 
 from speakertag.params import AudioParams
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
-from pretrain import formant_warp_matrix  # noqa: E402
+from pretrain import VoiceClasses, formant_warp_matrix  # noqa: E402
 
 
 def _envelope(frames: np.ndarray, n: int = 16) -> np.ndarray:
@@ -57,3 +58,21 @@ def test_a_chain_group_shares_each_slots_recording_chain():
         a, b = (feats[labels == v] for v in (0, 5))  # voice 0: "a" at its own speed, voice 5: "b" likewise
         assert torch.equal(a, b) == alike
         assert not torch.equal(a[0], a[1])  # another slot, another chain
+
+
+def test_voice_classes_start_at_the_voices_mean_and_learn_apart():
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(12, 8), dim=1).requires_grad_()
+    labels = torch.tensor([0, 0, 0, 2, 2, 2, 5, 5, 5, 7, 7, 7])
+    classes = VoiceClasses(10, 8)
+    first = classes(emb, labels)
+    # a voice met for the first time starts at its windows' mean; the others stay unset
+    assert torch.allclose(classes.weight[2], emb[3:6].detach().mean(0))
+    assert classes.seen.tolist() == [i in (0, 2, 5, 7) for i in range(10)]
+    opt = torch.optim.SGD([emb, *classes.parameters()], lr=0.05)
+    for _ in range(50):
+        loss = classes(emb, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < float(first)

@@ -17,8 +17,8 @@ models/README.md):
     python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
         --out models/base --init base-9000 --steps 3000 --learning-rate 5e-4 --seed 5 --class-weight 1
 
---init goes on training an encoder: each run's cosine starts again, from half the previous
-run's learning rate. --bfloat16 runs the forward pass in bfloat16 where the CPU has it natively
+--init goes on training an encoder: each run's cosine starts again from the learning rate it is
+given. --bfloat16 runs the forward pass in bfloat16 where the CPU has it natively
 (about twice as fast; the shipped base was trained in float32); --channels widens a new encoder;
 --codec-probability passes that share of the windows through a codec first (telephone, MP3,
 AAC, Opus, AC-3), and --formant-factors adds a formant-shifted copy of every speaker per factor

@@ -38,8 +38,6 @@ def test_a_chain_group_shares_each_slots_recording_chain():
     """--chain-group: two voices of one group, here the same clean clip under two names, come
     out alike window slot by window slot (one chain each slot, other slots other chains); with
     chains of their own they differ."""
-    import torch
-
     from pretrain import Batches
     from speakertag.params import Params
 

@@ -126,7 +126,7 @@ def test_ctrl_c_keeps_what_was_found(tiny_model_dir, film_mkv, tmp_path):
     grow(film_mkv, growing, 10**7, 90 * film_mkv.stat().st_size // 336)  # 90 s, then the recorder stalls
     p = subprocess.Popen(cli("tag", growing, "--follow", "--follow-timeout", "600", "--model", tiny_model_dir,
                              "--out", out), stderr=subprocess.PIPE, text=True)
-    # The decoder may hold back the stalled file's last seconds (a hang seen in CI): Ctrl-C comes after 30 s at most.
+    # The decoder may hold back a stalled file's last seconds (a hang seen in CI): the timer interrupts it then.
     fired = []
     timer = threading.Timer(30, lambda: (fired.append(True), p.send_signal(signal.SIGINT)))
     timer.start()

@@ -1,7 +1,8 @@
 """Corrections: a person's fixed labels for one film -> a refined model, memory and threshold.
 
 `refine` tags the film with the current model, takes the corrected target segments as new
-positives and the current detections outside them (false alarms) as new negatives, cuts
+positives and the stretches outside them that it detected (false alarms) or nearly detected
+(near misses: the film's other voices most like the target) as new negatives, cuts
 their audio from the film in one streaming pass, and then either
 
 - fine-tunes the encoder for a few steps on the new material plus everything the memory
@@ -49,7 +50,7 @@ from .memory import Memory
 from .model import Model, resolve_device
 from .params import AudioParams, Params, TagParams
 from .scoring import Calibration
-from .segments import cell_scores, to_segments
+from .segments import cell_scores, runs, to_segments
 from .spans import (  # noqa: F401 - LabelRow, read_labels, corrected_spans: importable from here as before
     END_TOLERANCE_S, LabelRow, Span, corrected_spans, merge_spans, read_corrections, read_labels, subtract_spans)
 from .tagging import TagOptions, TagResult, Voice, check_pair, tag
@@ -76,6 +77,8 @@ class RefineOptions:
     max_new_s: float = 600.0  # at most this much new positive and this much false-alarm audio
     guard_s: float | None = None  # detections this close to a corrected segment are not false alarms
     #                               (a window's edge effect); None: half a window
+    near_miss_margin: float = 0.1  # stretches scoring within this below the threshold are negatives too:
+    #                                a voice that came close becomes a false alarm once the threshold moves
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,9 @@ class RefineReport:
     film: str
     duration_s: float
     positive_s: float  # corrected target seconds added as positives
-    false_alarm_s: float  # seconds of false alarms added as negatives
+    false_alarm_s: float  # seconds of false alarms and near misses added as negatives
     n_positive_spans: int
-    n_false_alarm_spans: int
+    n_false_alarm_spans: int  # false alarms and near misses
     detected_spans: tuple[Span, ...]  # what the model detected before the correction
     encoder: str  # "fine-tuned" or "kept"
     kept_why: str  # why the encoder was kept; "" when fine-tuned
@@ -117,7 +120,7 @@ class RefineReport:
         return "\n".join([
             f"{self.film}: the model detected {self.detected_s:.1f} s; learned from {self.positive_s:.1f} s of "
             f"corrected target speech ({self.n_positive_spans} segments) and {self.false_alarm_s:.1f} s of "
-            f"false alarms ({self.n_false_alarm_spans} segments)",
+            f"false alarms and near misses ({self.n_false_alarm_spans} segments)",
             f"encoder fine-tuned for {self.steps} steps on that and the model's training clips; memories rebuilt "
             f"({entries})" if self.encoder == "fine-tuned" else
             f"encoder kept ({self.kept_why}); the new windows were added to the memories ({entries})",
@@ -268,7 +271,8 @@ def refine(model: Model, memory: Memory, film: str | Path, corrected: Sequence[S
     """Learn from corrected labels of one film; returns the new model, memory and a report.
 
     corrected: the film's target segments as a person fixed them, (start_s, end_s) pairs;
-    every detection outside them (by more than options.guard_s) is taken as a false alarm.
+    every detection outside them (by more than options.guard_s) is taken as a false alarm,
+    every stretch scoring within options.near_miss_margin of the threshold as a near miss.
     impostors: clips of unheard voices for the threshold's calibration (as `train`).
     The inputs are not changed. Raises SpeakertagError for segments outside the film.
     """
@@ -352,8 +356,9 @@ def _check_inside(spans: Sequence[Span], film: Path, duration_s: float | None) -
 def new_material(film: Path, result: TagResult, spans: Sequence[Span], o: RefineOptions, a: AudioParams,
                  guard_s: float) -> tuple[FilmMaterial, list[str]]:
     """What a correction adds, from the film tagged by the current model (result) and its
-    corrected segments (spans, within the film): the corrected segments as positives, the
-    detections more than guard_s away from them as false alarms, each at least
+    corrected segments (spans, within the film): the corrected segments as positives; as
+    negatives, the detections and the cells scoring within o.near_miss_margin of the
+    threshold, more than guard_s away from the corrected segments; each at least
     o.min_span_s long and at most o.max_new_s in all; and notes on what was left out."""
     track = result.tracks[0]
     detected = [(seg.start_s, seg.end_s) for seg in track.segments]
@@ -362,16 +367,19 @@ def new_material(film: Path, result: TagResult, spans: Sequence[Span], o: Refine
     positives = [(s, e) for s, e in spans if e - s >= o.min_span_s]
     if not positives:
         raise SpeakertagError(f"no corrected segment is {o.min_span_s:g} s or longer")
-    false_alarms = [(s, e) for s, e in subtract_spans(detected, [(s - guard_s, e + guard_s) for s, e in spans])
+    cells = cell_scores(track.window_scores, a)
+    near = [(i * a.hop_s, min(j * a.hop_s, result.duration_s))
+            for i, j in runs(cells >= track.threshold - o.near_miss_margin)]
+    false_alarms = [(s, e) for s, e in subtract_spans(merge_spans([*detected, *near]),
+                                                      [(s - guard_s, e + guard_s) for s, e in spans])
                     if e - s >= o.min_span_s]
     # Within the cap, the segments the model missed most and the false alarms it scored highest first.
-    cells = cell_scores(track.window_scores, a)
 
     def mean_cell_score(s: float, e: float) -> float:
         part = cells[int(s / a.hop_s):max(int(s / a.hop_s) + 1, math.ceil(e / a.hop_s))]
         return float(part.mean()) if len(part) else 0.0
 
-    for what, found in (("corrected target speech", positives), ("false alarms", false_alarms)):
+    for what, found in (("corrected target speech", positives), ("false alarms and near misses", false_alarms)):
         if sum(e - s for s, e in found) > o.max_new_s:
             notes.append(f"{what}: {sum(e - s for s, e in found):.0f} s, the {o.max_new_s:.0f} s "
                          f"{'the model missed most' if found is positives else 'scored highest'} are used")
@@ -455,7 +463,9 @@ def film_threshold(result: TagResult, corrected: Sequence[Span], a: AudioParams,
         edge_threshold=track.edge_threshold)], collar_s) for t in candidates]
     f1 = np.array([m.f1 for m in metrics])
     near = np.flatnonzero(f1 >= f1.max() - 0.01)
-    i = int(near[np.argmin(np.abs(candidates[near] - np.median(candidates[near])))])
+    # the middle in score, not in count: the candidates are quantiles, dense where the other voices score
+    middle = (candidates[near].min() + candidates[near].max()) / 2
+    i = int(near[np.argmin(np.abs(candidates[near] - middle))])
     return FilmCalibration(float(candidates[i]), float(f1[i]), metrics[i].precision, metrics[i].recall,
                            (float(candidates[near].min()), float(candidates[near].max())))
 

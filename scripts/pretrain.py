@@ -3,7 +3,7 @@
 
     python scripts/pretrain.py CORPUS_DIR [CORPUS_DIR ...] --out models/base [--steps N] [--seed 0]
         [--teacher resemblyzer] [--init DIR] [--channels N] [--bfloat16] [--codec-probability P]
-        [--formant-factors F ...] [--class-weight W]
+        [--formant-factors F ...] [--class-weight W] [--freq-masks N]
 
 The shipped base (five runs of 3000 steps on 2 CPU threads, 25-43 minutes each; figures in
 models/README.md):
@@ -51,7 +51,9 @@ slot's recording chain (codec, film degradation, equaliser) is shared by G voice
 a window's hardest negatives sound recorded as it was, its positives do not. With `--class-weight W`,
 an additive-margin softmax over every training voice (margin 0.2, scale 30) joins the triplet
 loss: each step then pulls a window towards its voice's weight vector and away from all 2,020
-voices' weights, not only from the 32 voices of its batch. The learning rate follows a
+voices' weights, not only from the 32 voices of its batch. With `--freq-masks N`, N bands of
+mel bins of most training windows are flattened to each frame's mean (frequency masking, as in
+SpecAugment). The learning rate follows a
 cosine over --steps; the last weights are kept (no checkpoint is chosen on the held-out
 speakers, whose EER is printed every `--eval-every` steps as a diagnostic only).
 """
@@ -83,6 +85,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from eval_speakers import eer, ge2e_embedder, read_held_out  # noqa: E402
 
 SPEED_FACTORS = (0.85, 0.9, 1.1, 1.15)
+FREQ_MASK_BINS = 12  # --freq-masks: each band at most this many of the 128 mel bins
+FREQ_MASK_PROBABILITY = 0.6  # ... on this share of the windows
 
 
 def load_corpora(roots: list[Path], rate_hz: int, skip: set[str]) -> tuple[dict[str, list[np.ndarray]], dict[str, dict]]:
@@ -105,6 +109,21 @@ def speed_crop(clip: np.ndarray, n_samples: int, factor: float, rng: np.random.G
     if factor == 1.0:
         return random_crop(clip, n_samples, rng)
     return change_speed(random_crop(clip, int(math.ceil(n_samples * factor)) + 8, rng), factor)[:n_samples]
+
+
+def freq_masked(feats: torch.Tensor, n_masks: int, rng: np.random.Generator,
+                max_bins: int = FREQ_MASK_BINS, probability: float = FREQ_MASK_PROBABILITY) -> torch.Tensor:
+    """(n, n_mels, frames) log-mel -> a copy where, in a `probability` share of the windows,
+    n_masks bands of 1..max_bins mel bins hold each frame's mean over the bins: the voice must
+    be told apart without those bands, as through a chain that loses or colours them."""
+    out = feats.clone()
+    mean = feats.mean(dim=1)  # (n, frames)
+    for i in np.flatnonzero(rng.random(len(feats)) < probability):
+        for _ in range(n_masks):
+            width = int(rng.integers(1, max_bins + 1))
+            low = int(rng.integers(0, feats.shape[1] - width + 1))
+            out[i, low:low + width] = mean[i]
+    return out
 
 
 def eq_curves(n: int, n_mels: int, rng: np.random.Generator, max_db: float = 8.0) -> np.ndarray:
@@ -144,8 +163,9 @@ class Batches(torch.utils.data.IterableDataset):
 
     def __init__(self, corpus, names, p: Params, n_voices: int, per_voice: int, seed: int,
                  codec_probability: float = 0.0, formant_factors: tuple[float, ...] = (), chain_group: int = 1,
-                 crops: dict[int, np.ndarray] | None = None):
+                 crops: dict[int, np.ndarray] | None = None, freq_masks: int = 0):
         self.corpus, self.names, self.p, self.codec_probability = corpus, names, p, codec_probability
+        self.freq_masks = freq_masks
         self.chain_group, self.crops = chain_group, crops or {}
         first = np.cumsum([0] + [len(self.crops.get(i, ())) for i in range(len(names))])
         self.first_crop = first[:-1]
@@ -202,6 +222,8 @@ class Batches(torch.utils.data.IterableDataset):
                     feats[i] = self.warps[alpha] @ feats[i]
             eqs = eq_curves(n_groups * k_max, a.n_mels, rng) * (rng.random((n_groups * k_max, 1, 1)) < 0.7)
             feats = feats + torch.from_numpy(eqs[chains])
+            if self.freq_masks:
+                feats = freq_masked(feats, self.freq_masks, rng)
             yield feats, torch.tensor(labels), torch.tensor(taught)
 
 
@@ -303,6 +325,8 @@ def main() -> None:
     ap.add_argument("--chain-group", type=int, default=1, help="voices of a batch that share each window slot's "
                     "recording chain (codec, degradation, equaliser): a window's same-chain negatives (issue 32); "
                     "1: every window its own chain")
+    ap.add_argument("--freq-masks", type=int, default=0, help="bands of mel bins masked in a training window "
+                    f"(each up to {FREQ_MASK_BINS} bins, in {FREQ_MASK_PROBABILITY:.0%} of the windows)")
     ap.add_argument("--init", type=Path, help="go on training this model folder's encoder (its front end and "
                     "architecture) instead of a new one; its pretraining record is kept under 'init'")
     args = ap.parse_args()
@@ -351,7 +375,7 @@ def main() -> None:
         "seconds": round(sum(len(c) for v in corpus.values() for c in v) / rate, 1),
         "script": "scripts/pretrain.py", "seed": args.seed, "steps": args.steps, "teacher": args.teacher,
         "bfloat16": fast, "codec_probability": args.codec_probability,
-        "chain_group": args.chain_group, "class_weight": args.class_weight,
+        "chain_group": args.chain_group, "class_weight": args.class_weight, "freq_masks": args.freq_masks,
         "teacher_weight": args.teacher_weight if teacher is not None else 0.0,
         "held_out_speakers": sorted(held_corpus),
         **({"init": start.meta.get("pretraining", {})} if start is not None else {})}})
@@ -379,7 +403,7 @@ def main() -> None:
         print(f"resuming from {checkpoint} at step {done}", file=sys.stderr, flush=True)
     loader = torch.utils.data.DataLoader(
         Batches(corpus, names, p, args.voices_per_batch, args.windows_per_voice, args.seed + done,
-                args.codec_probability, tuple(args.formant_factors), args.chain_group, crops),
+                args.codec_probability, tuple(args.formant_factors), args.chain_group, crops, args.freq_masks),
         batch_size=None, num_workers=1, prefetch_factor=4, persistent_workers=True)
     t0 = time.monotonic()
     for step, (feats, labels, taught) in enumerate(loader, start=done + 1):

@@ -10,7 +10,7 @@ import torch
 from speakertag.params import AudioParams
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
-from pretrain import VoiceClasses, formant_warp_matrix  # noqa: E402
+from pretrain import FREQ_MASK_BINS, VoiceClasses, formant_warp_matrix, freq_masked  # noqa: E402
 
 
 def _envelope(frames: np.ndarray, n: int = 16) -> np.ndarray:
@@ -74,3 +74,17 @@ def test_voice_classes_start_at_the_voices_mean_and_learn_apart():
         loss.backward()
         opt.step()
     assert float(loss) < float(first)
+
+
+def test_freq_masks_flatten_a_few_bands_of_some_windows():
+    rng = np.random.default_rng(0)
+    feats = torch.randn(200, 128, 20)
+    out = freq_masked(feats, 2, rng)
+    changed = (out != feats).any(dim=2)  # (window, bin): bins masked somewhere in the window
+    masked_windows = changed.any(dim=1)
+    assert 0.45 < masked_windows.float().mean() < 0.75  # about 60 % of the windows
+    assert changed.sum(dim=1).max() <= 2 * FREQ_MASK_BINS
+    i = int(np.flatnonzero(masked_windows.numpy())[0])
+    band = np.flatnonzero(changed[i].numpy())
+    torch.testing.assert_close(out[i, band], feats[i].mean(dim=0).expand(len(band), -1))  # each frame's mean
+    assert torch.equal(out[~masked_windows], feats[~masked_windows])

@@ -5,7 +5,7 @@
         [--teacher resemblyzer] [--init DIR] [--channels N] [--bfloat16] [--codec-probability P]
         [--formant-factors F ...] [--class-weight W] [--freq-masks N]
 
-The shipped base (five runs of 3000 steps on 2 CPU threads, 25-43 minutes each; figures in
+The shipped base (six runs of 3000 steps on 2 CPU threads, 25-43 minutes each; figures in
 models/README.md):
 
     python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
@@ -17,7 +17,10 @@ models/README.md):
     python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
         --out base-12000 --init base-9000 --steps 3000 --learning-rate 5e-4 --seed 5 --class-weight 1
     python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
-        --out models/base --init base-12000 --steps 3000 --learning-rate 5e-4 --seed 6 --class-weight 1
+        --out base-15000 --init base-12000 --steps 3000 --learning-rate 5e-4 --seed 6 --class-weight 1
+    python scripts/pretrain.py ../shared/data/pretrain ../shared/data/pretrain-more \
+        --out models/base --init base-15000 --steps 3000 --learning-rate 5e-4 --seed 7 --class-weight 1 \
+        --freq-masks 1
 
 --init goes on training an encoder: each run's cosine starts again from the learning rate it is
 given. --bfloat16 runs the forward pass in bfloat16 where the CPU has it natively

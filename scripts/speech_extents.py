@@ -23,39 +23,34 @@ import csv
 import io
 from pathlib import Path
 
-import av
 import numpy as np
 import scipy.signal
 
+from speakertag.audio import decode_blocks, probe
 from speakertag.evaluate import read_reference
 from speakertag.io_utils import atomic_write_text
 from speakertag.segments import runs
 
 FRAME_S = 0.01
 MIN_RUN_S = 0.05
-CENTRE = 2  # FL FR FC LFE ...: FFmpeg's order for 5.1
+RATE_HZ = 16000
 
 
 def centre_level_db(film: Path) -> np.ndarray:
     """(n_frames,) speech-band level of the centre channel, dB per FRAME_S frame, decoded in blocks."""
-    with av.open(str(film)) as container:
-        stream = container.streams.audio[0]
-        if stream.channels < 6:
-            raise SystemExit(f"{film}: {stream.channels} channels, no centre channel to read")
-        rate = stream.rate
-        sos = scipy.signal.butter(4, [250, 4000], btype="band", fs=rate, output="sos")
-        state = np.zeros((sos.shape[0], 2))
-        hop = round(FRAME_S * rate)
-        carry = np.zeros(0)
-        levels = []
-        for frame in container.decode(stream):
-            x = frame.to_ndarray()
-            x = x[CENTRE] if frame.format.is_planar else x.reshape(-1, stream.channels)[:, CENTRE]
-            y, state = scipy.signal.sosfilt(sos, x.astype(np.float64), zi=state)
-            y = np.concatenate([carry, y])
-            n = len(y) // hop
-            levels.append(10 * np.log10(np.mean(y[:n * hop].reshape(n, hop) ** 2, axis=1) + 1e-14))
-            carry = y[n * hop:]
+    if "FC" not in probe(film).layout[2:]:
+        raise SystemExit(f"{film}: no centre channel to read")
+    sos = scipy.signal.butter(4, [250, 4000], btype="band", fs=RATE_HZ, output="sos")
+    state = np.zeros((sos.shape[0], 2))
+    hop = round(FRAME_S * RATE_HZ)
+    carry = np.zeros(0)
+    levels = []
+    for x in decode_blocks(film, RATE_HZ, channels="centre"):
+        y, state = scipy.signal.sosfilt(sos, x.astype(np.float64), zi=state)
+        y = np.concatenate([carry, y])
+        n = len(y) // hop
+        levels.append(10 * np.log10(np.mean(y[:n * hop].reshape(n, hop) ** 2, axis=1) + 1e-14))
+        carry = y[n * hop:]
     return np.concatenate(levels)
 
 
